@@ -1,0 +1,111 @@
+// Elementwise kernels over 2-D strided views of f32 buffers.
+//
+// A view is `rows` rows of `cols` elements; element (r, c) of view v is at
+// v_offset + r * v_stride + c. Grid: (ceil(cols / 64), rows) with rows split over y and z
+// (row = wid.y + wid.z * rows_per_z) so any row count fits the per-dimension limit.
+//
+//   unary:  y = act(a)
+//   binary: y = a + b      (OP 0)
+//           y = a * b      (OP 1)
+//           y = act(a) * b (OP 2, gated linear unit)
+//
+// ACT: 0 identity, 1 silu, 2 gelu (exact, erf form), 3 relu, 4 relu^2, 5 sigmoid, 6 selu,
+//      7 tanh.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    rows_per_z: u32,
+    a_stride: u32,
+    a_offset: u32,
+    b_stride: u32,
+    b_offset: u32,
+    y_stride: u32,
+    y_offset: u32,
+}
+
+override ACT: u32 = 0u;
+override OP: u32 = 0u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+// Numerically stable logistic function.
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// erfc(z) with relative error below 1.2e-7 for all z (Chebyshev fit, W. H. Press et al.).
+fn erfc(z: f32) -> f32 {
+    let az = abs(z);
+    let t = 1.0 / (1.0 + 0.5 * az);
+    let poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * exp(-az * az + poly);
+    return select(2.0 - r, r, z >= 0.0);
+}
+
+// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2), accurate for both signs.
+fn gelu(x: f32) -> f32 {
+    return 0.5 * x * erfc(-x * 0.70710678118654752);
+}
+
+fn act(x: f32) -> f32 {
+    switch ACT {
+        case 1u: { return x * sigmoid(x); }
+        case 2u: { return gelu(x); }
+        case 3u: { return max(x, 0.0); }
+        case 4u: { let r = max(x, 0.0); return r * r; }
+        case 5u: { return sigmoid(x); }
+        case 6u: {
+            let alpha = 1.6732632423543772;
+            let scale = 1.0507009873554805;
+            return scale * select(alpha * (exp(x) - 1.0), x, x > 0.0);
+        }
+        case 7u: { return tanh(x); }
+        default: { return x; }
+    }
+}
+
+// (row, col) of this invocation, or row == rows when out of range.
+fn position(gid: vec3<u32>, wid: vec3<u32>) -> vec2<u32> {
+    let row = wid.y + wid.z * p.rows_per_z;
+    if gid.x >= p.cols || row >= p.rows {
+        return vec2<u32>(0u, p.rows);
+    }
+    return vec2<u32>(gid.x, row);
+}
+
+@compute @workgroup_size(64)
+fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rc = position(gid, wid);
+    if rc.y >= p.rows {
+        return;
+    }
+    let v = a[p.a_offset + rc.y * p.a_stride + rc.x];
+    y[p.y_offset + rc.y * p.y_stride + rc.x] = act(v);
+}
+
+@compute @workgroup_size(64)
+fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rc = position(gid, wid);
+    if rc.y >= p.rows {
+        return;
+    }
+    let va = a[p.a_offset + rc.y * p.a_stride + rc.x];
+    let vb = b[p.b_offset + rc.y * p.b_stride + rc.x];
+    var r: f32;
+    switch OP {
+        case 1u: { r = va * vb; }
+        case 2u: { r = act(va) * vb; }
+        default: { r = va + vb; }
+    }
+    y[p.y_offset + rc.y * p.y_stride + rc.x] = r;
+}

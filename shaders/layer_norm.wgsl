@@ -1,0 +1,133 @@
+// Layer / group normalisation over 2-D strided views of f32 buffers.
+//
+// Each row of `cols` elements is split into groups of `group` consecutive elements
+// (group == cols: LayerNorm; group == head dim: MultiHeadLayerNorm, i.e. group norm with
+// one group per head). Each group is normalised with its own mean and biased variance:
+//   y[c] = (x[c] - mean) / sqrt(var + eps) * gamma[c] + beta[c]
+// (plus beta * y[c] when beta != 0, to fuse a residual add), where gamma = 1 + weight (the xlstm package stores offsets) when weight_offset != 0, else
+// weight; gamma = 1 without weight; beta = bias or 0.
+//
+// x element (r, c) at x_offset + r * x_stride + c; y likewise.
+//
+//   norm_rows: one invocation per (row, group), streaming the group three times
+//              (mean, variance, output): the fast pattern on CPU adapters.
+//              grid (ceil(groups / 64), rows split over y/z).
+//   norm_coop: one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
+//              grid (groups, rows split over y/z).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    group: u32,
+    rows_per_z: u32,
+    x_stride: u32,
+    x_offset: u32,
+    y_stride: u32,
+    y_offset: u32,
+    eps: f32,
+    has_weight: u32,
+    weight_offset: u32,
+    has_bias: u32,
+    beta: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+fn emit(i: u32, c: u32, normed: f32) {
+    let gb = scale_shift(c);
+    var v = normed * gb.x + gb.y;
+    if p.beta != 0.0 {
+        v += p.beta * y[i];
+    }
+    y[i] = v;
+}
+
+fn scale_shift(c: u32) -> vec2<f32> {
+    var g = 1.0;
+    if p.has_weight != 0u {
+        g = weight[c];
+        if p.weight_offset != 0u {
+            g += 1.0;
+        }
+    }
+    var b = 0.0;
+    if p.has_bias != 0u {
+        b = bias[c];
+    }
+    return vec2<f32>(g, b);
+}
+
+@compute @workgroup_size(64)
+fn norm_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let groups = p.cols / p.group;
+    let row = wid.y + wid.z * p.rows_per_z;
+    if gid.x >= groups || row >= p.rows {
+        return;
+    }
+    let c0 = gid.x * p.group;
+    let xb = p.x_offset + row * p.x_stride + c0;
+    let yb = p.y_offset + row * p.y_stride + c0;
+    let n = f32(p.group);
+    var sum = 0.0;
+    for (var c = 0u; c < p.group; c++) {
+        sum += x[xb + c];
+    }
+    let mean = sum / n;
+    var sq = 0.0;
+    for (var c = 0u; c < p.group; c++) {
+        let d = x[xb + c] - mean;
+        sq += d * d;
+    }
+    let inv = inverseSqrt(sq / n + p.eps);
+    for (var c = 0u; c < p.group; c++) {
+        emit(yb + c, c0 + c, (x[xb + c] - mean) * inv);
+    }
+}
+
+var<workgroup> red: array<f32, 64>;
+
+// Sum of `v` over the workgroup; every invocation gets the result.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row = wid.y + wid.z * p.rows_per_z;
+    // Uniform per workgroup, so returning here keeps barriers uniform.
+    if row >= p.rows {
+        return;
+    }
+    let c0 = wid.x * p.group;
+    let xb = p.x_offset + row * p.x_stride + c0;
+    let yb = p.y_offset + row * p.y_stride + c0;
+    let n = f32(p.group);
+    var sum = 0.0;
+    for (var c = lid; c < p.group; c += 64u) {
+        sum += x[xb + c];
+    }
+    let mean = workgroup_sum(lid, sum) / n;
+    var sq = 0.0;
+    for (var c = lid; c < p.group; c += 64u) {
+        let d = x[xb + c] - mean;
+        sq += d * d;
+    }
+    let inv = inverseSqrt(workgroup_sum(lid, sq) / n + p.eps);
+    for (var c = lid; c < p.group; c += 64u) {
+        emit(yb + c, c0 + c, (x[xb + c] - mean) * inv);
+    }
+}

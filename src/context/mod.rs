@@ -1,0 +1,305 @@
+//! The GPU context: instance, adapter, device and queue, plus the caches every op shares
+//! (shader modules, pipelines) and the memory accounting.
+//!
+//! A [`Context`] is cheap to clone (an `Arc`) and is `Send + Sync`, so one loaded model can
+//! serve sessions on several threads. It is created either from scratch
+//! ([`Context::new`]) or around a device the host application already owns
+//! ([`Context::from_device`]).
+
+mod adapter;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use adapter::{enumerate, report, select, Backend, OPTIONAL_FEATURES};
+
+use crate::error::{Error, Result};
+use crate::pipeline::{Pipeline, PipelineKey};
+use crate::profile::Profile;
+use crate::shaders::ShaderModule;
+
+/// How to create a [`Context`].
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Graphics API. Default: `MOXE_BACKEND` or auto.
+    pub backend: Backend,
+    /// Adapter index (as listed by `moxe info`) or case-insensitive name substring.
+    /// Default: `MOXE_ADAPTER`, else the most capable adapter.
+    pub adapter: Option<String>,
+    /// Lowers the per-binding storage limit below the adapter's (never raises it). Tensors
+    /// larger than this are split into row chunks; tests use it to exercise chunking on
+    /// small tensors.
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl ContextOptions {
+    /// Options from the environment: `MOXE_BACKEND`, `MOXE_ADAPTER`.
+    pub fn from_env() -> Result<Self> {
+        Ok(ContextOptions {
+            backend: Backend::from_env()?,
+            adapter: std::env::var("MOXE_ADAPTER").ok().filter(|s| !s.is_empty()),
+            max_binding_bytes: None,
+        })
+    }
+}
+
+/// Shared GPU state. See the module documentation.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: wgpu::Features,
+    limits: wgpu::Limits,
+    max_binding_bytes: u64,
+    shader_caps: naga::valid::Capabilities,
+    wait_timeout: Duration,
+    allocated: AtomicU64,
+    pub(crate) modules: Mutex<HashMap<&'static str, Arc<ShaderModule>>>,
+    pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    profile: (AtomicBool, Mutex<Profile>),
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+impl Context {
+    /// Creates an instance, picks an adapter and creates a device with the adapter's own
+    /// limits and whichever of [`OPTIONAL_FEATURES`] it has.
+    pub fn new(options: &ContextOptions) -> Result<Self> {
+        let adapter = select(options.backend, options.adapter.as_deref())?;
+        let info = adapter.get_info();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("moxe"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        // Errors not caught by a scope are logged rather than aborting the process.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            log::error!("uncaptured GPU error: {e}");
+        }));
+        log::info!(
+            "GPU: {} ({:?}, {:?}), features: {}",
+            info.name,
+            info.backend,
+            info.device_type,
+            adapter::feature_name(features)
+        );
+        let f16_in_f32 = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        Ok(Self::build(
+            device,
+            queue,
+            info,
+            f16_in_f32,
+            options.max_binding_bytes,
+        ))
+    }
+
+    /// Wraps a device and queue the host application created, so the engine shares its GPU.
+    /// The engine uses whatever features and limits that device was created with; it never
+    /// needs more than the WebGPU defaults. The application's uncaptured-error handler is
+    /// left in place: the engine catches its own errors with error scopes.
+    ///
+    /// A device of a full WebGPU adapter is assumed (`unpack2x16float` available, as on
+    /// Vulkan, Metal and DX12); on a downlevel GL device, load weights as f32.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = device.adapter_info();
+        let f16_in_f32 = info.backend != wgpu::Backend::Gl;
+        Self::build(device, queue, info, f16_in_f32, None)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        f16_in_f32: bool,
+        max_binding_bytes: Option<u64>,
+    ) -> Self {
+        let features = device.features();
+        let shader_caps = crate::shaders::capabilities(features, f16_in_f32);
+        let limits = device.limits();
+        let adapter_max = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_binding_bytes =
+            max_binding_bytes.map_or(adapter_max, |m| m.clamp(256, adapter_max));
+        let wait_timeout = std::env::var("MOXE_GPU_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(Duration::from_secs(300), Duration::from_secs);
+        Context {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                features,
+                limits,
+                max_binding_bytes,
+                shader_caps,
+                wait_timeout,
+                allocated: AtomicU64::new(0),
+                modules: Mutex::new(HashMap::new()),
+                pipelines: Mutex::new(HashMap::new()),
+                profile: (
+                    AtomicBool::new(std::env::var("MOXE_PROFILE").is_ok_and(|v| v == "1")),
+                    Mutex::new(Profile::default()),
+                ),
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Name, backend, type and driver of the adapter.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// Features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+
+    /// Limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// Whether the device has timestamp queries inside compute passes (per-dispatch profiling).
+    pub fn has_timestamps_in_passes(&self) -> bool {
+        self.inner.features.contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        )
+    }
+
+    /// Whether the device has timestamp queries (at least at pass boundaries).
+    pub fn has_timestamps(&self) -> bool {
+        self.inner
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Whether this adapter executes shaders on the CPU (lavapipe, WARP, SwiftShader). Kernels
+    /// choose their memory-access pattern by this: one contiguous stream per invocation on a
+    /// CPU, coalesced cooperative reads on a GPU.
+    pub fn is_cpu(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+            || self
+                .inner
+                .info
+                .name
+                .to_ascii_lowercase()
+                .contains("llvmpipe")
+    }
+
+    /// What shaders may use on this device (for naga validation).
+    pub fn shader_capabilities(&self) -> naga::valid::Capabilities {
+        self.inner.shader_caps
+    }
+
+    /// Whether f16 weights can be used (`unpack2x16float` is available).
+    pub fn supports_f16_weights(&self) -> bool {
+        self.inner
+            .shader_caps
+            .contains(naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32)
+    }
+
+    /// Largest byte size of one storage binding; larger tensors are split into chunks.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.max_binding_bytes
+    }
+
+    /// Bytes of GPU buffers currently allocated through this context.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn track_alloc(&self, bytes: u64) {
+        self.inner.allocated.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn track_free(&self, bytes: u64) {
+        self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn modules(&self) -> &Mutex<HashMap<&'static str, Arc<ShaderModule>>> {
+        &self.inner.modules
+    }
+
+    pub(crate) fn profile_state(&self) -> &(AtomicBool, Mutex<Profile>) {
+        &self.inner.profile
+    }
+
+    pub(crate) fn pipelines(&self) -> &Mutex<HashMap<PipelineKey, Arc<Pipeline>>> {
+        &self.inner.pipelines
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns any
+    /// error they catch into a typed [`Error`] naming `operation`.
+    pub fn scoped<T>(&self, operation: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let device = &self.inner.device;
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(Error::from_wgpu(operation, e)),
+            None => Ok(value),
+        }
+    }
+
+    /// Blocks until all submitted work is done (bounded by `MOXE_GPU_TIMEOUT_SECS`, default
+    /// 300 s, so a stuck device gives an error instead of a hang).
+    pub fn wait(&self, operation: &str) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(self.inner.wait_timeout),
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Device {
+                operation: operation.to_string(),
+                message: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,29 @@
+//! # moxe
+//!
+//! Portable GPU inference for MoxE language models ("Mixture of xLSTM Experts with
+//! Entropy-Aware Routing") on wgpu: Vulkan, Metal, DX12, and OpenGL as a fallback.
+//!
+//! Layers of the crate:
+//! - [`context`]: the GPU context (device, queue, caches) — new or around an existing device;
+//! - [`tensor`]: GPU tensors with shape and dtype, chunked past the storage-binding limit;
+//! - [`shaders`] and [`pipeline`]: the kernel registry (plain `.wgsl` files) and the
+//!   pipeline cache;
+//! - [`graph`]: command graphs recorded once per layer and replayed each step;
+//! - [`ops`]: one file per kernel, each with its CPU reference and GPU tests;
+//! - [`testing`]: helpers for headless kernel tests.
+
+pub mod context;
+pub mod error;
+pub mod graph;
+pub mod ops;
+pub mod pipeline;
+pub mod profile;
+pub mod shaders;
+pub mod tensor;
+
+pub mod testing;
+
+pub use context::{Backend, Context, ContextOptions};
+pub use error::{Error, Result};
+pub use graph::{Graph, Workgroups};
+pub use tensor::{DType, HostData, Tensor};

@@ -1,0 +1,266 @@
+//! LayerNorm and MultiHeadLayerNorm (group norm with one group per head). Kernel:
+//! `shaders/layer_norm.wgsl`.
+//!
+//! Shapes: x and y are (rows, cols) views; `group` divides `cols` (group == cols is a
+//! LayerNorm); weight and bias are (cols) f32.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{distinct, row_grid, u32_param, View};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::tensor::{DType, Tensor};
+
+/// A normalisation's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Norm<'a> {
+    /// Per-channel scale (cols), or none for gamma = 1.
+    pub weight: Option<&'a Tensor>,
+    /// Whether `weight` holds offsets (gamma = 1 + weight), as in the xlstm package.
+    pub weight_offset: bool,
+    /// Per-channel shift (cols), or none.
+    pub bias: Option<&'a Tensor>,
+    /// Elements normalised together (cols for LayerNorm, head dim for group norm).
+    pub group: usize,
+    pub eps: f32,
+}
+
+impl<'a> Norm<'a> {
+    /// The xlstm package's LayerNorm: offset weight, no bias, eps 1e-5, over `cols`.
+    pub fn xlstm(weight: &'a Tensor) -> Self {
+        Norm {
+            weight: Some(weight),
+            weight_offset: true,
+            bias: None,
+            group: weight.numel(),
+            eps: 1e-5,
+        }
+    }
+
+    /// The xlstm package's MultiHeadLayerNorm over `heads` groups.
+    pub fn xlstm_heads(weight: &'a Tensor, heads: usize) -> Self {
+        Norm {
+            group: weight.numel() / heads.max(1),
+            ..Norm::xlstm(weight)
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    group: u32,
+    rows_per_z: u32,
+    x_stride: u32,
+    x_offset: u32,
+    y_stride: u32,
+    y_offset: u32,
+    eps: f32,
+    has_weight: u32,
+    weight_offset: u32,
+    has_bias: u32,
+    beta: f32,
+    _pad: [u32; 3],
+}
+
+/// Records `y = beta * y + norm(x)`.
+pub fn layer_norm(
+    ctx: &Context,
+    graph: &mut Graph,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    x.check("norm input")?;
+    y.check("norm output")?;
+    if (x.rows, x.cols) != (y.rows, y.cols) {
+        return Err(Error::mismatch(
+            "norm output shape",
+            format!("{} x {}", x.rows, x.cols),
+            format!("{} x {}", y.rows, y.cols),
+        ));
+    }
+    if norm.group == 0 || x.cols % norm.group != 0 {
+        return Err(Error::mismatch(
+            "norm group size",
+            format!("a divisor of {}", x.cols),
+            norm.group,
+        ));
+    }
+    for (what, t) in [("norm weight", norm.weight), ("norm bias", norm.bias)] {
+        if let Some(t) = t {
+            t.expect(what, &[x.cols], DType::F32)?;
+        }
+    }
+    distinct("norm", x.tensor, y.tensor)?;
+    if x.rows == 0 {
+        return Ok(());
+    }
+    let groups = x.cols / norm.group;
+    let (entry, groups_x) = if ctx.is_cpu() {
+        ("norm_rows", groups.div_ceil(64))
+    } else {
+        ("norm_coop", groups)
+    };
+    let (workgroups, rows_per_z) = row_grid(groups_x, x.rows)?;
+    let params = Params {
+        rows: u32_param("rows", x.rows)?,
+        cols: u32_param("cols", x.cols)?,
+        group: u32_param("group", norm.group)?,
+        rows_per_z,
+        x_stride: u32_param("stride", x.stride)?,
+        x_offset: u32_param("offset", x.offset)?,
+        y_stride: u32_param("stride", y.stride)?,
+        y_offset: u32_param("offset", y.offset)?,
+        eps: norm.eps,
+        has_weight: norm.weight.is_some() as u32,
+        weight_offset: norm.weight_offset as u32,
+        has_bias: norm.bias.is_some() as u32,
+        beta,
+        _pad: [0; 3],
+    };
+    let pipeline = ctx.pipeline("layer_norm", entry, &[])?;
+    let uniform = ctx.uniform("norm params", &params)?;
+    let weight = match norm.weight {
+        Some(w) => w.binding()?,
+        None => x.binding()?,
+    };
+    let bias = match norm.bias {
+        Some(b) => b.binding()?,
+        None => x.binding()?,
+    };
+    graph.dispatch(
+        ctx,
+        &pipeline,
+        &[
+            uniform.as_entire_binding(),
+            x.binding()?,
+            weight,
+            bias,
+            y.binding()?,
+        ],
+        workgroups,
+    )
+}
+
+/// CPU reference (f64 statistics): normalise each group of each row of `x` (rows, cols).
+pub fn reference(
+    x: &[f32],
+    cols: usize,
+    group: usize,
+    weight: Option<&[f32]>,
+    weight_offset: bool,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    for (xr, yr) in x.chunks(cols).zip(y.chunks_mut(cols)) {
+        for (g, (xg, yg)) in xr.chunks(group).zip(yr.chunks_mut(group)).enumerate() {
+            let n = group as f64;
+            let mean = xg.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = xg.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for (j, (xv, yv)) in xg.iter().zip(yg.iter_mut()).enumerate() {
+                let c = g * group + j;
+                let gamma =
+                    weight.map_or(1.0, |w| w[c] as f64 + if weight_offset { 1.0 } else { 0.0 });
+                let beta = bias.map_or(0.0, |b| b[c] as f64);
+                *yv = ((*xv as f64 - mean) * inv * gamma + beta) as f32;
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, gpu, Rng};
+
+    fn check(rows: usize, cols: usize, group: usize, offset: bool, bias: bool, beta: f32) {
+        let ctx = gpu();
+        let mut rng = Rng::new((rows * 131 + cols) as u64);
+        // A large common offset checks that the variance is computed stably.
+        let x: Vec<f32> = rng
+            .normal_vec(rows * cols, 3.0)
+            .iter()
+            .map(|v| v + 50.0)
+            .collect();
+        let w = rng.normal_vec(cols, 0.3);
+        let b = rng.normal_vec(cols, 0.3);
+        let y0 = rng.normal_vec(rows * cols, 1.0);
+        let xt = Tensor::from_f32(ctx, "x", &[rows, cols], &x).unwrap();
+        let wt = Tensor::from_f32(ctx, "w", &[cols], &w).unwrap();
+        let bt = Tensor::from_f32(ctx, "b", &[cols], &b).unwrap();
+        let yt = Tensor::from_f32(ctx, "y", &[rows, cols], &y0).unwrap();
+        let norm = Norm {
+            weight: Some(&wt),
+            weight_offset: offset,
+            bias: bias.then_some(&bt),
+            group,
+            eps: 1e-5,
+        };
+        let mut g = Graph::new();
+        layer_norm(ctx, &mut g, &norm, View::of(&xt), View::of(&yt), beta).unwrap();
+        ctx.run(&[&g]).unwrap();
+        let mut want = reference(
+            &x,
+            cols,
+            group,
+            Some(&w),
+            offset,
+            bias.then_some(&b[..]),
+            1e-5,
+        );
+        for (v, o) in want.iter_mut().zip(&y0) {
+            *v += beta * o;
+        }
+        let what = format!("norm rows={rows} cols={cols} group={group}");
+        assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+    }
+
+    #[test]
+    fn layer_norm_matches_reference() {
+        check(1, 1, 1, true, false, 0.0);
+        check(3, 37, 37, true, false, 0.0);
+        check(7, 1024, 1024, false, true, 1.0);
+        check(2, 130, 130, true, true, 0.0);
+    }
+
+    #[test]
+    fn group_norm_matches_reference() {
+        check(3, 36, 9, true, false, 0.0);
+        check(5, 44, 11, true, false, 1.0);
+        check(2, 1024, 256, true, false, 0.0);
+        check(1, 12, 1, true, false, 0.0);
+    }
+
+    #[test]
+    fn bad_group_is_a_clear_error() {
+        let ctx = gpu();
+        let x = Tensor::zeros(ctx, "x", &[2, 10], DType::F32).unwrap();
+        let y = Tensor::zeros(ctx, "y", &[2, 10], DType::F32).unwrap();
+        let norm = Norm {
+            weight: None,
+            weight_offset: false,
+            bias: None,
+            group: 3,
+            eps: 1e-5,
+        };
+        let err = layer_norm(
+            ctx,
+            &mut Graph::new(),
+            &norm,
+            View::of(&x),
+            View::of(&y),
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("divisor of 10"), "{err}");
+    }
+}

@@ -1,0 +1,363 @@
+//! Matrix products with a weight matrix: `y = beta * y + bias + x W^T` (GEMV for one token,
+//! GEMM for many). Kernel: `shaders/matmul.wgsl`.
+//!
+//! Shapes: W (M, K) f32 or f16 made with [`Tensor::weight`] (possibly chunked by rows);
+//! x a (T, K) view; y a (T, M) view; bias (M) f32.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{distinct, u32_param, View};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Workgroups};
+use crate::tensor::{DType, Tensor};
+
+/// The matmul kernel variants (entry points of `matmul.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// One invocation per (row, token) streaming its row: CPU adapters, few tokens.
+    Gemv,
+    /// One invocation per (row, 4 tokens): CPU adapters, many tokens.
+    Gemm4,
+    /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
+    Coop4,
+}
+
+impl MatmulKernel {
+    /// The variant suited to this adapter and token count.
+    pub fn choose(ctx: &Context, tokens: usize) -> Self {
+        match (ctx.is_cpu(), tokens) {
+            (true, 0..=2) => MatmulKernel::Gemv,
+            (true, _) => MatmulKernel::Gemm4,
+            (false, _) => MatmulKernel::Coop4,
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            MatmulKernel::Gemv => "gemv",
+            MatmulKernel::Gemm4 => "gemm4",
+            MatmulKernel::Coop4 => "coop4",
+        }
+    }
+
+    /// All variants (for tests and benchmarks).
+    pub const ALL: [MatmulKernel; 3] =
+        [MatmulKernel::Gemv, MatmulKernel::Gemm4, MatmulKernel::Coop4];
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    k: u32,
+    m: u32,
+    t: u32,
+    w_stride: u32,
+    x_stride: u32,
+    x_offset: u32,
+    y_stride: u32,
+    y_offset: u32,
+    row_base: u32,
+    beta: f32,
+    has_bias: u32,
+    groups_x: u32,
+}
+
+/// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
+pub fn matmul(
+    ctx: &Context,
+    graph: &mut Graph,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let kernel = MatmulKernel::choose(ctx, x.rows);
+    matmul_with(ctx, graph, kernel, w, bias, x, y, beta)
+}
+
+/// [`matmul`] with an explicit kernel variant.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: MatmulKernel,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let (m, k) = (w.rows(), w.cols());
+    if !w.dtype().is_float() || w.stride() % 8 != 0 {
+        return Err(Error::mismatch(
+            format!("matmul weight '{}'", w.label()),
+            "an f32/f16 matrix made with Tensor::weight (rows padded to 8)",
+            format!("{} with row stride {}", w.dtype(), w.stride()),
+        ));
+    }
+    x.check("matmul input")?;
+    y.check("matmul output")?;
+    if x.cols != k {
+        return Err(Error::mismatch(
+            format!(
+                "matmul input columns for weight '{}' {:?}",
+                w.label(),
+                w.shape()
+            ),
+            k,
+            x.cols,
+        ));
+    }
+    if y.cols != m || y.rows != x.rows {
+        return Err(Error::mismatch(
+            format!("matmul output for weight '{}' {:?}", w.label(), w.shape()),
+            format!("{} x {m}", x.rows),
+            format!("{} x {}", y.rows, y.cols),
+        ));
+    }
+    if let Some(b) = bias {
+        b.expect(&format!("bias of '{}'", w.label()), &[m], DType::F32)?;
+    }
+    distinct("matmul", x.tensor, y.tensor)?;
+    let t = x.rows;
+    if t == 0 {
+        return Ok(());
+    }
+    let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
+    let pipeline = ctx.pipeline("matmul", kernel.entry(), &[("F16", f16)])?;
+    let token_groups = match kernel {
+        MatmulKernel::Gemv => t,
+        MatmulKernel::Gemm4 | MatmulKernel::Coop4 => t.div_ceil(4),
+    };
+    for chunk in w.chunks() {
+        let rows = chunk.rows;
+        let (workgroups, groups_x) = match kernel {
+            MatmulKernel::Gemv | MatmulKernel::Gemm4 => {
+                (Workgroups::grid(rows.div_ceil(64), token_groups, 1)?, 0)
+            }
+            MatmulKernel::Coop4 => {
+                let gx = rows.min(crate::graph::MAX_GROUPS_PER_DIM as usize);
+                (Workgroups::grid(gx, rows.div_ceil(gx), token_groups)?, gx)
+            }
+        };
+        let params = Params {
+            k: u32_param("matmul K", k)?,
+            m: u32_param("matmul rows", rows)?,
+            t: u32_param("matmul tokens", t)?,
+            w_stride: u32_param("weight stride", w.stride())?,
+            x_stride: u32_param("input stride", x.stride)?,
+            x_offset: u32_param("input offset", x.offset)?,
+            y_stride: u32_param("output stride", y.stride)?,
+            y_offset: u32_param("output offset", y.offset)?,
+            row_base: u32_param("row base", chunk.first_row)?,
+            beta,
+            has_bias: bias.is_some() as u32,
+            groups_x: groups_x as u32,
+        };
+        let uniform = ctx.uniform("matmul params", &params)?;
+        let bias_binding = match bias {
+            Some(b) => b.binding()?,
+            None => x.binding()?,
+        };
+        graph.dispatch(
+            ctx,
+            &pipeline,
+            &[
+                uniform.as_entire_binding(),
+                chunk.binding(),
+                x.binding()?,
+                bias_binding,
+                y.binding()?,
+            ],
+            workgroups,
+        )?;
+    }
+    Ok(())
+}
+
+/// CPU reference, accumulated in f64: `x (T, K) W (M, K)^T + bias`, returned as (T, M).
+pub fn reference(w: &[f32], k: usize, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (m, t) = (w.len() / k, x.len() / k);
+    let mut y = vec![0.0f32; t * m];
+    for ti in 0..t {
+        for o in 0..m {
+            let mut acc = bias.map_or(0.0, |b| b[o] as f64);
+            for j in 0..k {
+                acc += x[ti * k + j] as f64 * w[o * k + j] as f64;
+            }
+            y[ti * m + o] = acc as f32;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, gpu, round_f16, Rng};
+    use crate::HostData;
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        ctx: &Context,
+        kernel: MatmulKernel,
+        dtype: DType,
+        m: usize,
+        k: usize,
+        t: usize,
+        with_bias: bool,
+        beta: f32,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let w = rng.normal_vec(m * k, 1.0 / (k as f32).sqrt());
+        let x = rng.normal_vec(t * k, 1.0);
+        let b = rng.normal_vec(m, 0.5);
+        let y0 = rng.normal_vec(t * m, 1.0);
+        let wt = Tensor::weight(ctx, "w", &[m, k], dtype, HostData::F32(&w)).unwrap();
+        let xt = Tensor::from_f32(ctx, "x", &[t, k], &x).unwrap();
+        let bt = Tensor::from_f32(ctx, "b", &[m], &b).unwrap();
+        let yt = Tensor::from_f32(ctx, "y", &[t, m], &y0).unwrap();
+        let mut g = Graph::new();
+        matmul_with(
+            ctx,
+            &mut g,
+            kernel,
+            &wt,
+            with_bias.then_some(&bt),
+            View::of(&xt),
+            View::of(&yt),
+            beta,
+        )
+        .unwrap();
+        ctx.run(&[&g]).unwrap();
+        let w_used = if dtype == DType::F16 {
+            round_f16(&w)
+        } else {
+            w
+        };
+        let mut want = reference(&w_used, k, &x, with_bias.then_some(&b[..]));
+        for (v, y) in want.iter_mut().zip(&y0) {
+            *v += beta * y;
+        }
+        let got = yt.to_f32().unwrap();
+        let what = format!("{kernel:?} {dtype} m={m} k={k} t={t}");
+        assert_close(&got, &want, 2e-5, 2e-5, &what);
+    }
+
+    #[test]
+    fn all_kernels_match_reference_on_odd_shapes() {
+        let ctx = gpu();
+        let shapes = [
+            (1, 1, 1),
+            (7, 13, 1),
+            (65, 37, 3),
+            (130, 100, 5),
+            (33, 257, 9),
+            (200, 64, 2),
+        ];
+        for (i, &(m, k, t)) in shapes.iter().enumerate() {
+            for kernel in MatmulKernel::ALL {
+                for dtype in [DType::F32, DType::F16] {
+                    let bias = i % 2 == 0;
+                    let beta = if i % 3 == 0 { 1.0 } else { 0.0 };
+                    check(ctx, kernel, dtype, m, k, t, bias, beta, 17 + i as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_weights_give_the_same_result() {
+        // A 1 KiB binding limit forces weights of a few hundred elements into many chunks.
+        let ctx = crate::testing::gpu_with_binding_limit(1024);
+        for kernel in MatmulKernel::ALL {
+            for dtype in [DType::F32, DType::F16] {
+                check(&ctx, kernel, dtype, 53, 24, 3, true, 0.0, 5);
+            }
+        }
+        let w = Tensor::weight(
+            &ctx,
+            "w",
+            &[53, 24],
+            DType::F32,
+            HostData::F32(&[0.0; 53 * 24]),
+        )
+        .unwrap();
+        assert!(w.chunks().len() > 1, "the test must exercise chunking");
+    }
+
+    #[test]
+    fn views_read_and_write_sub_windows() {
+        // x is columns 3..3+K of a wider buffer; y is columns 2..2+M of another.
+        let ctx = gpu();
+        let (m, k, t) = (9, 10, 3);
+        let mut rng = Rng::new(3);
+        let w = rng.normal_vec(m * k, 0.3);
+        let wide = rng.normal_vec(t * 20, 1.0);
+        let wt = Tensor::weight(ctx, "w", &[m, k], DType::F32, HostData::F32(&w)).unwrap();
+        let xt = Tensor::from_f32(ctx, "x", &[t, 20], &wide).unwrap();
+        let yt = Tensor::zeros(ctx, "y", &[t, 15], DType::F32).unwrap();
+        let mut g = Graph::new();
+        let xv = View::of(&xt).select_cols(3..3 + k);
+        let yv = View::of(&yt).select_cols(2..2 + m);
+        matmul(ctx, &mut g, &wt, None, xv, yv, 0.0).unwrap();
+        ctx.run(&[&g]).unwrap();
+        let x: Vec<f32> = (0..t)
+            .flat_map(|r| wide[r * 20 + 3..r * 20 + 3 + k].to_vec())
+            .collect();
+        let want = reference(&w, k, &x, None);
+        let got = yt.to_f32().unwrap();
+        for r in 0..t {
+            assert_close(
+                &got[r * 15 + 2..r * 15 + 2 + m],
+                &want[r * m..(r + 1) * m],
+                1e-5,
+                1e-5,
+                "view",
+            );
+            assert!(
+                got[r * 15..r * 15 + 2].iter().all(|&v| v == 0.0),
+                "wrote outside the window"
+            );
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_typed() {
+        let ctx = gpu();
+        let w =
+            Tensor::weight(ctx, "proj", &[4, 8], DType::F32, HostData::F32(&[0.0; 32])).unwrap();
+        let x = Tensor::zeros(ctx, "x", &[2, 7], DType::F32).unwrap();
+        let y = Tensor::zeros(ctx, "y", &[2, 4], DType::F32).unwrap();
+        let err = matmul(
+            ctx,
+            &mut Graph::new(),
+            &w,
+            None,
+            View::of(&x),
+            View::of(&y),
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("proj") && err.contains("expected 8, got 7"),
+            "{err}"
+        );
+        let err = matmul(
+            ctx,
+            &mut Graph::new(),
+            &w,
+            None,
+            View::of(&y),
+            View::of(&y),
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("input columns"), "{err}");
+    }
+}

@@ -1,0 +1,143 @@
+//! GPU operations. Each op is one file here plus one `.wgsl` file in `shaders/`; each has a
+//! CPU reference (`reference`) and GPU tests against it in the same file.
+//!
+//! Ops do not run anything: they RECORD dispatches into a [`Graph`](crate::Graph) (building
+//! their bind groups and parameter uniforms once), and the graph is replayed every step.
+//! Activations are f32 and addressed through [`View`]s (strided 2-D windows), so splits and
+//! concatenations cost no copies.
+
+pub mod elementwise;
+pub mod layer_norm;
+pub mod matmul;
+pub mod probe;
+
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+use crate::graph::{Workgroups, MAX_GROUPS_PER_DIM};
+use crate::tensor::{DType, Tensor};
+
+/// A 2-D window of an f32 tensor: `rows` rows of `cols` elements; element (r, c) is element
+/// `offset + r * stride + c` of the tensor's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub tensor: &'a Tensor,
+    pub offset: usize,
+    pub stride: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> View<'a> {
+    /// The whole tensor as `rows() x cols()`.
+    pub fn of(tensor: &'a Tensor) -> Self {
+        View {
+            tensor,
+            offset: 0,
+            stride: tensor.stride(),
+            rows: tensor.rows(),
+            cols: tensor.cols(),
+        }
+    }
+
+    /// The whole (contiguous) tensor seen as `rows x cols` (same element count).
+    pub fn reshaped(tensor: &'a Tensor, rows: usize, cols: usize) -> Result<Self> {
+        if rows * cols != tensor.numel() || tensor.stride() != tensor.cols() {
+            return Err(Error::mismatch(
+                format!("view of tensor '{}' as {rows}x{cols}", tensor.label()),
+                format!("a contiguous tensor of {} elements", rows * cols),
+                format!("{:?} with row stride {}", tensor.shape(), tensor.stride()),
+            ));
+        }
+        Ok(View {
+            tensor,
+            offset: 0,
+            stride: cols,
+            rows,
+            cols,
+        })
+    }
+
+    /// Columns `range` of every row.
+    pub fn select_cols(self, range: Range<usize>) -> Self {
+        View {
+            offset: self.offset + range.start,
+            cols: range.len(),
+            ..self
+        }
+    }
+
+    /// Rows `range`.
+    pub fn select_rows(self, range: Range<usize>) -> Self {
+        View {
+            offset: self.offset + range.start * self.stride,
+            rows: range.len(),
+            ..self
+        }
+    }
+
+    /// Checks that the view is an in-bounds window of a single-buffer f32 tensor.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        let t = self.tensor;
+        if t.dtype() != DType::F32 {
+            return Err(Error::mismatch(
+                format!("{what} ('{}') dtype", t.label()),
+                "f32",
+                t.dtype(),
+            ));
+        }
+        t.buffer()?;
+        let end = if self.rows == 0 || self.cols == 0 {
+            self.offset
+        } else {
+            self.offset + (self.rows - 1) * self.stride + self.cols
+        };
+        if end > t.rows() * t.stride() || (self.rows > 1 && self.stride < self.cols) {
+            return Err(Error::mismatch(
+                format!("{what} window of tensor '{}' {:?}", t.label(), t.shape()),
+                format!("at most {} elements", t.rows() * t.stride()),
+                format!(
+                    "{} rows x {} cols, stride {}, offset {} (ends at {end})",
+                    self.rows, self.cols, self.stride, self.offset
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The underlying buffer as a binding.
+    pub(crate) fn binding(&self) -> Result<wgpu::BindingResource<'a>> {
+        self.tensor.binding()
+    }
+}
+
+/// Fails when an op would read and write the same buffer (a data race, and a usage
+/// conflict wgpu rejects).
+pub(crate) fn distinct(what: &str, input: &Tensor, output: &Tensor) -> Result<()> {
+    if input.buffer()? == output.buffer()? {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: input '{}' and output '{}' share a buffer; use separate tensors",
+            input.label(),
+            output.label()
+        )));
+    }
+    Ok(())
+}
+
+/// A grid of `groups_x` workgroups per row with `rows` spread over y and z so every
+/// dimension stays within the limit. Returns the grid and the rows per z slice (kernels
+/// compute `row = wid.y + wid.z * rows_per_z`).
+pub(crate) fn row_grid(groups_x: usize, rows: usize) -> Result<(Workgroups, u32)> {
+    let max = MAX_GROUPS_PER_DIM as usize;
+    let y = rows.clamp(1, max);
+    let z = rows.div_ceil(y).max(1);
+    Ok((Workgroups::grid(groups_x.max(1), y, z)?, y as u32))
+}
+
+/// Converts a size to u32 for a kernel parameter, failing clearly past 2^32.
+pub(crate) fn u32_param(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Limit {
+        what: format!("{what} = {v}"),
+        detail: "kernel parameters are 32-bit".into(),
+    })
+}

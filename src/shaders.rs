@@ -1,0 +1,195 @@
+//! The kernel registry: every WGSL file of `shaders/`, compiled into the binary with
+//! `include_str!`, validated with naga, and turned into wgpu shader modules on first use.
+//!
+//! Convention for all kernels: every resource is in bind group 0. The bind group layout of a
+//! file is derived (with naga) from ALL resources the file declares, so every entry point of
+//! one file shares one layout and a bind group built for one entry point fits the others.
+
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// One WGSL file of `shaders/`.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaderSource {
+    /// File stem: `shaders/<name>.wgsl`.
+    pub name: &'static str,
+    /// WGSL text.
+    pub source: &'static str,
+    /// Whether the file needs the SUBGROUP feature.
+    pub subgroups: bool,
+}
+
+macro_rules! registry {
+    ($( $name:literal $(: $flag:ident)? ),* $(,)?) => {
+        &[$(ShaderSource {
+            name: $name,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            subgroups: registry!(@flag $($flag)?),
+        }),*]
+    };
+    (@flag subgroups) => { true };
+    (@flag) => { false };
+}
+
+/// Every kernel of the engine. A test checks that this list and `shaders/` agree.
+pub const SHADERS: &[ShaderSource] =
+    registry!["matmul", "layer_norm", "elementwise", "bandwidth_probe",];
+
+/// Looks a shader up by name.
+pub fn find(name: &str) -> Option<&'static ShaderSource> {
+    SHADERS.iter().find(|s| s.name == name)
+}
+
+/// naga capabilities a device with `features` offers to shaders. `f16_in_f32` is the
+/// adapter's SHADER_F16_IN_F32 downlevel flag (`unpack2x16float`; every full WebGPU adapter
+/// has it).
+pub fn capabilities(features: wgpu::Features, f16_in_f32: bool) -> naga::valid::Capabilities {
+    use naga::valid::Capabilities as C;
+    let mut caps = C::empty();
+    if f16_in_f32 {
+        caps |= C::SHADER_FLOAT16_IN_FLOAT32;
+    }
+    if features.contains(wgpu::Features::SHADER_F16) {
+        caps |= C::SHADER_FLOAT16;
+    }
+    if features.contains(wgpu::Features::SUBGROUP) {
+        caps |= C::SUBGROUP;
+    }
+    caps
+}
+
+/// Parses and validates WGSL with naga, returning a readable error with source locations.
+pub fn validate(
+    name: &str,
+    source: &str,
+    caps: naga::valid::Capabilities,
+) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| Error::Shader {
+        shader: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| Error::Shader {
+            shader: name.to_string(),
+            message: e.emit_to_string(source),
+        })?;
+    Ok((module, info))
+}
+
+/// A compiled shader file: the wgpu module and the bind group layout shared by its entry
+/// points.
+pub struct ShaderModule {
+    pub(crate) name: String,
+    pub(crate) module: wgpu::ShaderModule,
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) pipeline_layout: wgpu::PipelineLayout,
+    /// Binding numbers in group 0, ascending.
+    pub(crate) bindings: Vec<u32>,
+    pub(crate) entry_points: Vec<String>,
+}
+
+impl ShaderModule {
+    /// Validates and compiles WGSL `source` on the context's device.
+    pub fn compile(ctx: &Context, name: &str, source: &str) -> Result<Self> {
+        let (module, _) = validate(name, source, ctx.shader_capabilities())?;
+        let mut entries = Vec::new();
+        for (_, var) in module.global_variables.iter() {
+            let Some(binding) = &var.binding else {
+                continue;
+            };
+            if binding.group != 0 {
+                return Err(Error::Shader {
+                    shader: name.to_string(),
+                    message: format!(
+                        "resource '{}' is in bind group {}; engine kernels use group 0 only",
+                        var.name.as_deref().unwrap_or("?"),
+                        binding.group
+                    ),
+                });
+            }
+            let ty = match var.space {
+                naga::AddressSpace::Storage { access } => wgpu::BufferBindingType::Storage {
+                    read_only: !access.contains(naga::StorageAccess::STORE),
+                },
+                naga::AddressSpace::Uniform => wgpu::BufferBindingType::Uniform,
+                other => {
+                    return Err(Error::Shader {
+                        shader: name.to_string(),
+                        message: format!("unsupported resource address space {other:?}"),
+                    })
+                }
+            };
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: binding.binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        entries.sort_by_key(|e| e.binding);
+        let entry_points = module.entry_points.iter().map(|e| e.name.clone()).collect();
+        let device = ctx.device();
+        let operation = format!("compiling shader '{name}'");
+        let (module, layout, pipeline_layout) = ctx.scoped(&operation, || {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(name),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            (module, layout, pipeline_layout)
+        })?;
+        Ok(ShaderModule {
+            name: name.to_string(),
+            module,
+            layout,
+            pipeline_layout,
+            bindings: entries.iter().map(|e| e.binding).collect(),
+            entry_points,
+        })
+    }
+}
+
+impl Context {
+    /// The compiled module of a registry shader, compiled once and cached.
+    pub(crate) fn registry_module(&self, name: &'static str) -> Result<Arc<ShaderModule>> {
+        if let Some(m) = self
+            .modules()
+            .lock()
+            .expect("shader cache poisoned")
+            .get(name)
+        {
+            return Ok(m.clone());
+        }
+        let src = find(name).ok_or_else(|| Error::UnknownShader {
+            shader: name.to_string(),
+            entry: String::new(),
+        })?;
+        if src.subgroups && !self.features().contains(wgpu::Features::SUBGROUP) {
+            return Err(Error::Limit {
+                what: format!("shader '{name}'"),
+                detail: "it needs the SUBGROUP feature, which this device lacks".into(),
+            });
+        }
+        let module = Arc::new(ShaderModule::compile(self, name, src.source)?);
+        self.modules()
+            .lock()
+            .expect("shader cache poisoned")
+            .insert(name, module.clone());
+        Ok(module)
+    }
+}

@@ -1,0 +1,597 @@
+//! GPU tensors: storage buffers with a shape and a dtype, upload and read-back, and
+//! automatic splitting of tensors larger than one storage binding into row chunks.
+//!
+//! Layout: a tensor of shape `[d0, .., dn-1, cols]` is `rows = d0 * .. * dn-1` rows of
+//! `cols` elements, stored row after row with `stride >= cols` elements per row (the padding
+//! is zero). Dense tensors have `stride == cols` (rounded up to even for f16). Weight
+//! matrices made with [`Tensor::weight`] have `stride` rounded up to a multiple of 8, so
+//! kernels can read rows with aligned 16-byte vector loads in both f32 and packed f16.
+//!
+//! f16 elements are stored as pairs packed in `u32` (element `2i` in the low half), which
+//! is the same byte layout as `array<f16>`; kernels unpack with `unpack2x16float`, so f16
+//! weights work on adapters without the SHADER_F16 feature.
+//!
+//! A tensor whose bytes exceed [`Context::max_binding_bytes`] is split into chunks of whole
+//! rows, each its own buffer; ops that read such a tensor record one dispatch per chunk.
+
+use std::ops::Range;
+
+use half::f16;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// IEEE half, stored as pairs packed in u32.
+    F16,
+    U32,
+    I32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            _ => 4,
+        }
+    }
+
+    /// Lower-case name (`f32`, `f16`, `u32`, `i32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+            DType::I32 => "i32",
+        }
+    }
+
+    /// Whether this is a floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Host-side data to upload.
+#[derive(Debug, Clone, Copy)]
+pub enum HostData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    U32(&'a [u32]),
+    I32(&'a [i32]),
+}
+
+impl HostData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            HostData::F32(d) => d.len(),
+            HostData::F16(d) => d.len(),
+            HostData::U32(d) => d.len(),
+            HostData::I32(d) => d.len(),
+        }
+    }
+}
+
+/// One buffer of a tensor, holding rows `first_row .. first_row + rows`.
+#[derive(Debug)]
+pub struct Chunk {
+    pub buffer: wgpu::Buffer,
+    pub first_row: usize,
+    pub rows: usize,
+}
+
+impl Chunk {
+    /// The whole chunk as a binding.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        self.buffer.as_entire_binding()
+    }
+
+    /// The row range this chunk holds.
+    pub fn row_range(&self) -> Range<usize> {
+        self.first_row..self.first_row + self.rows
+    }
+}
+
+/// A GPU tensor. See the module documentation for the layout.
+pub struct Tensor {
+    ctx: Context,
+    label: String,
+    shape: Vec<usize>,
+    dtype: DType,
+    stride: usize,
+    chunks: Vec<Chunk>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("label", &self.label)
+            .field("shape", &self.shape)
+            .field("dtype", &self.dtype)
+            .field("stride", &self.stride)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
+/// Usage of every tensor buffer.
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        Some((&cols, rest)) => (rest.iter().product(), cols),
+        None => (1, 1),
+    }
+}
+
+fn round_up(x: usize, m: usize) -> usize {
+    x.div_ceil(m) * m
+}
+
+impl Tensor {
+    /// A dense tensor of zeros.
+    pub fn zeros(ctx: &Context, label: &str, shape: &[usize], dtype: DType) -> Result<Self> {
+        let (_, cols) = rows_cols(shape);
+        let stride = if dtype == DType::F16 {
+            round_up(cols, 2)
+        } else {
+            cols
+        };
+        Self::allocate(ctx, label, shape, dtype, stride, USAGE, None)
+    }
+
+    /// A dense tensor holding `data` (`data.len()` must equal the product of `shape`).
+    /// Float data may be uploaded as F32 or F16 (`dtype`); integer data keeps its type.
+    pub fn from_host(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+        data: HostData<'_>,
+    ) -> Result<Self> {
+        let (_, cols) = rows_cols(shape);
+        let stride = if dtype == DType::F16 {
+            round_up(cols, 2)
+        } else {
+            cols
+        };
+        Self::allocate(ctx, label, shape, dtype, stride, USAGE, Some(data))
+    }
+
+    /// Shorthand for a dense f32 tensor from `data`.
+    pub fn from_f32(ctx: &Context, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
+        Self::from_host(ctx, label, shape, DType::F32, HostData::F32(data))
+    }
+
+    /// Shorthand for a dense u32 tensor from `data`.
+    pub fn from_u32(ctx: &Context, label: &str, shape: &[usize], data: &[u32]) -> Result<Self> {
+        Self::from_host(ctx, label, shape, DType::U32, HostData::U32(data))
+    }
+
+    /// A weight matrix (rows padded to a multiple of 8 elements) in `dtype` (F32 or F16).
+    pub fn weight(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+        data: HostData<'_>,
+    ) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::mismatch(
+                format!("weight '{label}' dtype"),
+                "f32 or f16",
+                dtype,
+            ));
+        }
+        let (_, cols) = rows_cols(shape);
+        Self::allocate(
+            ctx,
+            label,
+            shape,
+            dtype,
+            round_up(cols, 8),
+            USAGE,
+            Some(data),
+        )
+    }
+
+    /// A buffer of `count` indirect dispatch argument triples (x, y, z), also usable as a
+    /// u32 storage tensor of shape `[count, 3]`.
+    pub fn indirect_args(ctx: &Context, label: &str, count: usize) -> Result<Self> {
+        Self::allocate(
+            ctx,
+            label,
+            &[count, 3],
+            DType::U32,
+            3,
+            USAGE | wgpu::BufferUsages::INDIRECT,
+            None,
+        )
+    }
+
+    fn allocate(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+        stride: usize,
+        usage: wgpu::BufferUsages,
+        data: Option<HostData<'_>>,
+    ) -> Result<Self> {
+        let (rows, cols) = rows_cols(shape);
+        let numel: usize = shape.iter().product();
+        if let Some(d) = &data {
+            if d.len() != numel {
+                return Err(Error::mismatch(
+                    format!("data for tensor '{label}' of shape {shape:?}"),
+                    format!("{numel} elements"),
+                    format!("{} elements", d.len()),
+                ));
+            }
+            let host_is_float = matches!(d, HostData::F32(_) | HostData::F16(_));
+            let host_matches = match d {
+                HostData::U32(_) => dtype == DType::U32,
+                HostData::I32(_) => dtype == DType::I32,
+                _ => true,
+            };
+            if host_is_float != dtype.is_float() || !host_matches {
+                return Err(Error::mismatch(
+                    format!("data for tensor '{label}'"),
+                    format!("{dtype} data"),
+                    "data of another type",
+                ));
+            }
+        }
+        let row_bytes = (stride * dtype.size()) as u64;
+        let limit = ctx.max_binding_bytes();
+        let rows_per_chunk = limit
+            .checked_div(row_bytes)
+            .map_or(rows.max(1), |r| r as usize);
+        if rows_per_chunk == 0 {
+            return Err(Error::Limit {
+                what: format!("tensor '{label}' of shape {shape:?} ({dtype})"),
+                detail: format!(
+                    "one row is {row_bytes} bytes but a storage binding holds at most {limit} bytes"
+                ),
+            });
+        }
+        let mut chunks = Vec::new();
+        let mut bytes = 0u64;
+        let mut first = 0usize;
+        let operation = format!("allocating tensor '{label}' of shape {shape:?} ({dtype})");
+        loop {
+            let n = rows_per_chunk.min(rows - first);
+            // Buffers are never empty and always a multiple of 16 bytes.
+            let size = ((n as u64 * row_bytes).max(16)).div_ceil(16) * 16;
+            let buffer = ctx.scoped(&operation, || {
+                ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: data.is_some(),
+                })
+            })?;
+            if let Some(d) = &data {
+                {
+                    let mut view =
+                        buffer
+                            .slice(..)
+                            .get_mapped_range_mut()
+                            .map_err(|e| Error::Device {
+                                operation: operation.clone(),
+                                message: e.to_string(),
+                            })?;
+                    let mut staging = vec![0u8; size as usize];
+                    write_rows(&mut staging, d, first..first + n, cols, stride, dtype);
+                    view.copy_from_slice(&staging);
+                }
+                buffer.unmap();
+            }
+            bytes += size;
+            chunks.push(Chunk {
+                buffer,
+                first_row: first,
+                rows: n,
+            });
+            first += n;
+            if first >= rows {
+                break;
+            }
+        }
+        ctx.track_alloc(bytes);
+        Ok(Tensor {
+            ctx: ctx.clone(),
+            label: label.to_string(),
+            shape: shape.to_vec(),
+            dtype,
+            stride,
+            chunks,
+            bytes,
+        })
+    }
+
+    /// The tensor's name (used in error messages and GPU labels).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Logical shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Product of all dims but the last.
+    pub fn rows(&self) -> usize {
+        rows_cols(&self.shape).0
+    }
+
+    /// The last dim.
+    pub fn cols(&self) -> usize {
+        rows_cols(&self.shape).1
+    }
+
+    /// Elements between consecutive rows on the GPU.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Bytes of GPU memory held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The row chunks (one unless the tensor exceeds a storage binding).
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    /// The single buffer of an unchunked tensor. Ops that accept chunked tensors iterate
+    /// [`Tensor::chunks`] instead.
+    pub fn buffer(&self) -> Result<&wgpu::Buffer> {
+        match self.chunks.as_slice() {
+            [one] => Ok(&one.buffer),
+            many => Err(Error::Limit {
+                what: format!("tensor '{}' ({} chunks)", self.label, many.len()),
+                detail: "this operation needs it in one storage binding".into(),
+            }),
+        }
+    }
+
+    /// The whole (single-chunk) tensor as a binding.
+    pub fn binding(&self) -> Result<wgpu::BindingResource<'_>> {
+        Ok(self.buffer()?.as_entire_binding())
+    }
+
+    /// Checks shape and dtype, naming `what` in the error.
+    pub fn expect(&self, what: &str, shape: &[usize], dtype: DType) -> Result<()> {
+        if self.shape != shape || self.dtype != dtype {
+            return Err(Error::mismatch(
+                format!("{what} ('{}')", self.label),
+                format!("{shape:?} {dtype}"),
+                format!("{:?} {}", self.shape, self.dtype),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Overwrites the tensor with dense host data (same element count and kind).
+    pub fn write(&self, data: HostData<'_>) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(Error::mismatch(
+                format!("data written to tensor '{}'", self.label),
+                format!("{} elements", self.numel()),
+                format!("{} elements", data.len()),
+            ));
+        }
+        let cols = self.cols();
+        for c in &self.chunks {
+            let mut staging = vec![0u8; c.rows * self.stride * self.dtype.size()];
+            write_rows(
+                &mut staging,
+                &data,
+                c.row_range(),
+                cols,
+                self.stride,
+                self.dtype,
+            );
+            let padded = staging.len().div_ceil(4) * 4;
+            staging.resize(padded, 0);
+            self.ctx.queue().write_buffer(&c.buffer, 0, &staging);
+        }
+        Ok(())
+    }
+
+    /// Reads rows `rows` back as raw element bytes, dense (padding dropped).
+    fn read_bytes(&self, rows: Range<usize>) -> Result<Vec<u8>> {
+        let esize = self.dtype.size();
+        let row_bytes = self.stride * esize;
+        let mut out = Vec::with_capacity(rows.len() * self.cols() * esize);
+        let ctx = &self.ctx;
+        let operation = format!("reading back tensor '{}'", self.label);
+        for c in &self.chunks {
+            let lo = rows.start.max(c.first_row);
+            let hi = rows.end.min(c.first_row + c.rows);
+            if lo >= hi {
+                continue;
+            }
+            let start = ((lo - c.first_row) * row_bytes) as u64;
+            let len = ((hi - lo) * row_bytes) as u64;
+            let aligned_start = start / 4 * 4;
+            let aligned_len = (start + len).div_ceil(4) * 4 - aligned_start;
+            let bytes = read_buffer(ctx, &c.buffer, aligned_start, aligned_len, &operation)?;
+            let skip = (start - aligned_start) as usize;
+            for r in 0..hi - lo {
+                let o = skip + r * row_bytes;
+                out.extend_from_slice(&bytes[o..o + self.cols() * esize]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the whole tensor back as f32 (f16 is widened).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        self.rows_to_f32(0..self.rows())
+    }
+
+    /// Reads rows `rows` back as f32 (f16 is widened).
+    pub fn rows_to_f32(&self, rows: Range<usize>) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(rows)?;
+        match self.dtype {
+            DType::F32 => Ok(bytemuck::pod_collect_to_vec(&bytes)),
+            DType::F16 => Ok(bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => Err(Error::mismatch(
+                format!("read-back of tensor '{}' as f32", self.label),
+                "a float tensor",
+                other,
+            )),
+        }
+    }
+
+    /// Reads the whole tensor back as u32 (U32 or I32 tensors).
+    pub fn to_u32(&self) -> Result<Vec<u32>> {
+        if self.dtype.is_float() {
+            return Err(Error::mismatch(
+                format!("read-back of tensor '{}' as u32", self.label),
+                "an integer tensor",
+                self.dtype,
+            ));
+        }
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read_bytes(0..self.rows())?,
+        ))
+    }
+
+    /// Reads the whole tensor back as i32 (U32 or I32 tensors).
+    pub fn to_i32(&self) -> Result<Vec<i32>> {
+        Ok(self.to_u32()?.into_iter().map(|x| x as i32).collect())
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        self.ctx.track_free(self.bytes);
+    }
+}
+
+/// Writes rows `rows` of dense host data into `dst` (which starts at row `rows.start`),
+/// converting to `dtype` and padding each row to `stride` elements with zeros.
+fn write_rows(
+    dst: &mut [u8],
+    data: &HostData<'_>,
+    rows: Range<usize>,
+    cols: usize,
+    stride: usize,
+    dtype: DType,
+) {
+    let esize = dtype.size();
+    for (i, r) in rows.enumerate() {
+        let src = r * cols..(r + 1) * cols;
+        let out = &mut dst[i * stride * esize..][..cols * esize];
+        match (data, dtype) {
+            (HostData::F32(d), DType::F32) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
+            (HostData::F32(d), DType::F16) => {
+                for (o, &x) in out.chunks_exact_mut(2).zip(&d[src]) {
+                    o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                }
+            }
+            (HostData::F16(d), DType::F16) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
+            (HostData::F16(d), DType::F32) => {
+                for (o, &x) in out.chunks_exact_mut(4).zip(&d[src]) {
+                    o.copy_from_slice(&x.to_f32().to_le_bytes());
+                }
+            }
+            (HostData::U32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
+            (HostData::I32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
+            // Kind mismatches are rejected before any write.
+            _ => unreachable!("host data kind checked in Tensor::allocate"),
+        }
+    }
+}
+
+/// Copies `len` bytes at `offset` of `buffer` (both multiples of 4) to the host.
+pub(crate) fn read_buffer(
+    ctx: &Context,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: u64,
+    operation: &str,
+) -> Result<Vec<u8>> {
+    let staging = ctx.scoped(operation, || {
+        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size: len.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, len);
+        ctx.queue().submit([enc.finish()]);
+        staging
+    })?;
+    map_read(ctx, &staging, len, operation)
+}
+
+/// Maps a MAP_READ buffer after the work writing it was submitted, and copies it out.
+pub(crate) fn map_read(
+    ctx: &Context,
+    staging: &wgpu::Buffer,
+    len: u64,
+    operation: &str,
+) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging
+        .slice(..len.max(4))
+        .map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+    ctx.wait(operation)?;
+    rx.try_recv()
+        .map_err(|_| Error::Device {
+            operation: operation.to_string(),
+            message: "the buffer was not mapped after the device finished".into(),
+        })?
+        .map_err(|e| Error::Device {
+            operation: operation.to_string(),
+            message: e.to_string(),
+        })?;
+    let out = {
+        let view = staging
+            .slice(..len.max(4))
+            .get_mapped_range()
+            .map_err(|e| Error::Device {
+                operation: operation.to_string(),
+                message: e.to_string(),
+            })?;
+        view[..len as usize].to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}
