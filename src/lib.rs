@@ -27,3 +27,10 @@ pub use context::{Backend, Context, ContextOptions};
 pub use error::{Error, Result};
 pub use graph::{Graph, Workgroups};
 pub use tensor::{DType, HostData, Tensor};
+/// The wgpu version the engine is built on, for applications that share their device.
+pub use wgpu;
+
+/// Compiles and runs the README's Rust examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -217,24 +217,30 @@ pub fn report(index: usize, adapter: &wgpu::Adapter) -> String {
         "      subgroup size                    {}..{}",
         info.subgroup_min_size, info.subgroup_max_size
     );
-    let wanted: Vec<String> = OPTIONAL_FEATURES
-        .iter()
-        .map(|f| {
+    let wanted: Vec<String> = feature_names(OPTIONAL_FEATURES)
+        .into_iter()
+        .zip(OPTIONAL_FEATURES.iter())
+        .map(|(name, f)| {
             let mark = if features.contains(f) { "yes" } else { "no" };
-            format!("{} {mark}", feature_name(f))
+            format!("{name}: {mark}")
         })
         .collect();
     let _ = writeln!(s, "    engine features: {}", wanted.join(", "));
-    let _ = writeln!(s, "    all features: {features:?}");
+    let _ = writeln!(s, "    all features:");
+    for line in feature_names(features).chunks(4) {
+        let _ = writeln!(s, "      {}", line.join(", "));
+    }
     s
 }
 
-/// Short name of one feature flag, as wgpu spells it.
-pub(crate) fn feature_name(f: wgpu::Features) -> String {
-    format!("{f:?}")
-        .trim_start_matches("Features(")
-        .trim_end_matches(')')
-        .to_string()
+/// The names of the flags in `features`, as wgpu spells them.
+pub(crate) fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
+    features
+        .features_webgpu
+        .iter_names()
+        .map(|(n, _)| n)
+        .chain(features.features_wgpu.iter_names().map(|(n, _)| n))
+        .collect()
 }
 
 #[cfg(test)]

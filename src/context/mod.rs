@@ -106,7 +106,7 @@ impl Context {
             info.name,
             info.backend,
             info.device_type,
-            adapter::feature_name(features)
+            adapter::feature_names(features).join(", ")
         );
         let f16_in_f32 = adapter
             .get_downlevel_capabilities()
@@ -125,13 +125,23 @@ impl Context {
     /// The engine uses whatever features and limits that device was created with; it never
     /// needs more than the WebGPU defaults. The application's uncaptured-error handler is
     /// left in place: the engine catches its own errors with error scopes.
-    ///
-    /// A device of a full WebGPU adapter is assumed (`unpack2x16float` available, as on
-    /// Vulkan, Metal and DX12); on a downlevel GL device, load weights as f32.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
-        let f16_in_f32 = info.backend != wgpu::Backend::Gl;
+        let f16_in_f32 = Self::probe_f16_in_f32(&device);
         Self::build(device, queue, info, f16_in_f32, None)
+    }
+
+    /// Whether the device accepts `unpack2x16float` (the adapter's SHADER_F16_IN_F32
+    /// downlevel flag, which a bare device does not expose): compiles a one-line shader.
+    fn probe_f16_in_f32(device: &wgpu::Device) -> bool {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let _ = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("unpack2x16float probe"),
+            source: wgpu::ShaderSource::Wgsl(
+                "@compute @workgroup_size(1) fn main() { _ = unpack2x16float(0u); }".into(),
+            ),
+        });
+        pollster::block_on(scope.pop()).is_none()
     }
 
     fn build(

@@ -1,0 +1,41 @@
+//! Command-line interface: argument parsing and one module per command.
+
+mod info;
+
+use clap::{Args, Parser, Subcommand};
+
+use moxe::{Backend, Result};
+
+/// Run MoxE language models on any GPU (Vulkan, Metal, DX12, OpenGL) through wgpu.
+#[derive(Debug, Parser)]
+#[command(name = "moxe", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where to run.
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    /// Graphics API: auto, vulkan, metal, dx12 or gl.
+    #[arg(long, global = true, env = "MOXE_BACKEND", default_value = "auto")]
+    pub backend: Backend,
+    /// Adapter index (as `moxe info` lists them) or a substring of its name.
+    #[arg(long, global = true, env = "MOXE_ADAPTER")]
+    pub adapter: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every GPU adapter with its backend, type, driver, limits and features.
+    Info,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info => info::run(&cli.gpu),
+    }
+}
