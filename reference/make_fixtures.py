@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import math
-import os
 import shutil
 import sys
 import tempfile
@@ -61,7 +59,6 @@ from moxe_ref.gate import (  # noqa: E402
     compute_telemetry,
 )
 from moxe_ref.golden import make_golden  # noqa: E402
-from moxe_ref.state import zero_stack_state  # noqa: E402
 
 EPS = 1e-5
 SIZE_LIMIT = 5 * 1024 * 1024

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +22,7 @@ from torch import nn
 from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla
 
 from .config import MoxEConfig
-from .model import DenseXLSTMModel, MoxEModel, build_model
+from .model import DenseXLSTMModel, build_model
 
 RK = "_recurrent_kernel_"
 BIAS = "_bias_"

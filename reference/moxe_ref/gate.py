@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ENTROPY_CLAMP = 1e-6  # H~ = -sum q log(max(q, 1e-6)) / log E
