@@ -2,7 +2,7 @@
 //
 // A view is `rows` rows of `cols` elements; element (r, c) of view v is at
 // v_offset + r * v_stride + c. Grid: (ceil(cols / 64), rows) with rows split over y and z
-// (row = wid.y + wid.z * rows_per_z) so any row count fits the per-dimension limit.
+// (row = wid.y + wid.z * 65535) so any row count fits the per-dimension limit.
 //
 //   unary:  y = act(a)
 //   binary: y = a + b      (OP 0)
@@ -15,7 +15,6 @@
 struct Params {
     rows: u32,
     cols: u32,
-    rows_per_z: u32,
     a_stride: u32,
     a_offset: u32,
     b_stride: u32,
@@ -76,7 +75,7 @@ fn act(x: f32) -> f32 {
 
 // (row, col) of this invocation, or row == rows when out of range.
 fn position(gid: vec3<u32>, wid: vec3<u32>) -> vec2<u32> {
-    let row = wid.y + wid.z * p.rows_per_z;
+    let row = wid.y + wid.z * 65535u;
     if gid.x >= p.cols || row >= p.rows {
         return vec2<u32>(0u, p.rows);
     }

@@ -11,7 +11,7 @@
 //
 //   norm_rows: one invocation per (row, group), streaming the group three times
 //              (mean, variance, output): the fast pattern on CPU adapters.
-//              grid (ceil(groups / 64), rows split over y/z).
+//              grid (ceil(groups / 64), rows split over y/z, row = wid.y + wid.z * 65535).
 //   norm_coop: one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
 //              grid (groups, rows split over y/z).
 
@@ -19,7 +19,6 @@ struct Params {
     rows: u32,
     cols: u32,
     group: u32,
-    rows_per_z: u32,
     x_stride: u32,
     x_offset: u32,
     y_stride: u32,
@@ -64,7 +63,7 @@ fn scale_shift(c: u32) -> vec2<f32> {
 @compute @workgroup_size(64)
 fn norm_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let groups = p.cols / p.group;
-    let row = wid.y + wid.z * p.rows_per_z;
+    let row = wid.y + wid.z * 65535u;
     if gid.x >= groups || row >= p.rows {
         return;
     }
@@ -107,7 +106,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let row = wid.y + wid.z * p.rows_per_z;
+    let row = wid.y + wid.z * 65535u;
     // Uniform per workgroup, so returning here keeps barriers uniform.
     if row >= p.rows {
         return;

@@ -1,8 +1,10 @@
-// y[t, o] = beta * y[t, o] + bias[o] + sum_k x[t, k] * W[o, k]
+// y[t, o] = beta * y[t, o] + bias[o] + sum_k x[t, head(o) * K + k] * W[o, k]
 //
 // W: (M, K) rows padded to w_stride (a multiple of 8) elements, f32 or f16 pairs packed in
 //    u32; bound as array<vec4<u32>> and reinterpreted per the F16 override.
-// x: element x[t, k] at x[x_offset + t * x_stride + k] (f32).
+// x: element x[t, c] at x[x_offset + t * x_stride + c] (f32).
+// head(o) = o / head_rows when head_rows > 0 (block-diagonal "headwise" weights: each block
+//    of head_rows output rows reads its own K inputs), else 0 (a dense matrix).
 // y: element y[t, o] at y[y_offset + t * y_stride + row_base + o] (f32).
 // The dispatch covers one row chunk of W: rows row_base .. row_base + M of the full matrix.
 //
@@ -28,6 +30,7 @@ struct Params {
     beta: f32,
     has_bias: u32,
     groups_x: u32,
+    head_rows: u32,
 }
 
 override F16: bool = false;
@@ -51,9 +54,17 @@ fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(bitcast<vec4<f32>>(w[i]), bitcast<vec4<f32>>(w[i + 1u]));
 }
 
-// Eight consecutive inputs of token t starting at element k; zero past K.
-fn load_x8(t: u32, k: u32) -> array<vec4<f32>, 2> {
-    let base = p.x_offset + t * p.x_stride + k;
+// First input column read by chunk row `row`.
+fn x_col(row: u32) -> u32 {
+    if p.head_rows == 0u {
+        return 0u;
+    }
+    return ((p.row_base + row) / p.head_rows) * p.k;
+}
+
+// Eight consecutive inputs of token t starting at column c + k; zero past K.
+fn load_x8(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
+    let base = p.x_offset + t * p.x_stride + c + k;
     if k + 8u <= p.k {
         return array<vec4<f32>, 2>(
             vec4<f32>(x[base], x[base + 1u], x[base + 2u], x[base + 3u]),
@@ -92,9 +103,10 @@ fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     if row >= p.m || t >= p.t {
         return;
     }
+    let c = x_col(row);
     var acc = 0.0;
     for (var k = 0u; k < p.k; k += 8u) {
-        acc += dot8(load_w8(row, k), load_x8(t, k));
+        acc += dot8(load_w8(row, k), load_x8(t, c, k));
     }
     store(t, row, acc);
 }
@@ -110,16 +122,17 @@ fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
     let t1 = min(t0 + 1u, p.t - 1u);
     let t2 = min(t0 + 2u, p.t - 1u);
     let t3 = min(t0 + 3u, p.t - 1u);
+    let c = x_col(row);
     var a0 = 0.0;
     var a1 = 0.0;
     var a2 = 0.0;
     var a3 = 0.0;
     for (var k = 0u; k < p.k; k += 8u) {
         let wv = load_w8(row, k);
-        a0 += dot8(wv, load_x8(t0, k));
-        a1 += dot8(wv, load_x8(t1, k));
-        a2 += dot8(wv, load_x8(t2, k));
-        a3 += dot8(wv, load_x8(t3, k));
+        a0 += dot8(wv, load_x8(t0, c, k));
+        a1 += dot8(wv, load_x8(t1, c, k));
+        a2 += dot8(wv, load_x8(t2, c, k));
+        a3 += dot8(wv, load_x8(t3, c, k));
     }
     store(t0, row, a0);
     if t0 + 1u < p.t {
@@ -145,15 +158,16 @@ fn coop4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let t1 = min(t0 + 1u, p.t - 1u);
     let t2 = min(t0 + 2u, p.t - 1u);
     let t3 = min(t0 + 3u, p.t - 1u);
+    let c = x_col(r);
     var acc = vec4<f32>(0.0);
     if live {
         for (var k = lid * 8u; k < p.k; k += 512u) {
             let wv = load_w8(r, k);
             acc += vec4<f32>(
-                dot8(wv, load_x8(t0, k)),
-                dot8(wv, load_x8(t1, k)),
-                dot8(wv, load_x8(t2, k)),
-                dot8(wv, load_x8(t3, k)),
+                dot8(wv, load_x8(t0, c, k)),
+                dot8(wv, load_x8(t1, c, k)),
+                dot8(wv, load_x8(t2, c, k)),
+                dot8(wv, load_x8(t3, c, k)),
             );
         }
     }

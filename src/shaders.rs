@@ -34,8 +34,13 @@ macro_rules! registry {
 }
 
 /// Every kernel of the engine. A test checks that this list and `shaders/` agree.
-pub const SHADERS: &[ShaderSource] =
-    registry!["matmul", "layer_norm", "elementwise", "bandwidth_probe",];
+pub const SHADERS: &[ShaderSource] = registry![
+    "matmul",
+    "layer_norm",
+    "elementwise",
+    "bandwidth_probe",
+    "indirect_args",
+];
 
 /// Looks a shader up by name.
 pub fn find(name: &str) -> Option<&'static ShaderSource> {

@@ -573,7 +573,9 @@ pub(crate) fn map_read(
             let _ = tx.send(r);
         });
     ctx.wait(operation)?;
-    rx.try_recv()
+    // Another thread polling the same device may be the one running the callback, so it can
+    // arrive an instant after our wait returns.
+    rx.recv_timeout(std::time::Duration::from_secs(10))
         .map_err(|_| Error::Device {
             operation: operation.to_string(),
             message: "the buffer was not mapped after the device finished".into(),

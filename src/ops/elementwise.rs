@@ -5,10 +5,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{distinct, row_grid, u32_param, View};
+use super::{distinct, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{Graph, RowGrid};
 
 /// An activation function (the `act_fn` names of the xlstm package are accepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,6 @@ impl Binary {
 struct Params {
     rows: u32,
     cols: u32,
-    rows_per_z: u32,
     a_stride: u32,
     a_offset: u32,
     b_stride: u32,
@@ -138,14 +137,12 @@ fn record(
     b: View<'_>,
     y: View<'_>,
 ) -> Result<()> {
-    if y.rows == 0 || y.cols == 0 {
+    if y.cols == 0 {
         return Ok(());
     }
-    let (workgroups, rows_per_z) = row_grid(y.cols.div_ceil(64), y.rows)?;
     let params = Params {
         rows: u32_param("rows", y.rows)?,
         cols: u32_param("cols", y.cols)?,
-        rows_per_z,
         a_stride: u32_param("stride", a.stride)?,
         a_offset: u32_param("offset", a.offset)?,
         b_stride: u32_param("stride", b.stride)?,
@@ -155,7 +152,7 @@ fn record(
     };
     let pipeline = ctx.pipeline("elementwise", entry, constants)?;
     let uniform = ctx.uniform("elementwise params", &params)?;
-    graph.dispatch(
+    graph.dispatch_rows(
         ctx,
         &pipeline,
         &[
@@ -164,7 +161,10 @@ fn record(
             b.binding()?,
             y.binding()?,
         ],
-        workgroups,
+        RowGrid::YZ {
+            x: y.cols.div_ceil(64),
+        },
+        y.rows,
     )
 }
 

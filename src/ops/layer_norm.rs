@@ -6,10 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{distinct, row_grid, u32_param, View};
+use super::{distinct, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{Graph, RowGrid};
 use crate::tensor::{DType, Tensor};
 
 /// A normalisation's parameters.
@@ -53,7 +53,6 @@ struct Params {
     rows: u32,
     cols: u32,
     group: u32,
-    rows_per_z: u32,
     x_stride: u32,
     x_offset: u32,
     y_stride: u32,
@@ -63,7 +62,7 @@ struct Params {
     weight_offset: u32,
     has_bias: u32,
     beta: f32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 /// Records `y = beta * y + norm(x)`.
@@ -97,21 +96,16 @@ pub fn layer_norm(
         }
     }
     distinct("norm", x.tensor, y.tensor)?;
-    if x.rows == 0 {
-        return Ok(());
-    }
     let groups = x.cols / norm.group;
     let (entry, groups_x) = if ctx.is_cpu() {
         ("norm_rows", groups.div_ceil(64))
     } else {
         ("norm_coop", groups)
     };
-    let (workgroups, rows_per_z) = row_grid(groups_x, x.rows)?;
     let params = Params {
         rows: u32_param("rows", x.rows)?,
         cols: u32_param("cols", x.cols)?,
         group: u32_param("group", norm.group)?,
-        rows_per_z,
         x_stride: u32_param("stride", x.stride)?,
         x_offset: u32_param("offset", x.offset)?,
         y_stride: u32_param("stride", y.stride)?,
@@ -121,7 +115,7 @@ pub fn layer_norm(
         weight_offset: norm.weight_offset as u32,
         has_bias: norm.bias.is_some() as u32,
         beta,
-        _pad: [0; 3],
+        _pad: [0; 4],
     };
     let pipeline = ctx.pipeline("layer_norm", entry, &[])?;
     let uniform = ctx.uniform("norm params", &params)?;
@@ -133,7 +127,7 @@ pub fn layer_norm(
         Some(b) => b.binding()?,
         None => x.binding()?,
     };
-    graph.dispatch(
+    graph.dispatch_rows(
         ctx,
         &pipeline,
         &[
@@ -143,7 +137,8 @@ pub fn layer_norm(
             bias,
             y.binding()?,
         ],
-        workgroups,
+        RowGrid::YZ { x: groups_x },
+        x.rows,
     )
 }
 

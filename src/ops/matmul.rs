@@ -1,15 +1,17 @@
 //! Matrix products with a weight matrix: `y = beta * y + bias + x W^T` (GEMV for one token,
-//! GEMM for many). Kernel: `shaders/matmul.wgsl`.
+//! GEMM for many), dense or block-diagonal ("headwise"). Kernel: `shaders/matmul.wgsl`.
 //!
-//! Shapes: W (M, K) f32 or f16 made with [`Tensor::weight`] (possibly chunked by rows);
-//! x a (T, K) view; y a (T, M) view; bias (M) f32.
+//! Shapes (dense): W (M, K) f32 or f16 made with [`Tensor::weight`] (possibly chunked by
+//! rows); x a (T, K) view; y a (T, M) view; bias (M) f32.
+//! Shapes (headwise): W (NH, O, I) — NH blocks of an (O, I) matrix; x a (T, NH * I) view;
+//! y a (T, NH * O) view; y[t, h*O + o] = sum_i x[t, h*I + i] W[h, o, i] (+ bias[h*O + o]).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{distinct, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Workgroups};
+use crate::graph::{Graph, RowGrid, MAX_GROUPS_PER_DIM};
 use crate::tensor::{DType, Tensor};
 
 /// The matmul kernel variants (entry points of `matmul.wgsl`).
@@ -61,6 +63,8 @@ struct Params {
     beta: f32,
     has_bias: u32,
     groups_x: u32,
+    head_rows: u32,
+    _pad: [u32; 3],
 }
 
 /// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
@@ -77,6 +81,28 @@ pub fn matmul(
     matmul_with(ctx, graph, kernel, w, bias, x, y, beta)
 }
 
+/// Records the block-diagonal product `y = beta * y + bias + headwise(W, x)` with W of shape
+/// (NH, O, I) (the xlstm package's `LinearHeadwiseExpand` weight).
+pub fn headwise(
+    ctx: &Context,
+    graph: &mut Graph,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let &[heads, o, i] = w.shape() else {
+        return Err(Error::mismatch(
+            format!("headwise weight '{}' rank", w.label()),
+            "3 dims (heads, out, in)",
+            format!("{:?}", w.shape()),
+        ));
+    };
+    let kernel = MatmulKernel::choose(ctx, x.rows);
+    record(ctx, graph, kernel, w, bias, x, y, beta, Some((heads, o, i)))
+}
+
 /// [`matmul`] with an explicit kernel variant.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
@@ -89,7 +115,24 @@ pub fn matmul_with(
     y: View<'_>,
     beta: f32,
 ) -> Result<()> {
+    record(ctx, graph, kernel, w, bias, x, y, beta, None)
+}
+
+/// Shared recorder; `heads` = Some((NH, O, I)) for a block-diagonal weight.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: MatmulKernel,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+    heads: Option<(usize, usize, usize)>,
+) -> Result<()> {
     let (m, k) = (w.rows(), w.cols());
+    let x_cols = heads.map_or(k, |(h, _, i)| h * i);
     if !w.dtype().is_float() || w.stride() % 8 != 0 {
         return Err(Error::mismatch(
             format!("matmul weight '{}'", w.label()),
@@ -99,16 +142,22 @@ pub fn matmul_with(
     }
     x.check("matmul input")?;
     y.check("matmul output")?;
-    if x.cols != k {
+    if x.cols != x_cols {
         return Err(Error::mismatch(
             format!(
                 "matmul input columns for weight '{}' {:?}",
                 w.label(),
                 w.shape()
             ),
-            k,
+            x_cols,
             x.cols,
         ));
+    }
+    if heads.is_some() && w.chunks().len() > 1 {
+        return Err(Error::Limit {
+            what: format!("headwise weight '{}'", w.label()),
+            detail: "it must fit one storage binding".into(),
+        });
     }
     if y.cols != m || y.rows != x.rows {
         return Err(Error::mismatch(
@@ -122,24 +171,35 @@ pub fn matmul_with(
     }
     distinct("matmul", x.tensor, y.tensor)?;
     let t = x.rows;
-    if t == 0 {
-        return Ok(());
-    }
     let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
     let pipeline = ctx.pipeline("matmul", kernel.entry(), &[("F16", f16)])?;
-    let token_groups = match kernel {
-        MatmulKernel::Gemv => t,
-        MatmulKernel::Gemm4 | MatmulKernel::Coop4 => t.div_ceil(4),
-    };
     for chunk in w.chunks() {
         let rows = chunk.rows;
-        let (workgroups, groups_x) = match kernel {
-            MatmulKernel::Gemv | MatmulKernel::Gemm4 => {
-                (Workgroups::grid(rows.div_ceil(64), token_groups, 1)?, 0)
-            }
+        let (grid, groups_x) = match kernel {
+            MatmulKernel::Gemv => (
+                RowGrid::Y {
+                    x: rows.div_ceil(64),
+                    per: 1,
+                },
+                0,
+            ),
+            MatmulKernel::Gemm4 => (
+                RowGrid::Y {
+                    x: rows.div_ceil(64),
+                    per: 4,
+                },
+                0,
+            ),
             MatmulKernel::Coop4 => {
-                let gx = rows.min(crate::graph::MAX_GROUPS_PER_DIM as usize);
-                (Workgroups::grid(gx, rows.div_ceil(gx), token_groups)?, gx)
+                let gx = rows.min(MAX_GROUPS_PER_DIM as usize);
+                (
+                    RowGrid::Z {
+                        x: gx,
+                        y: rows.div_ceil(gx),
+                        per: 4,
+                    },
+                    gx,
+                )
             }
         };
         let params = Params {
@@ -155,13 +215,15 @@ pub fn matmul_with(
             beta,
             has_bias: bias.is_some() as u32,
             groups_x: groups_x as u32,
+            head_rows: heads.map_or(0, |(_, o, _)| o as u32),
+            _pad: [0; 3],
         };
         let uniform = ctx.uniform("matmul params", &params)?;
         let bias_binding = match bias {
             Some(b) => b.binding()?,
             None => x.binding()?,
         };
-        graph.dispatch(
+        graph.dispatch_rows(
             ctx,
             &pipeline,
             &[
@@ -171,7 +233,8 @@ pub fn matmul_with(
                 bias_binding,
                 y.binding()?,
             ],
-            workgroups,
+            grid,
+            t,
         )?;
     }
     Ok(())
@@ -188,6 +251,22 @@ pub fn reference(w: &[f32], k: usize, x: &[f32], bias: Option<&[f32]>) -> Vec<f3
                 acc += x[ti * k + j] as f64 * w[o * k + j] as f64;
             }
             y[ti * m + o] = acc as f32;
+        }
+    }
+    y
+}
+
+/// CPU reference of [`headwise`]: W (NH, O, I), x (T, NH * I) -> (T, NH * O).
+pub fn headwise_reference(w: &[f32], heads: usize, o: usize, x: &[f32]) -> Vec<f32> {
+    let i = w.len() / (heads * o);
+    let t = x.len() / (heads * i);
+    let mut y = vec![0.0f32; t * heads * o];
+    for ti in 0..t {
+        for h in 0..heads {
+            let xs = &x[ti * heads * i + h * i..][..i];
+            let ws = &w[h * o * i..(h + 1) * o * i];
+            let part = reference(ws, i, xs, None);
+            y[ti * heads * o + h * o..][..o].copy_from_slice(&part);
         }
     }
     y
@@ -322,6 +401,37 @@ mod tests {
                 got[r * 15..r * 15 + 2].iter().all(|&v| v == 0.0),
                 "wrote outside the window"
             );
+        }
+    }
+
+    #[test]
+    fn headwise_matches_reference() {
+        let ctx = gpu();
+        // (heads, out, in, tokens): the xlstm shapes (qkv blocks of 4, sLSTM heads) and odd ones.
+        for (n, &(heads, o, i, t)) in [(4, 4, 4, 3), (2, 9, 9, 1), (3, 5, 7, 6), (8, 4, 4, 9)]
+            .iter()
+            .enumerate()
+        {
+            for dtype in [DType::F32, DType::F16] {
+                let mut rng = Rng::new(n as u64);
+                let w = rng.normal_vec(heads * o * i, 0.5);
+                let x = rng.normal_vec(t * heads * i, 1.0);
+                let wt =
+                    Tensor::weight(ctx, "hw", &[heads, o, i], dtype, HostData::F32(&w)).unwrap();
+                let xt = Tensor::from_f32(ctx, "x", &[t, heads * i], &x).unwrap();
+                let yt = Tensor::zeros(ctx, "y", &[t, heads * o], DType::F32).unwrap();
+                let mut g = Graph::new();
+                headwise(ctx, &mut g, &wt, None, View::of(&xt), View::of(&yt), 0.0).unwrap();
+                ctx.run(&[&g]).unwrap();
+                let w_used = if dtype == DType::F16 {
+                    round_f16(&w)
+                } else {
+                    w
+                };
+                let want = headwise_reference(&w_used, heads, o, &x);
+                let what = format!("headwise {heads}x{o}x{i} t={t} {dtype}");
+                assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+            }
         }
     }
 

@@ -14,7 +14,6 @@ pub mod probe;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::graph::{Workgroups, MAX_GROUPS_PER_DIM};
 use crate::tensor::{DType, Tensor};
 
 /// A 2-D window of an f32 tensor: `rows` rows of `cols` elements; element (r, c) is element
@@ -122,16 +121,6 @@ pub(crate) fn distinct(what: &str, input: &Tensor, output: &Tensor) -> Result<()
         )));
     }
     Ok(())
-}
-
-/// A grid of `groups_x` workgroups per row with `rows` spread over y and z so every
-/// dimension stays within the limit. Returns the grid and the rows per z slice (kernels
-/// compute `row = wid.y + wid.z * rows_per_z`).
-pub(crate) fn row_grid(groups_x: usize, rows: usize) -> Result<(Workgroups, u32)> {
-    let max = MAX_GROUPS_PER_DIM as usize;
-    let y = rows.clamp(1, max);
-    let z = rows.div_ceil(y).max(1);
-    Ok((Workgroups::grid(groups_x.max(1), y, z)?, y as u32))
 }
 
 /// Converts a size to u32 for a kernel parameter, failing clearly past 2^32.

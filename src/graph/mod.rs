@@ -7,10 +7,19 @@
 //! ONE command buffer and submits once ([`Context::submit`]); the per-step CPU work is a
 //! loop of `set_pipeline` / `set_bind_group` / `dispatch`.
 //!
+//! Kernels that work on rows (tokens) describe their grid as a [`RowGrid`]; the graph turns
+//! it into a fixed workgroup count, or — inside a [`DynamicRows`] section — into an indirect
+//! dispatch whose row count the GPU writes during the step (how experts that receive no
+//! tokens get zero workgroups).
+//!
 //! With `MOXE_PROFILE=1`, every dispatch is timed with timestamp queries (where the
 //! adapter has them) and [`Context::profile_report`] prints a per-kernel table.
 
+pub mod dynamic_rows;
+
 use std::sync::Arc;
+
+pub use dynamic_rows::DynamicRows;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -54,6 +63,34 @@ impl Workgroups {
     }
 }
 
+/// Rows handled by one workgroup slice in [`RowGrid::YZ`] (kernels compute
+/// `row = wid.y + wid.z * ROWS_PER_Z`).
+pub const ROWS_PER_Z: usize = MAX_GROUPS_PER_DIM as usize;
+
+/// How a kernel lays rows (tokens) over its grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowGrid {
+    /// `(x, ceil(rows / per), 1)`.
+    Y { x: usize, per: usize },
+    /// `(x, y, ceil(rows / per))`.
+    Z { x: usize, y: usize, per: usize },
+    /// `(x, min(rows, 65535), ceil(rows / 65535))`; `row = wid.y + wid.z * 65535`.
+    YZ { x: usize },
+}
+
+impl RowGrid {
+    /// The grid for a row count known now.
+    pub fn workgroups(self, rows: usize) -> Result<Workgroups> {
+        match self {
+            RowGrid::Y { x, per } => Workgroups::grid(x, rows.div_ceil(per), 1),
+            RowGrid::Z { x, y, per } => Workgroups::grid(x, y, rows.div_ceil(per)),
+            RowGrid::YZ { x } => {
+                Workgroups::grid(x, rows.min(ROWS_PER_Z), rows.div_ceil(ROWS_PER_Z))
+            }
+        }
+    }
+}
+
 /// One recorded dispatch.
 pub struct Dispatch {
     pub(crate) pipeline: Arc<Pipeline>,
@@ -88,6 +125,8 @@ impl Dispatch {
 #[derive(Default)]
 pub struct Graph {
     dispatches: Vec<Dispatch>,
+    /// While set, row dispatches take their row count from the GPU.
+    dynamic: Option<(Arc<DynamicRows>, usize)>,
 }
 
 impl Graph {
@@ -112,6 +151,32 @@ impl Graph {
             workgroups,
         });
         Ok(())
+    }
+
+    /// Records a dispatch over `rows` rows laid out by `grid`. Inside a dynamic-rows section
+    /// ([`Graph::set_dynamic_rows`]) `rows` is the capacity the buffers hold and the GPU
+    /// supplies the actual count; otherwise `rows` sets the grid now. Zero rows record
+    /// nothing.
+    pub fn dispatch_rows(
+        &mut self,
+        ctx: &Context,
+        pipeline: &Arc<Pipeline>,
+        resources: &[wgpu::BindingResource<'_>],
+        grid: RowGrid,
+        rows: usize,
+    ) -> Result<()> {
+        let workgroups = match &self.dynamic {
+            Some((dynamic, index)) => dynamic.register(*index, grid)?,
+            None if rows == 0 => return Ok(()),
+            None => grid.workgroups(rows)?,
+        };
+        self.dispatch(ctx, pipeline, resources, workgroups)
+    }
+
+    /// Starts (`Some((rows, index))`: row counts come from `counts[index]` of `rows`) or
+    /// ends (`None`) a dynamic-rows section.
+    pub fn set_dynamic_rows(&mut self, source: Option<(&Arc<DynamicRows>, usize)>) {
+        self.dynamic = source.map(|(d, i)| (d.clone(), i));
     }
 
     /// Appends all dispatches of `other`.
