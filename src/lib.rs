@@ -15,6 +15,7 @@
 pub mod context;
 pub mod error;
 pub mod graph;
+pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
