@@ -6,6 +6,7 @@
 //! Activations are f32 and addressed through [`View`]s (strided 2-D windows), so splits and
 //! concatenations cost no copies.
 
+pub mod conv1d;
 pub mod elementwise;
 pub mod layer_norm;
 pub mod matmul;
