@@ -41,6 +41,7 @@ pub const SHADERS: &[ShaderSource] = registry![
     "bandwidth_probe",
     "indirect_args",
     "conv1d",
+    "slstm_cell",
 ];
 
 /// Looks a shader up by name.

@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod layer_norm;
 pub mod matmul;
 pub mod probe;
+pub mod slstm_cell;
 
 use std::ops::Range;
 
