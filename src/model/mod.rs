@@ -13,8 +13,10 @@
 //!   row-wise function and runs over any gathered set of rows.
 
 pub mod config;
+pub mod ffn;
 mod json;
 pub mod scratch;
+pub mod slstm;
 pub mod weights;
 
 pub use config::ModelConfig;
