@@ -6,12 +6,13 @@
 //! of h (before the group norm); state (slots, 4, D) f32 = `[h, c, n, m]` per slot with a
 //! u32 slot tensor (B) naming each sequence's slot.
 //!
-//! The recurrent matrix R (block-diagonal, one (4 * DH, DH) block per head) is held in one
-//! internal layout, `R[h, k, g * DH + j]` ((NH, DH, 4 * DH), the package's cuda layout, which
-//! makes the reads of consecutive units coalesced), in f32 or f16; the bias is held
+//! The recurrent matrix R (block-diagonal, one (4 * DH, DH) block per head) is held in f32
+//! or f16 in the layout of the kernel variant ([`CellKernel`]): columns `R[h, k, g*DH + j]`
+//! (the package's cuda layout; coalesced reads on GPUs, and copied into workgroup memory
+//! where the head's R fits) or rows `R[h, g*DH + j, k]` (the vanilla layout, padded; one
+//! contiguous stream per invocation, the fast pattern on CPU adapters). The bias is held
 //! gate-major (the vanilla layout). [`CellWeights::new`] converts from either checkpoint
-//! layout. Where the head's R fits the adapter's workgroup memory it is copied there once
-//! per dispatch; otherwise every token streams it from global memory.
+//! layout.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -72,20 +73,53 @@ pub fn bias_cuda_to_vanilla(b: &[f32], heads: usize, head_dim: usize) -> Vec<f32
     out
 }
 
-/// The recurrent kernel and bias of one sLSTM cell on the GPU, in the internal layout.
+/// The cell kernel variants (the `ROWS` and `SHARED` overrides of the shader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKernel {
+    /// R in the columns layout; in workgroup memory when the head's R fits there.
+    Columns,
+    /// R in the rows layout, streamed by each invocation.
+    Rows,
+}
+
+impl CellKernel {
+    /// The variant suited to this adapter: rows on CPU adapters (where workgroup memory is
+    /// ordinary memory, and rows measured 1.7-3.5x faster than columns, with or without
+    /// workgroup memory, for head dims 16-256 on lavapipe), columns on GPUs.
+    pub fn choose(ctx: &Context) -> Self {
+        if ctx.is_cpu() {
+            CellKernel::Rows
+        } else {
+            CellKernel::Columns
+        }
+    }
+
+    /// Both variants (for tests and benchmarks).
+    pub const ALL: [CellKernel; 2] = [CellKernel::Columns, CellKernel::Rows];
+}
+
+/// Whether one head's R (f32) and h fit the adapter's workgroup memory.
+fn fits_workgroup_memory(ctx: &Context, head_dim: usize) -> bool {
+    let bytes = (4 * head_dim * head_dim + head_dim) * 4;
+    bytes as u64 <= ctx.limits().max_compute_workgroup_storage_size as u64
+}
+
+/// The recurrent kernel and bias of one sLSTM cell on the GPU, in the layout of its kernel.
 pub struct CellWeights {
-    /// R (NH, DH, 4 * DH): `R[h, k, g*DH + j]`, f32 or f16.
+    /// R, f32 or f16: columns (NH, DH, 4 * DH) or rows (NH * 4 * DH, DH) padded to 8.
     r: Tensor,
     /// (4 * D) f32, gate-major.
     bias: Tensor,
     heads: usize,
     head_dim: usize,
+    kernel: CellKernel,
 }
 
 impl CellWeights {
     /// Uploads `_recurrent_kernel_` `r` and `_bias_` `bias` stored in `layout`: vanilla
     /// `r` (NH, 4*DH, DH) and gate-major bias, or cuda `r` (NH, DH, 4*DH) and head-major bias
-    /// (both (4 * NH * DH)). R is stored as `dtype` (f32 or f16); the bias stays f32.
+    /// (both (4 * NH * DH)), for the kernel [`CellKernel::choose`] picks. R is stored as
+    /// `dtype` (f32 or f16); the bias stays f32.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &Context,
@@ -96,6 +130,23 @@ impl CellWeights {
         bias: &[f32],
         layout: SlstmLayout,
         dtype: DType,
+    ) -> Result<Self> {
+        let kernel = CellKernel::choose(ctx);
+        Self::with_kernel(ctx, label, heads, head_dim, r, bias, layout, dtype, kernel)
+    }
+
+    /// [`CellWeights::new`] for an explicit kernel variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_kernel(
+        ctx: &Context,
+        label: &str,
+        heads: usize,
+        head_dim: usize,
+        r: &[f32],
+        bias: &[f32],
+        layout: SlstmLayout,
+        dtype: DType,
+        kernel: CellKernel,
     ) -> Result<Self> {
         if heads == 0 || !(1..=MAX_HEAD_DIM).contains(&head_dim) {
             return Err(Error::mismatch(
@@ -118,24 +169,44 @@ impl CellWeights {
             }
         }
         check_weight_dtype(ctx, label, dtype)?;
-        let (r, bias) = match layout {
-            SlstmLayout::Vanilla => (
-                transpose_heads(r, heads, 4 * head_dim, head_dim),
-                bias.to_vec(),
-            ),
-            SlstmLayout::Cuda => (r.to_vec(), bias_cuda_to_vanilla(bias, heads, head_dim)),
+        let four = 4 * head_dim;
+        // Rows is the vanilla layout, columns the cuda one.
+        let host = match (layout, kernel) {
+            (SlstmLayout::Vanilla, CellKernel::Rows) | (SlstmLayout::Cuda, CellKernel::Columns) => {
+                r.to_vec()
+            }
+            (SlstmLayout::Vanilla, CellKernel::Columns) => {
+                transpose_heads(r, heads, four, head_dim)
+            }
+            (SlstmLayout::Cuda, CellKernel::Rows) => transpose_heads(r, heads, head_dim, four),
+        };
+        let bias = match layout {
+            SlstmLayout::Vanilla => bias.to_vec(),
+            SlstmLayout::Cuda => bias_cuda_to_vanilla(bias, heads, head_dim),
+        };
+        let r_label = format!("{label} recurrent kernel");
+        let r = match kernel {
+            CellKernel::Columns => Tensor::from_host(
+                ctx,
+                &r_label,
+                &[heads, head_dim, four],
+                dtype,
+                HostData::F32(&host),
+            )?,
+            CellKernel::Rows => Tensor::weight(
+                ctx,
+                &r_label,
+                &[heads * four, head_dim],
+                dtype,
+                HostData::F32(&host),
+            )?,
         };
         Ok(CellWeights {
-            r: Tensor::from_host(
-                ctx,
-                &format!("{label} recurrent kernel"),
-                &[heads, head_dim, 4 * head_dim],
-                dtype,
-                HostData::F32(&r),
-            )?,
+            r,
             bias: Tensor::from_f32(ctx, &format!("{label} bias"), &[4 * d], &bias)?,
             heads,
             head_dim,
+            kernel,
         })
     }
 
@@ -164,14 +235,14 @@ impl CellWeights {
         self.r.dtype()
     }
 
-    /// Bytes of workgroup memory the kernel uses when R is copied there.
-    fn shared_bytes(&self) -> u64 {
-        ((4 * self.head_dim * self.head_dim + self.head_dim) * 4) as u64
+    /// The kernel variant these weights are laid out for.
+    pub fn kernel(&self) -> CellKernel {
+        self.kernel
     }
 
     /// Whether R is held in workgroup memory on this adapter (else streamed).
     pub fn uses_workgroup_memory(&self, ctx: &Context) -> bool {
-        self.shared_bytes() <= ctx.limits().max_compute_workgroup_storage_size as u64
+        self.kernel == CellKernel::Columns && fits_workgroup_memory(ctx, self.head_dim)
     }
 }
 
@@ -258,9 +329,14 @@ pub fn slstm_cell(
     distinct("sLSTM cell", pre.tensor, y.tensor)?;
     distinct("sLSTM cell", pre.tensor, s)?;
     distinct("sLSTM cell", s, y.tensor)?;
+    if pre.rows == 0 {
+        return Ok(());
+    }
     let dh = w.head_dim;
     let workgroup = dh.next_multiple_of(8).min(MAX_WORKGROUP);
     let shared = w.uses_workgroup_memory(ctx);
+    let rows = w.kernel == CellKernel::Rows;
+    let stride = w.r.stride();
     let params = Params {
         tokens: u32_param("sLSTM tokens", pre.rows / seqs)?,
         seqs: u32_param("sLSTM sequences", seqs)?,
@@ -276,8 +352,12 @@ pub fn slstm_cell(
         ("WG", workgroup as f64),
         ("UNITS", dh.div_ceil(workgroup) as f64),
         ("F16", f64::from(w.r.dtype() == DType::F16)),
+        ("ROWS", f64::from(rows)),
+        ("RSTRIDE", stride as f64),
         ("SHARED", f64::from(shared)),
         ("RS_LEN", if shared { (4 * dh * dh) as f64 } else { 1.0 }),
+        ("HS_LEN", if rows { 1.0 } else { dh as f64 }),
+        ("HS4_LEN", if rows { (stride / 4) as f64 } else { 1.0 }),
     ];
     let pipeline = ctx.pipeline("slstm_cell", "cell", &constants)?;
     let uniform = ctx.uniform("sLSTM cell params", &params)?;
@@ -296,6 +376,84 @@ pub fn slstm_cell(
         RowGrid::YZ { x: w.heads },
         seqs,
     )
+}
+
+/// A recorded cell dispatch over random weights and inputs, for benchmarks: `seqs`
+/// sequences of `tokens` tokens through `heads` heads of dim `head_dim` from a zero state.
+/// Each [`Context::run`] of [`RandomCell::graph`] is one prefill of `seqs * tokens` tokens.
+pub struct RandomCell {
+    graph: Graph,
+    y: Tensor,
+    weights: CellWeights,
+}
+
+impl RandomCell {
+    /// Builds the weights (R stored as `dtype`), inputs, state and graph.
+    pub fn new(
+        ctx: &Context,
+        seqs: usize,
+        heads: usize,
+        head_dim: usize,
+        tokens: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let d = heads * head_dim;
+        let rows = seqs * tokens;
+        let mut rng = crate::testing::Rng::new(0x5157);
+        let r = rng.normal_vec(4 * d * head_dim, 1.0 / (head_dim as f32).sqrt());
+        let bias = rng.normal_vec(4 * d, 1.0);
+        let weights = CellWeights::new(
+            ctx,
+            "random sLSTM cell",
+            heads,
+            head_dim,
+            &r,
+            &bias,
+            SlstmLayout::Vanilla,
+            dtype,
+        )?;
+        let pre = Tensor::from_f32(
+            ctx,
+            "random sLSTM pre-activations",
+            &[rows, 4 * d],
+            &rng.normal_vec(rows * 4 * d, 1.0),
+        )?;
+        let y = Tensor::zeros(ctx, "random sLSTM h", &[rows, d], DType::F32)?;
+        let state = Tensor::zeros(ctx, "random sLSTM state", &[seqs, 4, d], DType::F32)?;
+        let slot_ids: Vec<u32> = (0..seqs).map(|b| b as u32).collect();
+        let slots = Tensor::from_u32(ctx, "random sLSTM slots", &[seqs], &slot_ids)?;
+        let mut graph = Graph::new();
+        let cell_state = CellState {
+            state: &state,
+            slots: &slots,
+        };
+        slstm_cell(
+            ctx,
+            &mut graph,
+            &weights,
+            View::of(&pre),
+            View::of(&y),
+            seqs,
+            cell_state,
+        )?;
+        Ok(RandomCell { graph, y, weights })
+    }
+
+    /// The recorded dispatch. Each run continues from the state the previous one left, so
+    /// every run does the same work.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The output h (B * N, D) of the last run.
+    pub fn output(&self) -> &Tensor {
+        &self.y
+    }
+
+    /// Whether R sits in workgroup memory on this adapter.
+    pub fn uses_workgroup_memory(&self, ctx: &Context) -> bool {
+        self.weights.uses_workgroup_memory(ctx)
+    }
 }
 
 /// CPU reference in f64. `r` vanilla (NH, 4*DH, DH), `bias` gate-major (4 * D), `pre`
@@ -426,7 +584,12 @@ mod tests {
 
         /// Runs the kernel with R stored in `layout` and `dtype`. Sequences use slots in
         /// reverse order with a spare slot, to test the indirection.
-        fn run(&self, layout: SlstmLayout, dtype: DType) -> (Vec<f32>, Vec<f32>) {
+        fn run(
+            &self,
+            layout: SlstmLayout,
+            dtype: DType,
+            kernel: CellKernel,
+        ) -> (Vec<f32>, Vec<f32>) {
             let ctx = gpu();
             let (d, seqs) = (self.dim(), self.seqs);
             let dh = d / self.heads;
@@ -437,8 +600,11 @@ mod tests {
                     bias_vanilla_to_cuda(&self.bias, self.heads, dh),
                 ),
             };
-            let w =
-                CellWeights::new(ctx, "cell", self.heads, dh, &r, &bias, layout, dtype).unwrap();
+            let w = CellWeights::with_kernel(
+                ctx, "cell", self.heads, dh, &r, &bias, layout, dtype, kernel,
+            )
+            .unwrap();
+            assert_eq!(w.kernel(), kernel);
             let rows = self.pre.len() / (4 * d);
             let slots: Vec<u32> = (0..seqs as u32).map(|b| seqs as u32 - b).collect();
             let mut st = vec![0.0; (seqs + 1) * 4 * d];
@@ -465,17 +631,17 @@ mod tests {
             (yt.to_f32().unwrap(), last)
         }
 
-        fn check(&self, dtype: DType, atol: f32, what: &str) {
-            let (y, state) = self.run(SlstmLayout::Vanilla, dtype);
-            let (wy, wstate) = self.reference(dtype);
-            assert_close(&y, &wy, atol, atol, &format!("{what} {dtype} h"));
-            assert_close(
-                &state,
-                &wstate,
-                atol,
-                atol,
-                &format!("{what} {dtype} state"),
-            );
+        /// Checks every kernel variant in f32 and f16 against the reference.
+        fn check(&self, atol: f32, what: &str) {
+            for kernel in CellKernel::ALL {
+                for dtype in [DType::F32, DType::F16] {
+                    let (y, state) = self.run(SlstmLayout::Vanilla, dtype, kernel);
+                    let (wy, wstate) = self.reference(dtype);
+                    let what = format!("{what} {kernel:?} {dtype}");
+                    assert_close(&y, &wy, atol, atol, &format!("{what} h"));
+                    assert_close(&state, &wstate, atol, atol, &format!("{what} state"));
+                }
+            }
         }
     }
 
@@ -492,31 +658,34 @@ mod tests {
         ];
         for (i, &(heads, dh, seqs, n, warm)) in shapes.iter().enumerate() {
             let case = Case::random(heads, dh, seqs, n, warm, 40 + i as u64);
-            for dtype in [DType::F32, DType::F16] {
-                case.check(dtype, 2e-5, &format!("{heads}x{dh} b={seqs} n={n}"));
-            }
+            case.check(2e-5, &format!("{heads}x{dh} b={seqs} n={n}"));
         }
     }
 
     #[test]
     fn paper_scale_head_dim_256() {
-        // D = 1024 with 4 heads: R of one head is 1 MiB in f32 and is streamed.
+        // D = 1024 with 4 heads: R of one head is 1 MiB in f32, too large for workgroup
+        // memory, so both variants stream it.
+        let ctx = gpu();
         let case = Case::random(4, 256, 2, 3, true, 7);
-        assert!(!CellWeights::new(
-            gpu(),
-            "big",
-            4,
-            256,
-            &case.r,
-            &case.bias,
-            SlstmLayout::Vanilla,
-            DType::F32
-        )
-        .unwrap()
-        .uses_workgroup_memory(gpu()));
-        for dtype in [DType::F32, DType::F16] {
-            case.check(dtype, 5e-5, "D=1024 NH=4");
-        }
+        let w = |kernel| {
+            let (r, b) = (&case.r, &case.bias);
+            CellWeights::with_kernel(
+                ctx,
+                "big",
+                4,
+                256,
+                r,
+                b,
+                SlstmLayout::Vanilla,
+                DType::F32,
+                kernel,
+            )
+            .unwrap()
+        };
+        assert!(!w(CellKernel::Columns).uses_workgroup_memory(ctx));
+        assert!(!w(CellKernel::Rows).uses_workgroup_memory(ctx));
+        case.check(5e-5, "D=1024 NH=4");
     }
 
     fn fixture(name: &str) -> Weights {
@@ -577,10 +746,13 @@ mod tests {
     fn matches_the_package() {
         for name in ["slstm_cell", "slstm_cell_state", "slstm_cell_large"] {
             let (case, want, want_state) = fixture_case(&format!("{name}.safetensors"));
-            let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32);
-            assert_close(&y, &want, 1e-5, 1e-5, name);
-            // m is a log-space value (|m| up to ~50 in the large case): relative tolerance.
-            assert_close(&state, &want_state, 1e-5, 1e-5, name);
+            for kernel in CellKernel::ALL {
+                let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32, kernel);
+                let what = format!("{name} {kernel:?}");
+                assert_close(&y, &want, 1e-5, 1e-5, &what);
+                // m is a log-space value (|m| up to ~50 in the large case): relative tolerance.
+                assert_close(&state, &want_state, 1e-5, 1e-5, &what);
+            }
             // The f64 reference agrees with the package too.
             let (wy, _) = case.reference(DType::F32);
             assert_close(&wy, &want, 1e-5, 1e-5, &format!("{name} reference"));
@@ -590,10 +762,12 @@ mod tests {
     #[test]
     fn cuda_layout_gives_identical_results() {
         let (case, _, _) = fixture_case("slstm_cell_state.safetensors");
-        for dtype in [DType::F32, DType::F16] {
-            let vanilla = case.run(SlstmLayout::Vanilla, dtype);
-            let cuda = case.run(SlstmLayout::Cuda, dtype);
-            assert_eq!(vanilla, cuda, "{dtype}");
+        for kernel in CellKernel::ALL {
+            for dtype in [DType::F32, DType::F16] {
+                let vanilla = case.run(SlstmLayout::Vanilla, dtype, kernel);
+                let cuda = case.run(SlstmLayout::Cuda, dtype, kernel);
+                assert_eq!(vanilla, cuda, "{kernel:?} {dtype}");
+            }
         }
     }
 
@@ -613,11 +787,17 @@ mod tests {
             case.state[4 * d + d + j] = 0.0;
             case.state[4 * d + 2 * d + j] = 0.0;
         }
-        let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32);
-        assert!(y.iter().chain(&state).all(|v| v.is_finite()), "non-finite");
         let (wy, wstate) = case.reference(DType::F32);
-        assert_close(&y, &wy, 1e-4, 1e-4, "4096 tokens h");
-        assert_close(&state, &wstate, 1e-4, 1e-4, "4096 tokens state");
+        for kernel in CellKernel::ALL {
+            let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32, kernel);
+            assert!(
+                y.iter().chain(&state).all(|v| v.is_finite()),
+                "{kernel:?}: non-finite"
+            );
+            assert_close(&y, &wy, 1e-4, 1e-4, &format!("4096 tokens {kernel:?} h"));
+            let what = format!("4096 tokens {kernel:?} state");
+            assert_close(&state, &wstate, 1e-4, 1e-4, &what);
+        }
     }
 
     #[test]
@@ -634,10 +814,12 @@ mod tests {
             case.state[4 * d + d + j] = 0.0;
             case.state[4 * d + 2 * d + j] = 0.0;
         }
-        let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32);
         let (wy, wstate) = case.reference(DType::F32);
+        let (y, state) = case.run(SlstmLayout::Vanilla, DType::F32, CellKernel::Rows);
         assert_close(&y, &wy, 1e-5, 1e-5, "h");
         assert_close(&state, &wstate, 1e-5, 1e-5, "state");
+        let columns = case.run(SlstmLayout::Vanilla, DType::F32, CellKernel::Columns);
+        assert_close(&columns.1, &wstate, 1e-5, 1e-5, "columns state");
         // The m of a fresh element is its raw input-gate value.
         let raw_i = |b: usize, o: usize| {
             let h = o / dh;
@@ -657,6 +839,17 @@ mod tests {
                 "sequence {b} unit {o}: m {m}"
             );
         }
+    }
+
+    #[test]
+    fn random_cell_runs_for_benchmarks() {
+        let ctx = gpu();
+        let cell = RandomCell::new(ctx, 2, 3, 9, 5, DType::F16).unwrap();
+        assert_eq!(cell.uses_workgroup_memory(ctx), !ctx.is_cpu());
+        ctx.run(&[cell.graph()]).unwrap();
+        let y = cell.output().to_f32().unwrap();
+        assert_eq!(y.len(), 2 * 5 * 27);
+        assert!(y.iter().all(|v| v.is_finite() && v.abs() < 1.0) && y.iter().any(|&v| v != 0.0));
     }
 
     #[test]
