@@ -655,6 +655,7 @@ mod tests {
             (2, 33, 1, 6, false),
             (1, 45, 3, 3, true),
             (2, 70, 1, 4, true),
+            (1, 300, 1, 2, true),
         ];
         for (i, &(heads, dh, seqs, n, warm)) in shapes.iter().enumerate() {
             let case = Case::random(heads, dh, seqs, n, warm, 40 + i as u64);

@@ -374,13 +374,14 @@ fn expert_matches_the_package() {
         let mut g = Graph::new();
         Expert::record(&block, ctx, &mut g, View::of(&xt), View::of(&yt), &scratch).unwrap();
         ctx.run(&[&g]).unwrap();
-        let tol = if dtype == DType::F32 { 1e-5 } else { 2e-3 };
-        assert_close_rel_max(
-            &yt.to_f32().unwrap(),
-            &want,
-            tol,
-            &format!("expert {dtype}"),
+        // f16 weights: measured 2.8e-4.
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-3 };
+        let got = yt.to_f32().unwrap();
+        eprintln!(
+            "expert {dtype}: max |diff| / max |package| = {:.2e}",
+            rel_max(&got, &want)
         );
+        assert_close_rel_max(&got, &want, tol, &format!("expert {dtype}"));
     }
 }
 
