@@ -303,24 +303,6 @@ def latent_slots(model: nn.Module) -> list[LatentSlot]:
     return out
 
 
-def slots_for(cfg: MoxEConfig) -> list[LatentSlot]:
-    """The slots a config implies (without building a model): kinds follow the expert types."""
-    e_n = cfg.num_experts
-    half = e_n // 2
-    out = []
-    for l in range(cfg.num_layers):
-        for g, members in enumerate(group_ranges(e_n, cfg.latent_groups)):
-            if cfg.expert_type == "mlp":
-                kinds = list(MLP_KINDS)
-            elif cfg.expert_type == "mlstm" or (cfg.expert_type == "xlstm" and members[0] < half):
-                kinds = [MLSTM_KIND]
-            else:
-                has_ffn = cfg.xlstm.get("slstm_block", {}).get("feedforward", {}) is not None
-                kinds = [SLSTM_KIND] if has_ffn else []
-            out.extend(LatentSlot(l, g, k, members) for k in kinds)
-    return out
-
-
 class LatentFormatError(ValueError):
     pass
 
@@ -530,21 +512,6 @@ def densify(model: nn.Module) -> nn.Module:
         sd.pop("lm_head.weight", None)
     load_state_into(dense, sd)
     return dense.eval()
-
-
-@torch.no_grad()
-def latent_from_factors(dense_cfg: MoxEConfig, groups: int, factors: dict[str, torch.Tensor],
-                        others: dict[str, torch.Tensor]) -> nn.Module:
-    """A latent model from explicit tensors (``factors``: the A / B tensors by name, ``others``: the
-    rest of the checkpoint)."""
-    from .export import load_state_into
-    from .model import MoxEModel
-
-    cfg = copy.deepcopy(dense_cfg)
-    cfg.latent = {"groups": groups}
-    m = MoxEModel(cfg)
-    load_state_into(m, {**others, **factors})
-    return m.eval()
 
 
 def format_report(rep: ConversionReport) -> str:

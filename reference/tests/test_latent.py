@@ -2,7 +2,6 @@
 format and its load checks, exactness of the factorised path, the data-free conversion, B_g x once
 per group hit, and training from scratch."""
 
-import copy
 import json
 import math
 import sys
@@ -12,7 +11,6 @@ import pytest
 import torch
 import xlstm
 from safetensors.torch import load_file, save_file
-from xlstm.components.init import small_init_init_
 
 from moxe_ref import (
     LatentFormatError,
@@ -30,7 +28,7 @@ from moxe_ref import (
 )
 from moxe_ref.config import ConfigError
 from moxe_ref.export import engine_state_dict
-from moxe_ref.latent import LatentExpertBank, SharedProjection, factorize_group, model_ranks, set_ranks_
+from moxe_ref.latent import LatentExpertBank, factorize_group, model_ranks, set_ranks_
 
 REF = Path(__file__).resolve().parents[1]
 FIXTURES = REF.parent / "tests" / "fixtures"
