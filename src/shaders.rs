@@ -41,6 +41,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "bandwidth_probe",
     "indirect_args",
     "conv1d",
+    "embedding",
+    "sample",
+    "nll",
 ];
 
 /// Looks a shader up by name.
