@@ -16,6 +16,7 @@ pub mod config;
 mod json;
 pub mod manifest;
 pub mod scratch;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
