@@ -13,6 +13,7 @@
 //!   row-wise function and runs over any gathered set of rows.
 
 pub mod config;
+pub mod dir;
 mod json;
 pub mod manifest;
 pub mod scratch;
