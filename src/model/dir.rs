@@ -148,7 +148,7 @@ mod tests {
                 .names()
                 .iter()
                 .map(|n| m.weights.shape(n).unwrap().iter().product::<usize>())
-                .sum()
+                .sum::<usize>()
         );
         assert_eq!(c.active(1, 8), c.total - c.experts + c.experts / 8);
     }
