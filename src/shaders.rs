@@ -42,6 +42,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "indirect_args",
     "conv1d",
     "slstm_cell",
+    "embedding",
+    "sample",
+    "nll",
 ];
 
 /// Looks a shader up by name.

@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing and one module per command.
 
+mod bench;
 mod info;
+mod inspect;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,7 +19,7 @@ pub struct Cli {
 }
 
 /// Where to run.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GpuArgs {
     /// Graphics API: auto, vulkan, metal, dx12 or gl.
     #[arg(long, global = true, env = "MOXE_BACKEND", default_value = "auto")]
@@ -31,11 +33,32 @@ pub struct GpuArgs {
 pub enum Command {
     /// List every GPU adapter with its backend, type, driver, limits and features.
     Info,
+    /// Measure speed on the current adapter.
+    Bench(bench::BenchArgs),
+    /// Show a model's configuration, parameter counts and memory, without the GPU.
+    Inspect {
+        /// Model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(default_value_os_t = moxe::model::dir::default_model_dir())]
+        model: std::path::PathBuf,
+    },
+}
+
+impl GpuArgs {
+    /// A GPU context on the chosen backend and adapter.
+    pub fn context(&self) -> Result<moxe::Context> {
+        moxe::Context::new(&moxe::ContextOptions {
+            backend: self.backend,
+            adapter: self.adapter.clone(),
+            max_binding_bytes: None,
+        })
+    }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&cli.gpu),
+        Command::Bench(args) => bench::run(&cli.gpu, &args),
+        Command::Inspect { model } => inspect::run(&model),
     }
 }

@@ -13,10 +13,13 @@
 //!   row-wise function and runs over any gathered set of rows.
 
 pub mod config;
+pub mod dir;
 pub mod ffn;
 mod json;
+pub mod manifest;
 pub mod scratch;
 pub mod slstm;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;

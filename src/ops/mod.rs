@@ -8,9 +8,12 @@
 
 pub mod conv1d;
 pub mod elementwise;
+pub mod embedding;
 pub mod layer_norm;
 pub mod matmul;
+pub mod nll;
 pub mod probe;
+pub mod sample;
 pub mod slstm_cell;
 
 use std::ops::Range;
