@@ -40,6 +40,7 @@ pub const SHADERS: &[ShaderSource] = registry![
     "elementwise",
     "bandwidth_probe",
     "indirect_args",
+    "gate",
     "conv1d",
 ];
 

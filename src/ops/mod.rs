@@ -8,6 +8,7 @@
 
 pub mod conv1d;
 pub mod elementwise;
+pub mod gate;
 pub mod layer_norm;
 pub mod matmul;
 pub mod probe;
