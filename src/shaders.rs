@@ -41,6 +41,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "bandwidth_probe",
     "indirect_args",
     "gate",
+    "route",
+    "router_stats",
+    "moe_rows",
     "conv1d",
 ];
 

@@ -11,7 +11,10 @@ pub mod elementwise;
 pub mod gate;
 pub mod layer_norm;
 pub mod matmul;
+pub mod moe_rows;
 pub mod probe;
+pub mod route;
+pub mod router_stats;
 
 use std::ops::Range;
 
