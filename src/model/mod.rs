@@ -14,10 +14,12 @@
 
 pub mod config;
 mod json;
+pub mod mlp_expert;
 pub mod scratch;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use mlp_expert::MlpExpert;
 pub use scratch::Scratch;
 pub use weights::{Scope, Weights};
 
