@@ -15,12 +15,16 @@
 pub mod config;
 mod json;
 pub mod mlp_expert;
+pub mod moe;
 pub mod scratch;
+pub mod telemetry;
 pub mod weights;
 
 pub use config::ModelConfig;
 pub use mlp_expert::MlpExpert;
+pub use moe::{MoeLayer, MoeStep};
 pub use scratch::Scratch;
+pub use telemetry::RouterTelemetry;
 pub use weights::{Scope, Weights};
 
 use crate::context::Context;
