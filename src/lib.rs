@@ -10,8 +10,10 @@
 //!   pipeline cache;
 //! - [`graph`]: command graphs recorded once per layer and replayed each step;
 //! - [`ops`]: one file per kernel, each with its CPU reference and GPU tests;
-//! - [`testing`]: helpers for headless kernel tests.
+//! - [`testing`]: helpers for headless kernel tests;
+//! - [`bench`]: benchmarks returning printable reports.
 
+pub mod bench;
 pub mod context;
 pub mod error;
 pub mod graph;
