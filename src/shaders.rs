@@ -45,6 +45,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "router_stats",
     "moe_rows",
     "conv1d",
+    "embedding",
+    "sample",
+    "nll",
 ];
 
 /// Looks a shader up by name.

@@ -14,6 +14,7 @@
 
 pub mod config;
 mod json;
+pub mod manifest;
 pub mod mlp_expert;
 pub mod moe;
 pub mod scratch;
