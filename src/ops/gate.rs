@@ -12,7 +12,7 @@
 //! (N, [`STAT_COLS`]) f32 laid out as the `STAT_*` column constants say.
 //!
 //! Modulation names follow MODEL.md as written ("proportional" = gamma relu(d - tau),
-//! "masked" = gamma d [d > tau]); the authors' JAX code swaps the two by an indexing bug.
+//! "masked" = gamma d 1(d > tau)); the authors' JAX code swaps the two by an indexing bug.
 
 use bytemuck::{Pod, Zeroable};
 

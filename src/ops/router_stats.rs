@@ -4,7 +4,7 @@
 //! back only when asked. Kernel: `shaders/router_stats.wgsl` (one workgroup, fixed-order
 //! sums).
 //!
-//! Shapes: gate stats (N, [`STAT_COLS`](super::gate::STAT_COLS)); the routing's block
+//! Shapes: gate stats (N, [`STAT_COLS`]); the routing's block
 //! partials (blocks, E); outputs `summary` (SUMMARY_HEAD + E) f32 =
 //! `[L_d, L_g, L_z, L_lb, P_m, P_s, 0, 0, u_0 .. u_{E-1}]` and `counts` (E) u32.
 

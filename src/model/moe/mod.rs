@@ -8,7 +8,7 @@
 //!    prefix sum and each (token, choice)'s row in its expert's region;
 //! 4. the telemetry reduction ([`ops::router_stats`](crate::ops::router_stats));
 //! 5. the indirect-dispatch arguments of every expert kernel, computed on the GPU from the
-//!    counts ([`DynamicRows`]), so an expert that receives no tokens runs zero workgroups;
+//!    counts ([`DynamicRows`](crate::graph::DynamicRows)), so an expert that receives no tokens runs zero workgroups;
 //! 6. per dispatch chunk: gather of the token rows into the expert regions, every expert
 //!    (any [`Expert`]) over its region inside a dynamic-rows section, and the weighted
 //!    combine into `out`.

@@ -22,18 +22,29 @@ pub struct MoeStep {
     pub(super) layout: RouteLayout,
     /// (N, E [+1]) router logits.
     pub(super) logits: Tensor,
+    /// (N, E) p.
     pub(super) probs: Tensor,
+    /// (N, K) u32 chosen experts.
     pub(super) topk_idx: Tensor,
+    /// (N, K) renormalised weights.
     pub(super) topk_weight: Tensor,
+    /// (N, K) raw probabilities of the chosen experts.
     pub(super) topk_prob: Tensor,
+    /// (N, STAT_COLS) per-token router terms.
     pub(super) stats: Tensor,
+    /// Counts, offsets and slots of the routing.
     pub(super) route: RouteBuffers,
+    /// (SUMMARY_HEAD + E) losses, shares and loads.
     pub(super) summary: Tensor,
+    /// (E) u32 tokens per expert.
     pub(super) counts: Tensor,
+    /// Indirect dispatch arguments of the experts, from the per-chunk counts.
     pub(super) dynamic: Arc<DynamicRows>,
+    /// Entries of `dynamic`'s table.
     pub(super) dispatch_capacity: usize,
     /// Registered dispatch indices of (chunk c, expert e), at index c * E + e.
     pub(super) expert_dispatches: Vec<Range<usize>>,
+    /// (E * C, D) expert inputs and outputs, from the shared scratch.
     pub(super) regions_in: Arc<Tensor>,
     pub(super) regions_out: Arc<Tensor>,
 }
