@@ -13,12 +13,14 @@
 //!   row-wise function and runs over any gathered set of rows.
 
 pub mod config;
+pub mod dir;
 mod json;
 pub mod manifest;
 pub mod mlp_expert;
 pub mod moe;
 pub mod scratch;
 pub mod telemetry;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
