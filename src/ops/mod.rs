@@ -9,10 +9,14 @@
 pub mod conv1d;
 pub mod elementwise;
 pub mod embedding;
+pub mod gate;
 pub mod layer_norm;
 pub mod matmul;
+pub mod moe_rows;
 pub mod nll;
 pub mod probe;
+pub mod route;
+pub mod router_stats;
 pub mod sample;
 pub mod slstm_cell;
 
