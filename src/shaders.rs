@@ -41,6 +41,8 @@ pub const SHADERS: &[ShaderSource] = registry![
     "bandwidth_probe",
     "indirect_args",
     "conv1d",
+    "mlstm_step",
+    "mlstm_chunk",
 ];
 
 /// Looks a shader up by name.
