@@ -43,6 +43,8 @@ pub const SHADERS: &[ShaderSource] = registry![
     "conv1d",
     "mlstm_step",
     "mlstm_chunk",
+    "mlstm_expert",
+    "skip_gate",
 ];
 
 /// Looks a shader up by name.

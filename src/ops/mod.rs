@@ -11,7 +11,9 @@ pub mod elementwise;
 pub mod layer_norm;
 pub mod matmul;
 pub mod mlstm_cell;
+pub mod mlstm_expert;
 pub mod probe;
+pub mod skip_gate;
 
 use std::ops::Range;
 
