@@ -59,6 +59,8 @@ from moxe_ref.gate import (  # noqa: E402
     compute_telemetry,
 )
 from moxe_ref.golden import make_golden  # noqa: E402
+from moxe_ref.latent import convert_to_latent, latent_slots, set_ranks_  # noqa: E402
+from moxe_ref.export import load_engine_dir  # noqa: E402
 
 EPS = 1e-5
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -491,6 +493,39 @@ DENSE_SPEC = dict(
     xlstm=dict(embedding_dim=24, vocab_size=64, context_length=64, mlstm_heads=4, slstm_heads=2, act_fn="gelu"),
     num_blocks=3, slstm_at=[1], tie_weights=True, prompt_len=48, seed=5000)
 
+# Latent-expert models (docs/LATENT_FORMAT.md): random latent models, every rank below the full rank
+# (D = 16) and different per (layer, group, kind), so a loader must read the ranks from the shapes.
+LATENT_SPECS = {
+    # (g) mlp experts, E 4, k 2, groups 2 (experts 0-1, 2-3): w1 and w3 factored
+    "latent_mlp_e4_k2": dict(
+        top=dict(num_experts=4, top_k_experts=2, num_layers=2, router_type="conditioned_addition",
+                 expert_type="mlp", modulation_bias="standard", gate_bias=True, gamma=1.0,
+                 difficulty_threshold=0.5, post_layers_norm=False, tie_weights=False),
+        latent={"groups": 2},
+        ranks={(0, 0, "w1"): 6, (0, 0, "w3"): 11, (0, 1, "w1"): 9, (0, 1, "w3"): 4,
+               (1, 0, "w1"): 12, (1, 0, "w3"): 7, (1, 1, "w1"): 5, (1, 1, "w3"): 10},
+        xlstm=dict(embedding_dim=16, vocab_size=48, context_length=64, mlstm_heads=2, slstm_heads=2, act_fn="swish"),
+        layout="vanilla", prompt_len=40, seed=6000),
+    # (h) xlstm experts, E 4, k 2, groups 2 (mLSTM 0-1, sLSTM 2-3): mLSTM xlstm.proj_up (with its per-expert
+    # bias: xlstm.bias = true) and sLSTM ffn.proj_up factored
+    "latent_xlstm_e4_k2": dict(
+        top=dict(num_experts=4, top_k_experts=2, num_layers=2, router_type="conditioned_addition",
+                 expert_type="xlstm", modulation_bias="standard", gate_bias=True, gamma=1.0,
+                 difficulty_threshold=0.5, post_layers_norm=False, tie_weights=False),
+        latent={"groups": 2},
+        ranks={(0, 0, "xlstm.proj_up"): 10, (0, 1, "ffn.proj_up"): 6,
+               (1, 0, "xlstm.proj_up"): 5, (1, 1, "ffn.proj_up"): 12},
+        xlstm=dict(embedding_dim=16, vocab_size=48, context_length=64, mlstm_heads=2, slstm_heads=2, act_fn="swish",
+                   bias=True),
+        layout="vanilla", prompt_len=40, seed=7000),
+}
+
+# Data-free conversions of two dense fixtures (cross-check of the engine's converter): ranks as
+# fractions of D (full, 3/4, 1/2, 1/4, rounded down) and two energy thresholds.
+CONVERSION_SOURCES = ("moxe_xlstm_e4_k2_standard", "moxe_mlp_e8_k1_proportional_tied")
+CONVERSION_ENERGIES = (0.99, 0.9)
+CONVERSION_GROUPS = 2
+
 ROUTING_MARGIN_MIN = 1e-4
 ARGMAX_MARGIN_MIN = 1e-3
 
@@ -515,6 +550,16 @@ def build_moxe(spec, seed):
     x = xlstm_object(**spec["xlstm"])
     cfg = MoxEConfig(xlstm=x, model_type="moxe", **spec["top"])
     model = MoxEModel(cfg)
+    randomize_(model, seed)
+    return model.eval()
+
+
+def build_latent(spec, seed):
+    x = xlstm_object(**spec["xlstm"])
+    cfg = MoxEConfig(xlstm=x, model_type="moxe", latent=dict(spec["latent"]), **spec["top"])
+    model = MoxEModel(cfg)
+    set_ranks_(model, spec["ranks"])
+    assert {(s.layer, s.group, s.kind) for s in latent_slots(model)} == set(spec["ranks"])
     randomize_(model, seed)
     return model.eval()
 
@@ -550,6 +595,53 @@ def make_models(root: Path):
     write_st(d / "golden.safetensors", tensors, {**info, "note": "same model and golden as dense_xlstm"})
 
 
+def make_latent_models(root: Path):
+    for name, spec in LATENT_SPECS.items():
+        model, tensors, info = _pick_seed(lambda s: build_latent(spec, s), spec["seed"], spec["prompt_len"],
+                                          spec["xlstm"]["vocab_size"])
+        d = root / "models" / name
+        save_engine_dir(model, d, slstm_layout=spec["layout"])
+        info["slstm_layout_in_file"] = spec["layout"]
+        info["latent_ranks"] = {f"layers.{l}.experts.latent.{g}.{k}.B": r for (l, g, k), r in sorted(spec["ranks"].items())}
+        write_st(d / "golden.safetensors", tensors, info)
+
+
+def conversion_case_list(d: int) -> list[dict]:
+    return [{"rank": d}, {"rank": 3 * d // 4}, {"rank": d // 2}, {"rank": d // 4}] + [{"energy": e} for e in CONVERSION_ENERGIES]
+
+
+@torch.no_grad()
+def make_conversions(root: Path):
+    """conversion/latent_<source>.safetensors: the reference's data-free conversion of a dense
+    fixture (singular values, chosen ranks, errors, parameter counts, logit error)."""
+    for name in CONVERSION_SOURCES:
+        dense = load_engine_dir(root / "models" / name)
+        ids = load_file(str(root / "models" / name / "golden.safetensors"))["prompt_ids"].long()[None]
+        ref_logits = dense(ids)[0][0]
+        d = dense.cfg.embedding_dim
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict = {"source": f"models/{name}", "groups": CONVERSION_GROUPS, "cases": conversion_case_list(d),
+                      "logits": "forward logits of the converted model on the source golden's prompt_ids; "
+                                "logits_max_abs_err = max |latent - dense|, logits_max_abs = max |dense|"}
+        for c, case in enumerate(meta["cases"]):
+            lat, rep = convert_to_latent(dense, groups=CONVERSION_GROUPS, **case)
+            if c == 0:
+                meta["slots"] = [{"layer": s.layer, "group": s.group, "kind": s.kind, "experts": s.experts,
+                                  "out": s.out, "dim": s.dim, "full_rank": s.full_rank} for s in rep.slots]
+                meta["params_before"] = rep.params_before
+                meta["expert_params_before"] = rep.expert_params_before
+                for i, s in enumerate(rep.slots):
+                    tensors[f"slot.{i}.singular_values"] = torch.tensor(s.singular_values, dtype=torch.float64)
+                tensors["logits_max_abs"] = ref_logits.abs().max().reshape(1)
+            case["params_after"] = rep.params_after
+            case["expert_params_after"] = rep.expert_params_after
+            tensors[f"case.{c}.rank"] = torch.tensor([s.rank for s in rep.slots])
+            tensors[f"case.{c}.rel_err"] = torch.tensor([s.rel_err for s in rep.slots], dtype=torch.float64)
+            tensors[f"case.{c}.expert_rel_err"] = torch.tensor([s.expert_rel_err for s in rep.slots], dtype=torch.float64)
+            tensors[f"case.{c}.logits_max_abs_err"] = (lat(ids)[0][0] - ref_logits).abs().max().reshape(1)
+        write_st(root / "conversion" / f"latent_{name}.safetensors", tensors, meta)
+
+
 # ============================================================================= driver
 
 def generate(root: Path) -> None:
@@ -561,6 +653,10 @@ def generate(root: Path) -> None:
             fn(root)
     torch.manual_seed(0)
     make_models(root)
+    torch.manual_seed(0)
+    make_latent_models(root)
+    torch.manual_seed(0)
+    make_conversions(root)
 
 
 def _files(root: Path) -> list[Path]:
@@ -692,7 +788,7 @@ def main(argv=None) -> int:
             if rc == 0:
                 print(f"OK: {len(_files(tmp))} fixture files reproduced")
             return rc
-    for sub in ("ops", "models"):
+    for sub in ("ops", "models", "conversion"):
         if (args.out / sub).exists():
             shutil.rmtree(args.out / sub)
     generate(args.out)

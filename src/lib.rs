@@ -12,6 +12,7 @@
 //! - [`ops`]: one file per kernel, each with its CPU reference and GPU tests;
 //! - [`testing`]: helpers for headless kernel tests.
 
+pub mod bench;
 pub mod context;
 pub mod error;
 pub mod graph;

@@ -16,7 +16,7 @@ fn capabilities() -> Capabilities {
 /// that an override selects is emitted at least once.
 fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
     match name {
-        "matmul" => vec![vec![], vec![("F16", 1.0)]],
+        "matmul" => vec![vec![], vec![("F16", 1.0), ("HEADS", 1.0)]],
         "conv1d" => vec![vec![], vec![("ACT", 1.0)]],
         "elementwise" => (0..8)
             .flat_map(|act| (0..3).map(move |op| vec![("ACT", act as f64), ("OP", op as f64)]))

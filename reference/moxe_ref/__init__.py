@@ -14,6 +14,16 @@ from .export import (
     save_engine_dir,
     save_plain_xlstm_dir,
 )
+from .latent import (
+    LatentExpertBank,
+    LatentFormatError,
+    LatentLinear,
+    SharedProjection,
+    convert_to_latent,
+    densify,
+    format_report,
+    latent_slots,
+)
 from .gate import EntropyAwareGate, Routing, StandardRouter, Telemetry, compute_telemetry
 from .model import DEFAULT_AUX_WEIGHTS, DenseXLSTMModel, MoxEAux, MoxELayer, MoxEModel, build_model, step_fn, training_loss
 from .randomize import randomize_

@@ -27,6 +27,7 @@ from xlstm import (
 
 ROUTER_TYPES = ("conditioned_addition", "standard")
 EXPERT_TYPES = ["xlstm", "mlstm", "slstm", "mlp"]  # extended by blocks.register_expert_type
+LATENT_EXPERT_TYPES = ("xlstm", "mlstm", "slstm", "mlp")  # expert types that have a latent form
 MODULATIONS = ("standard", "proportional", "masked")
 ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
 SLSTM_LAYOUTS = ("vanilla", "cuda")
@@ -137,6 +138,8 @@ class MoxEConfig:
     difficulty_threshold: float = 0.5
     post_layers_norm: bool = False
     tie_weights: bool = False
+    # latent experts (LATENT.md, docs/LATENT_FORMAT.md): {"groups": G} marks a latent model; None = dense experts
+    latent: Optional[dict] = None
     # fields we do not interpret (eps, moe_layer_type, training-only ...): kept for round-trips
     extra: dict = field(default_factory=dict)
 
@@ -160,6 +163,19 @@ class MoxEConfig:
     @property
     def tied(self) -> bool:
         return bool(self.tie_weights)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.model_type == "moxe" and self.latent is not None
+
+    @property
+    def latent_groups(self) -> int:
+        return int(self.latent["groups"])
+
+    @property
+    def expert_factory_name(self) -> str:
+        """Key into ``blocks.EXPERT_FACTORIES``: the expert_type, or "latent" for a latent model."""
+        return "latent" if self.is_latent else self.expert_type
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> "MoxEConfig":
@@ -185,7 +201,28 @@ class MoxEConfig:
             raise ConfigError(f"modulation_bias must be one of {MODULATIONS}")
         if "mlstm_block" not in x or "slstm_block" not in x:
             raise ConfigError("a MoxE model needs xlstm.mlstm_block and xlstm.slstm_block (the mixer uses both)")
+        if self.expert_type == "latent":
+            raise ConfigError("latent experts are selected by the top-level 'latent' object, not by expert_type")
+        if self.latent is not None:
+            self._validate_latent()
         return self
+
+    def _validate_latent(self) -> None:
+        lat = self.latent
+        if not isinstance(lat, dict) or "groups" not in lat:
+            raise ConfigError("'latent' must be an object with 'groups'")
+        g = lat["groups"]
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ConfigError(f"latent.groups must be an integer >= 1, got {g!r}")
+        if self.num_experts % g:
+            raise ConfigError(f"latent.groups ({g}) must divide num_experts ({self.num_experts})")
+        if self.expert_type not in LATENT_EXPERT_TYPES:
+            raise ConfigError(f"latent experts exist for expert_type {LATENT_EXPERT_TYPES}, not {self.expert_type!r}")
+        if self.expert_type == "xlstm" and g % 2:
+            raise ConfigError("latent xlstm experts: a group may not mix mLSTM and sLSTM experts, so groups must be even")
+        r = lat.get("rank")
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+            raise ConfigError(f"latent.rank must be an integer >= 1, got {r!r}")
 
     # ---------------------------------------------------------------- json
     _TOP = (
@@ -201,6 +238,8 @@ class MoxEConfig:
             raise ConfigError("config needs an 'xlstm' object")
         kw: dict[str, Any] = {"xlstm": d.pop("xlstm")}
         mt = d.get("model_type", "moxe")
+        if mt != "xlstm" and "latent" in d:
+            kw["latent"] = d.pop("latent")
         for k in cls._TOP:
             if k in d:
                 kw[k] = d.pop(k)
@@ -221,6 +260,8 @@ class MoxEConfig:
             out = {"model_type": "xlstm"}
         else:
             out = {k: getattr(self, k) for k in self._TOP}
+            if self.latent is not None:
+                out["latent"] = copy.deepcopy(self.latent)
         out.update(copy.deepcopy(self.extra))
         out["xlstm"] = copy.deepcopy(self.xlstm)
         return out

@@ -22,6 +22,7 @@ from torch import nn
 from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla
 
 from .config import MoxEConfig
+from .latent import fit_latent_shapes_
 from .model import DenseXLSTMModel, build_model
 
 RK = "_recurrent_kernel_"
@@ -100,6 +101,8 @@ def load_state_into(model: nn.Module, tensors: dict[str, torch.Tensor], slstm_la
     sd = {k: v.float() for k, v in tensors.items()}
     if slstm_layout != "vanilla":
         sd = _convert_layout(model, sd, "vanilla")
+    if getattr(model.cfg, "is_latent", False):
+        fit_latent_shapes_(model, sd)  # checks docs/LATENT_FORMAT.md; ranks from the tensor shapes
     tied = model.lm_head.weight is model.token_embedding.weight
     if tied:
         emb = sd.get("token_embedding.weight")

@@ -58,13 +58,17 @@ class MoxELayer(nn.Module):
         self.cfg = cfg
         self.mixer = build_mixer(cfg)
         self.gate = build_gate(cfg)
-        factory = expert_factory or EXPERT_FACTORIES[cfg.expert_type]
+        factory = expert_factory or EXPERT_FACTORIES[cfg.expert_factory_name]
         self.experts = factory(cfg, layer_idx)
 
     def route_and_combine(self, u: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """u (N, D) -> (out (N, D), routing)."""
         r: Routing = self.gate(u)
-        out = combine(u, r, self.experts.run, len(self.experts))
+        bank_combine = getattr(self.experts, "combine", None)  # a bank may dispatch itself (latent: B_g x per group)
+        if bank_combine is not None:
+            out = bank_combine(u, r)
+        else:
+            out = combine(u, r, self.experts.run, len(self.experts))
         return out, r
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Telemetry]:

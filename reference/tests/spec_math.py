@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -284,6 +285,8 @@ class SpecModel:
         path = Path(path)
         self.cfg = json.loads((path / "config.json").read_text())
         self.p = {k: v.to(F64) for k, v in load_file(str(path / "model.safetensors")).items()}
+        if self.cfg.get("model_type", "moxe") == "moxe" and self.cfg.get("latent") is not None:
+            self._densify_latent(self.cfg["num_experts"], self.cfg["latent"]["groups"])
         x = self.cfg["xlstm"]
         self.x = x
         self.layout = x.get("slstm_block", {}).get("slstm", {}).get("backend", "vanilla")
@@ -305,6 +308,20 @@ class SpecModel:
             sat = x.get("slstm_at", [])
             sat = list(range(nb)) if sat == "all" else sat
             self.blocks = [[("slstm" if i in sat else "mlstm", f"xlstm_block_stack.blocks.{i}.") for i in range(nb)]]
+
+    def _densify_latent(self, n_experts, groups):
+        """Latent experts (LATENT.md): W_i = A_i B_g, group g = experts [g*E/G, (g+1)*E/G).  The dense
+        W_i is formed here (float64) and the expert code below runs unchanged."""
+        size = n_experts // groups
+        for name in list(self.p):
+            m = re.fullmatch(r"(layers\.(\d+)\.experts\.)(\d+)\.(.+)\.A", name)
+            if m is None:
+                continue
+            pre, e, kind = m.group(1), int(m.group(3)), m.group(4)
+            b = self.p[f"{pre}latent.{e // size}.{kind}.B"]
+            dense = f"{pre}{e}.{kind}.weight"
+            assert dense not in self.p, dense
+            self.p[dense] = self.p.pop(name) @ b
 
     def zero_state(self, bsz):
         out = []

@@ -347,7 +347,7 @@ def test_model_fixture_matches_model_md(mdir):
         close(lg[0], gold["decode_logits"][j], 1e-4, name=f"decode_logits[{j}]")
 
 
-@pytest.mark.parametrize("mdir", [m for m in MODELS if m.name.startswith("moxe")], ids=lambda p: p.name)
+@pytest.mark.parametrize("mdir", [m for m in MODELS if m.name.startswith(("moxe", "latent"))], ids=lambda p: p.name)
 def test_golden_telemetry_over_whole_prompt(mdir):
     """Sequence-level telemetry (group shares, counts, loads, losses) from the spec over the
     prompt's mixer outputs."""
@@ -365,3 +365,69 @@ def test_fixture_script_reproduces_committed_files():
     r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=600)
     print(r.stdout, r.stderr)
     assert r.returncode == 0
+
+
+# ----------------------------------------------------------------------------- latent experts
+
+LATENT_MODELS = ("latent_mlp_e4_k2", "latent_xlstm_e4_k2")
+
+
+@pytest.mark.parametrize("name", LATENT_MODELS)
+def test_latent_fixture_format(name):
+    """docs/LATENT_FORMAT.md: "latent": {"groups": G}; B (r, D) per (layer, group, kind), A (out, r)
+    per expert, no dense weight of a factored matrix, every rank below D, ranks differing."""
+    mdir = ROOT / "models" / name
+    cfg = json.loads((mdir / "config.json").read_text())
+    assert cfg["latent"] == {"groups": 2}
+    t = load_file(str(mdir / "model.safetensors"))
+    d = cfg["xlstm"]["embedding_dim"]
+    kinds = ("w1", "w3") if cfg["expert_type"] == "mlp" else ("xlstm.proj_up", "ffn.proj_up")
+    ranks = set()
+    for l in range(cfg["num_layers"]):
+        for e in range(cfg["num_experts"]):
+            g = e // (cfg["num_experts"] // 2)
+            for k in kinds:
+                if cfg["expert_type"] == "xlstm" and k != ("xlstm.proj_up" if g == 0 else "ffn.proj_up"):
+                    continue
+                b = t[f"layers.{l}.experts.latent.{g}.{k}.B"]
+                a = t[f"layers.{l}.experts.{e}.{k}.A"]
+                assert b.shape[1] == d and b.shape[0] < d and a.shape[1] == b.shape[0]
+                assert f"layers.{l}.experts.{e}.{k}.weight" not in t
+                ranks.add(b.shape[0])
+    assert len(ranks) > 2
+    with safe_open(str(mdir / "golden.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["config"])
+    assert {int(t[n].shape[0]) for n in info["latent_ranks"]} == ranks
+
+
+CONVERSIONS = sorted((ROOT / "conversion").glob("*.safetensors")) if (ROOT / "conversion").exists() else []
+
+
+@pytest.mark.parametrize("path", CONVERSIONS, ids=[p.stem for p in CONVERSIONS])
+@torch.no_grad()
+def test_conversion_fixture(path):
+    """The stored conversion report is what the reference's conversion gives; the stacked errors
+    are sqrt(discarded energy) of the stored singular values and grow as the rank falls."""
+    from moxe_ref.latent import convert_to_latent
+    t = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+    dense = load_engine_dir(ROOT / meta["source"])
+    n = len(meta["slots"])
+    for c, case in enumerate(meta["cases"]):
+        how = {k: case[k] for k in ("rank", "energy") if k in case}
+        _, rep = convert_to_latent(dense, groups=meta["groups"], **how)
+        assert [s.rank for s in rep.slots] == t[f"case.{c}.rank"].tolist()
+        close(torch.tensor([s.rel_err for s in rep.slots]), t[f"case.{c}.rel_err"], 1e-5, name="rel_err")
+        assert rep.params_after == case["params_after"]
+        for i in range(n):
+            sv = t[f"slot.{i}.singular_values"].double()
+            r = int(t[f"case.{c}.rank"][i])
+            assert math.isclose(float(t[f"case.{c}.rel_err"][i]), math.sqrt(float((sv[r:] ** 2).sum() / (sv ** 2).sum())),
+                                rel_tol=1e-4, abs_tol=1e-6)
+    rank_cases = [c for c, case in enumerate(meta["cases"]) if "rank" in case]
+    for a, b in zip(rank_cases, rank_cases[1:]):
+        assert (t[f"case.{b}.rel_err"] > t[f"case.{a}.rel_err"]).all()
+    full = meta["cases"][rank_cases[0]]["rank"]
+    assert full == dense.cfg.embedding_dim
+    assert float(t[f"case.{rank_cases[0]}.logits_max_abs_err"]) <= 1e-4 * float(t["logits_max_abs"])

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and one module per command.
 
+mod bench;
 mod info;
 
 use clap::{Args, Parser, Subcommand};
@@ -17,7 +18,7 @@ pub struct Cli {
 }
 
 /// Where to run.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GpuArgs {
     /// Graphics API: auto, vulkan, metal, dx12 or gl.
     #[arg(long, global = true, env = "MOXE_BACKEND", default_value = "auto")]
@@ -31,11 +32,25 @@ pub struct GpuArgs {
 pub enum Command {
     /// List every GPU adapter with its backend, type, driver, limits and features.
     Info,
+    /// Measure speed on the current adapter.
+    Bench(bench::BenchArgs),
+}
+
+impl GpuArgs {
+    /// A GPU context on the chosen backend and adapter.
+    pub fn context(&self) -> Result<moxe::Context> {
+        moxe::Context::new(&moxe::ContextOptions {
+            backend: self.backend,
+            adapter: self.adapter.clone(),
+            max_binding_bytes: None,
+        })
+    }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&cli.gpu),
+        Command::Bench(args) => bench::run(&cli.gpu, &args),
     }
 }

@@ -17,9 +17,9 @@ use crate::tensor::{DType, Tensor};
 /// The matmul kernel variants (entry points of `matmul.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// One invocation per (row, token) streaming its row: CPU adapters, few tokens.
+    /// One invocation per (4 rows, token) streaming its rows: CPU adapters, few tokens.
     Gemv,
-    /// One invocation per (row, 4 tokens): CPU adapters, many tokens.
+    /// One invocation per (4 rows, 4 tokens): CPU adapters, many tokens.
     Gemm4,
     /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
     Coop4,
@@ -172,20 +172,21 @@ fn record(
     distinct("matmul", x.tensor, y.tensor)?;
     let t = x.rows;
     let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
-    let pipeline = ctx.pipeline("matmul", kernel.entry(), &[("F16", f16)])?;
+    let constants = [("F16", f16), ("HEADS", heads.is_some() as u8 as f64)];
+    let pipeline = ctx.pipeline("matmul", kernel.entry(), &constants)?;
     for chunk in w.chunks() {
         let rows = chunk.rows;
         let (grid, groups_x) = match kernel {
             MatmulKernel::Gemv => (
                 RowGrid::Y {
-                    x: rows.div_ceil(64),
+                    x: rows.div_ceil(256),
                     per: 1,
                 },
                 0,
             ),
             MatmulKernel::Gemm4 => (
                 RowGrid::Y {
-                    x: rows.div_ceil(64),
+                    x: rows.div_ceil(256),
                     per: 4,
                 },
                 0,

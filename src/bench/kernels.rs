@@ -1,0 +1,138 @@
+//! Kernel benchmarks: GEMV bandwidth beside a read-bandwidth probe on the same adapter.
+
+use std::fmt::Write as _;
+
+use super::time_graph;
+use crate::context::Context;
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::ops::matmul::{matmul_with, MatmulKernel};
+use crate::ops::probe::{probe, Pattern};
+use crate::ops::View;
+use crate::tensor::{DType, HostData, Tensor};
+use crate::testing::Rng;
+
+/// One GEMV measurement.
+#[derive(Debug, Clone)]
+pub struct GemvResult {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    pub kernel: MatmulKernel,
+    pub seconds: f64,
+    /// Weight bytes read per second.
+    pub gbps: f64,
+}
+
+/// Times `y = W x` for one token with W (rows, cols) in `dtype`.
+pub fn gemv(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    kernel: MatmulKernel,
+    budget_secs: f64,
+) -> Result<GemvResult> {
+    let mut rng = Rng::new(1);
+    let w = rng.uniform_vec(rows * cols, -0.01, 0.01);
+    let wt = Tensor::weight(ctx, "bench w", &[rows, cols], dtype, HostData::F32(&w))?;
+    drop(w);
+    let x = Tensor::from_f32(
+        ctx,
+        "bench x",
+        &[1, cols],
+        &rng.uniform_vec(cols, -1.0, 1.0),
+    )?;
+    let y = Tensor::zeros(ctx, "bench y", &[1, rows], DType::F32)?;
+    let mut g = Graph::new();
+    matmul_with(
+        ctx,
+        &mut g,
+        kernel,
+        &wt,
+        None,
+        View::of(&x),
+        View::of(&y),
+        0.0,
+    )?;
+    let seconds = time_graph(ctx, &g, budget_secs, 3)?;
+    let bytes = (rows * cols * dtype.size()) as f64;
+    Ok(GemvResult {
+        rows,
+        cols,
+        dtype,
+        kernel,
+        seconds,
+        gbps: bytes / seconds / 1e9,
+    })
+}
+
+/// Read bandwidth (GB/s) of the probe kernel over `bytes` bytes with `threads` invocations.
+pub fn probe_bandwidth(
+    ctx: &Context,
+    bytes: usize,
+    pattern: Pattern,
+    threads: usize,
+    budget_secs: f64,
+) -> Result<f64> {
+    let words = bytes / 4 / 4 * 4;
+    let src = Tensor::from_u32(ctx, "probe src", &[words], &vec![1u32; words])?;
+    let sink = Tensor::zeros(ctx, "probe sink", &[threads], DType::U32)?;
+    let mut g = Graph::new();
+    probe(ctx, &mut g, pattern, &src, &sink)?;
+    let seconds = time_graph(ctx, &g, budget_secs, 3)?;
+    Ok((words * 4) as f64 / seconds / 1e9)
+}
+
+/// The `moxe bench kernels` report: GEMV GB/s for 1024^2, 4096^2 and 4096x16384 in f32 and
+/// f16 beside the probe's read bandwidth, and the f16 4096^2 GEMV as a share of it.
+pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
+    let mut s = String::new();
+    let info = ctx.adapter_info();
+    let _ = writeln!(
+        s,
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    let probe_bytes = 64 << 20;
+    let mut best_probe = 0.0f64;
+    for (pattern, threads) in [(Pattern::Stream, 1024), (Pattern::Coalesced, 1 << 16)] {
+        let gbps = probe_bandwidth(ctx, probe_bytes, pattern, threads, budget_secs)?;
+        best_probe = best_probe.max(gbps);
+        let _ = writeln!(s, "read probe ({pattern:?}, 64 MiB): {gbps:8.2} GB/s");
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<14} {:>5} {:>7} {:>10} {:>9} {:>7}",
+        "gemv", "dtype", "kernel", "time us", "GB/s", "probe%"
+    );
+    let mut f16_4096 = None;
+    for (rows, cols) in [(1024, 1024), (4096, 4096), (4096, 16384)] {
+        for dtype in [DType::F32, DType::F16] {
+            let kernel = MatmulKernel::choose(ctx, 1);
+            let r = gemv(ctx, rows, cols, dtype, kernel, budget_secs)?;
+            let share = 100.0 * r.gbps / best_probe;
+            if (rows, cols, dtype) == (4096, 4096, DType::F16) {
+                f16_4096 = Some(share);
+            }
+            let _ = writeln!(
+                s,
+                "{:<14} {:>5} {:>7} {:>10.1} {:>9.2} {:>6.0}%",
+                format!("{rows}x{cols}"),
+                dtype.name(),
+                format!("{kernel:?}").to_lowercase(),
+                r.seconds * 1e6,
+                r.gbps,
+                share
+            );
+        }
+    }
+    if let Some(share) = f16_4096 {
+        let verdict = if share >= 60.0 { "meets" } else { "misses" };
+        let _ = writeln!(
+            s,
+            "\nf16 GEMV 4096x4096 reads at {share:.0}% of the probe ({verdict} the 60% target)"
+        );
+    }
+    Ok(s)
+}

@@ -1,0 +1,25 @@
+//! Benchmarks: measured on the current adapter and printed by `moxe bench`.
+
+pub mod kernels;
+
+use std::time::Instant;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::graph::Graph;
+
+/// Seconds per replay of `graph`: one warm-up run, then enough runs to fill about
+/// `budget_secs` (at least `min_runs`), each waited for.
+pub fn time_graph(ctx: &Context, graph: &Graph, budget_secs: f64, min_runs: usize) -> Result<f64> {
+    ctx.run(&[graph])?;
+    let t0 = Instant::now();
+    ctx.run(&[graph])?;
+    let once = t0.elapsed().as_secs_f64().max(1e-6);
+    let runs = ((budget_secs / once) as usize).max(min_runs);
+    let t = Instant::now();
+    for _ in 0..runs {
+        ctx.submit(&[graph])?;
+    }
+    ctx.wait("benchmark")?;
+    Ok(t.elapsed().as_secs_f64() / runs as f64)
+}
