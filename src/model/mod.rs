@@ -14,6 +14,7 @@
 
 pub mod config;
 mod json;
+pub mod mlstm;
 pub mod scratch;
 pub mod weights;
 
