@@ -49,6 +49,10 @@ pub const SHADERS: &[ShaderSource] = registry![
     "embedding",
     "sample",
     "nll",
+    "mlstm_step",
+    "mlstm_chunk",
+    "mlstm_expert",
+    "skip_gate",
 ];
 
 /// Looks a shader up by name.

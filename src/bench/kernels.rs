@@ -134,5 +134,6 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
             "\nf16 GEMV 4096x4096 reads at {share:.0}% of the probe ({verdict} the 60% target)"
         );
     }
+    s.push_str(&super::mlstm::report(ctx, budget_secs)?);
     Ok(s)
 }

@@ -1,6 +1,7 @@
 //! Benchmarks: measured on the current adapter and printed by `moxe bench`.
 
 pub mod kernels;
+pub mod mlstm;
 pub mod moe;
 
 use std::time::Instant;

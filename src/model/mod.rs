@@ -18,6 +18,7 @@ pub mod ffn;
 mod json;
 pub mod manifest;
 pub mod mlp_expert;
+pub mod mlstm;
 pub mod moe;
 pub mod scratch;
 pub mod slstm;

@@ -1,0 +1,396 @@
+//! The mLSTM cell (MODEL.md section 5) over B sequences of N tokens, continuing each
+//! sequence's recurrent state in place. Two kernels compute the same recurrence:
+//! - [`step`]: the recurrent form, the token loop inside the kernel (decode, N = 1);
+//! - [`chunkwise`]: the chunkwise-parallel form in chunks of [`chunkwise::CHUNK`] tokens
+//!   (prefill).
+//!
+//! Shapes (NH heads of dim DH, Di = NH * DH, rows = B * N with row `b * N + t`):
+//! - inputs: `qkv` a (rows, 3 Di) view `[q | k | v]`, head h at columns `h * DH ..` of each
+//!   part; `gates` a (rows, 2 NH) view `[i | f]` of gate pre-activations;
+//! - output: `h` a (rows, Di) view, h~ of each head (before the out-norm);
+//! - state ([`MlstmState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
+//!   stabilised by m (the true C is `C * exp(m)`), indexed by a u32 slot tensor (B). The zero
+//!   state (C = 0, n = 0, m = 0) is the fresh state, as in the package's `step()`.
+//!
+//! Sequences of one batch must name distinct slots.
+
+pub mod chunkwise;
+pub mod step;
+
+use std::ops::Range;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{u32_param, View};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::tensor::{DType, HostData, Tensor};
+
+/// Largest head dim the cell kernels support.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// The `eps` of the package's denominator `max(|q.n|, exp(-m)) + eps`.
+pub const EPS: f32 = 1e-6;
+
+/// Which kernel computes the cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKernel {
+    /// Token by token (one workgroup per sequence and head).
+    Recurrent,
+    /// Chunks of [`chunkwise::CHUNK`] tokens.
+    Chunkwise,
+}
+
+impl CellKernel {
+    /// The kernel for `tokens` tokens per sequence: recurrent for decode, chunkwise otherwise.
+    pub fn choose(tokens: usize) -> Self {
+        if tokens <= 1 {
+            CellKernel::Recurrent
+        } else {
+            CellKernel::Chunkwise
+        }
+    }
+}
+
+/// Recurrent state of the mLSTM cells of one block, one slot per sequence.
+pub struct MlstmState {
+    /// C (slots, NH, DH, DH).
+    pub c: Tensor,
+    /// n (slots, NH, DH).
+    pub n: Tensor,
+    /// m (slots, NH).
+    pub m: Tensor,
+    /// Final (n, m) of a chunkwise prefill before they are committed: (slots, NH, DH + 1).
+    pending: Tensor,
+}
+
+impl MlstmState {
+    /// Zero (fresh) state for `slots` sequences of `heads` heads of dim `head_dim`.
+    pub fn new(ctx: &Context, slots: usize, heads: usize, head_dim: usize) -> Result<Self> {
+        if slots == 0 || heads == 0 || !(1..=MAX_HEAD_DIM).contains(&head_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "mLSTM state of {slots} slots, {heads} heads of dim {head_dim}: need at least one \
+                 slot and head and a head dim of 1..={MAX_HEAD_DIM}"
+            )));
+        }
+        let state = MlstmState {
+            c: Tensor::zeros(
+                ctx,
+                "mlstm C",
+                &[slots, heads, head_dim, head_dim],
+                DType::F32,
+            )?,
+            n: Tensor::zeros(ctx, "mlstm n", &[slots, heads, head_dim], DType::F32)?,
+            m: Tensor::zeros(ctx, "mlstm m", &[slots, heads], DType::F32)?,
+            pending: Tensor::zeros(
+                ctx,
+                "mlstm pending n, m",
+                &[slots, heads, head_dim + 1],
+                DType::F32,
+            )?,
+        };
+        // Every kernel binds the state whole.
+        for t in [&state.c, &state.n, &state.m, &state.pending] {
+            t.buffer()?;
+        }
+        Ok(state)
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.c.shape()[0]
+    }
+
+    /// NH.
+    pub fn heads(&self) -> usize {
+        self.c.shape()[1]
+    }
+
+    /// DH.
+    pub fn head_dim(&self) -> usize {
+        self.c.shape()[2]
+    }
+
+    /// Resets slot `slot` to the fresh (zero) state (queued before the next submission).
+    pub fn reset(&self, ctx: &Context, slot: usize) -> Result<()> {
+        if slot >= self.slots() {
+            return Err(Error::mismatch(
+                "mLSTM state slot",
+                format!("below {}", self.slots()),
+                slot,
+            ));
+        }
+        for t in [&self.c, &self.n, &self.m] {
+            let per_slot = (t.numel() / self.slots() * 4) as u64;
+            let zeros = vec![0u8; per_slot as usize];
+            ctx.queue()
+                .write_buffer(t.buffer()?, slot as u64 * per_slot, &zeros);
+        }
+        Ok(())
+    }
+
+    /// Overwrites the whole state (C, n, m in the shapes above, flattened).
+    pub fn write(&self, c: &[f32], n: &[f32], m: &[f32]) -> Result<()> {
+        self.c.write(HostData::F32(c))?;
+        self.n.write(HostData::F32(n))?;
+        self.m.write(HostData::F32(m))
+    }
+}
+
+/// The inputs of a cell over `seqs` sequences of `tokens` tokens. See the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct CellInputs<'a> {
+    /// `[q | k | v]` (rows, 3 Di).
+    pub qkv: View<'a>,
+    /// `[i | f]` gate pre-activations (rows, 2 NH).
+    pub gates: View<'a>,
+}
+
+/// Kernel parameters shared by `mlstm_step.wgsl` and `mlstm_chunk.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct Params {
+    heads: u32,
+    head_dim: u32,
+    tokens: u32,
+    seqs: u32,
+    slots: u32,
+    scale: f32,
+    eps: f32,
+    token_base: u32,
+    seg_tokens: u32,
+    qkv_offset: u32,
+    qkv_stride: u32,
+    gate_offset: u32,
+    gate_stride: u32,
+    h_offset: u32,
+    h_stride: u32,
+    _pad: u32,
+}
+
+impl Params {
+    /// The parameters of the dispatch covering tokens `range` of every sequence.
+    pub(crate) fn segment(&self, range: Range<usize>) -> Self {
+        Params {
+            token_base: range.start as u32,
+            seg_tokens: range.len() as u32,
+            ..*self
+        }
+    }
+}
+
+/// How many loop iterations one shader invocation may run. llvmpipe (lavapipe) ends every
+/// loop of an invocation once all its loops together have iterated 65535 times, so kernels
+/// that loop over tokens are dispatched once per segment of tokens that stays below this
+/// (which also keeps single dispatches short on GPUs).
+pub const LOOP_BUDGET: usize = 60_000;
+
+/// Splits `tokens` into segments of whole `unit`s (the last may be partial) such that
+/// `fixed + units * unit_cost` loop iterations stay within [`LOOP_BUDGET`].
+pub(crate) fn segments(
+    tokens: usize,
+    unit: usize,
+    unit_cost: usize,
+    fixed: usize,
+) -> Vec<Range<usize>> {
+    let units = (LOOP_BUDGET.saturating_sub(fixed) / unit_cost).max(1);
+    let len = units * unit;
+    (0..tokens.div_ceil(len))
+        .map(|s| s * len..((s + 1) * len).min(tokens))
+        .collect()
+}
+
+/// Checks the views, slots and state against each other and builds the kernel parameters.
+pub(crate) fn params(
+    inputs: &CellInputs<'_>,
+    h: &View<'_>,
+    state: &MlstmState,
+    slots: &Tensor,
+    seqs: usize,
+    tokens: usize,
+) -> Result<Params> {
+    let (nh, dh) = (state.heads(), state.head_dim());
+    let di = nh * dh;
+    let rows = seqs * tokens;
+    inputs.qkv.check("mLSTM cell qkv")?;
+    inputs.gates.check("mLSTM cell gates")?;
+    h.check("mLSTM cell output")?;
+    for (what, view, cols) in [
+        ("mLSTM cell qkv", &inputs.qkv, 3 * di),
+        ("mLSTM cell gates", &inputs.gates, 2 * nh),
+        ("mLSTM cell output", h, di),
+    ] {
+        if (view.rows, view.cols) != (rows, cols) {
+            return Err(Error::mismatch(
+                format!(
+                    "{what} ('{}') for {seqs} x {tokens} tokens",
+                    view.tensor.label()
+                ),
+                format!("{rows} x {cols}"),
+                format!("{} x {}", view.rows, view.cols),
+            ));
+        }
+    }
+    if slots.dtype() != DType::U32 || slots.numel() != seqs {
+        return Err(Error::mismatch(
+            format!("mLSTM slots ('{}')", slots.label()),
+            format!("u32 ({seqs})"),
+            format!("{} {:?}", slots.dtype(), slots.shape()),
+        ));
+    }
+    if seqs > state.slots() {
+        return Err(Error::mismatch(
+            "mLSTM batch size",
+            format!("at most the state's {} slots", state.slots()),
+            seqs,
+        ));
+    }
+    for input in [inputs.qkv.tensor, inputs.gates.tensor] {
+        super::distinct("mLSTM cell", input, h.tensor)?;
+    }
+    Ok(Params {
+        heads: u32_param("mLSTM heads", nh)?,
+        head_dim: u32_param("mLSTM head dim", dh)?,
+        tokens: u32_param("mLSTM tokens", tokens)?,
+        seqs: u32_param("mLSTM sequences", seqs)?,
+        slots: u32_param("mLSTM slots", state.slots())?,
+        scale: 1.0 / (dh as f32).sqrt(),
+        eps: EPS,
+        token_base: 0,
+        seg_tokens: u32_param("mLSTM tokens", tokens)?,
+        qkv_offset: u32_param("qkv offset", inputs.qkv.offset)?,
+        qkv_stride: u32_param("qkv stride", inputs.qkv.stride)?,
+        gate_offset: u32_param("gate offset", inputs.gates.offset)?,
+        gate_stride: u32_param("gate stride", inputs.gates.stride)?,
+        h_offset: u32_param("output offset", h.offset)?,
+        h_stride: u32_param("output stride", h.stride)?,
+        _pad: 0,
+    })
+}
+
+/// Records the cell over `seqs` sequences of `tokens` tokens with `kernel`, reading and
+/// updating the state slots named by `slots` (u32 (B)).
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: CellKernel,
+    inputs: &CellInputs<'_>,
+    h: View<'_>,
+    state: &MlstmState,
+    slots: &Tensor,
+    seqs: usize,
+    tokens: usize,
+) -> Result<()> {
+    match kernel {
+        CellKernel::Recurrent => step::record(ctx, graph, inputs, h, state, slots, seqs, tokens),
+        CellKernel::Chunkwise => {
+            chunkwise::record(ctx, graph, inputs, h, state, slots, seqs, tokens)
+        }
+    }
+}
+
+/// One sequence and head of the cell state, for the CPU reference (f64).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadState {
+    /// C (DH, DH), row-major.
+    pub c: Vec<f64>,
+    /// n (DH).
+    pub n: Vec<f64>,
+    pub m: f64,
+}
+
+impl HeadState {
+    /// The fresh state.
+    pub fn zeros(head_dim: usize) -> Self {
+        HeadState {
+            c: vec![0.0; head_dim * head_dim],
+            n: vec![0.0; head_dim],
+            m: 0.0,
+        }
+    }
+}
+
+/// `log(sigmoid(x))`, computed stably.
+pub fn log_sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
+/// CPU reference of one recurrent step (MODEL.md section 5) in f64: updates `s` with the
+/// token's `q`, `k`, `v` (DH) and gate pre-activations, and returns h~ (DH).
+pub fn reference_step(
+    s: &mut HeadState,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    i_pre: f32,
+    f_pre: f32,
+) -> Vec<f32> {
+    let dh = q.len();
+    let scale = 1.0 / (dh as f64).sqrt();
+    let lf = log_sigmoid(f_pre as f64);
+    let m = (lf + s.m).max(i_pre as f64);
+    let fa = (lf + s.m - m).exp();
+    let ia = (i_pre as f64 - m).exp();
+    let mut qn = 0.0;
+    for a in 0..dh {
+        let kk = k[a] as f64 * scale;
+        s.n[a] = fa * s.n[a] + ia * kk;
+        qn += q[a] as f64 * s.n[a];
+        for (c, &vb) in s.c[a * dh..(a + 1) * dh].iter_mut().zip(v) {
+            *c = fa * *c + ia * kk * vb as f64;
+        }
+    }
+    s.m = m;
+    let den = qn.abs().max((-m).exp()) + EPS as f64;
+    (0..dh)
+        .map(|b| {
+            let num: f64 = (0..dh).map(|a| q[a] as f64 * s.c[a * dh + b]).sum();
+            (num / den) as f32
+        })
+        .collect()
+}
+
+/// CPU reference of the cell over one batch, in f64. `qkv` (B * N, 3 Di) and `gates`
+/// (B * N, 2 NH) as in the module docs; `states[b * NH + h]` is updated in place. Returns h~
+/// (B * N, Di).
+pub fn reference(
+    qkv: &[f32],
+    gates: &[f32],
+    heads: usize,
+    head_dim: usize,
+    tokens: usize,
+    states: &mut [HeadState],
+) -> Vec<f32> {
+    let di = heads * head_dim;
+    let rows = qkv.len() / (3 * di);
+    let seqs = rows / tokens.max(1);
+    let mut h = vec![0.0; rows * di];
+    for b in 0..seqs {
+        for t in 0..tokens {
+            let row = b * tokens + t;
+            let x = &qkv[row * 3 * di..(row + 1) * 3 * di];
+            for hd in 0..heads {
+                let part = |p: usize| &x[p * di + hd * head_dim..][..head_dim];
+                let out = reference_step(
+                    &mut states[b * heads + hd],
+                    part(0),
+                    part(1),
+                    part(2),
+                    gates[row * 2 * heads + hd],
+                    gates[row * 2 * heads + heads + hd],
+                );
+                h[row * di + hd * head_dim..][..head_dim].copy_from_slice(&out);
+            }
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests;

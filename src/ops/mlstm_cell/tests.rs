@@ -1,0 +1,531 @@
+use std::path::Path;
+
+use super::*;
+use crate::model::Weights;
+use crate::testing::{assert_close, assert_close_rel_max, gpu, Rng};
+
+/// A batch for the cell: `qkv` (B * N, 3 Di), `gates` (B * N, 2 NH).
+struct Case {
+    seqs: usize,
+    heads: usize,
+    head_dim: usize,
+    tokens: usize,
+    qkv: Vec<f32>,
+    gates: Vec<f32>,
+}
+
+impl Case {
+    fn random(
+        rng: &mut Rng,
+        seqs: usize,
+        heads: usize,
+        head_dim: usize,
+        tokens: usize,
+        gate_std: f32,
+    ) -> Self {
+        let rows = seqs * tokens;
+        let qkv = rng.normal_vec(rows * 3 * heads * head_dim, 1.0);
+        let mut gates = rng.normal_vec(rows * 2 * heads, gate_std);
+        // Forget gates mostly open, as after training.
+        for r in 0..rows {
+            for g in &mut gates[r * 2 * heads + heads..(r + 1) * 2 * heads] {
+                *g += 2.0;
+            }
+        }
+        Case {
+            seqs,
+            heads,
+            head_dim,
+            tokens,
+            qkv,
+            gates,
+        }
+    }
+
+    /// Tokens `t0..t1` of every sequence, as a case of its own.
+    fn slice(&self, t0: usize, t1: usize) -> Case {
+        let (di, nh) = (self.heads * self.head_dim, self.heads);
+        let rows = |w: usize, v: &[f32]| -> Vec<f32> {
+            (0..self.seqs)
+                .flat_map(|b| v[(b * self.tokens + t0) * w..(b * self.tokens + t1) * w].to_vec())
+                .collect()
+        };
+        Case {
+            tokens: t1 - t0,
+            qkv: rows(3 * di, &self.qkv),
+            gates: rows(2 * nh, &self.gates),
+            ..*self
+        }
+    }
+
+    fn reference(&self, states: &mut [HeadState]) -> Vec<f32> {
+        reference(
+            &self.qkv,
+            &self.gates,
+            self.heads,
+            self.head_dim,
+            self.tokens,
+            states,
+        )
+    }
+}
+
+/// Warm states: the reference run from zero over a few random tokens.
+fn warm_states(rng: &mut Rng, seqs: usize, heads: usize, head_dim: usize) -> Vec<HeadState> {
+    let mut states = vec![HeadState::zeros(head_dim); seqs * heads];
+    Case::random(rng, seqs, heads, head_dim, 3, 2.0).reference(&mut states);
+    states
+}
+
+/// The GPU side: a state with a spare slot, sequences in reverse slot order, and the inputs
+/// inside wider buffers (offsets and strides that are not the dense ones).
+struct Gpu {
+    state: MlstmState,
+    slots: Vec<u32>,
+    slot_tensor: Tensor,
+}
+
+impl Gpu {
+    fn new(seqs: usize, heads: usize, head_dim: usize, init: &[HeadState]) -> Self {
+        let ctx = gpu();
+        let state = MlstmState::new(ctx, seqs + 1, heads, head_dim).unwrap();
+        let slots: Vec<u32> = (0..seqs as u32).map(|b| seqs as u32 - b).collect();
+        let g = Gpu {
+            slot_tensor: Tensor::from_u32(ctx, "slots", &[seqs], &slots).unwrap(),
+            state,
+            slots,
+        };
+        g.load(init);
+        g
+    }
+
+    fn load(&self, states: &[HeadState]) {
+        let (nh, dh) = (self.state.heads(), self.state.head_dim());
+        let total = self.state.slots() * nh;
+        let (mut c, mut n, mut m) = (
+            vec![0.0; total * dh * dh],
+            vec![0.0; total * dh],
+            vec![0.0; total],
+        );
+        for (b, &slot) in self.slots.iter().enumerate() {
+            for hd in 0..nh {
+                let s = &states[b * nh + hd];
+                let at = slot as usize * nh + hd;
+                for (dst, src) in c[at * dh * dh..][..dh * dh].iter_mut().zip(&s.c) {
+                    *dst = *src as f32;
+                }
+                for (dst, src) in n[at * dh..][..dh].iter_mut().zip(&s.n) {
+                    *dst = *src as f32;
+                }
+                m[at] = s.m as f32;
+            }
+        }
+        self.state.write(&c, &n, &m).unwrap();
+    }
+
+    /// (C, n, m) of each sequence in batch order, flattened as (B, NH, ..).
+    fn read(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (nh, dh) = (self.state.heads(), self.state.head_dim());
+        let (c, n, m) = (
+            self.state.c.to_f32().unwrap(),
+            self.state.n.to_f32().unwrap(),
+            self.state.m.to_f32().unwrap(),
+        );
+        let (mut oc, mut on, mut om) = (Vec::new(), Vec::new(), Vec::new());
+        for &slot in &self.slots {
+            let s = slot as usize * nh;
+            oc.extend_from_slice(&c[s * dh * dh..(s + nh) * dh * dh]);
+            on.extend_from_slice(&n[s * dh..(s + nh) * dh]);
+            om.extend_from_slice(&m[s..s + nh]);
+        }
+        (oc, on, om)
+    }
+
+    /// Runs `kernel` over the case; returns h~ (B * N, Di).
+    fn run(&self, kernel: CellKernel, case: &Case) -> Vec<f32> {
+        let ctx = gpu();
+        let (nh, di) = (case.heads, case.heads * case.head_dim);
+        let rows = case.seqs * case.tokens;
+        // qkv at columns 1.. of rows of 3 Di + 2; gates at columns 2.. of rows of 2 NH + 3.
+        let widen = |v: &[f32], w: usize, off: usize, extra: usize| -> Vec<f32> {
+            v.chunks(w)
+                .flat_map(|r| {
+                    let mut row = vec![7.0; w + extra];
+                    row[off..off + w].copy_from_slice(r);
+                    row
+                })
+                .collect()
+        };
+        let qkv_t = Tensor::from_f32(
+            ctx,
+            "qkv",
+            &[rows, 3 * di + 2],
+            &widen(&case.qkv, 3 * di, 1, 2),
+        )
+        .unwrap();
+        let gates_t = Tensor::from_f32(
+            ctx,
+            "gates",
+            &[rows, 2 * nh + 3],
+            &widen(&case.gates, 2 * nh, 2, 3),
+        )
+        .unwrap();
+        let h_t = Tensor::zeros(ctx, "h", &[rows, di], DType::F32).unwrap();
+        let inputs = CellInputs {
+            qkv: View::of(&qkv_t).select_cols(1..1 + 3 * di),
+            gates: View::of(&gates_t).select_cols(2..2 + 2 * nh),
+        };
+        let mut g = Graph::new();
+        record(
+            ctx,
+            &mut g,
+            kernel,
+            &inputs,
+            View::of(&h_t),
+            &self.state,
+            &self.slot_tensor,
+            case.seqs,
+            case.tokens,
+        )
+        .unwrap();
+        ctx.run(&[&g]).unwrap();
+        h_t.to_f32().unwrap()
+    }
+}
+
+fn flatten(states: &[HeadState]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    (
+        states.iter().flat_map(|s| f(&s.c)).collect(),
+        states.iter().flat_map(|s| f(&s.n)).collect(),
+        states.iter().map(|s| s.m as f32).collect(),
+    )
+}
+
+/// Checks h~ and the final state of `kernel` against the f64 reference.
+fn check(kernel: CellKernel, case: &Case, init: &[HeadState], tol: f32, what: &str) {
+    let gpu_side = Gpu::new(case.seqs, case.heads, case.head_dim, init);
+    let got = gpu_side.run(kernel, case);
+    let mut states = init.to_vec();
+    let want = case.reference(&mut states);
+    let what = format!(
+        "{what} {kernel:?} B={} NH={} DH={} N={}",
+        case.seqs, case.heads, case.head_dim, case.tokens
+    );
+    assert_close_rel_max(&got, &want, tol, &format!("{what}: h"));
+    let (c, n, m) = gpu_side.read();
+    let (wc, wn, wm) = flatten(&states);
+    assert_close_rel_max(&c, &wc, tol, &format!("{what}: C"));
+    assert_close_rel_max(&n, &wn, tol, &format!("{what}: n"));
+    assert_close(&m, &wm, 1e-4, 1e-5, &format!("{what}: m"));
+}
+
+#[test]
+fn both_kernels_match_the_reference_on_random_shapes() {
+    let mut rng = Rng::new(5);
+    // (B, NH, DH, N): head dims that are not multiples of 4, several 64-column blocks, a
+    // partial last chunk, one token.
+    for &(seqs, heads, head_dim, tokens) in &[
+        (1, 1, 7, 5),
+        (3, 2, 12, 33),
+        (1, 8, 3, 70),
+        (3, 4, 65, 40),
+        (2, 3, 130, 1),
+    ] {
+        let case = Case::random(&mut rng, seqs, heads, head_dim, tokens, 2.0);
+        let init = warm_states(&mut rng, seqs, heads, head_dim);
+        for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+            check(kernel, &case, &init, 1e-4, "random");
+        }
+    }
+}
+
+#[test]
+fn chunkwise_matches_at_paper_scale() {
+    // D = 1024 with 4 heads: Di = 2048, DH = 512 (two heads here to keep the reference fast);
+    // 290 tokens take two dispatches.
+    let mut rng = Rng::new(6);
+    let case = Case::random(&mut rng, 1, 2, 512, 290, 2.0);
+    let init = warm_states(&mut rng, 1, 2, 512);
+    check(CellKernel::Chunkwise, &case, &init, 1e-4, "paper scale");
+}
+
+#[test]
+fn prefill_then_decode_equals_the_recurrence() {
+    let mut rng = Rng::new(7);
+    let (seqs, heads, head_dim) = (3, 2, 20);
+    let case = Case::random(&mut rng, seqs, heads, head_dim, 45, 3.0);
+    let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
+    let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
+    let di = heads * head_dim;
+    let mut got = vec![Vec::new(); seqs];
+    let mut collect = |h: Vec<f32>, n: usize| {
+        for (b, g) in got.iter_mut().enumerate() {
+            g.extend_from_slice(&h[b * n * di..(b + 1) * n * di]);
+        }
+    };
+    collect(gpu_side.run(CellKernel::Chunkwise, &case.slice(0, 37)), 37);
+    for t in 37..45 {
+        collect(
+            gpu_side.run(CellKernel::Recurrent, &case.slice(t, t + 1)),
+            1,
+        );
+    }
+    let mut states = zeros.clone();
+    let want = case.reference(&mut states);
+    assert_close_rel_max(&got.concat(), &want, 1e-4, "prefill + decode: h");
+    let (c, _, m) = gpu_side.read();
+    let (wc, _, wm) = flatten(&states);
+    assert_close_rel_max(&c, &wc, 1e-4, "prefill + decode: C");
+    assert_close(&m, &wm, 1e-4, 1e-5, "prefill + decode: m");
+}
+
+/// The f64 reference for one sequence, with the condition number of every (token, head)
+/// output: how much f32 rounding of the sums q^T C and q . n can move h~ relative to the
+/// head's largest |h~| (large where those sums cancel, e.g. q nearly orthogonal to n).
+fn reference_with_conditioning(case: &Case) -> (Vec<f32>, Vec<f32>) {
+    let (nh, dh) = (case.heads, case.head_dim);
+    let di = nh * dh;
+    let mut states = vec![HeadState::zeros(dh); nh];
+    let (mut h, mut cond) = (Vec::new(), Vec::new());
+    for t in 0..case.tokens {
+        let x = &case.qkv[t * 3 * di..(t + 1) * 3 * di];
+        for hd in 0..nh {
+            let part = |p: usize| &x[p * di + hd * dh..][..dh];
+            let s = &mut states[hd];
+            let g = &case.gates[t * 2 * nh..];
+            let out = reference_step(s, part(0), part(1), part(2), g[hd], g[nh + hd]);
+            let q = part(0);
+            let qn: f64 = (0..dh).map(|a| q[a] as f64 * s.n[a]).sum();
+            let qn_abs: f64 = (0..dh).map(|a| (q[a] as f64 * s.n[a]).abs()).sum();
+            let den = qn.abs().max((-s.m).exp()) + EPS as f64;
+            let (mut num_abs, mut num_max) = (0.0f64, 0.0f64);
+            for b in 0..dh {
+                let col = (0..dh).map(|a| q[a] as f64 * s.c[a * dh + b]);
+                num_abs = num_abs.max(col.clone().map(f64::abs).sum());
+                num_max = num_max.max(col.sum::<f64>().abs());
+            }
+            let kappa = qn_abs / den + num_abs / num_max.max(1e-30);
+            h.extend_from_slice(&out);
+            cond.push(kappa.min(1e6) as f32);
+        }
+    }
+    (h, cond)
+}
+
+#[test]
+fn long_sequences_with_extreme_gates_stay_finite() {
+    // 4096 tokens; gate pre-activations of both signs up to |60|, with long stretches of
+    // closed forget gates and of saturated input gates.
+    let mut rng = Rng::new(8);
+    let (heads, head_dim, tokens) = (2, 9, 4096);
+    let mut case = Case::random(&mut rng, 1, heads, head_dim, tokens, 1.0);
+    for (r, row) in case.gates.chunks_mut(2 * heads).enumerate() {
+        let phase = (r / 512) % 4;
+        for (g, v) in row.iter_mut().enumerate() {
+            let forget = g >= heads;
+            *v = match (phase, forget) {
+                (0, _) => rng.uniform() * 120.0 - 60.0,
+                (1, true) => -40.0 - 20.0 * rng.uniform(),
+                (1, false) => 50.0 + 10.0 * rng.uniform(),
+                (2, true) => 60.0,
+                (2, false) => -60.0 + 5.0 * rng.normal(),
+                _ => 30.0 * rng.normal(),
+            };
+        }
+    }
+    let (want, cond) = reference_with_conditioning(&case);
+    let zeros = vec![HeadState::zeros(head_dim); heads];
+    let mut states = zeros.clone();
+    case.reference(&mut states);
+    for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+        let gpu_side = Gpu::new(1, heads, head_dim, &zeros);
+        let got = gpu_side.run(kernel, &case);
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{kernel:?}: non-finite h"
+        );
+        // h~ ranges over many orders of magnitude: compare each head of each token to its
+        // own scale, widened by its condition number.
+        for (i, ((g, w), kappa)) in got
+            .chunks(head_dim)
+            .zip(want.chunks(head_dim))
+            .zip(&cond)
+            .enumerate()
+        {
+            let scale = w.iter().fold(1e-30f32, |a, &b| a.max(b.abs()));
+            let tol = 1e-4 * kappa.max(1.0) * scale;
+            let what = format!("{kernel:?} token {} head {}", i / heads, i % heads);
+            assert_close(g, w, tol, 0.0, &what);
+        }
+        let (c, n, m) = gpu_side.read();
+        assert!(c.iter().chain(&n).chain(&m).all(|v| v.is_finite()));
+        let (_, _, wm) = flatten(&states);
+        assert_close(&m, &wm, 1e-3, 1e-5, &format!("{kernel:?}: m"));
+    }
+}
+
+fn fixture(name: &str) -> Weights {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ops")
+        .join(name);
+    Weights::open(&path).unwrap()
+}
+
+/// (B, NH, S, X) -> (B * S, NH * X): the package's per-head layout to rows.
+fn heads_to_rows(v: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (b, nh, s, x) = (shape[0], shape[1], shape[2], shape[3]);
+    let mut out = vec![0.0; v.len()];
+    for bi in 0..b {
+        for h in 0..nh {
+            for t in 0..s {
+                for e in 0..x {
+                    out[((bi * s + t) * nh + h) * x + e] = v[((bi * nh + h) * s + t) * x + e];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn both_kernels_match_the_package_fixtures() {
+    for name in ["mlstm_cell_kernel", "mlstm_cell_kernel_large"] {
+        let f = fixture(&format!("{name}.safetensors"));
+        let shape = f.shape("in.q").unwrap().to_vec();
+        let (seqs, heads, tokens, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
+        let di = heads * head_dim;
+        let parts: Vec<Vec<f32>> = ["in.q", "in.k", "in.v"]
+            .iter()
+            .map(|n| heads_to_rows(&f.f32_any(n).unwrap().0, &shape))
+            .collect();
+        let gate_shape = [seqs, heads, tokens, 1];
+        let i = heads_to_rows(&f.f32_any("in.igate_preact").unwrap().0, &gate_shape);
+        let fg = heads_to_rows(&f.f32_any("in.fgate_preact").unwrap().0, &gate_shape);
+        let rows = seqs * tokens;
+        let case = Case {
+            seqs,
+            heads,
+            head_dim,
+            tokens,
+            qkv: (0..rows)
+                .flat_map(|r| {
+                    parts
+                        .iter()
+                        .flat_map(move |p| p[r * di..(r + 1) * di].to_vec())
+                })
+                .collect(),
+            gates: (0..rows)
+                .flat_map(|r| {
+                    [
+                        &i[r * heads..(r + 1) * heads],
+                        &fg[r * heads..(r + 1) * heads],
+                    ]
+                })
+                .flatten()
+                .copied()
+                .collect(),
+        };
+        let want = heads_to_rows(&f.f32_any("out.h_recurrent").unwrap().0, &shape);
+        let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
+        for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+            let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
+            let got = gpu_side.run(kernel, &case);
+            let what = format!("{name} {kernel:?}");
+            assert_close_rel_max(&got, &want, 1e-4, &format!("{what}: h"));
+            let (c, n, m) = gpu_side.read();
+            for (key, got) in [("out.C", c), ("out.n", n), ("out.m", m)] {
+                let want = f.f32_any(key).unwrap().0;
+                assert_close_rel_max(&got, &want, 1e-4, &format!("{what}: {key}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn reset_clears_one_slot() {
+    let ctx = gpu();
+    let mut rng = Rng::new(9);
+    let init = warm_states(&mut rng, 2, 2, 5);
+    let gpu_side = Gpu::new(2, 2, 5, &init);
+    // Sequence 0 lives in slot 2, sequence 1 in slot 1.
+    gpu_side.state.reset(ctx, 2).unwrap();
+    let (c, n, m) = gpu_side.read();
+    let (wc, wn, wm) = flatten(&init);
+    assert!(c[..50]
+        .iter()
+        .chain(&n[..10])
+        .chain(&m[..2])
+        .all(|&v| v == 0.0));
+    assert_eq!(
+        (&c[50..], &n[10..], &m[2..]),
+        (&wc[50..], &wn[10..], &wm[2..])
+    );
+    let err = gpu_side.state.reset(ctx, 3).unwrap_err().to_string();
+    assert!(err.contains("below 3"), "{err}");
+}
+
+#[test]
+fn bad_shapes_are_typed_errors() {
+    let ctx = gpu();
+    let err = MlstmState::new(ctx, 1, 1, 513).err().unwrap().to_string();
+    assert!(err.contains("1..=512"), "{err}");
+    let state = MlstmState::new(ctx, 2, 2, 4).unwrap();
+    let qkv = Tensor::zeros(ctx, "qkv", &[3, 24], DType::F32).unwrap();
+    let gates = Tensor::zeros(ctx, "gates", &[3, 4], DType::F32).unwrap();
+    let h = Tensor::zeros(ctx, "h", &[3, 8], DType::F32).unwrap();
+    let slots = Tensor::from_u32(ctx, "slots", &[3], &[0, 1, 0]).unwrap();
+    let inputs = CellInputs {
+        qkv: View::of(&qkv),
+        gates: View::of(&gates),
+    };
+    let mut g = Graph::new();
+    let err = record(
+        ctx,
+        &mut g,
+        CellKernel::Chunkwise,
+        &inputs,
+        View::of(&h),
+        &state,
+        &slots,
+        3,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("at most the state's 2 slots"), "{err}");
+    let err = record(
+        ctx,
+        &mut g,
+        CellKernel::Recurrent,
+        &inputs,
+        View::of(&h),
+        &state,
+        &slots,
+        1,
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("mLSTM slots"), "{err}");
+    let bad = CellInputs {
+        gates: View::of(&qkv).select_cols(0..4),
+        ..inputs
+    };
+    let one = Tensor::from_u32(ctx, "slots", &[1], &[0]).unwrap();
+    let err = record(
+        ctx,
+        &mut g,
+        CellKernel::Recurrent,
+        &bad,
+        View::of(&h).select_rows(0..2),
+        &state,
+        &one,
+        1,
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("output") && err.contains("3 x 8"), "{err}");
+    assert!(g.is_empty());
+}
