@@ -13,7 +13,7 @@ use super::config::{Architecture, ModelConfig};
 use super::dir::{ModelDir, ParameterCounts};
 use super::manifest::{expert_kind, Kind};
 use super::mlp_expert::MlpExpert;
-use super::mlstm::{MlstmBlock, MlstmState};
+use super::mlstm::{MlstmBlock, MlstmBlockState};
 use super::moe::MoeLayer;
 use super::runner::Runner;
 use super::slstm::{SlstmBlock, SlstmState};
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::layer_norm::{layer_norm, Norm};
 use crate::ops::View;
-use crate::tensor::{DType, HostData, Tensor};
+use crate::tensor::{DType, Tensor};
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -50,16 +50,23 @@ impl Default for LoadOptions {
     }
 }
 
+/// One named state array of one sequence (a block's state tensor without its slot dim).
+pub(crate) struct StateArray {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) values: Vec<f32>,
+}
+
 /// A recurrent block with its weights.
 pub(crate) enum Block {
-    S(SlstmBlock),
-    M(MlstmBlock),
+    S(Box<SlstmBlock>),
+    M(Box<MlstmBlock>),
 }
 
 /// The state of one block for every sequence slot.
 pub(crate) enum BlockState {
-    S(SlstmState),
-    M(MlstmState),
+    S(Box<SlstmState>),
+    M(Box<MlstmBlockState>),
 }
 
 impl BlockState {
@@ -67,7 +74,7 @@ impl BlockState {
     pub(crate) fn tensors(&self) -> Vec<&Tensor> {
         match self {
             BlockState::S(s) => std::iter::once(&s.cell).chain(s.conv.as_ref()).collect(),
-            BlockState::M(m) => m.tensors(),
+            BlockState::M(m) => vec![&m.conv, &m.cell.c, &m.cell.n, &m.cell.m],
         }
     }
 }
@@ -75,8 +82,8 @@ impl BlockState {
 impl Block {
     fn new_state(&self, ctx: &Context, slots: usize) -> Result<BlockState> {
         Ok(match self {
-            Block::S(b) => BlockState::S(b.new_state(ctx, slots)?),
-            Block::M(b) => BlockState::M(b.new_state(ctx, slots)?),
+            Block::S(b) => BlockState::S(Box::new(b.new_state(ctx, slots)?)),
+            Block::M(b) => BlockState::M(Box::new(b.new_state(ctx, slots)?)),
         })
     }
 
@@ -90,7 +97,9 @@ impl Block {
         match (self, state) {
             (Block::S(b), BlockState::S(s)) => b.record(ctx, graph, batch, s),
             (Block::M(b), BlockState::M(s)) => b.record(ctx, graph, batch, s),
-            _ => Err(Error::InvalidArgument("block and state kinds differ".into())),
+            _ => Err(Error::InvalidArgument(
+                "block and state kinds differ".into(),
+            )),
         }
     }
 }
@@ -142,7 +151,15 @@ impl Model {
             None => None,
         };
         let params = dir.parameters();
-        Self::from_parts(ctx, dir.config, &dir.weights, tokenizer, params, &dir.ranks, options)
+        Self::from_parts(
+            ctx,
+            dir.config,
+            &dir.weights,
+            tokenizer,
+            params,
+            &dir.ranks,
+            options,
+        )
     }
 
     /// Builds a model from validated weights (e.g. random weights for benchmarks).
@@ -156,7 +173,9 @@ impl Model {
         options: &LoadOptions,
     ) -> Result<Self> {
         if options.max_sequences == 0 {
-            return Err(Error::InvalidArgument("max_sequences must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_sequences must be at least 1".into(),
+            ));
         }
         if !options.prefill_chunk.is_power_of_two() || options.prefill_chunk > 4096 {
             return Err(Error::InvalidArgument(format!(
@@ -164,11 +183,14 @@ impl Model {
                 options.prefill_chunk
             )));
         }
-        let dtype = options.dtype.unwrap_or_else(|| stored_matrix_dtype(weights));
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| stored_matrix_dtype(weights));
         if dtype == DType::F16 && !ctx.supports_f16_weights() {
             return Err(Error::Limit {
                 what: "f16 weights".into(),
-                detail: "this adapter has no unpack2x16float (SHADER_F16_IN_F32); load with f32".into(),
+                detail: "this adapter has no unpack2x16float (SHADER_F16_IN_F32); load with f32"
+                    .into(),
             });
         }
         let _ = ranks;
@@ -176,18 +198,26 @@ impl Model {
         let (d, v) = (x.embedding_dim, x.vocab_size);
         let root = weights.scope("");
         let oom = |e: Error| with_size_hint(e, &params, dtype);
-        let embedding = root.matrix(ctx, "token_embedding.weight", &[v, d], dtype).map_err(oom)?;
+        let embedding = root
+            .matrix(ctx, "token_embedding.weight", &[v, d], dtype)
+            .map_err(oom)?;
         let lm_head = if config.tie_weights {
             None
         } else {
-            Some(root.matrix(ctx, "lm_head.weight", &[v, d], dtype).map_err(oom)?)
+            Some(
+                root.matrix(ctx, "lm_head.weight", &[v, d], dtype)
+                    .map_err(oom)?,
+            )
         };
         let (body, final_norm) = match &config.architecture {
             Architecture::Dense(dense) => {
                 let mut blocks = Vec::new();
                 for i in 0..dense.num_blocks {
                     let s = root.scope(&format!("xlstm_block_stack.blocks.{i}."));
-                    blocks.push(load_block(ctx, &config, &s, dense.slstm_at.contains(&i), dtype).map_err(oom)?);
+                    blocks.push(
+                        load_block(ctx, &config, &s, dense.slstm_at.contains(&i), dtype)
+                            .map_err(oom)?,
+                    );
                 }
                 let post_norm = x
                     .add_post_blocks_norm
@@ -200,8 +230,10 @@ impl Model {
                 for l in 0..m.num_layers {
                     let s = root.scope(&format!("layers.{l}."));
                     let mixer = [
-                        load_block(ctx, &config, &s.scope("mixer.blocks.0."), true, dtype).map_err(oom)?,
-                        load_block(ctx, &config, &s.scope("mixer.blocks.1."), false, dtype).map_err(oom)?,
+                        load_block(ctx, &config, &s.scope("mixer.blocks.0."), true, dtype)
+                            .map_err(oom)?,
+                        load_block(ctx, &config, &s.scope("mixer.blocks.1."), false, dtype)
+                            .map_err(oom)?,
                     ];
                     let post_norm = x
                         .add_post_blocks_norm
@@ -210,15 +242,26 @@ impl Model {
                     let mut experts: Vec<Box<dyn Expert>> = Vec::new();
                     for e in 0..m.num_experts {
                         let es = s.scope(&format!("experts.{e}."));
-                        let expert: Box<dyn Expert> = match expert_kind(m.expert_type, e, m.num_experts) {
-                            Kind::Mlp => Box::new(MlpExpert::load(ctx, &es, d, dtype).map_err(oom)?),
-                            Kind::Mlstm => Box::new(load_mlstm(ctx, &config, &es, dtype).map_err(oom)?),
-                            Kind::Slstm => Box::new(load_slstm(ctx, &config, &es, dtype).map_err(oom)?),
-                        };
+                        let expert: Box<dyn Expert> =
+                            match expert_kind(m.expert_type, e, m.num_experts) {
+                                Kind::Mlp => {
+                                    Box::new(MlpExpert::load(ctx, &es, d, dtype).map_err(oom)?)
+                                }
+                                Kind::Mlstm => {
+                                    Box::new(load_mlstm(ctx, &config, &es, dtype).map_err(oom)?)
+                                }
+                                Kind::Slstm => {
+                                    Box::new(load_slstm(ctx, &config, &es, dtype).map_err(oom)?)
+                                }
+                            };
                         experts.push(expert);
                     }
                     let moe = MoeLayer::load(ctx, &s, m, d, experts).map_err(oom)?;
-                    layers.push(MoxeLayer { mixer, post_norm, moe });
+                    layers.push(MoxeLayer {
+                        mixer,
+                        post_norm,
+                        moe,
+                    });
                 }
                 let norm = m
                     .post_layers_norm
@@ -310,14 +353,12 @@ impl Model {
             .lock()
             .expect("slot list poisoned")
             .pop()
-            .ok_or_else(|| {
-                Error::Limit {
-                    what: "open sessions".into(),
-                    detail: format!(
-                        "the model holds state for {} sequences (LoadOptions::max_sequences)",
-                        self.options.max_sequences
-                    ),
-                }
+            .ok_or_else(|| Error::Limit {
+                what: "open sessions".into(),
+                detail: format!(
+                    "the model holds state for {} sequences (LoadOptions::max_sequences)",
+                    self.options.max_sequences
+                ),
             })?;
         self.clear_slot(slot)?;
         Ok(slot)
@@ -325,7 +366,10 @@ impl Model {
 
     /// Returns a slot to the free list.
     pub(crate) fn release_slot(&self, slot: usize) {
-        self.free_slots.lock().expect("slot list poisoned").push(slot);
+        self.free_slots
+            .lock()
+            .expect("slot list poisoned")
+            .push(slot);
     }
 
     /// The byte range of `slot` in a state tensor.
@@ -337,7 +381,10 @@ impl Model {
     /// Zeroes the state of `slot`.
     pub(crate) fn clear_slot(&self, slot: usize) -> Result<()> {
         self.ctx.scoped("clearing a sequence state", || {
-            let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+            let mut enc = self
+                .ctx
+                .device()
+                .create_command_encoder(&Default::default());
             for t in self.states.iter().flat_map(|s| s.tensors()) {
                 let (offset, size) = self.slot_range(t, slot);
                 let buffer = t.buffer().expect("state tensors are single buffers");
@@ -350,7 +397,10 @@ impl Model {
     /// Copies the state of slot `from` into slot `to`.
     pub(crate) fn copy_slot(&self, from: usize, to: usize) -> Result<()> {
         self.ctx.scoped("copying a sequence state", || {
-            let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+            let mut enc = self
+                .ctx
+                .device()
+                .create_command_encoder(&Default::default());
             for t in self.states.iter().flat_map(|s| s.tensors()) {
                 let (src, size) = self.slot_range(t, from);
                 let (dst, _) = self.slot_range(t, to);
@@ -362,28 +412,37 @@ impl Model {
     }
 
     /// The state of `slot` as named f32 arrays (for saving a session).
-    pub(crate) fn read_slot(&self, slot: usize) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub(crate) fn read_slot(&self, slot: usize) -> Result<Vec<StateArray>> {
         let slots = self.options.max_sequences;
         let mut out = Vec::new();
         for (i, state) in self.states.iter().enumerate() {
             for (j, t) in state.tensors().into_iter().enumerate() {
                 let rows_per_slot = t.rows() / slots;
                 let values = t.rows_to_f32(slot * rows_per_slot..(slot + 1) * rows_per_slot)?;
-                out.push((format!("block{i}.state{j}"), t.shape()[1..].to_vec(), values));
+                out.push(StateArray {
+                    name: format!("block{i}.state{j}"),
+                    shape: t.shape()[1..].to_vec(),
+                    values,
+                });
             }
         }
         Ok(out)
     }
 
     /// Writes named state arrays (as [`Model::read_slot`] returns them) into `slot`.
-    pub(crate) fn write_slot(&self, slot: usize, arrays: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
-        let slots = self.options.max_sequences;
+    pub(crate) fn write_slot(
+        &self,
+        slot: usize,
+        arrays: &BTreeMap<String, StateArray>,
+    ) -> Result<()> {
         for (i, state) in self.states.iter().enumerate() {
             for (j, t) in state.tensors().into_iter().enumerate() {
                 let name = format!("block{i}.state{j}");
                 let want = &t.shape()[1..];
-                let (shape, values) = arrays.get(&name).ok_or_else(|| {
-                    Error::InvalidArgument(format!("session state lacks '{name}' (saved from another model?)"))
+                let StateArray { shape, values, .. } = arrays.get(&name).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "session state lacks '{name}' (saved from another model?)"
+                    ))
                 })?;
                 if shape.as_slice() != want {
                     return Err(Error::mismatch(
@@ -393,12 +452,9 @@ impl Model {
                     ));
                 }
                 let (offset, _) = self.slot_range(t, slot);
-                let _ = slots;
-                self.ctx.queue().write_buffer(
-                    t.buffer()?,
-                    offset,
-                    bytemuck::cast_slice(values),
-                );
+                self.ctx
+                    .queue()
+                    .write_buffer(t.buffer()?, offset, bytemuck::cast_slice(values));
             }
         }
         Ok(())
@@ -420,9 +476,17 @@ impl Model {
         let mut blocks = self.states.iter();
         let mut moe_steps = Vec::new();
         match &self.body {
-            Body::Dense { blocks: bs, post_norm } => {
+            Body::Dense {
+                blocks: bs,
+                post_norm,
+            } => {
                 for b in bs {
-                    b.record(ctx, graph, batch, blocks.next().expect("one state per block"))?;
+                    b.record(
+                        ctx,
+                        graph,
+                        batch,
+                        blocks.next().expect("one state per block"),
+                    )?;
                 }
                 if let Some(w) = post_norm {
                     layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?;
@@ -432,12 +496,19 @@ impl Model {
             Body::Moxe(layers) => {
                 for layer in layers {
                     for b in &layer.mixer {
-                        b.record(ctx, graph, batch, blocks.next().expect("one state per block"))?;
+                        b.record(
+                            ctx,
+                            graph,
+                            batch,
+                            blocks.next().expect("one state per block"),
+                        )?;
                     }
                     // u = post_blocks_norm(x) (a plain copy without the norm); the layer's
                     // output replaces x as the next layer's input.
                     match &layer.post_norm {
-                        Some(w) => layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?,
+                        Some(w) => {
+                            layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?
+                        }
                         None => crate::ops::elementwise::unary(
                             ctx,
                             graph,
@@ -446,7 +517,13 @@ impl Model {
                             View::of(u),
                         )?,
                     }
-                    moe_steps.push(layer.moe.record(ctx, graph, View::of(u), View::of(x), batch.scratch)?);
+                    moe_steps.push(layer.moe.record(
+                        ctx,
+                        graph,
+                        View::of(u),
+                        View::of(x),
+                        batch.scratch,
+                    )?);
                 }
                 if let Some(w) = &self.final_norm {
                     layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?;
@@ -472,20 +549,34 @@ fn blocks_of(body: &Body) -> Box<dyn Iterator<Item = &Block> + '_> {
 }
 
 fn load_slstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<SlstmBlock> {
-    let cfg = c.xlstm.slstm.as_ref().ok_or_else(|| Error::InvalidArgument("no slstm_block config".into()))?;
+    let cfg = c
+        .xlstm
+        .slstm
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("no slstm_block config".into()))?;
     SlstmBlock::load(ctx, s, cfg, dtype)
 }
 
 fn load_mlstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<MlstmBlock> {
-    let cfg = c.xlstm.mlstm.as_ref().ok_or_else(|| Error::InvalidArgument("no mlstm_block config".into()))?;
+    let cfg = c
+        .xlstm
+        .mlstm
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("no mlstm_block config".into()))?;
     MlstmBlock::load(ctx, s, cfg, dtype)
 }
 
-fn load_block(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, slstm: bool, dtype: DType) -> Result<Block> {
+fn load_block(
+    ctx: &Context,
+    c: &ModelConfig,
+    s: &Scope<'_>,
+    slstm: bool,
+    dtype: DType,
+) -> Result<Block> {
     Ok(if slstm {
-        Block::S(load_slstm(ctx, c, s, dtype)?)
+        Block::S(Box::new(load_slstm(ctx, c, s, dtype)?))
     } else {
-        Block::M(load_mlstm(ctx, c, s, dtype)?)
+        Block::M(Box::new(load_mlstm(ctx, c, s, dtype)?))
     })
 }
 
@@ -514,11 +605,4 @@ fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType) -> Error {
         },
         other => other,
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<Model>();
-    let _ = HostData::F32(&[]);
 }

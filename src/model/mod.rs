@@ -16,20 +16,25 @@ pub mod config;
 pub mod dir;
 pub mod ffn;
 mod json;
+pub mod lm;
 pub mod manifest;
 pub mod mlp_expert;
 pub mod mlstm;
 pub mod moe;
+pub mod runner;
 pub mod scratch;
+pub mod session;
 pub mod slstm;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use lm::{LoadOptions, Model};
 pub use mlp_expert::MlpExpert;
 pub use moe::{MoeLayer, MoeStep};
 pub use scratch::Scratch;
+pub use session::Session;
 pub use telemetry::RouterTelemetry;
 pub use weights::{Scope, Weights};
 

@@ -70,11 +70,10 @@ pub(crate) struct Runner {
 impl Runner {
     /// The graph of `key`, recorded on first use.
     pub(crate) fn graph(&mut self, model: &Model, key: StepKey) -> Result<&StepGraph> {
-        if !self.graphs.contains_key(&key) {
-            let g = record(model, key)?;
-            self.graphs.insert(key, g);
+        match self.graphs.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(record(model, key)?)),
         }
-        Ok(&self.graphs[&key])
     }
 }
 
@@ -116,11 +115,27 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
                 rows: b,
                 cols: d,
             };
-            matmul(ctx, &mut graph, model.head(), None, last, View::of(&logits), 0.0)?;
+            matmul(
+                ctx,
+                &mut graph,
+                model.head(),
+                None,
+                last,
+                View::of(&logits),
+                0.0,
+            )?;
             sample(ctx, &mut graph, View::of(&logits), &settings, &sampled, 0)?;
         }
         Output::Score => {
-            matmul(ctx, &mut graph, model.head(), None, hidden, View::of(&logits), 0.0)?;
+            matmul(
+                ctx,
+                &mut graph,
+                model.head(),
+                None,
+                hidden,
+                View::of(&logits),
+                0.0,
+            )?;
             nll(ctx, &mut graph, View::of(&logits), &targets, &nll_t)?;
         }
     }
@@ -165,21 +180,24 @@ impl StepGraph {
         if ids.len() != self.ids.numel() || slots.len() != self.slots.numel() {
             return Err(Error::mismatch(
                 "step inputs",
-                format!("{} ids for {} sequences", self.ids.numel(), self.slots.numel()),
+                format!(
+                    "{} ids for {} sequences",
+                    self.ids.numel(),
+                    self.slots.numel()
+                ),
                 format!("{} ids for {} sequences", ids.len(), slots.len()),
             ));
         }
         self.ids.write(HostData::U32(ids))?;
         self.slots.write(HostData::U32(slots))?;
         let scoring = !targets.is_empty();
-        let bytes;
-        if scoring {
+        let bytes = if scoring {
             self.targets.write(HostData::U32(targets))?;
-            bytes = (targets.len() * 4) as u64;
+            (targets.len() * 4) as u64
         } else {
             self.settings.write(HostData::U32(settings))?;
-            bytes = (slots.len() * 4) as u64;
-        }
+            (slots.len() * 4) as u64
+        };
         let src = if scoring { &self.nll } else { &self.sampled };
         let src = src.buffer()?;
         ctx.submit_with(&[&self.graph], |enc| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::lm::Model;
+use super::lm::{Model, StateArray};
 use super::runner::{Output, StepKey, StepResult};
 use super::telemetry::RouterTelemetry;
 use super::tokenizer::check_ids;
@@ -52,7 +52,9 @@ impl Session {
     /// at most `prefill_chunk` tokens (powers of two), each one submission.
     pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
         if ids.is_empty() {
-            return Err(Error::InvalidArgument("nothing to feed: the input has no tokens".into()));
+            return Err(Error::InvalidArgument(
+                "nothing to feed: the input has no tokens".into(),
+            ));
         }
         check_ids(ids, self.model.vocab())?;
         sampling.validate()?;
@@ -133,14 +135,14 @@ impl Session {
     /// Saves the state to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let arrays = self.model.read_slot(self.slot)?;
-        let bytes: Vec<Vec<u8>> = arrays.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
         let views = arrays
             .iter()
-            .zip(&bytes)
-            .map(|((name, shape, _), b)| {
-                TensorView::new(Dtype::F32, shape.clone(), b)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| Error::file(path, format!("cannot encode state '{name}': {e}")))
+            .map(|a| {
+                TensorView::new(Dtype::F32, a.shape.clone(), bytemuck::cast_slice(&a.values))
+                    .map(|v| (a.name.clone(), v))
+                    .map_err(|e| {
+                        Error::file(path, format!("cannot encode state '{}': {e}", a.name))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         let meta: HashMap<String, String> = [
@@ -161,22 +163,36 @@ impl Session {
         let w = Weights::open(path)?;
         let meta = w.metadata();
         if meta.get("format").map(String::as_str) != Some("moxe-session") {
-            return Err(Error::file(path, "not a moxe session file (no format=moxe-session metadata)"));
+            return Err(Error::file(
+                path,
+                "not a moxe session file (no format=moxe-session metadata)",
+            ));
         }
         let want = fingerprint(model);
         if meta.get("model") != Some(&want) {
-            return Err(Error::file(path, "this session was saved from a different model"));
+            return Err(Error::file(
+                path,
+                "this session was saved from a different model",
+            ));
         }
         let number = |key: &str| -> Result<u64> {
-            meta.get(key)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::file(path, format!("metadata '{key}' is missing or not a number")))
+            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                Error::file(path, format!("metadata '{key}' is missing or not a number"))
+            })
         };
         let (position, draws) = (number("position")? as usize, number("draws")? as u32);
         let mut arrays = BTreeMap::new();
         for name in w.names() {
             let (values, shape) = w.f32_any(name)?;
-            arrays.insert(name.to_string(), (shape, values));
+            let name = name.to_string();
+            arrays.insert(
+                name.clone(),
+                StateArray {
+                    name,
+                    shape,
+                    values,
+                },
+            );
         }
         let slot = model.take_slot()?;
         let session = Session {
@@ -220,7 +236,11 @@ fn chunks(ids: &[u32], max: usize) -> Vec<&[u32]> {
     let mut out = Vec::new();
     let mut rest = ids;
     while !rest.is_empty() {
-        let n = if rest.len() >= max { max } else { 1 << rest.len().ilog2() };
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
         let (a, b) = rest.split_at(n);
         out.push(a);
         rest = b;
@@ -238,7 +258,9 @@ pub(crate) fn run(
     targets: &[u32],
 ) -> Result<StepResult> {
     let mut runner = model.runner.lock().expect("runner poisoned");
-    let r = runner.graph(model, key)?.run(model, ids, slots, settings, targets)?;
+    let r = runner
+        .graph(model, key)?
+        .run(model, ids, slots, settings, targets)?;
     runner.last = Some(key);
     Ok(r)
 }
@@ -267,10 +289,19 @@ impl Model {
 
     /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and
     /// returns the sampled next token of each.
-    pub fn step_batch(&self, sessions: &mut [&mut Session], tokens: &[u32], sampling: &[Sampling]) -> Result<Vec<u32>> {
+    pub fn step_batch(
+        &self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+        sampling: &[Sampling],
+    ) -> Result<Vec<u32>> {
         let b = sessions.len();
         if tokens.len() != b || sampling.len() != b {
-            return Err(Error::mismatch("batch step inputs", b, format!("{} tokens, {} settings", tokens.len(), sampling.len())));
+            return Err(Error::mismatch(
+                "batch step inputs",
+                b,
+                format!("{} tokens, {} settings", tokens.len(), sampling.len()),
+            ));
         }
         if b == 0 {
             return Ok(Vec::new());

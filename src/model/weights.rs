@@ -121,6 +121,13 @@ impl Weights {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// Whether `name` is stored in a 16-bit float type (f16 or bf16).
+    pub fn is_half(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| matches!(e.dtype, Dtype::F16 | Dtype::BF16))
+    }
+
     /// The `__metadata__` map of the header.
     pub fn metadata(&self) -> &HashMap<String, String> {
         &self.metadata
