@@ -1,8 +1,12 @@
 //! Command-line interface: argument parsing and one module per command.
 
 mod bench;
+mod generate;
 mod info;
 mod inspect;
+mod logits;
+mod model_args;
+mod perplexity;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +37,12 @@ pub struct GpuArgs {
 pub enum Command {
     /// List every GPU adapter with its backend, type, driver, limits and features.
     Info,
+    /// Generate text from a prompt (streamed), or from several prompts as one batch.
+    Generate(generate::GenerateArgs),
+    /// Per-token NLL and perplexity of a text file.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Write the logits after each of a list of token ids to a safetensors file.
+    Logits(logits::LogitsArgs),
     /// Measure speed on the current adapter.
     Bench(bench::BenchArgs),
     /// Show a model's configuration, parameter counts and memory, without the GPU.
@@ -58,6 +68,9 @@ impl GpuArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&cli.gpu),
+        Command::Generate(args) => generate::run(&cli.gpu, &args),
+        Command::Perplexity(args) => perplexity::run(&cli.gpu, &args),
+        Command::Logits(args) => logits::run(&cli.gpu, &args),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
         Command::Inspect { model } => inspect::run(&model),
     }

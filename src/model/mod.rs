@@ -15,6 +15,7 @@
 pub mod config;
 pub mod dir;
 pub mod ffn;
+pub mod generate;
 mod json;
 pub mod lm;
 pub mod manifest;

@@ -61,9 +61,8 @@ impl Tokenizer {
     }
 
     /// A streaming decoder starting after `context` ids (e.g. the prompt).
-    pub fn stream(&self, context: &[u32]) -> TextStream<'_> {
+    pub fn stream(&self, context: &[u32]) -> TextStream {
         TextStream {
-            tokenizer: self,
             ids: context.to_vec(),
             start: context.len(),
             emitted: String::new(),
@@ -86,18 +85,17 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
 /// Incremental decoding: push ids, get the newly completed text. Text that ends in an
 /// incomplete UTF-8 sequence (byte-level BPE splits characters across tokens) is held back
 /// until the character completes.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
+pub struct TextStream {
     ids: Vec<u32>,
     start: usize,
     emitted: String,
 }
 
-impl TextStream<'_> {
+impl TextStream {
     /// Adds one id; returns the text it completes (possibly empty).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids[self.start..])?;
+        let text = tokenizer.decode(&self.ids[self.start..])?;
         if text.ends_with('\u{FFFD}') || !text.starts_with(&self.emitted) {
             return Ok(String::new());
         }
@@ -112,8 +110,8 @@ impl TextStream<'_> {
     }
 
     /// Text still held back (an incomplete character at the end), decoded lossily.
-    pub fn finish(&mut self) -> Result<String> {
-        let text = self.tokenizer.decode(&self.ids[self.start..])?;
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let text = tokenizer.decode(&self.ids[self.start..])?;
         let rest = text.get(self.emitted.len()..).unwrap_or("").to_string();
         self.emitted = text;
         Ok(rest)
@@ -138,9 +136,9 @@ mod tests {
         let mut s = t.stream(&[]);
         let mut out = String::new();
         for &id in &ids {
-            out += &s.push(id).unwrap();
+            out += &s.push(&t, id).unwrap();
         }
-        out += &s.finish().unwrap();
+        out += &s.finish(&t).unwrap();
         assert_eq!(out, text);
         assert_eq!(t.eos(), Some(0));
     }

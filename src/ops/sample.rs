@@ -140,14 +140,14 @@ fn hash(x: u32) -> u32 {
     (h >> 22) ^ h
 }
 
-/// The uniform draw in [0, 1) the kernel uses for sequence `b`.
-pub fn draw(s: &Sampling, step: u32, b: u32) -> f32 {
-    let r = hash(hash(s.seed32() ^ hash(step)) ^ b.wrapping_mul(2_654_435_761));
+/// The uniform draw in [0, 1) the kernel uses at `step` (independent of the batch row).
+pub fn draw(s: &Sampling, step: u32) -> f32 {
+    let r = hash(s.seed32() ^ hash(step));
     (r >> 8) as f32 / 16_777_216.0
 }
 
 /// CPU reference of the kernel's rule (computed in f64): the id drawn for one row.
-pub fn reference(logits: &[f32], s: &Sampling, step: u32, b: u32) -> u32 {
+pub fn reference(logits: &[f32], s: &Sampling, step: u32) -> u32 {
     let argmax = || {
         let mut best = 0;
         for (i, &v) in logits.iter().enumerate() {
@@ -191,7 +191,7 @@ pub fn reference(logits: &[f32], s: &Sampling, step: u32, b: u32) -> u32 {
         }
     }
     let kept: f64 = (0..w.len()).filter(|&i| keep[i]).map(|i| w[i]).sum();
-    let u = draw(s, step, b) as f64 * kept;
+    let u = draw(s, step) as f64 * kept;
     let mut acc = 0.0;
     let mut last = 0;
     for i in (0..w.len()).filter(|&i| keep[i]) {
@@ -263,11 +263,7 @@ mod tests {
         let rows: Vec<f32> = cases.iter().flat_map(|_| logits.clone()).collect();
         let got = run(&rows, v, &cases);
         for (b, ((s, step), id)) in cases.iter().zip(&got).enumerate() {
-            assert_eq!(
-                *id,
-                reference(&logits, s, *step, b as u32),
-                "case {b}: {s:?}"
-            );
+            assert_eq!(*id, reference(&logits, s, *step), "case {b}: {s:?}");
         }
     }
 

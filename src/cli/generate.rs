@@ -1,0 +1,146 @@
+//! `moxe generate`: text from a prompt, streamed as it is decoded.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use moxe::model::generate::{generate_batch, GenerateOptions};
+use moxe::model::Session;
+use moxe::ops::sample::Sampling;
+use moxe::{Error, Result};
+
+use super::model_args::ModelArgs;
+use super::GpuArgs;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text; give it several times to decode several prompts together as a batch;
+    /// `-` reads the prompt from standard input.
+    #[arg(long, short)]
+    pub prompt: Vec<String>,
+    /// Read the prompt from a file (with --lines: one prompt per non-empty line, as a batch).
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// Treat each non-empty line of --prompt-file as its own prompt.
+    #[arg(long, requires = "prompt_file")]
+    pub lines: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: u32,
+    /// Keep the most likely tokens up to this probability mass (1 = all).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Random seed: the same seed and prompt give the same text.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Stop before this string (may be given several times).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep going past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print each MoE layer's router telemetry for the last step.
+    #[arg(long)]
+    pub telemetry: bool,
+}
+
+fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    if let Some(path) = &args.prompt_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        return Ok(if args.lines {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            vec![text]
+        });
+    }
+    if args.prompt.is_empty() {
+        return Err(Error::InvalidArgument(
+            "give a prompt: --prompt TEXT, --prompt - (stdin) or --prompt-file FILE".into(),
+        ));
+    }
+    args.prompt
+        .iter()
+        .map(|p| {
+            if p == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                    Error::InvalidArgument(format!("cannot read standard input: {e}"))
+                })?;
+                Ok(s)
+            } else {
+                Ok(p.clone())
+            }
+        })
+        .collect()
+}
+
+pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
+    let prompts = prompts(args)?;
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(Error::InvalidArgument("a prompt is empty".into()));
+    }
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+        stop_at_eos: !args.ignore_eos,
+    };
+    let model = args.model.load(gpu, prompts.len())?;
+    let mut out = std::io::stdout();
+    let t = Instant::now();
+    let mut tokens = 0usize;
+    if let [prompt] = prompts.as_slice() {
+        let mut session = Session::new(&model)?;
+        print!("{prompt}");
+        out.flush().ok();
+        let mut gen = session.generate(prompt, &opts)?;
+        for piece in &mut gen {
+            let piece = piece?;
+            tokens += 1;
+            print!("{}", piece.text);
+            out.flush().ok();
+        }
+        println!();
+        if args.telemetry {
+            for (l, t) in session.telemetry()?.iter().enumerate() {
+                eprintln!("layer {l}:\n{t}");
+            }
+        }
+    } else {
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let results = generate_batch(&model, &refs, &opts, |_, _| tokens += 1)?;
+        for (i, (p, r)) in prompts.iter().zip(&results).enumerate() {
+            println!("--- [{i}] ({:?})\n{p}{}", r.finish, r.text);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "\n[{tokens} tokens in {secs:.2} s: {:.1} tokens/s, {} sequence(s), {}]",
+        tokens as f64 / secs,
+        prompts.len(),
+        model.context().adapter_info().name
+    );
+    if let Some(report) = model.context().profile_report() {
+        eprintln!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `moxe perplexity`: per-token NLL and perplexity of a text.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use moxe::model::Session;
+use moxe::{Error, Result};
+
+use super::model_args::ModelArgs;
+use super::GpuArgs;
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Score consecutive windows of this many tokens, each from a fresh state (the first
+    /// token of a window is not scored). Default: the model's context_length; 0 streams the
+    /// whole text through one recurrent state.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Write the per-token NLL (nats) as CSV `position,token_id,nll`.
+    #[arg(long)]
+    pub nll_out: Option<PathBuf>,
+}
+
+pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| Error::file(&args.text, format!("cannot read as UTF-8 text: {e}")))?;
+    let model = args.model.load(gpu, 1)?;
+    let ids = model.require_tokenizer()?.encode(&text)?;
+    if ids.len() < 2 {
+        return Err(Error::file(
+            &args.text,
+            format!("too short: {} token(s); at least 2 are needed", ids.len()),
+        ));
+    }
+    let window = match args.window.or(model.config().xlstm.context_length) {
+        Some(0) | None => ids.len(),
+        Some(w) if w < 2 => {
+            return Err(Error::InvalidArgument(
+                "--window must be 0 or at least 2".into(),
+            ))
+        }
+        Some(w) => w,
+    };
+    let bar = ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {per_sec}, eta {eta}")
+            .expect("valid template"),
+    );
+    if ids.len() < 4096 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let t = Instant::now();
+    let mut nll = Vec::with_capacity(ids.len());
+    let mut scored = Vec::with_capacity(ids.len());
+    for (w, win) in ids.chunks(window).enumerate() {
+        if win.len() < 2 {
+            continue;
+        }
+        let mut s = Session::new(&model)?;
+        // Feed tokens 0..n-1 of the window; target i is token i + 1.
+        let step = 4096;
+        for start in (0..win.len() - 1).step_by(step) {
+            let end = (start + step).min(win.len() - 1);
+            nll.extend(s.score(&win[start..end], &win[start + 1..end + 1])?);
+            scored.extend((start + 1..end + 1).map(|i| (w * window + i, win[i])));
+            bar.inc((end - start) as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let mean = nll.iter().map(|&v| v as f64).sum::<f64>() / nll.len() as f64;
+    if let Some(path) = &args.nll_out {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| Error::file(path, format!("cannot create: {e}")))?,
+        );
+        let io = |e: std::io::Error| Error::file(path, format!("cannot write: {e}"));
+        writeln!(f, "position,token_id,nll").map_err(io)?;
+        for ((pos, id), v) in scored.iter().zip(&nll) {
+            writeln!(f, "{pos},{id},{v}").map_err(io)?;
+        }
+    }
+    println!("text:       {} ({} tokens)", args.text.display(), ids.len());
+    println!(
+        "windows:    {} of {} tokens (fresh state each; first token unscored)",
+        ids.len().div_ceil(window),
+        window
+    );
+    println!("scored:     {} tokens", nll.len());
+    println!("mean NLL:   {mean:.4} nats/token");
+    println!("perplexity: {:.2}", mean.exp());
+    eprintln!(
+        "[{:.1} tokens/s on {}]",
+        nll.len() as f64 / secs,
+        model.context().adapter_info().name
+    );
+    Ok(())
+}
