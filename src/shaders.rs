@@ -42,7 +42,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "indirect_args",
     "conv1d",
     "mlstm_step",
+    "mlstm_step_wide",
     "mlstm_chunk",
+    "mlstm_chunk_wide",
     "mlstm_expert",
     "skip_gate",
 ];

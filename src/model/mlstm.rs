@@ -174,7 +174,7 @@ impl MlstmBlock {
 
     /// Records the block for the batch's B sequences of N tokens: `batch.x += block(x)`,
     /// continuing each sequence's state in `state` (slots from `batch.slots`). N > 1 uses
-    /// the chunkwise cell, N = 1 the recurrent one.
+    /// a chunkwise cell kernel, N = 1 a recurrent one ([`CellKernel::choose`]).
     pub fn record(
         &self,
         ctx: &Context,
@@ -199,7 +199,7 @@ impl MlstmBlock {
             ));
         }
         let x = View::of(batch.x);
-        let kernel = CellKernel::choose(batch.tokens);
+        let kernel = CellKernel::choose(ctx, batch.tokens, cfg.head_dim());
         self.record_rows(ctx, graph, x, x, batch.scratch, |graph, b| {
             conv1d(
                 ctx,
