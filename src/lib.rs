@@ -10,7 +10,8 @@
 //!   pipeline cache;
 //! - [`graph`]: command graphs recorded once per layer and replayed each step;
 //! - [`ops`]: one file per kernel, each with its CPU reference and GPU tests;
-//! - [`testing`]: helpers for headless kernel tests.
+//! - [`testing`]: helpers for headless kernel tests;
+//! - [`bench`](mod@bench): benchmarks returning printable reports.
 
 pub mod bench;
 pub mod context;

@@ -18,6 +18,17 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
     match name {
         "matmul" => vec![vec![], vec![("F16", 1.0), ("HEADS", 1.0)]],
         "conv1d" => vec![vec![], vec![("ACT", 1.0)]],
+        "slstm_cell" => {
+            let rows = [("ROWS", 1.0), ("HS_LEN", 1.0), ("HS4_LEN", 4.0)];
+            vec![
+                vec![],
+                vec![("F16", 1.0)],
+                vec![("SHARED", 1.0), ("RS_LEN", 1024.0), ("UNITS", 4.0)],
+                rows.to_vec(),
+                [&rows[..], &[("F16", 1.0)]].concat(),
+            ]
+        }
+        "embedding" => vec![vec![], vec![("F16", 1.0)]],
         "elementwise" => (0..8)
             .flat_map(|act| (0..3).map(move |op| vec![("ACT", act as f64), ("OP", op as f64)]))
             .collect(),

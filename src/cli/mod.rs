@@ -2,6 +2,7 @@
 
 mod bench;
 mod info;
+mod inspect;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -34,6 +35,12 @@ pub enum Command {
     Info,
     /// Measure speed on the current adapter.
     Bench(bench::BenchArgs),
+    /// Show a model's configuration, parameter counts and memory, without the GPU.
+    Inspect {
+        /// Model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(default_value_os_t = moxe::model::dir::default_model_dir())]
+        model: std::path::PathBuf,
+    },
 }
 
 impl GpuArgs {
@@ -52,5 +59,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&cli.gpu),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
+        Command::Inspect { model } => inspect::run(&model),
     }
 }

@@ -497,10 +497,13 @@ fn parse_moxe(root: &Obj<'_>, xlstm: &XlstmConfig) -> Result<MoxeConfig> {
                     format!("must divide num_experts ({num_experts}), found {groups}"),
                 ));
             }
-            if expert_type == ExpertType::Xlstm && groups != 2 {
+            if expert_type == ExpertType::Xlstm && groups % 2 != 0 {
                 return Err(l.error(
                     "groups",
-                    format!("xlstm experts form exactly 2 groups (mLSTM, sLSTM), found {groups}"),
+                    format!(
+                        "must be even for xlstm experts (a group cannot mix mLSTM and sLSTM \
+                         experts), found {groups}"
+                    ),
                 ));
             }
             Some(LatentConfig { groups })

@@ -13,13 +13,24 @@
 //!   row-wise function and runs over any gathered set of rows.
 
 pub mod config;
+pub mod dir;
+pub mod ffn;
 mod json;
+pub mod manifest;
+pub mod mlp_expert;
 pub mod mlstm;
+pub mod moe;
 pub mod scratch;
+pub mod slstm;
+pub mod telemetry;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use mlp_expert::MlpExpert;
+pub use moe::{MoeLayer, MoeStep};
 pub use scratch::Scratch;
+pub use telemetry::RouterTelemetry;
 pub use weights::{Scope, Weights};
 
 use crate::context::Context;

@@ -2,8 +2,8 @@
 //!
 //! Blocks run one after another inside a step, so every block of a kind can reuse the same
 //! buffers: a block asks for `(name, cols)` and gets the one `(rows, cols)` f32 tensor held
-//! under that key. Buffers that are live at the same time inside one block must use
-//! different names.
+//! under that key (or, with [`Scratch::get_rows`], for a buffer of another row count).
+//! Buffers that are live at the same time inside one block must use different names.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +12,14 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
+/// Key of a buffer: (name, rows, cols).
+type Key = (&'static str, usize, usize);
+
 /// Scratch buffers of `rows` rows, created on first request and shared afterwards.
 pub struct Scratch {
     ctx: Context,
     rows: usize,
-    buffers: Mutex<HashMap<(&'static str, usize), Arc<Tensor>>>,
+    buffers: Mutex<HashMap<Key, Arc<Tensor>>>,
 }
 
 impl Scratch {
@@ -36,17 +39,18 @@ impl Scratch {
 
     /// The `(rows, cols)` f32 buffer held under `name`.
     pub fn get(&self, name: &'static str, cols: usize) -> Result<Arc<Tensor>> {
+        self.get_rows(name, self.rows, cols)
+    }
+
+    /// The `(rows, cols)` f32 buffer held under `name`, for buffers whose row count is not
+    /// the token count (e.g. the expert regions of a MoE layer, shared by all layers).
+    pub fn get_rows(&self, name: &'static str, rows: usize, cols: usize) -> Result<Arc<Tensor>> {
         let mut buffers = self.buffers.lock().expect("scratch poisoned");
-        if let Some(t) = buffers.get(&(name, cols)) {
+        if let Some(t) = buffers.get(&(name, rows, cols)) {
             return Ok(t.clone());
         }
-        let t = Arc::new(Tensor::zeros(
-            &self.ctx,
-            name,
-            &[self.rows, cols],
-            DType::F32,
-        )?);
-        buffers.insert((name, cols), t.clone());
+        let t = Arc::new(Tensor::zeros(&self.ctx, name, &[rows, cols], DType::F32)?);
+        buffers.insert((name, rows, cols), t.clone());
         Ok(t)
     }
 

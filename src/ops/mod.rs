@@ -8,12 +8,20 @@
 
 pub mod conv1d;
 pub mod elementwise;
+pub mod embedding;
+pub mod gate;
 pub mod layer_norm;
 pub mod matmul;
 pub mod mlstm_cell;
 pub mod mlstm_expert;
+pub mod moe_rows;
+pub mod nll;
 pub mod probe;
+pub mod route;
+pub mod router_stats;
+pub mod sample;
 pub mod skip_gate;
+pub mod slstm_cell;
 
 use std::ops::Range;
 

@@ -1,0 +1,63 @@
+// Moves token rows between a step's activations and the per-expert regions of a MoE layer
+// (see route.wgsl: token t's j-th choice lives in region row slots[t * K + j]).
+// Rows (tokens) first .. first + tokens of one dispatch chunk; grid (ceil(cols / 64),
+// tokens) with tokens split over y and z (row = wid.y + wid.z * 65535).
+//
+//   gather:  dst[slot(t, j)] = src[t] for every choice j: each token's row is copied into
+//            the regions of the experts it was routed to;
+//   combine: dst[t] = sum_j weights[t, j] * src[slot(t, j)], j ascending: the weighted sum
+//            of the expert outputs (no residual).
+// src / dst rows are at *_offset + row * *_stride (f32); regions have stride = cols.
+
+struct Params {
+    tokens: u32,
+    cols: u32,
+    top_k: u32,
+    first: u32,
+    src_stride: u32,
+    src_offset: u32,
+    dst_stride: u32,
+    dst_offset: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> slots: array<u32>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+
+// (token, column) of this invocation, or token == first + tokens when out of range.
+fn position(gid: vec3<u32>, wid: vec3<u32>) -> vec2<u32> {
+    let row = wid.y + wid.z * 65535u;
+    if gid.x >= p.cols || row >= p.tokens {
+        return vec2<u32>(p.first + p.tokens, 0u);
+    }
+    return vec2<u32>(p.first + row, gid.x);
+}
+
+@compute @workgroup_size(64)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tc = position(gid, wid);
+    if tc.x >= p.first + p.tokens {
+        return;
+    }
+    let v = src[p.src_offset + tc.x * p.src_stride + tc.y];
+    for (var j = 0u; j < p.top_k; j++) {
+        let slot = slots[tc.x * p.top_k + j];
+        dst[p.dst_offset + slot * p.dst_stride + tc.y] = v;
+    }
+}
+
+@compute @workgroup_size(64)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tc = position(gid, wid);
+    if tc.x >= p.first + p.tokens {
+        return;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < p.top_k; j++) {
+        let i = tc.x * p.top_k + j;
+        acc += weights[i] * src[p.src_offset + slots[i] * p.src_stride + tc.y];
+    }
+    dst[p.dst_offset + tc.x * p.dst_stride + tc.y] = acc;
+}

@@ -1,0 +1,262 @@
+// Token sampling on the GPU, one workgroup of 256 invocations per sequence.
+//
+// logits: row b of the (B, V) view at logits_offset + b * logits_stride.
+// settings: per sequence (temperature, top_k, top_p, seed, step):
+//   temperature <= 0 or top_k == 1: greedy (argmax, ties to the lower id);
+//   otherwise softmax(logits / temperature) restricted to the top_k largest (0 = all) and to
+//   the smallest set of largest probabilities whose mass reaches top_p (1 = all), then one
+//   draw u = hash(seed, step, b) in [0, 1) over the kept mass, scanning ids in order.
+// Thresholds are found by bisection on values (no sort); a value tie at the top-k
+// threshold keeps every tied token.
+// out: u32 (B) sampled ids, written at out_offset + b.
+// Each invocation owns a contiguous segment of ceil(V / 256) ids.
+
+struct Params {
+    vocab: u32,
+    seqs: u32,
+    logits_stride: u32,
+    logits_offset: u32,
+    out_offset: u32,
+}
+
+struct Settings {
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+    seed: u32,
+    step: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> settings: array<Settings>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+
+const THREADS: u32 = 256u;
+
+var<workgroup> red_f: array<f32, 256>;
+var<workgroup> red_u: array<u32, 256>;
+
+fn wg_max(lid: u32, v: f32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_f[lid] = max(red_f[lid], red_f[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_count(lid: u32, v: u32) -> u32 {
+    red_u[lid] = v;
+    workgroupBarrier();
+    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_u[lid] += red_u[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_u[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Lowest id among invocations proposing `id` with the largest `v` (argmax, ties low).
+fn wg_argmax(lid: u32, v: f32, id: u32) -> u32 {
+    red_f[lid] = v;
+    red_u[lid] = id;
+    workgroupBarrier();
+    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            let ov = red_f[lid + s];
+            let oi = red_u[lid + s];
+            if ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid]) {
+                red_f[lid] = ov;
+                red_u[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red_u[0];
+    workgroupBarrier();
+    return r;
+}
+
+// PCG-style integer hash.
+fn hash(x: u32) -> u32 {
+    var h = x * 747796405u + 2891336453u;
+    h = ((h >> ((h >> 28u) + 4u)) ^ h) * 277803737u;
+    return (h >> 22u) ^ h;
+}
+
+@compute @workgroup_size(256)
+fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = wid.x;
+    // Uniform per workgroup, so barriers stay uniform.
+    if b >= p.seqs {
+        return;
+    }
+    let s = settings[b];
+    let base = p.logits_offset + b * p.logits_stride;
+    let seg = (p.vocab + THREADS - 1u) / THREADS;
+    let lo = min(lid * seg, p.vocab);
+    let hi = min(lo + seg, p.vocab);
+
+    // Largest logit of this segment (and its lowest id).
+    var best = -3.4e38;
+    var best_id = 0xffffffffu;
+    for (var i = lo; i < hi; i++) {
+        let v = logits[base + i];
+        if v > best {
+            best = v;
+            best_id = i;
+        }
+    }
+    if s.temperature <= 0.0 || s.top_k == 1u {
+        let id = wg_argmax(lid, best, best_id);
+        if lid == 0u {
+            out[p.out_offset + b] = id;
+        }
+        return;
+    }
+    let inv_t = 1.0 / s.temperature;
+    let m = wg_max(lid, best);
+    var low = m;
+    for (var i = lo; i < hi; i++) {
+        low = min(low, logits[base + i]);
+    }
+    low = -wg_max(lid, -low);
+
+    // Top-k: the largest threshold keeping at least k ids (bisection on logit values).
+    var keep_from = low;
+    if s.top_k > 0u && s.top_k < p.vocab {
+        var a = low;
+        var z = m;
+        for (var it = 0u; it < 40u; it++) {
+            let mid = 0.5 * (a + z);
+            var c = 0u;
+            for (var i = lo; i < hi; i++) {
+                c += u32(logits[base + i] >= mid);
+            }
+            if wg_count(lid, c) >= s.top_k {
+                a = mid;
+            } else {
+                z = mid;
+            }
+        }
+        keep_from = a;
+    }
+
+    // Unnormalised probabilities w_i = exp((l_i - m) / T) of the kept ids, in (0, 1].
+    var mass = 0.0;
+    for (var i = lo; i < hi; i++) {
+        let v = logits[base + i];
+        if v >= keep_from {
+            mass += exp((v - m) * inv_t);
+        }
+    }
+    let total = wg_sum(lid, mass);
+
+    // Top-p: the largest probability threshold whose kept mass still reaches top_p.
+    var w_from = 0.0;
+    if s.top_p < 1.0 {
+        var a = 0.0;
+        var z = 1.0;
+        for (var it = 0u; it < 40u; it++) {
+            let mid = 0.5 * (a + z);
+            var part = 0.0;
+            for (var i = lo; i < hi; i++) {
+                let v = logits[base + i];
+                let w = exp((v - m) * inv_t);
+                if v >= keep_from && w >= mid {
+                    part += w;
+                }
+            }
+            if wg_sum(lid, part) >= s.top_p * total {
+                a = mid;
+            } else {
+                z = mid;
+            }
+        }
+        w_from = a;
+    }
+
+    // One draw over the kept mass, scanning ids in order.
+    var kept = 0.0;
+    for (var i = lo; i < hi; i++) {
+        let v = logits[base + i];
+        let w = exp((v - m) * inv_t);
+        if v >= keep_from && w >= w_from {
+            kept += w;
+        }
+    }
+    // Inclusive prefix sum of the segment masses (Hillis-Steele).
+    red_f[lid] = kept;
+    workgroupBarrier();
+    for (var d = 1u; d < THREADS; d <<= 1u) {
+        var add = 0.0;
+        if lid >= d {
+            add = red_f[lid - d];
+        }
+        workgroupBarrier();
+        red_f[lid] += add;
+        workgroupBarrier();
+    }
+    let incl = red_f[lid];
+    let all = red_f[THREADS - 1u];
+    let r = hash(hash(s.seed ^ hash(s.step)) ^ (b * 2654435761u));
+    let u = f32(r >> 8u) * (1.0 / 16777216.0) * all;
+    let excl = incl - kept;
+    // The segment holding u picks; the last non-empty segment catches rounding at the top.
+    let mine = kept > 0.0 && u >= excl && (u < incl || incl >= all);
+    var pick = 0xffffffffu;
+    if mine {
+        var acc = excl;
+        var last = 0xffffffffu;
+        for (var i = lo; i < hi; i++) {
+            let v = logits[base + i];
+            let w = exp((v - m) * inv_t);
+            if v >= keep_from && w >= w_from {
+                acc += w;
+                last = i;
+                if u < acc {
+                    pick = i;
+                    break;
+                }
+            }
+        }
+        if pick == 0xffffffffu {
+            pick = last;
+        }
+    }
+    // Several segments can claim u on exact boundaries: the lowest id wins.
+    red_u[lid] = pick;
+    workgroupBarrier();
+    for (var st = THREADS / 2u; st > 0u; st >>= 1u) {
+        if lid < st {
+            red_u[lid] = min(red_u[lid], red_u[lid + st]);
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[p.out_offset + b] = red_u[0];
+    }
+}

@@ -1,0 +1,143 @@
+//! The xlstm package's gated feed-forward (`GatedFeedForward`, the sLSTM block's FFN):
+//! `y = proj_down(act(a) * b)` with `[a | b] = proj_up(x)` (the first P outputs are a).
+//!
+//! Shapes: proj_up (2P, D), proj_down (D, P), no biases (the sLSTM block never passes
+//! `xlstm.bias` to its FFN); x and y (rows, D).
+
+use super::config::FfnConfig;
+use super::{Scope, Scratch};
+use crate::context::Context;
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::ops::elementwise::{binary, Activation, Binary};
+use crate::ops::matmul::matmul;
+use crate::ops::View;
+use crate::tensor::{DType, Tensor};
+
+/// A gated feed-forward layer on the GPU.
+pub struct GatedFfn {
+    up: Tensor,
+    down: Tensor,
+    act: Activation,
+    hidden: usize,
+}
+
+impl GatedFfn {
+    /// Loads `proj_up.weight` (2P, D) and `proj_down.weight` (D, P) from `scope`, with P from
+    /// `cfg` for embedding dim `dim`; matrices stored as `dtype` (f32 or f16).
+    pub fn load(
+        ctx: &Context,
+        scope: &Scope<'_>,
+        cfg: &FfnConfig,
+        dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let hidden = cfg.hidden(dim);
+        Ok(GatedFfn {
+            up: scope.matrix(ctx, "proj_up.weight", &[2 * hidden, dim], dtype)?,
+            down: scope.matrix(ctx, "proj_down.weight", &[dim, hidden], dtype)?,
+            act: cfg.act,
+            hidden,
+        })
+    }
+
+    /// Hidden width P.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Records `y = beta * y + ffn(x)` for the rows of `x` (rows, D); `scratch` has at least
+    /// `x.rows` rows (buffers `ffn.up` (2P) and `ffn.act` (P)).
+    pub fn record(
+        &self,
+        ctx: &Context,
+        graph: &mut Graph,
+        x: View<'_>,
+        y: View<'_>,
+        beta: f32,
+        scratch: &Scratch,
+    ) -> Result<()> {
+        let p = self.hidden;
+        let up_buf = scratch.get("ffn.up", 2 * p)?;
+        let act_buf = scratch.get("ffn.act", p)?;
+        let up = View::of(&up_buf).select_rows(0..x.rows);
+        let act = View::of(&act_buf).select_rows(0..x.rows);
+        matmul(ctx, graph, &self.up, None, x, up, 0.0)?;
+        binary(
+            ctx,
+            graph,
+            Binary::Glu(self.act),
+            up.select_cols(0..p),
+            up.select_cols(p..2 * p),
+            act,
+        )?;
+        matmul(ctx, graph, &self.down, None, act, y, beta)
+    }
+}
+
+/// CPU reference: `up` (2P, D), `down` (D, P), `x` (rows, D) -> (rows, D).
+pub fn reference(up: &[f32], down: &[f32], act: Activation, x: &[f32], dim: usize) -> Vec<f32> {
+    let p = up.len() / dim / 2;
+    let u = crate::ops::matmul::reference(up, dim, x, None);
+    let h: Vec<f32> = u
+        .chunks(2 * p)
+        .flat_map(|r| (0..p).map(move |i| act.apply(r[i]) * r[p + i]))
+        .collect();
+    crate::ops::matmul::reference(down, p, &h, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::UpProjection;
+    use crate::model::Weights;
+    use crate::testing::{assert_close, gpu, round_f16};
+    use std::path::Path;
+
+    #[test]
+    fn matches_the_package_for_every_activation() {
+        let ctx = gpu();
+        for name in ["gelu", "relu", "relu2", "selu", "sigmoid", "swish"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/fixtures/ops/gated_ffn_{name}.safetensors"));
+            let f = Weights::open(&path).unwrap();
+            let meta: serde_json::Value = serde_json::from_str(&f.metadata()["config"]).unwrap();
+            let cfg = FfnConfig {
+                up: UpProjection {
+                    factor: meta["proj_factor"].as_f64().unwrap(),
+                    round_up: true,
+                    multiple: 64,
+                },
+                act: Activation::from_name(meta["act_fn"].as_str().unwrap()).unwrap(),
+            };
+            let (x, xs) = f.f32_any("in.x").unwrap();
+            let dim = xs[2];
+            let rows = x.len() / dim;
+            let want = f.f32_any("out.y").unwrap().0;
+            let scope = f.scope("param.");
+            let up = scope.f32("proj_up.weight", &[128, dim]).unwrap();
+            let down = scope.f32("proj_down.weight", &[dim, 64]).unwrap();
+            let cpu = reference(&up, &down, cfg.act, &x, dim);
+            assert_close(&cpu, &want, 1e-5, 1e-5, &format!("{name} reference"));
+            for dtype in [DType::F32, DType::F16] {
+                let ffn = GatedFfn::load(ctx, &scope, &cfg, dim, dtype).unwrap();
+                assert_eq!(ffn.hidden(), meta["up_dim"].as_u64().unwrap() as usize);
+                let xt = Tensor::from_f32(ctx, "x", &[rows, dim], &x).unwrap();
+                let yt = Tensor::zeros(ctx, "y", &[rows, dim], DType::F32).unwrap();
+                let scratch = Scratch::new(ctx, rows + 3);
+                let mut g = Graph::new();
+                ffn.record(ctx, &mut g, View::of(&xt), View::of(&yt), 0.0, &scratch)
+                    .unwrap();
+                ctx.run(&[&g]).unwrap();
+                let got = yt.to_f32().unwrap();
+                let what = format!("gated ffn {name} {dtype}");
+                if dtype == DType::F32 {
+                    assert_close(&got, &want, 1e-5, 1e-5, &what);
+                } else {
+                    let cpu16 = reference(&round_f16(&up), &round_f16(&down), cfg.act, &x, dim);
+                    assert_close(&got, &cpu16, 2e-5, 2e-5, &what);
+                }
+            }
+        }
+    }
+}

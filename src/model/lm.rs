@@ -1,0 +1,524 @@
+//! A whole language model on the GPU: embedding, MoxE layers (or a dense xLSTM stack),
+//! optional final norm, LM head; the recurrent state of up to `max_sequences` sequences;
+//! and the step graphs that run it.
+//!
+//! `Model` is `Send + Sync`: sessions on several threads share one model; steps are
+//! serialised inside (one GPU queue).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::config::{Architecture, ModelConfig};
+use super::dir::{ModelDir, ParameterCounts};
+use super::manifest::{expert_kind, Kind};
+use super::mlp_expert::MlpExpert;
+use super::mlstm::{MlstmBlock, MlstmState};
+use super::moe::MoeLayer;
+use super::runner::Runner;
+use super::slstm::{SlstmBlock, SlstmState};
+use super::tokenizer::Tokenizer;
+use super::weights::{Scope, Weights};
+use super::{Expert, SeqBatch};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::ops::layer_norm::{layer_norm, Norm};
+use crate::ops::View;
+use crate::tensor::{DType, HostData, Tensor};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Storage of weight matrices: `None` keeps the checkpoint's (f16 when it stores f16 or
+    /// bf16 matrices, else f32).
+    pub dtype: Option<DType>,
+    /// Sequences whose state the model holds at once (sessions, batch members).
+    pub max_sequences: usize,
+    /// Prompt tokens per prefill submission (a power of two; longer prompts are split so
+    /// that no single submission runs for seconds).
+    pub prefill_chunk: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: None,
+            max_sequences: 8,
+            prefill_chunk: 64,
+        }
+    }
+}
+
+/// A recurrent block with its weights.
+pub(crate) enum Block {
+    S(SlstmBlock),
+    M(MlstmBlock),
+}
+
+/// The state of one block for every sequence slot.
+pub(crate) enum BlockState {
+    S(SlstmState),
+    M(MlstmState),
+}
+
+impl BlockState {
+    /// The state tensors; each has the slot as its first dimension.
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            BlockState::S(s) => std::iter::once(&s.cell).chain(s.conv.as_ref()).collect(),
+            BlockState::M(m) => m.tensors(),
+        }
+    }
+}
+
+impl Block {
+    fn new_state(&self, ctx: &Context, slots: usize) -> Result<BlockState> {
+        Ok(match self {
+            Block::S(b) => BlockState::S(b.new_state(ctx, slots)?),
+            Block::M(b) => BlockState::M(b.new_state(ctx, slots)?),
+        })
+    }
+
+    pub(crate) fn record(
+        &self,
+        ctx: &Context,
+        graph: &mut Graph,
+        batch: &SeqBatch<'_>,
+        state: &BlockState,
+    ) -> Result<()> {
+        match (self, state) {
+            (Block::S(b), BlockState::S(s)) => b.record(ctx, graph, batch, s),
+            (Block::M(b), BlockState::M(s)) => b.record(ctx, graph, batch, s),
+            _ => Err(Error::InvalidArgument("block and state kinds differ".into())),
+        }
+    }
+}
+
+/// One MoxE layer: mixer (sLSTM block, mLSTM block, optional post norm) and experts.
+pub(crate) struct MoxeLayer {
+    pub(crate) mixer: [Block; 2],
+    pub(crate) post_norm: Option<Tensor>,
+    pub(crate) moe: MoeLayer,
+}
+
+/// The body of the model.
+pub(crate) enum Body {
+    Moxe(Vec<MoxeLayer>),
+    Dense {
+        blocks: Vec<Block>,
+        post_norm: Option<Tensor>,
+    },
+}
+
+/// A loaded model. See the module documentation.
+pub struct Model {
+    pub(crate) ctx: Context,
+    pub(crate) config: ModelConfig,
+    pub(crate) tokenizer: Option<Tokenizer>,
+    /// (V, D) embedding, in the weight layout so that it can serve as the tied LM head.
+    pub(crate) embedding: Tensor,
+    /// (V, D), `None` when tied to the embedding.
+    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) body: Body,
+    /// `norm.weight` of a MoxE model with `post_layers_norm`.
+    pub(crate) final_norm: Option<Tensor>,
+    /// One per block, in recording order.
+    pub(crate) states: Vec<BlockState>,
+    pub(crate) options: LoadOptions,
+    pub(crate) dtype: DType,
+    pub(crate) params: ParameterCounts,
+    free_slots: Mutex<Vec<usize>>,
+    pub(crate) runner: Mutex<Runner>,
+}
+
+impl Model {
+    /// Loads the model directory `path` (config.json, model.safetensors, optional
+    /// tokenizer.json). Everything is validated before anything reaches the GPU.
+    pub fn load(ctx: &Context, path: &Path, options: &LoadOptions) -> Result<Self> {
+        let dir = ModelDir::open(path)?;
+        let tokenizer = match &dir.tokenizer {
+            Some(p) => Some(Tokenizer::open(p, dir.config.xlstm.vocab_size)?),
+            None => None,
+        };
+        let params = dir.parameters();
+        Self::from_parts(ctx, dir.config, &dir.weights, tokenizer, params, &dir.ranks, options)
+    }
+
+    /// Builds a model from validated weights (e.g. random weights for benchmarks).
+    pub fn from_parts(
+        ctx: &Context,
+        config: ModelConfig,
+        weights: &Weights,
+        tokenizer: Option<Tokenizer>,
+        params: ParameterCounts,
+        ranks: &BTreeMap<String, usize>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        if options.max_sequences == 0 {
+            return Err(Error::InvalidArgument("max_sequences must be at least 1".into()));
+        }
+        if !options.prefill_chunk.is_power_of_two() || options.prefill_chunk > 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "prefill_chunk must be a power of two up to 4096, got {}",
+                options.prefill_chunk
+            )));
+        }
+        let dtype = options.dtype.unwrap_or_else(|| stored_matrix_dtype(weights));
+        if dtype == DType::F16 && !ctx.supports_f16_weights() {
+            return Err(Error::Limit {
+                what: "f16 weights".into(),
+                detail: "this adapter has no unpack2x16float (SHADER_F16_IN_F32); load with f32".into(),
+            });
+        }
+        let _ = ranks;
+        let x = &config.xlstm;
+        let (d, v) = (x.embedding_dim, x.vocab_size);
+        let root = weights.scope("");
+        let oom = |e: Error| with_size_hint(e, &params, dtype);
+        let embedding = root.matrix(ctx, "token_embedding.weight", &[v, d], dtype).map_err(oom)?;
+        let lm_head = if config.tie_weights {
+            None
+        } else {
+            Some(root.matrix(ctx, "lm_head.weight", &[v, d], dtype).map_err(oom)?)
+        };
+        let (body, final_norm) = match &config.architecture {
+            Architecture::Dense(dense) => {
+                let mut blocks = Vec::new();
+                for i in 0..dense.num_blocks {
+                    let s = root.scope(&format!("xlstm_block_stack.blocks.{i}."));
+                    blocks.push(load_block(ctx, &config, &s, dense.slstm_at.contains(&i), dtype).map_err(oom)?);
+                }
+                let post_norm = x
+                    .add_post_blocks_norm
+                    .then(|| root.vector(ctx, "xlstm_block_stack.post_blocks_norm.weight", &[d]))
+                    .transpose()?;
+                (Body::Dense { blocks, post_norm }, None)
+            }
+            Architecture::Moxe(m) => {
+                let mut layers = Vec::new();
+                for l in 0..m.num_layers {
+                    let s = root.scope(&format!("layers.{l}."));
+                    let mixer = [
+                        load_block(ctx, &config, &s.scope("mixer.blocks.0."), true, dtype).map_err(oom)?,
+                        load_block(ctx, &config, &s.scope("mixer.blocks.1."), false, dtype).map_err(oom)?,
+                    ];
+                    let post_norm = x
+                        .add_post_blocks_norm
+                        .then(|| s.vector(ctx, "mixer.post_blocks_norm.weight", &[d]))
+                        .transpose()?;
+                    let mut experts: Vec<Box<dyn Expert>> = Vec::new();
+                    for e in 0..m.num_experts {
+                        let es = s.scope(&format!("experts.{e}."));
+                        let expert: Box<dyn Expert> = match expert_kind(m.expert_type, e, m.num_experts) {
+                            Kind::Mlp => Box::new(MlpExpert::load(ctx, &es, d, dtype).map_err(oom)?),
+                            Kind::Mlstm => Box::new(load_mlstm(ctx, &config, &es, dtype).map_err(oom)?),
+                            Kind::Slstm => Box::new(load_slstm(ctx, &config, &es, dtype).map_err(oom)?),
+                        };
+                        experts.push(expert);
+                    }
+                    let moe = MoeLayer::load(ctx, &s, m, d, experts).map_err(oom)?;
+                    layers.push(MoxeLayer { mixer, post_norm, moe });
+                }
+                let norm = m
+                    .post_layers_norm
+                    .then(|| root.vector(ctx, "norm.weight", &[d]))
+                    .transpose()?;
+                (Body::Moxe(layers), norm)
+            }
+        };
+        let slots = options.max_sequences;
+        let states = blocks_of(&body)
+            .map(|b| b.new_state(ctx, slots))
+            .collect::<Result<Vec<_>>>()
+            .map_err(oom)?;
+        Ok(Model {
+            ctx: ctx.clone(),
+            config,
+            tokenizer,
+            embedding,
+            lm_head,
+            body,
+            final_norm,
+            states,
+            options: options.clone(),
+            dtype,
+            params,
+            free_slots: Mutex::new((0..slots).rev().collect()),
+            runner: Mutex::new(Runner::default()),
+        })
+    }
+
+    /// The GPU context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The tokenizer, if the model directory has one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The tokenizer, or an error explaining that text needs one.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this model directory has no tokenizer.json: pass token ids instead of text".into(),
+            )
+        })
+    }
+
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.config.xlstm.vocab_size
+    }
+
+    /// Storage type of the weight matrices.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Parameter counts.
+    pub fn parameters(&self) -> ParameterCounts {
+        self.params
+    }
+
+    /// Load options in effect.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Bytes of recurrent state one sequence holds (constant, whatever its length).
+    pub fn state_bytes_per_sequence(&self) -> u64 {
+        let slots = self.options.max_sequences as u64;
+        self.states
+            .iter()
+            .flat_map(|s| s.tensors())
+            .map(|t| t.bytes() / slots)
+            .sum()
+    }
+
+    /// Takes a free state slot, zeroed.
+    pub(crate) fn take_slot(&self) -> Result<usize> {
+        let slot = self
+            .free_slots
+            .lock()
+            .expect("slot list poisoned")
+            .pop()
+            .ok_or_else(|| {
+                Error::Limit {
+                    what: "open sessions".into(),
+                    detail: format!(
+                        "the model holds state for {} sequences (LoadOptions::max_sequences)",
+                        self.options.max_sequences
+                    ),
+                }
+            })?;
+        self.clear_slot(slot)?;
+        Ok(slot)
+    }
+
+    /// Returns a slot to the free list.
+    pub(crate) fn release_slot(&self, slot: usize) {
+        self.free_slots.lock().expect("slot list poisoned").push(slot);
+    }
+
+    /// The byte range of `slot` in a state tensor.
+    fn slot_range(&self, t: &Tensor, slot: usize) -> (u64, u64) {
+        let per = t.bytes() / self.options.max_sequences as u64;
+        (per * slot as u64, per)
+    }
+
+    /// Zeroes the state of `slot`.
+    pub(crate) fn clear_slot(&self, slot: usize) -> Result<()> {
+        self.ctx.scoped("clearing a sequence state", || {
+            let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+            for t in self.states.iter().flat_map(|s| s.tensors()) {
+                let (offset, size) = self.slot_range(t, slot);
+                let buffer = t.buffer().expect("state tensors are single buffers");
+                enc.clear_buffer(buffer, offset, Some(size));
+            }
+            self.ctx.queue().submit([enc.finish()]);
+        })
+    }
+
+    /// Copies the state of slot `from` into slot `to`.
+    pub(crate) fn copy_slot(&self, from: usize, to: usize) -> Result<()> {
+        self.ctx.scoped("copying a sequence state", || {
+            let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+            for t in self.states.iter().flat_map(|s| s.tensors()) {
+                let (src, size) = self.slot_range(t, from);
+                let (dst, _) = self.slot_range(t, to);
+                let buffer = t.buffer().expect("state tensors are single buffers");
+                enc.copy_buffer_to_buffer(buffer, src, buffer, dst, size);
+            }
+            self.ctx.queue().submit([enc.finish()]);
+        })
+    }
+
+    /// The state of `slot` as named f32 arrays (for saving a session).
+    pub(crate) fn read_slot(&self, slot: usize) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let slots = self.options.max_sequences;
+        let mut out = Vec::new();
+        for (i, state) in self.states.iter().enumerate() {
+            for (j, t) in state.tensors().into_iter().enumerate() {
+                let rows_per_slot = t.rows() / slots;
+                let values = t.rows_to_f32(slot * rows_per_slot..(slot + 1) * rows_per_slot)?;
+                out.push((format!("block{i}.state{j}"), t.shape()[1..].to_vec(), values));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes named state arrays (as [`Model::read_slot`] returns them) into `slot`.
+    pub(crate) fn write_slot(&self, slot: usize, arrays: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
+        let slots = self.options.max_sequences;
+        for (i, state) in self.states.iter().enumerate() {
+            for (j, t) in state.tensors().into_iter().enumerate() {
+                let name = format!("block{i}.state{j}");
+                let want = &t.shape()[1..];
+                let (shape, values) = arrays.get(&name).ok_or_else(|| {
+                    Error::InvalidArgument(format!("session state lacks '{name}' (saved from another model?)"))
+                })?;
+                if shape.as_slice() != want {
+                    return Err(Error::mismatch(
+                        format!("session state '{name}'"),
+                        format!("{want:?}"),
+                        format!("{shape:?} (saved from another model?)"),
+                    ));
+                }
+                let (offset, _) = self.slot_range(t, slot);
+                let _ = slots;
+                self.ctx.queue().write_buffer(
+                    t.buffer()?,
+                    offset,
+                    bytemuck::cast_slice(values),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the model body over `batch`: embedding of `ids` into `batch.x`, every layer,
+    /// the final norm. Returns the view holding the final hidden states (B * N, D) and the
+    /// per-layer MoE recordings (for telemetry).
+    pub(crate) fn record_body<'a>(
+        &'a self,
+        graph: &mut Graph,
+        ids: &Tensor,
+        batch: &SeqBatch<'a>,
+        u: &'a Tensor,
+    ) -> Result<(View<'a>, Vec<super::moe::MoeStep>)> {
+        let ctx = &self.ctx;
+        let x = batch.x;
+        crate::ops::embedding::embedding(ctx, graph, &self.embedding, ids, View::of(x))?;
+        let mut blocks = self.states.iter();
+        let mut moe_steps = Vec::new();
+        match &self.body {
+            Body::Dense { blocks: bs, post_norm } => {
+                for b in bs {
+                    b.record(ctx, graph, batch, blocks.next().expect("one state per block"))?;
+                }
+                if let Some(w) = post_norm {
+                    layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?;
+                    return Ok((View::of(u), moe_steps));
+                }
+            }
+            Body::Moxe(layers) => {
+                for layer in layers {
+                    for b in &layer.mixer {
+                        b.record(ctx, graph, batch, blocks.next().expect("one state per block"))?;
+                    }
+                    // u = post_blocks_norm(x) (a plain copy without the norm); the layer's
+                    // output replaces x as the next layer's input.
+                    match &layer.post_norm {
+                        Some(w) => layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?,
+                        None => crate::ops::elementwise::unary(
+                            ctx,
+                            graph,
+                            crate::ops::elementwise::Activation::Identity,
+                            View::of(x),
+                            View::of(u),
+                        )?,
+                    }
+                    moe_steps.push(layer.moe.record(ctx, graph, View::of(u), View::of(x), batch.scratch)?);
+                }
+                if let Some(w) = &self.final_norm {
+                    layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?;
+                    return Ok((View::of(u), moe_steps));
+                }
+            }
+        }
+        Ok((View::of(x), moe_steps))
+    }
+
+    /// The LM head weight (the embedding when tied).
+    pub(crate) fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+}
+
+/// Every block of the body, in recording order.
+fn blocks_of(body: &Body) -> Box<dyn Iterator<Item = &Block> + '_> {
+    match body {
+        Body::Dense { blocks, .. } => Box::new(blocks.iter()),
+        Body::Moxe(layers) => Box::new(layers.iter().flat_map(|l| l.mixer.iter())),
+    }
+}
+
+fn load_slstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<SlstmBlock> {
+    let cfg = c.xlstm.slstm.as_ref().ok_or_else(|| Error::InvalidArgument("no slstm_block config".into()))?;
+    SlstmBlock::load(ctx, s, cfg, dtype)
+}
+
+fn load_mlstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<MlstmBlock> {
+    let cfg = c.xlstm.mlstm.as_ref().ok_or_else(|| Error::InvalidArgument("no mlstm_block config".into()))?;
+    MlstmBlock::load(ctx, s, cfg, dtype)
+}
+
+fn load_block(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, slstm: bool, dtype: DType) -> Result<Block> {
+    Ok(if slstm {
+        Block::S(load_slstm(ctx, c, s, dtype)?)
+    } else {
+        Block::M(load_mlstm(ctx, c, s, dtype)?)
+    })
+}
+
+/// f16 when the checkpoint stores its matrices in f16 or bf16, else f32.
+fn stored_matrix_dtype(w: &Weights) -> DType {
+    let half = w
+        .names()
+        .iter()
+        .any(|n| w.shape(n).is_some_and(|s| s.len() >= 2) && w.is_half(n));
+    if half {
+        DType::F16
+    } else {
+        DType::F32
+    }
+}
+
+/// Adds the model's expected size to an out-of-memory error.
+fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType) -> Error {
+    match e {
+        Error::OutOfMemory { operation } => Error::OutOfMemory {
+            operation: format!(
+                "{operation} (the model's weights need about {:.1} MiB as {dtype}; try \
+                 --dtype f16 or a smaller model)",
+                params.bytes(dtype.size()) as f64 / (1024.0 * 1024.0)
+            ),
+        },
+        other => other,
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Model>();
+    let _ = HostData::F32(&[]);
+}

@@ -1,0 +1,197 @@
+//! Step graphs: for each step shape (B sequences x N tokens, and what to do with the
+//! logits) the whole model is recorded ONCE into one graph with its own input/output
+//! buffers and scratch, then replayed: per step the host writes the token ids, the state
+//! slots and the sampling settings, submits one command buffer, and reads back only the
+//! sampled ids (or the per-token NLL).
+
+use std::collections::HashMap;
+
+use super::lm::Model;
+use super::moe::MoeStep;
+use super::{Scratch, SeqBatch};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::ops::matmul::matmul;
+use crate::ops::nll::nll;
+use crate::ops::sample::sample;
+use crate::ops::View;
+use crate::tensor::{map_read, DType, HostData, Tensor};
+
+/// What a step produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// Logits of the last token of each sequence, and one sampled id per sequence.
+    Sample,
+    /// Logits of every token, and the NLL of given target ids.
+    Score,
+}
+
+/// The shape of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StepKey {
+    pub seqs: usize,
+    pub tokens: usize,
+    pub output: Output,
+}
+
+/// A recorded step and its buffers.
+pub(crate) struct StepGraph {
+    graph: Graph,
+    ids: Tensor,
+    slots: Tensor,
+    pub(crate) logits: Tensor,
+    settings: Tensor,
+    sampled: Tensor,
+    targets: Tensor,
+    nll: Tensor,
+    readback: wgpu::Buffer,
+    pub(crate) moe: Vec<MoeStep>,
+    _x: Tensor,
+    _u: Tensor,
+    _scratch: Scratch,
+}
+
+/// What came back from a step.
+#[derive(Debug, Clone, Default)]
+pub struct StepResult {
+    /// One id per sequence (Output::Sample).
+    pub sampled: Vec<u32>,
+    /// One NLL per token (Output::Score).
+    pub nll: Vec<f32>,
+}
+
+/// The step graphs recorded so far, and which one ran last (for telemetry and logits).
+#[derive(Default)]
+pub(crate) struct Runner {
+    graphs: HashMap<StepKey, StepGraph>,
+    pub(crate) last: Option<StepKey>,
+}
+
+impl Runner {
+    /// The graph of `key`, recorded on first use.
+    pub(crate) fn graph(&mut self, model: &Model, key: StepKey) -> Result<&StepGraph> {
+        if !self.graphs.contains_key(&key) {
+            let g = record(model, key)?;
+            self.graphs.insert(key, g);
+        }
+        Ok(&self.graphs[&key])
+    }
+}
+
+fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
+    let ctx = &model.ctx;
+    let (b, n) = (key.seqs, key.tokens);
+    let rows = b * n;
+    let (d, v) = (model.config.xlstm.embedding_dim, model.vocab());
+    let ids = Tensor::zeros(ctx, "step ids", &[rows], DType::U32)?;
+    let slots = Tensor::zeros(ctx, "step slots", &[b], DType::U32)?;
+    let x = Tensor::zeros(ctx, "residual stream", &[rows, d], DType::F32)?;
+    let u = Tensor::zeros(ctx, "mixer output", &[rows, d], DType::F32)?;
+    let logit_rows = match key.output {
+        Output::Sample => b,
+        Output::Score => rows,
+    };
+    let logits = Tensor::zeros(ctx, "logits", &[logit_rows, v], DType::F32)?;
+    let settings = Tensor::zeros(ctx, "sampling settings", &[b * 5], DType::U32)?;
+    let sampled = Tensor::zeros(ctx, "sampled ids", &[b], DType::U32)?;
+    let targets = Tensor::zeros(ctx, "target ids", &[rows], DType::U32)?;
+    let nll_t = Tensor::zeros(ctx, "token nll", &[rows], DType::F32)?;
+    let scratch = Scratch::new(ctx, rows);
+    let batch = SeqBatch {
+        x: &x,
+        slots: &slots,
+        seqs: b,
+        tokens: n,
+        scratch: &scratch,
+    };
+    let mut graph = Graph::new();
+    let (hidden, moe) = model.record_body(&mut graph, &ids, &batch, &u)?;
+    match key.output {
+        Output::Sample => {
+            // The last token of each sequence: rows n-1, 2n-1, ... (stride n rows).
+            let last = View {
+                tensor: hidden.tensor,
+                offset: hidden.offset + (n - 1) * hidden.stride,
+                stride: hidden.stride * n,
+                rows: b,
+                cols: d,
+            };
+            matmul(ctx, &mut graph, model.head(), None, last, View::of(&logits), 0.0)?;
+            sample(ctx, &mut graph, View::of(&logits), &settings, &sampled, 0)?;
+        }
+        Output::Score => {
+            matmul(ctx, &mut graph, model.head(), None, hidden, View::of(&logits), 0.0)?;
+            nll(ctx, &mut graph, View::of(&logits), &targets, &nll_t)?;
+        }
+    }
+    let read_bytes = ((b.max(rows)) * 4).div_ceil(16) * 16;
+    let readback = ctx.scoped("allocating a read-back buffer", || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step read-back"),
+            size: read_bytes as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })?;
+    Ok(StepGraph {
+        graph,
+        ids,
+        slots,
+        logits,
+        settings,
+        sampled,
+        targets,
+        nll: nll_t,
+        readback,
+        moe,
+        _x: x,
+        _u: u,
+        _scratch: scratch,
+    })
+}
+
+impl StepGraph {
+    /// Runs the step: `ids` (B * N), `slots` (B), `settings` (B * 5 words, Sample) or
+    /// `targets` (B * N, Score).
+    pub(crate) fn run(
+        &self,
+        model: &Model,
+        ids: &[u32],
+        slots: &[u32],
+        settings: &[u32],
+        targets: &[u32],
+    ) -> Result<StepResult> {
+        let ctx = &model.ctx;
+        if ids.len() != self.ids.numel() || slots.len() != self.slots.numel() {
+            return Err(Error::mismatch(
+                "step inputs",
+                format!("{} ids for {} sequences", self.ids.numel(), self.slots.numel()),
+                format!("{} ids for {} sequences", ids.len(), slots.len()),
+            ));
+        }
+        self.ids.write(HostData::U32(ids))?;
+        self.slots.write(HostData::U32(slots))?;
+        let scoring = !targets.is_empty();
+        let bytes;
+        if scoring {
+            self.targets.write(HostData::U32(targets))?;
+            bytes = (targets.len() * 4) as u64;
+        } else {
+            self.settings.write(HostData::U32(settings))?;
+            bytes = (slots.len() * 4) as u64;
+        }
+        let src = if scoring { &self.nll } else { &self.sampled };
+        let src = src.buffer()?;
+        ctx.submit_with(&[&self.graph], |enc| {
+            enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, bytes);
+        })?;
+        let raw = map_read(ctx, &self.readback, bytes, "reading the step's results")?;
+        let mut out = StepResult::default();
+        if scoring {
+            out.nll = bytemuck::pod_collect_to_vec(&raw);
+        } else {
+            out.sampled = bytemuck::pod_collect_to_vec(&raw);
+        }
+        Ok(out)
+    }
+}

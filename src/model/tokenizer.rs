@@ -1,0 +1,162 @@
+//! Text <-> token ids through the `tokenizers` crate (Hugging Face `tokenizer.json`), with
+//! checks against the model's vocabulary and an incremental decoder for streaming output.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A tokenizer checked against a model's vocabulary size.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    vocab: usize,
+    eos: Option<u32>,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` for a model with `vocab` embeddings.
+    pub fn open(path: &Path, vocab: usize) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::file(path, "file not found"));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
+        let size = inner.get_vocab_size(true);
+        if size > vocab {
+            return Err(Error::file(
+                path,
+                format!(
+                    "the tokenizer has {size} tokens but the model embeds only {vocab} \
+                     (tokenizer and model do not belong together)"
+                ),
+            ));
+        }
+        let eos = ["<|endoftext|>", "</s>", "<eos>", "<|eos|>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t));
+        Ok(Tokenizer { inner, vocab, eos })
+    }
+
+    /// The end-of-sequence id, if the tokenizer has one of the usual EOS tokens.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::InvalidArgument(format!("cannot tokenize the text: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        check_ids(&ids, self.vocab)?;
+        Ok(ids)
+    }
+
+    /// Text of `ids` (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        check_ids(ids, self.vocab)?;
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
+    }
+
+    /// A streaming decoder starting after `context` ids (e.g. the prompt).
+    pub fn stream(&self, context: &[u32]) -> TextStream<'_> {
+        TextStream {
+            tokenizer: self,
+            ids: context.to_vec(),
+            start: context.len(),
+            emitted: String::new(),
+        }
+    }
+}
+
+/// Fails when an id is not below `vocab`.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!(
+            "token id {id} at position {i} is out of range: the vocabulary has {vocab} tokens \
+             (ids 0..{})",
+            vocab - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Incremental decoding: push ids, get the newly completed text. Text that ends in an
+/// incomplete UTF-8 sequence (byte-level BPE splits characters across tokens) is held back
+/// until the character completes.
+pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    start: usize,
+    emitted: String,
+}
+
+impl TextStream<'_> {
+    /// Adds one id; returns the text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids[self.start..])?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&self.emitted) {
+            return Ok(String::new());
+        }
+        let new = text[self.emitted.len()..].to_string();
+        self.emitted = text;
+        Ok(new)
+    }
+
+    /// Everything decoded so far.
+    pub fn text(&self) -> &str {
+        &self.emitted
+    }
+
+    /// Text still held back (an incomplete character at the end), decoded lossily.
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.tokenizer.decode(&self.ids[self.start..])?;
+        let rest = text.get(self.emitted.len()..).unwrap_or("").to_string();
+        self.emitted = text;
+        Ok(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_tokenizer() -> Tokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        Tokenizer::open(&path, 4096).unwrap()
+    }
+
+    #[test]
+    fn round_trips_text_and_streams_it_piecewise() {
+        let t = default_tokenizer();
+        let text = "It was the best of times — naïve café, 1851.";
+        let ids = t.encode(text).unwrap();
+        assert_eq!(t.decode(&ids).unwrap(), text);
+        let mut s = t.stream(&[]);
+        let mut out = String::new();
+        for &id in &ids {
+            out += &s.push(id).unwrap();
+        }
+        out += &s.finish().unwrap();
+        assert_eq!(out, text);
+        assert_eq!(t.eos(), Some(0));
+    }
+
+    #[test]
+    fn out_of_range_ids_and_mismatched_vocabularies_are_errors() {
+        let t = default_tokenizer();
+        let err = t.decode(&[1, 5000]).unwrap_err().to_string();
+        assert!(err.contains("5000") && err.contains("4096"), "{err}");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let err = Tokenizer::open(&path, 100).err().unwrap().to_string();
+        assert!(err.contains("4096 tokens") && err.contains("100"), "{err}");
+        let err = Tokenizer::open(Path::new("/nope/tokenizer.json"), 100)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("file not found"), "{err}");
+    }
+}

@@ -1,0 +1,327 @@
+//! Sampling the next token on the GPU: greedy, temperature, top-k, top-p, seeded. Kernel:
+//! `shaders/sample.wgsl`. Only the sampled ids (B u32) need to come back to the host.
+//!
+//! Shapes: logits a (B, V) view; settings u32 (B * 5) written per step with
+//! [`settings_words`]; out u32 (>= out_offset + B).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{u32_param, View};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Workgroups};
+use crate::tensor::{DType, Tensor};
+
+/// How to pick the next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy; otherwise logits are divided by it before the softmax.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = no limit).
+    pub top_k: u32,
+    /// Keep the smallest set of most likely tokens whose probability reaches p (1 = all).
+    pub top_p: f32,
+    /// The same seed (and prompt) gives the same text.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling::greedy()
+    }
+}
+
+impl Sampling {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+
+    /// Checks the ranges: temperature finite and >= 0, top_p in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+
+    fn seed32(&self) -> u32 {
+        (self.seed ^ (self.seed >> 32)) as u32
+    }
+}
+
+/// The settings words of one sequence at decode step `step` (the step varies the draw).
+pub fn settings_words(s: &Sampling, step: u32) -> [u32; 5] {
+    [
+        s.temperature.to_bits(),
+        s.top_k,
+        s.top_p.to_bits(),
+        s.seed32(),
+        step,
+    ]
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    vocab: u32,
+    seqs: u32,
+    logits_stride: u32,
+    logits_offset: u32,
+    out_offset: u32,
+    _pad: [u32; 3],
+}
+
+/// Records sampling one id per row of `logits` into `out[out_offset + b]`.
+pub fn sample(
+    ctx: &Context,
+    graph: &mut Graph,
+    logits: View<'_>,
+    settings: &Tensor,
+    out: &Tensor,
+    out_offset: usize,
+) -> Result<()> {
+    logits.check("sampling logits")?;
+    let seqs = logits.rows;
+    if settings.dtype() != DType::U32 || settings.numel() < seqs * 5 {
+        return Err(Error::mismatch(
+            "sampling settings",
+            format!("u32 with at least {} words", seqs * 5),
+            format!("{} {:?}", settings.dtype(), settings.shape()),
+        ));
+    }
+    if out.dtype() != DType::U32 || out.numel() < out_offset + seqs {
+        return Err(Error::mismatch(
+            "sampled ids buffer",
+            format!("u32 with at least {} elements", out_offset + seqs),
+            format!("{} {:?}", out.dtype(), out.shape()),
+        ));
+    }
+    let params = Params {
+        vocab: u32_param("vocab", logits.cols)?,
+        seqs: u32_param("sequences", seqs)?,
+        logits_stride: u32_param("stride", logits.stride)?,
+        logits_offset: u32_param("offset", logits.offset)?,
+        out_offset: u32_param("offset", out_offset)?,
+        _pad: [0; 3],
+    };
+    let pipeline = ctx.pipeline("sample", "sample", &[])?;
+    let uniform = ctx.uniform("sample params", &params)?;
+    graph.dispatch(
+        ctx,
+        &pipeline,
+        &[
+            uniform.as_entire_binding(),
+            logits.binding()?,
+            settings.binding()?,
+            out.binding()?,
+        ],
+        Workgroups::grid(seqs, 1, 1)?,
+    )
+}
+
+fn hash(x: u32) -> u32 {
+    let h = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let h = ((h >> ((h >> 28) + 4)) ^ h).wrapping_mul(277_803_737);
+    (h >> 22) ^ h
+}
+
+/// The uniform draw in [0, 1) the kernel uses for sequence `b`.
+pub fn draw(s: &Sampling, step: u32, b: u32) -> f32 {
+    let r = hash(hash(s.seed32() ^ hash(step)) ^ b.wrapping_mul(2_654_435_761));
+    (r >> 8) as f32 / 16_777_216.0
+}
+
+/// CPU reference of the kernel's rule (computed in f64): the id drawn for one row.
+pub fn reference(logits: &[f32], s: &Sampling, step: u32, b: u32) -> u32 {
+    let argmax = || {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    if s.temperature <= 0.0 || s.top_k == 1 {
+        return argmax();
+    }
+    let m = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&v| ((v as f64 - m) / s.temperature as f64).exp())
+        .collect();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let mut keep = vec![true; logits.len()];
+    if s.top_k > 0 && (s.top_k as usize) < logits.len() {
+        let kth = logits[order[s.top_k as usize - 1]];
+        for (k, &v) in keep.iter_mut().zip(logits) {
+            *k = v >= kth;
+        }
+    }
+    let total: f64 = (0..w.len()).filter(|&i| keep[i]).map(|i| w[i]).sum();
+    if s.top_p < 1.0 {
+        // Smallest prefix of the sorted kept ids reaching top_p of the mass; ties kept.
+        let mut acc = 0.0;
+        let mut cut = f64::INFINITY;
+        for &i in order.iter().filter(|&&i| keep[i]) {
+            acc += w[i];
+            if acc >= s.top_p as f64 * total {
+                cut = w[i];
+                break;
+            }
+        }
+        for (k, &wi) in keep.iter_mut().zip(&w) {
+            *k = *k && wi >= cut;
+        }
+    }
+    let kept: f64 = (0..w.len()).filter(|&i| keep[i]).map(|i| w[i]).sum();
+    let u = draw(s, step, b) as f64 * kept;
+    let mut acc = 0.0;
+    let mut last = 0;
+    for i in (0..w.len()).filter(|&i| keep[i]) {
+        acc += w[i];
+        last = i;
+        if u < acc {
+            return i as u32;
+        }
+    }
+    last as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{gpu, Rng};
+
+    /// Samples every row of `logits` (B, V) on the GPU with per-row settings.
+    fn run(logits: &[f32], v: usize, settings: &[(Sampling, u32)]) -> Vec<u32> {
+        let ctx = gpu();
+        let b = settings.len();
+        let lt = Tensor::from_f32(ctx, "logits", &[b, v], logits).unwrap();
+        let words: Vec<u32> = settings
+            .iter()
+            .flat_map(|(s, st)| settings_words(s, *st))
+            .collect();
+        let st = Tensor::from_u32(ctx, "settings", &[words.len()], &words).unwrap();
+        let out = Tensor::zeros(ctx, "ids", &[b + 1], DType::U32).unwrap();
+        let mut g = Graph::new();
+        sample(ctx, &mut g, View::of(&lt), &st, &out, 1).unwrap();
+        ctx.run(&[&g]).unwrap();
+        out.to_u32().unwrap()[1..].to_vec()
+    }
+
+    #[test]
+    fn greedy_is_argmax_with_ties_to_the_lower_id() {
+        let v = 1000;
+        let mut rng = Rng::new(3);
+        let mut logits = rng.normal_vec(3 * v, 2.0);
+        logits[517] = 50.0;
+        logits[v + 999] = 50.0;
+        logits[2 * v + 10] = 60.0;
+        logits[2 * v + 700] = 60.0;
+        let greedy = Sampling::greedy();
+        let k1 = Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            ..Sampling::greedy()
+        };
+        let got = run(&logits, v, &[(greedy, 0), (greedy, 0), (k1, 5)]);
+        assert_eq!(got, vec![517, 999, 10]);
+    }
+
+    #[test]
+    fn draws_match_the_reference_rule() {
+        let v = 777;
+        let mut rng = Rng::new(5);
+        let logits = rng.normal_vec(v, 2.5);
+        let mut cases = Vec::new();
+        for step in 0..40u32 {
+            let s = Sampling {
+                temperature: [0.7, 1.0, 1.3][step as usize % 3],
+                top_k: [0, 40, 5, 200][step as usize % 4],
+                top_p: [1.0, 0.9, 0.5][step as usize % 3],
+                seed: 1234 + step as u64 / 7,
+            };
+            cases.push((s, step));
+        }
+        let rows: Vec<f32> = cases.iter().flat_map(|_| logits.clone()).collect();
+        let got = run(&rows, v, &cases);
+        for (b, ((s, step), id)) in cases.iter().zip(&got).enumerate() {
+            assert_eq!(
+                *id,
+                reference(&logits, s, *step, b as u32),
+                "case {b}: {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn frequencies_follow_the_distribution() {
+        // p = softmax([ln 1, ln 2, ln 3, ln 4]) = [0.1, 0.2, 0.3, 0.4].
+        let logits: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
+        let n = 4000;
+        let s = Sampling {
+            temperature: 1.0,
+            seed: 99,
+            ..Sampling::greedy()
+        };
+        let rows: Vec<f32> = (0..n).flat_map(|_| logits.clone()).collect();
+        let cases: Vec<(Sampling, u32)> = (0..n).map(|i| (s, i as u32)).collect();
+        let got = run(&rows, 4, &cases);
+        for (id, want) in [0.1, 0.2, 0.3, 0.4].iter().enumerate() {
+            let f = got.iter().filter(|&&g| g == id as u32).count() as f64 / n as f64;
+            assert!(
+                (f - want).abs() < 0.03,
+                "id {id}: frequency {f}, want {want}"
+            );
+        }
+        // top_k 2 keeps ids 2 and 3 only; top_p 0.35 keeps id 3 only.
+        let k2 = Sampling { top_k: 2, ..s };
+        let p35 = Sampling { top_p: 0.35, ..s };
+        let small: Vec<(Sampling, u32)> = (0..200)
+            .map(|i| (if i % 2 == 0 { k2 } else { p35 }, i))
+            .collect();
+        let rows: Vec<f32> = (0..200).flat_map(|_| logits.clone()).collect();
+        for (i, id) in run(&rows, 4, &small).iter().enumerate() {
+            if i % 2 == 0 {
+                assert!(*id >= 2, "top_k 2 picked {id}");
+            } else {
+                assert_eq!(*id, 3, "top_p 0.35 picked {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let bad = Sampling {
+            temperature: -1.0,
+            ..Sampling::greedy()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
+        let bad = Sampling {
+            top_p: 0.0,
+            ..Sampling::greedy()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("top_p"));
+    }
+}
