@@ -7,7 +7,7 @@ use super::time_graph;
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::ops::mlstm_cell::{record, CellInputs, CellKernel, MlstmState};
+use crate::ops::mlstm_cell::{record, CellInputs, CellKernel, CellState};
 use crate::ops::View;
 use crate::tensor::{DType, Tensor};
 use crate::testing::Rng;
@@ -56,7 +56,7 @@ pub fn cell_prefill(
     }
     let gates = Tensor::from_f32(ctx, "bench gates", &[rows, 2 * heads], &gate_values)?;
     let h = Tensor::zeros(ctx, "bench h", &[rows, di], DType::F32)?;
-    let state = MlstmState::new(ctx, seqs, heads, head_dim)?;
+    let state = CellState::new(ctx, seqs, heads, head_dim)?;
     let slot_ids: Vec<u32> = (0..seqs as u32).collect();
     let slots = Tensor::from_u32(ctx, "bench slots", &[seqs], &slot_ids)?;
     let inputs = CellInputs {

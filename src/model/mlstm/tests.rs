@@ -41,7 +41,7 @@ fn prefill_then_decode(
     x: &[f32],
     seqs: usize,
     prefill: usize,
-) -> (Vec<f32>, MlstmBlockState, Vec<u32>) {
+) -> (Vec<f32>, MlstmState, Vec<u32>) {
     let ctx = gpu();
     let d = block.config().embedding_dim;
     let tokens = x.len() / d / seqs;
@@ -137,7 +137,7 @@ fn block_case(name: &str, dtype: DType, state_tol: f32) -> f32 {
     let want_conv: Vec<f32> = (0..seqs)
         .flat_map(|b| step_conv[(b * k + 1) * di..(b + 1) * k * di].to_vec())
         .collect();
-    let got_conv = gather(&state.conv, &slots, (k - 1) * di);
+    let got_conv = gather(state.conv.as_ref().unwrap(), &slots, (k - 1) * di);
     assert_close_rel_max(&got_conv, &want_conv, state_tol, &what("conv state"));
     rel
 }
@@ -324,7 +324,7 @@ fn cell_with_gates_and_outnorm_matches_the_package() {
     let want_y = f.f32_any("out.y").unwrap().0;
     let want_step = f.f32_any("out.y_step").unwrap().0;
     for kernel in CellKernel::ALL {
-        let state = MlstmState::new(ctx, seqs, nh, dh).unwrap();
+        let state = CellState::new(ctx, seqs, nh, dh).unwrap();
         let mut g = Graph::new();
         let (qv, gv) = (View::of(&qkv_t), View::of(&gates_t));
         matmul(ctx, &mut g, &gw_t, Some(&gb_t), qv, gv, 0.0).unwrap();
@@ -348,5 +348,31 @@ fn cell_with_gates_and_outnorm_matches_the_package() {
         ] {
             assert_close_rel_max(&got, &f.f32_any(key).unwrap().0, 1e-4, &what(key));
         }
+    }
+}
+
+#[test]
+fn state_tensors_are_per_slot_and_reset_clears_one_slot() {
+    let ctx = gpu();
+    let f = fixture("mlstm_block");
+    let cfg = config(&f);
+    let block = MlstmBlock::load(ctx, &f.scope("param."), &cfg, DType::F32).unwrap();
+    let (x, _) = f.f32_any("in.x").unwrap();
+    let d = cfg.embedding_dim;
+    // Two sequences of 8 tokens (slots 2 and 1 of 3).
+    let x: Vec<f32> = (0..2)
+        .flat_map(|b| x[b * 64 * d..(b * 64 + 8) * d].to_vec())
+        .collect();
+    let (_, state, slots) = prefill_then_decode(&block, &x, 2, 8);
+    let tensors = state.tensors();
+    assert_eq!(tensors.len(), 4);
+    assert!(tensors.iter().all(|t| t.shape()[0] == 3));
+    state.reset(ctx, slots[0] as usize).unwrap();
+    for t in tensors {
+        let per = t.numel() / 3;
+        let all = t.to_f32().unwrap();
+        let slot = |s: u32| &all[s as usize * per..(s as usize + 1) * per];
+        assert!(slot(slots[0]).iter().all(|&v| v == 0.0), "{}", t.label());
+        assert!(slot(slots[1]).iter().any(|&v| v != 0.0), "{}", t.label());
     }
 }

@@ -11,7 +11,7 @@
 //! - `shaders/mlstm_chunk_wide.wgsl`: one workgroup per head and sequence, eight columns
 //!   per invocation.
 
-use super::{params, segments, CellInputs, MlstmState};
+use super::{params, segments, CellInputs, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -33,7 +33,7 @@ pub fn record(
     wide: bool,
     inputs: &CellInputs<'_>,
     h: View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,

@@ -8,7 +8,7 @@
 //! - inputs: `qkv` a (rows, 3 Di) view `[q | k | v]`, head h at columns `h * DH ..` of each
 //!   part; `gates` a (rows, 2 NH) view `[i | f]` of gate pre-activations;
 //! - output: `h` a (rows, Di) view, h~ of each head (before the out-norm);
-//! - state ([`MlstmState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
+//! - state ([`CellState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
 //!   stabilised by m (the true C is `C * exp(m)`), indexed by a u32 slot tensor (B). The zero
 //!   state (C = 0, n = 0, m = 0) is the fresh state, as in the package's `step()`.
 //!
@@ -82,7 +82,7 @@ impl CellKernel {
 }
 
 /// Recurrent state of the mLSTM cells of one block, one slot per sequence.
-pub struct MlstmState {
+pub struct CellState {
     /// C (slots, NH, DH, DH), rows padded to a multiple of 8 elements
     /// ([`Tensor::zeros_aligned`]).
     pub c: Tensor,
@@ -94,7 +94,7 @@ pub struct MlstmState {
     pending: Tensor,
 }
 
-impl MlstmState {
+impl CellState {
     /// Zero (fresh) state for `slots` sequences of `heads` heads of dim `head_dim`.
     pub fn new(ctx: &Context, slots: usize, heads: usize, head_dim: usize) -> Result<Self> {
         if slots == 0 || heads == 0 || !(1..=MAX_HEAD_DIM).contains(&head_dim) {
@@ -103,7 +103,7 @@ impl MlstmState {
                  slot and head and a head dim of 1..={MAX_HEAD_DIM}"
             )));
         }
-        let state = MlstmState {
+        let state = CellState {
             c: Tensor::zeros_aligned(
                 ctx,
                 "mlstm C",
@@ -236,7 +236,7 @@ pub(crate) fn segments(
 pub(crate) fn params(
     inputs: &CellInputs<'_>,
     h: &View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,
@@ -309,7 +309,7 @@ pub fn record(
     kernel: CellKernel,
     inputs: &CellInputs<'_>,
     h: View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,

@@ -4,7 +4,7 @@
 //! token-by-token form the chunkwise kernels are measured against. Long inputs are recorded
 //! as several dispatches (see [`super::LOOP_BUDGET`]).
 
-use super::{params, segments, CellInputs, MlstmState};
+use super::{params, segments, CellInputs, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -20,7 +20,7 @@ pub fn record(
     wide: bool,
     inputs: &CellInputs<'_>,
     h: View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,

@@ -80,7 +80,7 @@ fn warm_states(rng: &mut Rng, seqs: usize, heads: usize, head_dim: usize) -> Vec
 /// The GPU side: a state with a spare slot, sequences in reverse slot order, and the inputs
 /// inside wider buffers (offsets and strides that are not the dense ones).
 struct Gpu {
-    state: MlstmState,
+    state: CellState,
     slots: Vec<u32>,
     slot_tensor: Tensor,
 }
@@ -88,7 +88,7 @@ struct Gpu {
 impl Gpu {
     fn new(seqs: usize, heads: usize, head_dim: usize, init: &[HeadState]) -> Self {
         let ctx = gpu();
-        let state = MlstmState::new(ctx, seqs + 1, heads, head_dim).unwrap();
+        let state = CellState::new(ctx, seqs + 1, heads, head_dim).unwrap();
         let slots: Vec<u32> = (0..seqs as u32).map(|b| seqs as u32 - b).collect();
         let g = Gpu {
             slot_tensor: Tensor::from_u32(ctx, "slots", &[seqs], &slots).unwrap(),
@@ -483,9 +483,9 @@ fn reset_clears_one_slot() {
 #[test]
 fn bad_shapes_are_typed_errors() {
     let ctx = gpu();
-    let err = MlstmState::new(ctx, 1, 1, 513).err().unwrap().to_string();
+    let err = CellState::new(ctx, 1, 1, 513).err().unwrap().to_string();
     assert!(err.contains("1..=512"), "{err}");
-    let state = MlstmState::new(ctx, 2, 2, 4).unwrap();
+    let state = CellState::new(ctx, 2, 2, 4).unwrap();
     let qkv = Tensor::zeros(ctx, "qkv", &[3, 24], DType::F32).unwrap();
     let gates = Tensor::zeros(ctx, "gates", &[3, 4], DType::F32).unwrap();
     let h = Tensor::zeros(ctx, "h", &[3, 8], DType::F32).unwrap();
