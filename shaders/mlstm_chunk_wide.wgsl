@@ -8,12 +8,12 @@
 // [row][4 tokens] so that one vec4 load serves four tokens; each invocation also
 // accumulates a 4x4 block of the pair products q_t . k_s. One workgroup holds the whole
 // head, so n and m are written back directly. On lavapipe, where every load or store of one
-// value per invocation costs a loop over the SIMD lanes, this is 1.2x (DH = 64) to 10x
+// value per invocation costs a loop over the SIMD lanes, this is 1.2x (DH = 64) to 12x
 // (DH = 512) faster than mlstm_chunk.wgsl; the host picks it on CPU adapters.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit (llvmpipe ends
 // all loops of an invocation after 65535 in total, so the host splits long inputs into
-// segments): at most 2076 + 92 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
+// segments): at most 725 + 92 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
 // 11 + ceil(DH / 64).
 
 struct Params {
@@ -124,24 +124,31 @@ fn quad_row(qd: Quad, c_lo: vec4<f32>, c_hi: vec4<f32>, qv: vec4<f32>) -> Quad {
     return r;
 }
 
-// num of the four tokens, divided by their denominators, stored to h.
-fn quad_finish(qd: Quad, row0: u32, hd: u32, j0: u32, valid: u32, live: bool, t4: u32, m0: f32, len: u32) {
+// acc times exp(m0 - M_t) of each of the four tokens.
+fn quad_scale(qd: Quad, t4: u32, m0: f32) -> Quad {
     let t = 4u * t4;
     let w = exp(vec4<f32>(m0) - vec4<f32>(mx[t], mx[t + 1u], mx[t + 2u], mx[t + 3u]));
-    var lo = scale_columns(qd.acc_lo, w);
-    var hi = scale_columns(qd.acc_hi, w);
-    for (var s = 0u; s < len; s++) {
-        let v = load8(q_index(row0 + s, hd, j0) + 2u * p.heads * p.head_dim, valid);
-        let dv = dm[s * L4 + t4];
-        lo += outer(v[0], dv);
-        hi += outer(v[1], dv);
-    }
-    if live {
-        for (var e = 0u; e < 4u; e++) {
-            if t + e < len {
-                let hb = p.h_offset + (row0 + t + e) * p.h_stride + hd * p.head_dim + j0;
-                store8(hb, valid, lo[e] / dn[t + e], hi[e] / dn[t + e]);
-            }
+    var r = qd;
+    r.acc_lo = scale_columns(qd.acc_lo, w);
+    r.acc_hi = scale_columns(qd.acc_hi, w);
+    return r;
+}
+
+// acc += D_ts v_s for the four tokens t (dv) of one key s (v).
+fn quad_add(qd: Quad, v: array<vec4<f32>, 2>, dv: vec4<f32>) -> Quad {
+    var r = qd;
+    r.acc_lo += outer(v[0], dv);
+    r.acc_hi += outer(v[1], dv);
+    return r;
+}
+
+// h = num / den of the four tokens (those before `len`), stored to h.
+fn quad_store(qd: Quad, row0: u32, hd: u32, j0: u32, valid: u32, t4: u32, len: u32) {
+    for (var e = 0u; e < 4u; e++) {
+        let t = 4u * t4 + e;
+        if t < len {
+            let hb = p.h_offset + (row0 + t) * p.h_stride + hd * p.head_dim + j0;
+            store8(hb, valid, qd.acc_lo[e] / dn[t], qd.acc_hi[e] / dn[t]);
         }
     }
 }
@@ -331,14 +338,36 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         }
         workgroupBarrier();
         // num = exp(m0 - M_t) q_t^T C0 + sum_s D_ts v_s, then h = num / den.
-        quad_finish(qd0, row0, hd, j0, valid, live, 0u, m0, len);
-        quad_finish(qd1, row0, hd, j0, valid, live, 1u, m0, len);
-        quad_finish(qd2, row0, hd, j0, valid, live, 2u, m0, len);
-        quad_finish(qd3, row0, hd, j0, valid, live, 3u, m0, len);
-        quad_finish(qd4, row0, hd, j0, valid, live, 4u, m0, len);
-        quad_finish(qd5, row0, hd, j0, valid, live, 5u, m0, len);
-        quad_finish(qd6, row0, hd, j0, valid, live, 6u, m0, len);
-        quad_finish(qd7, row0, hd, j0, valid, live, 7u, m0, len);
+        qd0 = quad_scale(qd0, 0u, m0);
+        qd1 = quad_scale(qd1, 1u, m0);
+        qd2 = quad_scale(qd2, 2u, m0);
+        qd3 = quad_scale(qd3, 3u, m0);
+        qd4 = quad_scale(qd4, 4u, m0);
+        qd5 = quad_scale(qd5, 5u, m0);
+        qd6 = quad_scale(qd6, 6u, m0);
+        qd7 = quad_scale(qd7, 7u, m0);
+        for (var s = 0u; s < len; s++) {
+            let v = load8(q_index(row0 + s, hd, j0) + 2u * di, valid);
+            let b = s * L4;
+            qd0 = quad_add(qd0, v, dm[b]);
+            qd1 = quad_add(qd1, v, dm[b + 1u]);
+            qd2 = quad_add(qd2, v, dm[b + 2u]);
+            qd3 = quad_add(qd3, v, dm[b + 3u]);
+            qd4 = quad_add(qd4, v, dm[b + 4u]);
+            qd5 = quad_add(qd5, v, dm[b + 5u]);
+            qd6 = quad_add(qd6, v, dm[b + 6u]);
+            qd7 = quad_add(qd7, v, dm[b + 7u]);
+        }
+        if live {
+            quad_store(qd0, row0, hd, j0, valid, 0u, len);
+            quad_store(qd1, row0, hd, j0, valid, 1u, len);
+            quad_store(qd2, row0, hd, j0, valid, 2u, len);
+            quad_store(qd3, row0, hd, j0, valid, 3u, len);
+            quad_store(qd4, row0, hd, j0, valid, 4u, len);
+            quad_store(qd5, row0, hd, j0, valid, 5u, len);
+            quad_store(qd6, row0, hd, j0, valid, 6u, len);
+            quad_store(qd7, row0, hd, j0, valid, 7u, len);
+        }
         m0 = bb[len - 1u] + mx[len - 1u];
         // The chunk's workgroup arrays are rewritten by the next chunk.
         workgroupBarrier();
