@@ -45,6 +45,7 @@ struct Params {
     gate_stride: u32,
     h_offset: u32,
     h_stride: u32,
+    c_stride: u32,
 }
 
 const L: u32 = 32u;
@@ -199,7 +200,7 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             }
             if live {
                 let iend = min(TI, dh - i0);
-                var ci = (sh * dh + i0) * dh + j;
+                var ci = (sh * dh + i0) * p.c_stride + j;
                 for (var ii = 0u; ii < iend; ii++) {
                     let cv = c[ci];
                     var cn = g0 * cv;
@@ -208,7 +209,7 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                         cn += dot(kt4(ii * L + t4 * 4u), gv[t4]);
                     }
                     c[ci] = cn;
-                    ci += dh;
+                    ci += p.c_stride;
                 }
             }
             workgroupBarrier();

@@ -9,7 +9,8 @@
 // gates: [i | f], element (row, c) at gate_offset + row * gate_stride + c (NH columns each).
 // h:     (row, hd * DH + j) at h_offset + row * h_stride + hd * DH + j.
 // slots: u32 (B), the state slot of each sequence; slots >= p.slots are skipped.
-// c:     (slots, NH, DH, DH), C[i][j] at ((slot * NH + hd) * DH + i) * DH + j.
+// c:     (slots, NH, DH, DH), C[i][j] at ((slot * NH + hd) * DH + i) * c_stride + j (rows
+//        padded to c_stride >= DH).
 // n:     (slots, NH, DH);  m: (slots, NH).
 // This dispatch covers tokens token_base .. token_base + seg_tokens of every sequence.
 //
@@ -37,6 +38,7 @@ struct Params {
     gate_stride: u32,
     h_offset: u32,
     h_stride: u32,
+    c_stride: u32,
 }
 
 const WG: u32 = 64u;
@@ -72,7 +74,8 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let dh = p.head_dim;
     let di = p.heads * dh;
     let sh = slot * p.heads + hd;
-    let cbase = sh * dh * dh;
+    let cs = p.c_stride;
+    let cbase = sh * dh * cs;
     let nbase = sh * dh;
     var mv = m[sh];
     let end = p.token_base + p.seg_tokens;
@@ -115,21 +118,21 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             // Four rows per iteration, then the rest.
             for (; i + 4u <= dh; i += 4u) {
                 let c0 = fa * c[ci] + ks[i] * vj;
-                let c1 = fa * c[ci + dh] + ks[i + 1u] * vj;
-                let c2 = fa * c[ci + 2u * dh] + ks[i + 2u] * vj;
-                let c3 = fa * c[ci + 3u * dh] + ks[i + 3u] * vj;
+                let c1 = fa * c[ci + cs] + ks[i + 1u] * vj;
+                let c2 = fa * c[ci + 2u * cs] + ks[i + 2u] * vj;
+                let c3 = fa * c[ci + 3u * cs] + ks[i + 3u] * vj;
                 c[ci] = c0;
-                c[ci + dh] = c1;
-                c[ci + 2u * dh] = c2;
-                c[ci + 3u * dh] = c3;
+                c[ci + cs] = c1;
+                c[ci + 2u * cs] = c2;
+                c[ci + 3u * cs] = c3;
                 acc += qs[i] * c0 + qs[i + 1u] * c1 + qs[i + 2u] * c2 + qs[i + 3u] * c3;
-                ci += 4u * dh;
+                ci += 4u * cs;
             }
             for (; i < dh; i++) {
                 let cv = fa * c[ci] + ks[i] * vj;
                 c[ci] = cv;
                 acc += qs[i] * cv;
-                ci += dh;
+                ci += cs;
             }
             h[p.h_offset + row * p.h_stride + hd * dh + j] = acc / den;
         }

@@ -50,7 +50,9 @@ pub const SHADERS: &[ShaderSource] = registry![
     "sample",
     "nll",
     "mlstm_step",
+    "mlstm_step_wide",
     "mlstm_chunk",
+    "mlstm_chunk_wide",
     "mlstm_expert",
     "skip_gate",
 ];

@@ -153,6 +153,18 @@ impl Tensor {
         Self::allocate(ctx, label, shape, dtype, stride, USAGE, None)
     }
 
+    /// A tensor of zeros whose rows are padded to a multiple of 8 elements, like a weight
+    /// matrix, so kernels can access rows with aligned 16-byte vector loads (recurrent state).
+    pub fn zeros_aligned(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Self> {
+        let (_, cols) = rows_cols(shape);
+        Self::allocate(ctx, label, shape, dtype, round_up(cols, 8), USAGE, None)
+    }
+
     /// A dense tensor holding `data` (`data.len()` must equal the product of `shape`).
     /// Float data may be uploaded as F32 or F16 (`dtype`); integer data keeps its type.
     pub fn from_host(

@@ -7,7 +7,7 @@ use super::time_graph;
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::ops::mlstm_cell::{record, CellInputs, CellKernel, MlstmState};
+use crate::ops::mlstm_cell::{record, CellInputs, CellKernel, CellState};
 use crate::ops::View;
 use crate::tensor::{DType, Tensor};
 use crate::testing::Rng;
@@ -56,7 +56,7 @@ pub fn cell_prefill(
     }
     let gates = Tensor::from_f32(ctx, "bench gates", &[rows, 2 * heads], &gate_values)?;
     let h = Tensor::zeros(ctx, "bench h", &[rows, di], DType::F32)?;
-    let state = MlstmState::new(ctx, seqs, heads, head_dim)?;
+    let state = CellState::new(ctx, seqs, heads, head_dim)?;
     let slot_ids: Vec<u32> = (0..seqs as u32).collect();
     let slots = Tensor::from_u32(ctx, "bench slots", &[seqs], &slot_ids)?;
     let inputs = CellInputs {
@@ -87,21 +87,27 @@ pub fn cell_prefill(
     })
 }
 
-/// The mLSTM lines of `moxe bench kernels`: prefill tokens/s of both cell kernels for one
-/// sequence of 512 tokens with 4 heads of dim 64 (D = 128) and of dim 512 (D = 1024).
+/// The mLSTM lines of `moxe bench kernels`: prefill tokens/s of every cell kernel for one
+/// sequence of 512 tokens with 4 heads of dim 64 (D = 128) and of dim 512 (D = 1024); `*`
+/// marks the kernels [`CellKernel::choose`] picks on this adapter for decode and prefill.
 pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<26} {:>10} {:>10} {:>12}",
+        "\n{:<26} {:>15} {:>10} {:>12}",
         "mlstm cell prefill", "kernel", "time ms", "tokens/s"
     );
     for head_dim in [64, 512] {
-        for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+        let chosen = [
+            CellKernel::choose(ctx, 1, head_dim),
+            CellKernel::choose(ctx, 512, head_dim),
+        ];
+        for kernel in CellKernel::ALL {
             let r = cell_prefill(ctx, kernel, 1, 4, head_dim, 512, budget_secs)?;
+            let mark = if chosen.contains(&kernel) { "*" } else { " " };
             let _ = writeln!(
                 s,
-                "{:<26} {:>10} {:>10.2} {:>12.0}",
+                "{:<26} {:>14}{mark} {:>10.2} {:>12.0}",
                 format!("B 1 x 512, NH 4 x DH {head_dim}"),
                 format!("{kernel:?}").to_lowercase(),
                 r.seconds * 1e3,

@@ -23,7 +23,7 @@ use crate::ops::conv1d::{conv1d, ConvState};
 use crate::ops::elementwise::{unary, Activation};
 use crate::ops::layer_norm::{layer_norm, Norm};
 use crate::ops::matmul::{headwise, matmul};
-use crate::ops::mlstm_cell::{self, CellInputs, CellKernel, MlstmState};
+use crate::ops::mlstm_cell::{self, CellInputs, CellKernel, CellState};
 use crate::ops::mlstm_expert::mlstm_expert;
 use crate::ops::skip_gate::skip_gate;
 use crate::ops::View;
@@ -75,20 +75,30 @@ pub struct MlstmBlock {
 }
 
 /// The recurrent state of one block: conv history and cell state, one slot per sequence.
-pub struct MlstmBlockState {
-    /// The last K-1 inputs of the conv, oldest first: (slots, K-1, Di).
-    pub conv: Tensor,
-    pub cell: MlstmState,
+pub struct MlstmState {
+    /// The last K-1 inputs of the conv, oldest first: (slots, K-1, Di); `None` when K = 1.
+    pub conv: Option<Tensor>,
+    pub cell: CellState,
 }
 
-impl MlstmBlockState {
-    /// Resets slot `slot` to the fresh (zero) state.
+impl MlstmState {
+    /// The state tensors, each with the slot as its first dimension: C (rows padded, see
+    /// [`CellState::c`]), n, m and the conv history.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let cell = &self.cell;
+        [&cell.c, &cell.n, &cell.m]
+            .into_iter()
+            .chain(self.conv.as_ref())
+            .collect()
+    }
+
+    /// Resets slot `slot` to the fresh (zero) state (queued before the next submission).
     pub fn reset(&self, ctx: &Context, slot: usize) -> Result<()> {
         self.cell.reset(ctx, slot)?;
-        let per_slot = (self.conv.numel() / self.cell.slots() * 4) as u64;
-        if per_slot > 0 {
+        if let Some(conv) = &self.conv {
+            let per_slot = (conv.rows() / self.cell.slots() * conv.stride() * 4) as u64;
             ctx.queue().write_buffer(
-                self.conv.buffer()?,
+                conv.buffer()?,
                 slot as u64 * per_slot,
                 &vec![0u8; per_slot as usize],
             );
@@ -159,28 +169,29 @@ impl MlstmBlock {
     }
 
     /// A fresh (zero) state for `slots` sequences.
-    pub fn new_state(&self, ctx: &Context, slots: usize) -> Result<MlstmBlockState> {
+    pub fn new_state(&self, ctx: &Context, slots: usize) -> Result<MlstmState> {
         let cfg = &self.cfg;
-        Ok(MlstmBlockState {
-            conv: Tensor::zeros(
-                ctx,
-                "mlstm conv state",
-                &[slots, cfg.conv_kernel - 1, cfg.inner_dim()],
-                DType::F32,
-            )?,
-            cell: MlstmState::new(ctx, slots, cfg.num_heads, cfg.head_dim())?,
+        let conv = if cfg.conv_kernel > 1 {
+            let shape = [slots, cfg.conv_kernel - 1, cfg.inner_dim()];
+            Some(Tensor::zeros(ctx, "mlstm conv state", &shape, DType::F32)?)
+        } else {
+            None
+        };
+        Ok(MlstmState {
+            conv,
+            cell: CellState::new(ctx, slots, cfg.num_heads, cfg.head_dim())?,
         })
     }
 
     /// Records the block for the batch's B sequences of N tokens: `batch.x += block(x)`,
     /// continuing each sequence's state in `state` (slots from `batch.slots`). N > 1 uses
-    /// the chunkwise cell, N = 1 the recurrent one.
+    /// a chunkwise cell kernel, N = 1 a recurrent one ([`CellKernel::choose`]).
     pub fn record(
         &self,
         ctx: &Context,
         graph: &mut Graph,
         batch: &SeqBatch<'_>,
-        state: &MlstmBlockState,
+        state: &MlstmState,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let rows = batch.seqs * batch.tokens;
@@ -199,7 +210,7 @@ impl MlstmBlock {
             ));
         }
         let x = View::of(batch.x);
-        let kernel = CellKernel::choose(batch.tokens);
+        let kernel = CellKernel::choose(ctx, batch.tokens, cfg.head_dim());
         self.record_rows(ctx, graph, x, x, batch.scratch, |graph, b| {
             conv1d(
                 ctx,
@@ -209,8 +220,8 @@ impl MlstmBlock {
                 b.xm,
                 b.xc,
                 batch.seqs,
-                Some(ConvState {
-                    state: &state.conv,
+                state.conv.as_ref().map(|conv| ConvState {
+                    state: conv,
                     slots: batch.slots,
                 }),
                 Activation::Silu,

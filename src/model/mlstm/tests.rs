@@ -41,7 +41,7 @@ fn prefill_then_decode(
     x: &[f32],
     seqs: usize,
     prefill: usize,
-) -> (Vec<f32>, MlstmBlockState, Vec<u32>) {
+) -> (Vec<f32>, MlstmState, Vec<u32>) {
     let ctx = gpu();
     let d = block.config().embedding_dim;
     let tokens = x.len() / d / seqs;
@@ -137,7 +137,7 @@ fn block_case(name: &str, dtype: DType, state_tol: f32) -> f32 {
     let want_conv: Vec<f32> = (0..seqs)
         .flat_map(|b| step_conv[(b * k + 1) * di..(b + 1) * k * di].to_vec())
         .collect();
-    let got_conv = gather(&state.conv, &slots, (k - 1) * di);
+    let got_conv = gather(state.conv.as_ref().unwrap(), &slots, (k - 1) * di);
     assert_close_rel_max(&got_conv, &want_conv, state_tol, &what("conv state"));
     rel
 }
@@ -267,4 +267,112 @@ fn shape_errors_are_typed() {
         .to_string();
     assert!(err.contains("scratch rows"), "{err}");
     assert!(g.is_empty());
+}
+
+/// The package's mLSTMCell (gates from cat[q, k, v], the cell, the out-norm) composed from
+/// the engine's ops, with every cell kernel, against the `mlstm_cell` fixture.
+#[test]
+fn cell_with_gates_and_outnorm_matches_the_package() {
+    let ctx = gpu();
+    let f = fixture("mlstm_cell");
+    let meta: serde_json::Value = serde_json::from_str(&f.metadata()["config"]).unwrap();
+    let (di, nh) = (
+        meta["inner_dim"].as_u64().unwrap() as usize,
+        meta["num_heads"].as_u64().unwrap() as usize,
+    );
+    let dh = di / nh;
+    let shape = f.shape("in.q").unwrap().to_vec();
+    let (seqs, tokens) = (shape[0], shape[1]);
+    let rows = seqs * tokens;
+    let parts: Vec<Vec<f32>> = ["in.q", "in.k", "in.v"]
+        .iter()
+        .map(|n| f.f32_any(n).unwrap().0)
+        .collect();
+    let qkv: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            parts
+                .iter()
+                .flat_map(move |p| p[r * di..(r + 1) * di].to_vec())
+        })
+        .collect();
+    let mut gw = f.f32("param.igate.weight", &[nh, 3 * di]).unwrap();
+    gw.extend(f.f32("param.fgate.weight", &[nh, 3 * di]).unwrap());
+    let mut gb = f.f32("param.igate.bias", &[nh]).unwrap();
+    gb.extend(f.f32("param.fgate.bias", &[nh]).unwrap());
+    let qkv_t = Tensor::from_f32(ctx, "qkv", &[rows, 3 * di], &qkv).unwrap();
+    let gw_t = Tensor::weight(
+        ctx,
+        "gates",
+        &[2 * nh, 3 * di],
+        DType::F32,
+        HostData::F32(&gw),
+    )
+    .unwrap();
+    let gb_t = Tensor::from_f32(ctx, "gate bias", &[2 * nh], &gb).unwrap();
+    let norm_t = Tensor::from_f32(
+        ctx,
+        "outnorm",
+        &[di],
+        &f.f32("param.outnorm.weight", &[di]).unwrap(),
+    )
+    .unwrap();
+    let gates_t = Tensor::zeros(ctx, "gate pre-activations", &[rows, 2 * nh], DType::F32).unwrap();
+    let h_t = Tensor::zeros(ctx, "h", &[rows, di], DType::F32).unwrap();
+    let y_t = Tensor::zeros(ctx, "y", &[rows, di], DType::F32).unwrap();
+    let slot_ids: Vec<u32> = (0..seqs as u32).collect();
+    let slots = Tensor::from_u32(ctx, "slots", &[seqs], &slot_ids).unwrap();
+    let want_y = f.f32_any("out.y").unwrap().0;
+    let want_step = f.f32_any("out.y_step").unwrap().0;
+    for kernel in CellKernel::ALL {
+        let state = CellState::new(ctx, seqs, nh, dh).unwrap();
+        let mut g = Graph::new();
+        let (qv, gv) = (View::of(&qkv_t), View::of(&gates_t));
+        matmul(ctx, &mut g, &gw_t, Some(&gb_t), qv, gv, 0.0).unwrap();
+        let inputs = CellInputs { qkv: qv, gates: gv };
+        let h = View::of(&h_t);
+        mlstm_cell::record(
+            ctx, &mut g, kernel, &inputs, h, &state, &slots, seqs, tokens,
+        )
+        .unwrap();
+        let norm = Norm::xlstm_heads(&norm_t, nh);
+        layer_norm(ctx, &mut g, &norm, h, View::of(&y_t), 0.0).unwrap();
+        ctx.run(&[&g]).unwrap();
+        let y = y_t.to_f32().unwrap();
+        let what = |s: &str| format!("mlstm_cell {kernel:?}: {s}");
+        assert_close_rel_max(&y, &want_step, 1e-4, &what("y_step"));
+        assert_close_rel_max(&y, &want_y, 1e-4, &what("y (parallel form)"));
+        for (key, got) in [
+            ("out.C", state.c.to_f32().unwrap()),
+            ("out.n", state.n.to_f32().unwrap()),
+            ("out.m", state.m.to_f32().unwrap()),
+        ] {
+            assert_close_rel_max(&got, &f.f32_any(key).unwrap().0, 1e-4, &what(key));
+        }
+    }
+}
+
+#[test]
+fn state_tensors_are_per_slot_and_reset_clears_one_slot() {
+    let ctx = gpu();
+    let f = fixture("mlstm_block");
+    let cfg = config(&f);
+    let block = MlstmBlock::load(ctx, &f.scope("param."), &cfg, DType::F32).unwrap();
+    let (x, _) = f.f32_any("in.x").unwrap();
+    let d = cfg.embedding_dim;
+    // Two sequences of 8 tokens (slots 2 and 1 of 3).
+    let x: Vec<f32> = (0..2)
+        .flat_map(|b| x[b * 64 * d..(b * 64 + 8) * d].to_vec())
+        .collect();
+    let (_, state, slots) = prefill_then_decode(&block, &x, 2, 8);
+    let tensors = state.tensors();
+    assert_eq!(tensors.len(), 4);
+    assert!(tensors.iter().all(|t| t.shape()[0] == 3));
+    state.reset(ctx, slots[0] as usize).unwrap();
+    for t in tensors {
+        let per = t.numel() / 3;
+        let all = t.to_f32().unwrap();
+        let slot = |s: u32| &all[s as usize * per..(s as usize + 1) * per];
+        assert!(slot(slots[0]).iter().all(|&v| v == 0.0), "{}", t.label());
+        assert!(slot(slots[1]).iter().any(|&v| v != 0.0), "{}", t.label());
+    }
 }

@@ -3,12 +3,15 @@
 //! recurrence between chunks, starting from each sequence's state and writing the final state
 //! back, so that a prefill followed by decode steps equals the token-by-token recurrence.
 //!
-//! Records two dispatches per segment of tokens (see [`super::LOOP_BUDGET`]): the chunk
-//! kernel (one workgroup per 64-column block of C, head and sequence; the q and k of a chunk
-//! stream through workgroup memory in tiles, so only n bounds the head dim: DH <= 512), then
-//! a commit of the final n and m.
+//! Two kernels, recorded once per segment of tokens (see [`super::LOOP_BUDGET`]); in both
+//! the q and k of a chunk stream through workgroup memory in tiles, so only n (held in
+//! workgroup memory) bounds the head dim: DH <= 512.
+//! - `shaders/mlstm_chunk.wgsl`: one workgroup per 64-column block of C, head and sequence,
+//!   one column per invocation, then a commit dispatch of the final n and m;
+//! - `shaders/mlstm_chunk_wide.wgsl`: one workgroup per head and sequence, eight columns
+//!   per invocation.
 
-use super::{params, segments, CellInputs, MlstmState};
+use super::{params, segments, CellInputs, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -22,14 +25,15 @@ pub const CHUNK: usize = 32;
 const BLOCK: usize = 64;
 
 /// Records the chunkwise cell over `seqs` sequences of `tokens` tokens (shapes: see
-/// [`super`]).
+/// [`super`]), with the wide kernel when `wide`.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: &Context,
     graph: &mut Graph,
+    wide: bool,
     inputs: &CellInputs<'_>,
     h: View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,
@@ -38,15 +42,23 @@ pub fn record(
     if seqs == 0 || tokens == 0 {
         return Ok(());
     }
-    let chunk = ctx.pipeline("mlstm_chunk", "chunk", &[])?;
-    let commit = ctx.pipeline("mlstm_chunk", "commit", &[])?;
     let dh = state.head_dim();
     let blocks = dh.div_ceil(BLOCK);
-    // Loop iterations per chunk and per dispatch (see the shader).
-    let per_chunk = 544 + 405 * dh.div_ceil(32) + 34 * blocks;
-    for range in segments(tokens, CHUNK, per_chunk, 12 + blocks) {
+    let tiles = dh.div_ceil(32);
+    // Loop iterations per chunk and per dispatch (see the shaders).
+    let (shader, per_chunk, fixed) = if wide {
+        (
+            "mlstm_chunk_wide",
+            1008 + 380 * tiles + 34 * blocks,
+            11 + blocks,
+        )
+    } else {
+        ("mlstm_chunk", 544 + 405 * tiles + 34 * blocks, 12 + blocks)
+    };
+    let chunk = ctx.pipeline(shader, "chunk", &[])?;
+    for range in segments(tokens, CHUNK, per_chunk, fixed) {
         let uniform = ctx.uniform("mlstm chunk params", &params.segment(range))?;
-        let resources = [
+        let mut resources = vec![
             uniform.as_entire_binding(),
             inputs.qkv.binding()?,
             inputs.gates.binding()?,
@@ -55,20 +67,18 @@ pub fn record(
             state.c.binding()?,
             state.n.binding()?,
             state.m.binding()?,
-            state.pending.binding()?,
         ];
-        graph.dispatch(
-            ctx,
-            &chunk,
-            &resources,
-            Workgroups::grid(blocks, state.heads(), seqs)?,
-        )?;
-        graph.dispatch(
-            ctx,
-            &commit,
-            &resources,
-            Workgroups::grid(state.heads(), seqs, 1)?,
-        )?;
+        if wide {
+            let grid = Workgroups::grid(state.heads(), seqs, 1)?;
+            graph.dispatch(ctx, &chunk, &resources, grid)?;
+        } else {
+            resources.push(state.pending.binding()?);
+            let grid = Workgroups::grid(blocks, state.heads(), seqs)?;
+            graph.dispatch(ctx, &chunk, &resources, grid)?;
+            let commit = ctx.pipeline(shader, "commit", &[])?;
+            let grid = Workgroups::grid(state.heads(), seqs, 1)?;
+            graph.dispatch(ctx, &commit, &resources, grid)?;
+        }
     }
     Ok(())
 }

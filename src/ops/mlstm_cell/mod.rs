@@ -8,7 +8,7 @@
 //! - inputs: `qkv` a (rows, 3 Di) view `[q | k | v]`, head h at columns `h * DH ..` of each
 //!   part; `gates` a (rows, 2 NH) view `[i | f]` of gate pre-activations;
 //! - output: `h` a (rows, Di) view, h~ of each head (before the out-norm);
-//! - state ([`MlstmState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
+//! - state ([`CellState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
 //!   stabilised by m (the true C is `C * exp(m)`), indexed by a u32 slot tensor (B). The zero
 //!   state (C = 0, n = 0, m = 0) is the fresh state, as in the package's `step()`.
 //!
@@ -36,26 +36,55 @@ pub const EPS: f32 = 1e-6;
 /// Which kernel computes the cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellKernel {
-    /// Token by token (one workgroup per sequence and head).
+    /// Token by token, one column of C per invocation (`mlstm_step.wgsl`).
     Recurrent,
-    /// Chunks of [`chunkwise::CHUNK`] tokens.
+    /// Token by token, eight columns of C per invocation (`mlstm_step_wide.wgsl`).
+    RecurrentWide,
+    /// Chunks of [`chunkwise::CHUNK`] tokens, one column of C per invocation, 64-column blocks
+    /// spread over workgroups (`mlstm_chunk.wgsl`).
     Chunkwise,
+    /// Chunks of [`chunkwise::CHUNK`] tokens, eight columns of C per invocation, one
+    /// workgroup per head (`mlstm_chunk_wide.wgsl`).
+    ChunkwiseWide,
 }
 
 impl CellKernel {
-    /// The kernel for `tokens` tokens per sequence: recurrent for decode, chunkwise otherwise.
-    pub fn choose(tokens: usize) -> Self {
-        if tokens <= 1 {
-            CellKernel::Recurrent
-        } else {
-            CellKernel::Chunkwise
+    /// Every kernel (for tests and benchmarks).
+    pub const ALL: [CellKernel; 4] = [
+        CellKernel::Recurrent,
+        CellKernel::RecurrentWide,
+        CellKernel::Chunkwise,
+        CellKernel::ChunkwiseWide,
+    ];
+
+    /// The kernel for `tokens` tokens per sequence and heads of dim `head_dim`: recurrent for
+    /// decode (eight columns per invocation from DH = 128 on), chunkwise otherwise (eight
+    /// columns per invocation on CPU adapters, where loads are the cost; one column per
+    /// invocation and several workgroups per head on GPUs, for parallelism). Measured on
+    /// lavapipe, see the shaders.
+    pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
+        match (tokens <= 1, head_dim >= 128, ctx.is_cpu()) {
+            (true, false, _) => CellKernel::Recurrent,
+            (true, true, _) => CellKernel::RecurrentWide,
+            (false, _, true) => CellKernel::ChunkwiseWide,
+            (false, _, false) => CellKernel::Chunkwise,
         }
+    }
+
+    /// Whether this is one of the chunkwise kernels.
+    pub fn is_chunkwise(self) -> bool {
+        matches!(self, CellKernel::Chunkwise | CellKernel::ChunkwiseWide)
+    }
+
+    fn is_wide(self) -> bool {
+        matches!(self, CellKernel::RecurrentWide | CellKernel::ChunkwiseWide)
     }
 }
 
 /// Recurrent state of the mLSTM cells of one block, one slot per sequence.
-pub struct MlstmState {
-    /// C (slots, NH, DH, DH).
+pub struct CellState {
+    /// C (slots, NH, DH, DH), rows padded to a multiple of 8 elements
+    /// ([`Tensor::zeros_aligned`]).
     pub c: Tensor,
     /// n (slots, NH, DH).
     pub n: Tensor,
@@ -65,7 +94,7 @@ pub struct MlstmState {
     pending: Tensor,
 }
 
-impl MlstmState {
+impl CellState {
     /// Zero (fresh) state for `slots` sequences of `heads` heads of dim `head_dim`.
     pub fn new(ctx: &Context, slots: usize, heads: usize, head_dim: usize) -> Result<Self> {
         if slots == 0 || heads == 0 || !(1..=MAX_HEAD_DIM).contains(&head_dim) {
@@ -74,8 +103,8 @@ impl MlstmState {
                  slot and head and a head dim of 1..={MAX_HEAD_DIM}"
             )));
         }
-        let state = MlstmState {
-            c: Tensor::zeros(
+        let state = CellState {
+            c: Tensor::zeros_aligned(
                 ctx,
                 "mlstm C",
                 &[slots, heads, head_dim, head_dim],
@@ -122,7 +151,7 @@ impl MlstmState {
             ));
         }
         for t in [&self.c, &self.n, &self.m] {
-            let per_slot = (t.numel() / self.slots() * 4) as u64;
+            let per_slot = (t.rows() / self.slots() * t.stride() * 4) as u64;
             let zeros = vec![0u8; per_slot as usize];
             ctx.queue()
                 .write_buffer(t.buffer()?, slot as u64 * per_slot, &zeros);
@@ -166,7 +195,7 @@ pub(crate) struct Params {
     gate_stride: u32,
     h_offset: u32,
     h_stride: u32,
-    _pad: u32,
+    c_stride: u32,
 }
 
 impl Params {
@@ -181,10 +210,12 @@ impl Params {
 }
 
 /// How many loop iterations one shader invocation may run. llvmpipe (lavapipe) ends every
-/// loop of an invocation once all its loops together have iterated 65535 times, so kernels
-/// that loop over tokens are dispatched once per segment of tokens that stays below this
-/// (which also keeps single dispatches short on GPUs).
-pub const LOOP_BUDGET: usize = 60_000;
+/// loop of an invocation once all its loops together have iterated 65535 times
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`), silently: kernels that loop over tokens are therefore
+/// dispatched once per segment of tokens whose counted iterations (documented in each
+/// shader) stay below this budget, half the limit for margin. Short dispatches also keep
+/// GPU drivers' watchdogs away.
+pub const LOOP_BUDGET: usize = 32_000;
 
 /// Splits `tokens` into segments of whole `unit`s (the last may be partial) such that
 /// `fixed + units * unit_cost` loop iterations stay within [`LOOP_BUDGET`].
@@ -205,7 +236,7 @@ pub(crate) fn segments(
 pub(crate) fn params(
     inputs: &CellInputs<'_>,
     h: &View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,
@@ -265,7 +296,7 @@ pub(crate) fn params(
         gate_stride: u32_param("gate stride", inputs.gates.stride)?,
         h_offset: u32_param("output offset", h.offset)?,
         h_stride: u32_param("output stride", h.stride)?,
-        _pad: 0,
+        c_stride: u32_param("state C stride", state.c.stride())?,
     })
 }
 
@@ -278,16 +309,16 @@ pub fn record(
     kernel: CellKernel,
     inputs: &CellInputs<'_>,
     h: View<'_>,
-    state: &MlstmState,
+    state: &CellState,
     slots: &Tensor,
     seqs: usize,
     tokens: usize,
 ) -> Result<()> {
-    match kernel {
-        CellKernel::Recurrent => step::record(ctx, graph, inputs, h, state, slots, seqs, tokens),
-        CellKernel::Chunkwise => {
-            chunkwise::record(ctx, graph, inputs, h, state, slots, seqs, tokens)
-        }
+    let wide = kernel.is_wide();
+    if kernel.is_chunkwise() {
+        chunkwise::record(ctx, graph, wide, inputs, h, state, slots, seqs, tokens)
+    } else {
+        step::record(ctx, graph, wide, inputs, h, state, slots, seqs, tokens)
     }
 }
 

@@ -80,7 +80,7 @@ fn warm_states(rng: &mut Rng, seqs: usize, heads: usize, head_dim: usize) -> Vec
 /// The GPU side: a state with a spare slot, sequences in reverse slot order, and the inputs
 /// inside wider buffers (offsets and strides that are not the dense ones).
 struct Gpu {
-    state: MlstmState,
+    state: CellState,
     slots: Vec<u32>,
     slot_tensor: Tensor,
 }
@@ -88,7 +88,7 @@ struct Gpu {
 impl Gpu {
     fn new(seqs: usize, heads: usize, head_dim: usize, init: &[HeadState]) -> Self {
         let ctx = gpu();
-        let state = MlstmState::new(ctx, seqs + 1, heads, head_dim).unwrap();
+        let state = CellState::new(ctx, seqs + 1, heads, head_dim).unwrap();
         let slots: Vec<u32> = (0..seqs as u32).map(|b| seqs as u32 - b).collect();
         let g = Gpu {
             slot_tensor: Tensor::from_u32(ctx, "slots", &[seqs], &slots).unwrap(),
@@ -221,7 +221,7 @@ fn check(kernel: CellKernel, case: &Case, init: &[HeadState], tol: f32, what: &s
 }
 
 #[test]
-fn both_kernels_match_the_reference_on_random_shapes() {
+fn all_kernels_match_the_reference_on_random_shapes() {
     let mut rng = Rng::new(5);
     // (B, NH, DH, N): head dims that are not multiples of 4, several 64-column blocks, a
     // partial last chunk, one token.
@@ -234,20 +234,41 @@ fn both_kernels_match_the_reference_on_random_shapes() {
     ] {
         let case = Case::random(&mut rng, seqs, heads, head_dim, tokens, 2.0);
         let init = warm_states(&mut rng, seqs, heads, head_dim);
-        for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+        for kernel in CellKernel::ALL {
             check(kernel, &case, &init, 1e-4, "random");
         }
     }
 }
 
 #[test]
-fn chunkwise_matches_at_paper_scale() {
-    // D = 1024 with 4 heads: Di = 2048, DH = 512 (two heads here to keep the reference fast);
-    // 290 tokens take two dispatches.
+fn all_kernels_match_at_paper_scale() {
+    // D = 1024 with 4 heads: Di = 2048, DH = 512 (one head here to keep the reference fast).
+    // The chunkwise kernels see 400 tokens, the recurrent ones the first 64: several
+    // dispatches each (see LOOP_BUDGET).
     let mut rng = Rng::new(6);
-    let case = Case::random(&mut rng, 1, 2, 512, 290, 2.0);
-    let init = warm_states(&mut rng, 1, 2, 512);
-    check(CellKernel::Chunkwise, &case, &init, 1e-4, "paper scale");
+    let case = Case::random(&mut rng, 1, 1, 512, 400, 2.0);
+    let init = warm_states(&mut rng, 1, 1, 512);
+    let mut states = init.clone();
+    let short = case.slice(0, 64);
+    let mut want_short = short.reference(&mut states);
+    let short_state = flatten(&states);
+    want_short.extend(case.slice(64, 400).reference(&mut states));
+    let (want_long, long_state) = (want_short, flatten(&states));
+    for kernel in CellKernel::ALL {
+        let (case, want, (wc, wn, wm)) = if kernel.is_chunkwise() {
+            (&case, &want_long[..], &long_state)
+        } else {
+            (&short, &want_long[..64 * 512], &short_state)
+        };
+        let gpu_side = Gpu::new(1, 1, 512, &init);
+        let got = gpu_side.run(kernel, case);
+        let what = format!("paper scale {kernel:?}");
+        assert_close_rel_max(&got, want, 1e-4, &format!("{what}: h"));
+        let (c, n, m) = gpu_side.read();
+        assert_close_rel_max(&c, wc, 1e-4, &format!("{what}: C"));
+        assert_close_rel_max(&n, wn, 1e-4, &format!("{what}: n"));
+        assert_close(&m, wm, 1e-4, 1e-5, &format!("{what}: m"));
+    }
 }
 
 #[test]
@@ -256,28 +277,31 @@ fn prefill_then_decode_equals_the_recurrence() {
     let (seqs, heads, head_dim) = (3, 2, 20);
     let case = Case::random(&mut rng, seqs, heads, head_dim, 45, 3.0);
     let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
-    let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
-    let di = heads * head_dim;
-    let mut got = vec![Vec::new(); seqs];
-    let mut collect = |h: Vec<f32>, n: usize| {
-        for (b, g) in got.iter_mut().enumerate() {
-            g.extend_from_slice(&h[b * n * di..(b + 1) * n * di]);
-        }
-    };
-    collect(gpu_side.run(CellKernel::Chunkwise, &case.slice(0, 37)), 37);
-    for t in 37..45 {
-        collect(
-            gpu_side.run(CellKernel::Recurrent, &case.slice(t, t + 1)),
-            1,
-        );
-    }
     let mut states = zeros.clone();
     let want = case.reference(&mut states);
-    assert_close_rel_max(&got.concat(), &want, 1e-4, "prefill + decode: h");
-    let (c, _, m) = gpu_side.read();
     let (wc, _, wm) = flatten(&states);
-    assert_close_rel_max(&c, &wc, 1e-4, "prefill + decode: C");
-    assert_close(&m, &wm, 1e-4, 1e-5, "prefill + decode: m");
+    let di = heads * head_dim;
+    for (prefill, decode) in [
+        (CellKernel::Chunkwise, CellKernel::Recurrent),
+        (CellKernel::ChunkwiseWide, CellKernel::RecurrentWide),
+    ] {
+        let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
+        let mut got = vec![Vec::new(); seqs];
+        let mut collect = |h: Vec<f32>, n: usize| {
+            for (b, g) in got.iter_mut().enumerate() {
+                g.extend_from_slice(&h[b * n * di..(b + 1) * n * di]);
+            }
+        };
+        collect(gpu_side.run(prefill, &case.slice(0, 37)), 37);
+        for t in 37..45 {
+            collect(gpu_side.run(decode, &case.slice(t, t + 1)), 1);
+        }
+        let what = format!("{prefill:?} + {decode:?}");
+        assert_close_rel_max(&got.concat(), &want, 1e-4, &format!("{what}: h"));
+        let (c, _, m) = gpu_side.read();
+        assert_close_rel_max(&c, &wc, 1e-4, &format!("{what}: C"));
+        assert_close(&m, &wm, 1e-4, 1e-5, &format!("{what}: m"));
+    }
 }
 
 /// The f64 reference for one sequence, with the condition number of every (token, head)
@@ -338,7 +362,7 @@ fn long_sequences_with_extreme_gates_stay_finite() {
     let zeros = vec![HeadState::zeros(head_dim); heads];
     let mut states = zeros.clone();
     case.reference(&mut states);
-    for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+    for kernel in CellKernel::ALL {
         let gpu_side = Gpu::new(1, heads, head_dim, &zeros);
         let got = gpu_side.run(kernel, &case);
         assert!(
@@ -389,7 +413,7 @@ fn heads_to_rows(v: &[f32], shape: &[usize]) -> Vec<f32> {
 }
 
 #[test]
-fn both_kernels_match_the_package_fixtures() {
+fn all_kernels_match_the_package_fixtures() {
     for name in ["mlstm_cell_kernel", "mlstm_cell_kernel_large"] {
         let f = fixture(&format!("{name}.safetensors"));
         let shape = f.shape("in.q").unwrap().to_vec();
@@ -428,7 +452,7 @@ fn both_kernels_match_the_package_fixtures() {
         };
         let want = heads_to_rows(&f.f32_any("out.h_recurrent").unwrap().0, &shape);
         let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
-        for kernel in [CellKernel::Recurrent, CellKernel::Chunkwise] {
+        for kernel in CellKernel::ALL {
             let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
             let got = gpu_side.run(kernel, &case);
             let what = format!("{name} {kernel:?}");
@@ -468,9 +492,9 @@ fn reset_clears_one_slot() {
 #[test]
 fn bad_shapes_are_typed_errors() {
     let ctx = gpu();
-    let err = MlstmState::new(ctx, 1, 1, 513).err().unwrap().to_string();
+    let err = CellState::new(ctx, 1, 1, 513).err().unwrap().to_string();
     assert!(err.contains("1..=512"), "{err}");
-    let state = MlstmState::new(ctx, 2, 2, 4).unwrap();
+    let state = CellState::new(ctx, 2, 2, 4).unwrap();
     let qkv = Tensor::zeros(ctx, "qkv", &[3, 24], DType::F32).unwrap();
     let gates = Tensor::zeros(ctx, "gates", &[3, 4], DType::F32).unwrap();
     let h = Tensor::zeros(ctx, "h", &[3, 8], DType::F32).unwrap();
@@ -528,4 +552,14 @@ fn bad_shapes_are_typed_errors() {
     .to_string();
     assert!(err.contains("output") && err.contains("3 x 8"), "{err}");
     assert!(g.is_empty());
+}
+
+#[test]
+fn segments_stay_within_the_loop_budget() {
+    // Three chunks of 32 fit 32,000 iterations at 10,000 per chunk.
+    assert_eq!(segments(100, 32, 10_000, 0), vec![0..96, 96..100]);
+    assert_eq!(segments(96, 32, 10_000, 0), vec![0..96]);
+    // A unit over the budget still makes progress, one unit at a time.
+    assert_eq!(segments(3, 1, 50_000, 0), vec![0..1, 1..2, 2..3]);
+    assert!(segments(0, 1, 10, 0).is_empty());
 }
