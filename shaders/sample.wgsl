@@ -5,7 +5,9 @@
 //   temperature <= 0 or top_k == 1: greedy (argmax, ties to the lower id);
 //   otherwise softmax(logits / temperature) restricted to the top_k largest (0 = all) and to
 //   the smallest set of largest probabilities whose mass reaches top_p (1 = all), then one
-//   draw u = hash(seed, step, b) in [0, 1) over the kept mass, scanning ids in order.
+//   draw u = hash(seed, step) in [0, 1) over the kept mass, scanning ids in order. The draw
+//   does not depend on the sequence's place in the batch, so a sequence gives the same text
+//   alone or batched.
 // Thresholds are found by bisection on values (no sort); a value tie at the top-k
 // threshold keeps every tied token.
 // out: u32 (B) sampled ids, written at out_offset + b.
@@ -222,7 +224,7 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
     let incl = red_f[lid];
     let all = red_f[THREADS - 1u];
-    let r = hash(hash(s.seed ^ hash(s.step)) ^ (b * 2654435761u));
+    let r = hash(s.seed ^ hash(s.step));
     let u = f32(r >> 8u) * (1.0 / 16777216.0) * all;
     let excl = incl - kept;
     // The segment holding u picks; the last non-empty segment catches rounding at the top.

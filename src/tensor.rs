@@ -418,22 +418,62 @@ impl Tensor {
                 format!("{} elements", data.len()),
             ));
         }
+        self.write_rows(0, data)
+    }
+
+    /// Overwrites whole rows `first_row ..` with dense host data (a multiple of `cols()`
+    /// elements), keeping the row padding.
+    pub fn write_rows(&self, first_row: usize, data: HostData<'_>) -> Result<()> {
         let cols = self.cols();
+        let n = data.len() / cols.max(1);
+        if data.len() != n * cols || first_row + n > self.rows() {
+            return Err(Error::mismatch(
+                format!("rows written to tensor '{}' {:?}", self.label, self.shape),
+                format!("whole rows of {cols} within {} rows", self.rows()),
+                format!("{} elements from row {first_row}", data.len()),
+            ));
+        }
+        let rows = first_row..first_row + n;
         for c in &self.chunks {
-            let mut staging = vec![0u8; c.rows * self.stride * self.dtype.size()];
+            let lo = rows.start.max(c.first_row);
+            let hi = rows.end.min(c.first_row + c.rows);
+            if lo >= hi {
+                continue;
+            }
+            let mut staging = vec![0u8; (hi - lo) * self.stride * self.dtype.size()];
+            let part = match data {
+                HostData::F32(d) => {
+                    HostData::F32(&d[(lo - first_row) * cols..(hi - first_row) * cols])
+                }
+                HostData::F16(d) => {
+                    HostData::F16(&d[(lo - first_row) * cols..(hi - first_row) * cols])
+                }
+                HostData::U32(d) => {
+                    HostData::U32(&d[(lo - first_row) * cols..(hi - first_row) * cols])
+                }
+                HostData::I32(d) => {
+                    HostData::I32(&d[(lo - first_row) * cols..(hi - first_row) * cols])
+                }
+            };
             write_rows(
                 &mut staging,
-                &data,
-                c.row_range(),
+                &part,
+                0..hi - lo,
                 cols,
                 self.stride,
                 self.dtype,
             );
             let padded = staging.len().div_ceil(4) * 4;
             staging.resize(padded, 0);
-            self.ctx.queue().write_buffer(&c.buffer, 0, &staging);
+            let offset = ((lo - c.first_row) * self.row_bytes()) as u64;
+            self.ctx.queue().write_buffer(&c.buffer, offset, &staging);
         }
         Ok(())
+    }
+
+    /// Bytes between consecutive rows on the GPU.
+    pub fn row_bytes(&self) -> usize {
+        self.stride * self.dtype.size()
     }
 
     /// Reads rows `rows` back as raw element bytes, dense (padding dropped).

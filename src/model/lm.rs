@@ -13,7 +13,7 @@ use super::config::{Architecture, ModelConfig};
 use super::dir::{ModelDir, ParameterCounts};
 use super::manifest::{expert_kind, Kind};
 use super::mlp_expert::MlpExpert;
-use super::mlstm::{MlstmBlock, MlstmBlockState};
+use super::mlstm::{MlstmBlock, MlstmState};
 use super::moe::MoeLayer;
 use super::runner::Runner;
 use super::slstm::{SlstmBlock, SlstmState};
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::layer_norm::{layer_norm, Norm};
 use crate::ops::View;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, HostData, Tensor};
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub(crate) enum Block {
 /// The state of one block for every sequence slot.
 pub(crate) enum BlockState {
     S(Box<SlstmState>),
-    M(Box<MlstmBlockState>),
+    M(Box<MlstmState>),
 }
 
 impl BlockState {
@@ -74,7 +74,7 @@ impl BlockState {
     pub(crate) fn tensors(&self) -> Vec<&Tensor> {
         match self {
             BlockState::S(s) => std::iter::once(&s.cell).chain(s.conv.as_ref()).collect(),
-            BlockState::M(m) => vec![&m.conv, &m.cell.c, &m.cell.n, &m.cell.m],
+            BlockState::M(m) => m.tensors(),
         }
     }
 }
@@ -338,11 +338,10 @@ impl Model {
 
     /// Bytes of recurrent state one sequence holds (constant, whatever its length).
     pub fn state_bytes_per_sequence(&self) -> u64 {
-        let slots = self.options.max_sequences as u64;
         self.states
             .iter()
             .flat_map(|s| s.tensors())
-            .map(|t| t.bytes() / slots)
+            .map(|t| self.slot_range(t, 0).1)
             .sum()
     }
 
@@ -372,10 +371,17 @@ impl Model {
             .push(slot);
     }
 
-    /// The byte range of `slot` in a state tensor.
+    /// The rows of `slot` in a state tensor (whose first dimension is the slot).
+    fn slot_rows(&self, t: &Tensor, slot: usize) -> std::ops::Range<usize> {
+        let per = t.rows() / self.options.max_sequences;
+        slot * per..(slot + 1) * per
+    }
+
+    /// The byte range (offset, size) of `slot` in a state tensor.
     fn slot_range(&self, t: &Tensor, slot: usize) -> (u64, u64) {
-        let per = t.bytes() / self.options.max_sequences as u64;
-        (per * slot as u64, per)
+        let rows = self.slot_rows(t, slot);
+        let row = t.row_bytes() as u64;
+        (rows.start as u64 * row, rows.len() as u64 * row)
     }
 
     /// Zeroes the state of `slot`.
@@ -413,12 +419,10 @@ impl Model {
 
     /// The state of `slot` as named f32 arrays (for saving a session).
     pub(crate) fn read_slot(&self, slot: usize) -> Result<Vec<StateArray>> {
-        let slots = self.options.max_sequences;
         let mut out = Vec::new();
         for (i, state) in self.states.iter().enumerate() {
             for (j, t) in state.tensors().into_iter().enumerate() {
-                let rows_per_slot = t.rows() / slots;
-                let values = t.rows_to_f32(slot * rows_per_slot..(slot + 1) * rows_per_slot)?;
+                let values = t.rows_to_f32(self.slot_rows(t, slot))?;
                 out.push(StateArray {
                     name: format!("block{i}.state{j}"),
                     shape: t.shape()[1..].to_vec(),
@@ -451,10 +455,14 @@ impl Model {
                         format!("{shape:?} (saved from another model?)"),
                     ));
                 }
-                let (offset, _) = self.slot_range(t, slot);
-                self.ctx
-                    .queue()
-                    .write_buffer(t.buffer()?, offset, bytemuck::cast_slice(values));
+                if values.len() != want.iter().product::<usize>() {
+                    return Err(Error::mismatch(
+                        format!("session state '{name}' values"),
+                        want.iter().product::<usize>(),
+                        values.len(),
+                    ));
+                }
+                t.write_rows(self.slot_rows(t, slot).start, HostData::F32(values))?;
             }
         }
         Ok(())
