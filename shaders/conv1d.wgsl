@@ -7,8 +7,12 @@
 // x: element (row, c) at x_offset + row * x_stride + c, row = b * N + n; y likewise.
 // w: (C, K) f32; bias: (C) f32.
 // slots: u32 (B), the state slot of each sequence; state: (slots, K-1, C) f32.
-// One invocation per (channel, sequence), looping over the tokens. Grid:
-// (ceil(C / 64), B split over y and z: b = wid.y + wid.z * 65535). K <= 16.
+// One invocation per (channel, sequence), looping over tokens first .. first + tokens of
+// the sequence's `total` tokens (the host splits long inputs into such segments to stay under
+// llvmpipe's loop limit, ops::LOOP_BUDGET; counted: 2 K per token + 2 K). A segment after
+// the first takes its history from the inputs before it; the state is read by the first
+// segment and written by the last. Grid: (ceil(C / 64), B split over y and z:
+// b = wid.y + wid.z * 65535). K <= 16.
 //
 // ACT: 0 identity, 1 silu.
 
@@ -23,6 +27,8 @@ struct Params {
     y_offset: u32,
     has_state: u32,
     has_bias: u32,
+    total: u32,
+    first: u32,
 }
 
 override ACT: u32 = 0u;
@@ -60,8 +66,15 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var base = 0u;
     if p.has_state != 0u {
         base = slots[b] * k1 * p.channels + c;
-        for (var j = 0u; j < k1; j++) {
-            hist[j] = state[base + j * p.channels];
+    }
+    // hist[j] holds the input at token first - k1 + j (pos = first + j = that token + k1):
+    // from x inside the sequence, else from the state's entry pos (or zero).
+    for (var j = 0u; j < k1; j++) {
+        let pos = p.first + j;
+        if pos >= k1 {
+            hist[j] = x[p.x_offset + (b * p.total + pos - k1) * p.x_stride + c];
+        } else if p.has_state != 0u {
+            hist[j] = state[base + pos * p.channels];
         }
     }
     var b0 = 0.0;
@@ -70,7 +83,7 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     }
     let wb = c * p.kernel;
     for (var n = 0u; n < p.tokens; n++) {
-        let row = b * p.tokens + n;
+        let row = b * p.total + p.first + n;
         let xv = x[p.x_offset + row * p.x_stride + c];
         var acc = b0 + w[wb + k1] * xv;
         for (var j = 0u; j < k1; j++) {
@@ -84,7 +97,7 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         }
         y[p.y_offset + row * p.y_stride + c] = activate(acc);
     }
-    if p.has_state != 0u {
+    if p.has_state != 0u && p.first + p.tokens == p.total {
         for (var j = 0u; j < k1; j++) {
             state[base + j * p.channels] = hist[j];
         }

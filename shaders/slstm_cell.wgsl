@@ -26,6 +26,11 @@
 //      read before the first token and written after the last.
 // y: h' of element (row, h*DH + j) at y_offset + row * y_stride + h*DH + j (f32).
 // Grid: (NH, B split over y and z: b = wid.y + wid.z * 65535).
+// One dispatch covers tokens first .. first + tokens of every sequence of `total` tokens
+// (row = b * total + first + t); the host splits long inputs into such segments so that an
+// invocation's loop iterations stay under llvmpipe's limit (ops::LOOP_BUDGET). Counted per
+// token: UNITS * (ceil(DH / 8) * 5 + 2) in the rows layout, UNITS * (DH + 2) in the columns
+// layout, plus 2 * UNITS for h; before the tokens: RS_LEN / WG + 3 * UNITS.
 //
 // SHARED (columns only): the head's R is copied into workgroup memory (RS_LEN = 4*DH*DH
 // floats) once, before the token loop; otherwise it is read from global memory every token.
@@ -38,6 +43,8 @@ struct Params {
     pre_offset: u32,
     y_stride: u32,
     y_offset: u32,
+    total: u32,
+    first: u32,
 }
 
 // Head dim.
@@ -207,7 +214,7 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     workgroupBarrier();
 
     for (var t = 0u; t < p.tokens; t++) {
-        let row = b * p.tokens + t;
+        let row = b * p.total + p.first + t;
         let pbase = p.pre_offset + row * p.pre_stride + col0;
         for (var u = 0u; u < UNITS; u++) {
             let j = lid + u * WG;

@@ -10,7 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::elementwise::Activation;
-use super::{distinct, u32_param, View};
+use super::{distinct, segments, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, RowGrid};
@@ -39,7 +39,8 @@ struct Params {
     y_offset: u32,
     has_state: u32,
     has_bias: u32,
-    _pad: [u32; 2],
+    total: u32,
+    first: u32,
 }
 
 /// Records `y = act(conv(x))` for `seqs` sequences of `x.rows / seqs` tokens. `act` must be
@@ -125,10 +126,11 @@ pub fn conv1d(
             (&placeholder, weight)
         }
     };
-    let params = Params {
+    let total = x.rows / seqs;
+    let base = Params {
         channels: u32_param("conv channels", c)?,
         kernel: k as u32,
-        tokens: u32_param("conv tokens", x.rows / seqs)?,
+        tokens: 0,
         seqs: u32_param("conv sequences", seqs)?,
         x_stride: u32_param("stride", x.stride)?,
         x_offset: u32_param("offset", x.offset)?,
@@ -136,29 +138,39 @@ pub fn conv1d(
         y_offset: u32_param("offset", y.offset)?,
         has_state: state.is_some() as u32,
         has_bias: bias.is_some() as u32,
-        _pad: [0; 2],
+        total: u32_param("conv tokens", total)?,
+        first: 0,
     };
     let pipeline = ctx.pipeline("conv1d", "conv", &[("ACT", act_code)])?;
-    let uniform = ctx.uniform("conv params", &params)?;
-    let bias_binding = match bias {
-        Some(b) => b.binding()?,
-        None => weight.binding()?,
-    };
-    graph.dispatch_rows(
-        ctx,
-        &pipeline,
-        &[
-            uniform.as_entire_binding(),
-            x.binding()?,
-            weight.binding()?,
-            bias_binding,
-            slots_t.binding()?,
-            state_t.binding()?,
-            y.binding()?,
-        ],
-        RowGrid::YZ { x: c.div_ceil(64) },
-        seqs,
-    )
+    // Long inputs run as several dispatches over token segments (llvmpipe's loop limit).
+    for range in segments(total, 1, 2 * k, 2 * k) {
+        let params = Params {
+            tokens: range.len() as u32,
+            first: range.start as u32,
+            ..base
+        };
+        let uniform = ctx.uniform("conv params", &params)?;
+        let bias_binding = match bias {
+            Some(b) => b.binding()?,
+            None => weight.binding()?,
+        };
+        graph.dispatch_rows(
+            ctx,
+            &pipeline,
+            &[
+                uniform.as_entire_binding(),
+                x.binding()?,
+                weight.binding()?,
+                bias_binding,
+                slots_t.binding()?,
+                state_t.binding()?,
+                y.binding()?,
+            ],
+            RowGrid::YZ { x: c.div_ceil(64) },
+            seqs,
+        )?;
+    }
+    Ok(())
 }
 
 /// CPU reference. `x` (B * N, C), `weight` (C, K), `state` (B, K-1, C) or zeros. Returns y
@@ -402,6 +414,25 @@ mod tests {
             .flat_map(|s| want_state[(s * k + 1) * c..(s + 1) * k * c].to_vec())
             .collect();
         assert_close(&last, &want, 0.0, 0.0, "conv_step state");
+    }
+
+    #[test]
+    fn long_inputs_run_in_segments_with_the_right_history() {
+        // 9000 tokens x kernel 7: ~126k loop iterations for one invocation, beyond what
+        // llvmpipe runs; the segments take their history from the inputs before them.
+        let (c, k, seqs, n) = (3, 7, 2, 9000);
+        let mut rng = Rng::new(12);
+        let w = rng.normal_vec(c * k, 0.5);
+        let x = rng.normal_vec(seqs * n * c, 1.0);
+        let s = rng.normal_vec(seqs * (k - 1) * c, 1.0);
+        for state in [Some(&s[..]), None] {
+            let (y, last) = run(&w, k, None, &x, seqs, state, Activation::Silu);
+            let (wy, wlast) = reference(&w, k, None, &x, seqs, state, Activation::Silu);
+            assert_close(&y, &wy, 1e-5, 1e-5, "long conv");
+            if state.is_some() {
+                assert_close(&last, &wlast, 0.0, 0.0, "long conv state");
+            }
+        }
     }
 
     #[test]

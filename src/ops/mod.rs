@@ -135,6 +135,24 @@ pub(crate) fn distinct(what: &str, input: &Tensor, output: &Tensor) -> Result<()
     Ok(())
 }
 
+/// How many loop iterations one shader invocation may run. llvmpipe (lavapipe) ends every
+/// loop of an invocation once all its loops together have iterated 65535 times
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`), silently: kernels that loop over tokens are therefore
+/// dispatched once per segment of tokens whose counted iterations (documented in each
+/// shader) stay below this budget, half the limit for margin. Short dispatches also keep
+/// GPU drivers' watchdogs away.
+pub const LOOP_BUDGET: usize = 32_000;
+
+/// Splits `tokens` into segments of whole `unit`s (the last may be partial) such that
+/// `fixed + units * unit_cost` loop iterations stay within [`LOOP_BUDGET`].
+pub fn segments(tokens: usize, unit: usize, unit_cost: usize, fixed: usize) -> Vec<Range<usize>> {
+    let units = (LOOP_BUDGET.saturating_sub(fixed) / unit_cost.max(1)).max(1);
+    let len = units * unit;
+    (0..tokens.div_ceil(len))
+        .map(|s| s * len..((s + 1) * len).min(tokens))
+        .collect()
+}
+
 /// Converts a size to u32 for a kernel parameter, failing clearly past 2^32.
 pub(crate) fn u32_param(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Limit {

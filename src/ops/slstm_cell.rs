@@ -16,7 +16,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{distinct, u32_param, View};
+use super::{distinct, segments, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, RowGrid};
@@ -280,7 +280,9 @@ struct Params {
     pre_offset: u32,
     y_stride: u32,
     y_offset: u32,
-    _pad: u32,
+    total: u32,
+    first: u32,
+    _pad: [u32; 3],
 }
 
 /// Records the cell over `seqs` sequences of `pre.rows / seqs` tokens, starting from and
@@ -337,20 +339,30 @@ pub fn slstm_cell(
     let shared = w.uses_workgroup_memory(ctx);
     let rows = w.kernel == CellKernel::Rows;
     let stride = w.r.stride();
-    let params = Params {
-        tokens: u32_param("sLSTM tokens", pre.rows / seqs)?,
+    let units = dh.div_ceil(workgroup);
+    let per_token = if rows {
+        units * (dh.div_ceil(8) * 5 + 4)
+    } else {
+        units * (dh + 4)
+    };
+    let fixed = if shared { 4 * dh * dh / workgroup } else { 0 } + 3 * units + 1;
+    let total = pre.rows / seqs;
+    let base = Params {
+        tokens: 0,
         seqs: u32_param("sLSTM sequences", seqs)?,
         dim: u32_param("sLSTM dim", d)?,
         pre_stride: u32_param("stride", pre.stride)?,
         pre_offset: u32_param("offset", pre.offset)?,
         y_stride: u32_param("stride", y.stride)?,
         y_offset: u32_param("offset", y.offset)?,
-        _pad: 0,
+        total: u32_param("sLSTM tokens", total)?,
+        first: 0,
+        _pad: [0; 3],
     };
     let constants = [
         ("DH", dh as f64),
         ("WG", workgroup as f64),
-        ("UNITS", dh.div_ceil(workgroup) as f64),
+        ("UNITS", units as f64),
         ("F16", f64::from(w.r.dtype() == DType::F16)),
         ("ROWS", f64::from(rows)),
         ("RSTRIDE", stride as f64),
@@ -360,22 +372,31 @@ pub fn slstm_cell(
         ("HS4_LEN", if rows { (stride / 4) as f64 } else { 1.0 }),
     ];
     let pipeline = ctx.pipeline("slstm_cell", "cell", &constants)?;
-    let uniform = ctx.uniform("sLSTM cell params", &params)?;
-    graph.dispatch_rows(
-        ctx,
-        &pipeline,
-        &[
-            uniform.as_entire_binding(),
-            pre.binding()?,
-            w.r.binding()?,
-            w.bias.binding()?,
-            state.slots.binding()?,
-            s.binding()?,
-            y.binding()?,
-        ],
-        RowGrid::YZ { x: w.heads },
-        seqs,
-    )
+    // Long inputs run as several dispatches over token segments; the state carries over.
+    for range in segments(total, 1, per_token, fixed) {
+        let params = Params {
+            tokens: range.len() as u32,
+            first: range.start as u32,
+            ..base
+        };
+        let uniform = ctx.uniform("sLSTM cell params", &params)?;
+        graph.dispatch_rows(
+            ctx,
+            &pipeline,
+            &[
+                uniform.as_entire_binding(),
+                pre.binding()?,
+                w.r.binding()?,
+                w.bias.binding()?,
+                state.slots.binding()?,
+                s.binding()?,
+                y.binding()?,
+            ],
+            RowGrid::YZ { x: w.heads },
+            seqs,
+        )?;
+    }
+    Ok(())
 }
 
 /// A recorded cell dispatch over random weights and inputs, for benchmarks: `seqs`
@@ -770,6 +791,15 @@ mod tests {
                 assert_eq!(vanilla, cuda, "{kernel:?} {dtype}");
             }
         }
+    }
+
+    #[test]
+    fn long_inputs_stay_under_llvmpipes_loop_limit() {
+        // 3000 tokens of head dim 64 in one call: about 130k loop iterations for one
+        // invocation, twice what llvmpipe runs before silently ending its loops. The op splits
+        // the tokens into segments; every token must still be right.
+        let case = Case::random(2, 64, 1, 3000, true, 31);
+        case.check(1e-4, "3000 tokens, DH 64");
     }
 
     #[test]

@@ -209,28 +209,7 @@ impl Params {
     }
 }
 
-/// How many loop iterations one shader invocation may run. llvmpipe (lavapipe) ends every
-/// loop of an invocation once all its loops together have iterated 65535 times
-/// (`LP_MAX_TGSI_LOOP_ITERATIONS`), silently: kernels that loop over tokens are therefore
-/// dispatched once per segment of tokens whose counted iterations (documented in each
-/// shader) stay below this budget, half the limit for margin. Short dispatches also keep
-/// GPU drivers' watchdogs away.
-pub const LOOP_BUDGET: usize = 32_000;
-
-/// Splits `tokens` into segments of whole `unit`s (the last may be partial) such that
-/// `fixed + units * unit_cost` loop iterations stay within [`LOOP_BUDGET`].
-pub(crate) fn segments(
-    tokens: usize,
-    unit: usize,
-    unit_cost: usize,
-    fixed: usize,
-) -> Vec<Range<usize>> {
-    let units = (LOOP_BUDGET.saturating_sub(fixed) / unit_cost).max(1);
-    let len = units * unit;
-    (0..tokens.div_ceil(len))
-        .map(|s| s * len..((s + 1) * len).min(tokens))
-        .collect()
-}
+pub use super::{segments, LOOP_BUDGET};
 
 /// Checks the views, slots and state against each other and builds the kernel parameters.
 pub(crate) fn params(
