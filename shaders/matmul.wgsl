@@ -11,8 +11,8 @@
 //
 // Entry points:
 //   gemv:  one invocation per (4 rows, token), streaming its 4 rows of W: the fast pattern
-//          on CPU adapters; grid (ceil(M / 256), T).
-//   gemm4: one invocation per (4 rows, 4 tokens); grid (ceil(M / 256), ceil(T / 4)).
+//          on CPU adapters; grid (ceil(M / (4 WG)), T).
+//   gemm4: one invocation per (4 rows, 4 tokens); grid (ceil(M / (4 WG)), ceil(T / 4)).
 //   coop4: one workgroup per (row, 4 tokens); its 64 invocations read the row together
 //          (coalesced, the fast pattern on GPUs) and reduce in workgroup memory;
 //          grid (groups_x, ceil(M / groups_x), ceil(T / 4)).
@@ -35,12 +35,18 @@ struct Params {
 
 override F16: bool = false;
 override HEADS: bool = false;
+// Invocations per workgroup of gemv and gemm4: 8 (one SIMD subgroup) serves llvmpipe best.
+override WG: u32 = 64u;
+// x rows start on 16-byte boundaries (x_offset and x_stride multiples of 4): x is read as
+// vec4 through x4 (the same buffer), two loads per block of 8 instead of eight.
+override X4: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 
 // Eight consecutive weights of row `row` starting at element `k` (k a multiple of 8). Rows
 // are zero-padded to w_stride, so a block may run past K.
@@ -67,6 +73,9 @@ fn x_col(row: u32) -> u32 {
 // Eight consecutive inputs of token t starting at column c + k, with k + 8 <= K.
 fn load_x8(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
     let b = p.x_offset + t * p.x_stride + c + k;
+    if X4 {
+        return array<vec4<f32>, 2>(x4[b / 4u], x4[b / 4u + 1u]);
+    }
     return array<vec4<f32>, 2>(
         vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]),
         vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]),
@@ -146,7 +155,7 @@ fn fma4(acc: ptr<function, vec4<f32>>, r: vec4<u32>, t: u32, k: u32, tail: bool)
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.y;
     if gid.x * 4u >= p.m || t >= p.t {
@@ -164,7 +173,7 @@ fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     store_rows(t, r, acc);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t0 = wid.y * 4u;
     if gid.x * 4u >= p.m || t0 >= p.t {

@@ -16,7 +16,11 @@ fn capabilities() -> Capabilities {
 /// that an override selects is emitted at least once.
 fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
     match name {
-        "matmul" => vec![vec![], vec![("F16", 1.0), ("HEADS", 1.0)]],
+        "matmul" => vec![
+            vec![],
+            vec![("F16", 1.0), ("HEADS", 1.0), ("WG", 8.0), ("X4", 1.0)],
+        ],
+        "bandwidth_probe" => vec![vec![], vec![("WG", 8.0)]],
         "conv1d" => vec![vec![], vec![("ACT", 1.0)]],
         "slstm_cell" => {
             let rows = [("ROWS", 1.0), ("HS_LEN", 1.0), ("HS4_LEN", 4.0)];

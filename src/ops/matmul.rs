@@ -35,6 +35,16 @@ impl MatmulKernel {
         }
     }
 
+    /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup (8) on CPU
+    /// adapters, where it read fastest on llvmpipe; 64 elsewhere. (Coop4 is always 64.)
+    fn workgroup(self, ctx: &Context) -> usize {
+        if self != MatmulKernel::Coop4 && ctx.is_cpu() {
+            8
+        } else {
+            64
+        }
+    }
+
     fn entry(self) -> &'static str {
         match self {
             MatmulKernel::Gemv => "gemv",
@@ -172,21 +182,30 @@ fn record(
     distinct("matmul", x.tensor, y.tensor)?;
     let t = x.rows;
     let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
-    let constants = [("F16", f16), ("HEADS", heads.is_some() as u8 as f64)];
+    let wg = kernel.workgroup(ctx);
+    // Block starts are c + k with k a multiple of 8 and c = head * K: aligned when the
+    // view's offset and stride are, and K too for headwise weights.
+    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && (heads.is_none() || k % 4 == 0);
+    let constants = [
+        ("F16", f16),
+        ("HEADS", heads.is_some() as u8 as f64),
+        ("WG", wg as f64),
+        ("X4", x4 as u8 as f64),
+    ];
     let pipeline = ctx.pipeline("matmul", kernel.entry(), &constants)?;
     for chunk in w.chunks() {
         let rows = chunk.rows;
         let (grid, groups_x) = match kernel {
             MatmulKernel::Gemv => (
                 RowGrid::Y {
-                    x: rows.div_ceil(256),
+                    x: rows.div_ceil(4 * wg),
                     per: 1,
                 },
                 0,
             ),
             MatmulKernel::Gemm4 => (
                 RowGrid::Y {
-                    x: rows.div_ceil(256),
+                    x: rows.div_ceil(4 * wg),
                     per: 4,
                 },
                 0,
@@ -233,6 +252,7 @@ fn record(
                 x.binding()?,
                 bias_binding,
                 y.binding()?,
+                x.binding()?,
             ],
             grid,
             t,

@@ -30,14 +30,21 @@ struct Params {
     groups_x: u32,
 }
 
-/// Records one probe pass over `src` with `sink.numel()` invocations.
+/// Records one probe pass over `src` with `sink.numel()` invocations in workgroups of
+/// `workgroup` (8 or 64).
 pub fn probe(
     ctx: &Context,
     graph: &mut Graph,
     pattern: Pattern,
+    workgroup: usize,
     src: &Tensor,
     sink: &Tensor,
 ) -> Result<()> {
+    if !matches!(workgroup, 8 | 64) {
+        return Err(Error::InvalidArgument(format!(
+            "probe workgroup must be 8 or 64, got {workgroup}"
+        )));
+    }
     let bytes = src.numel() * src.dtype().size();
     if bytes % 16 != 0 || src.chunks().len() != 1 {
         return Err(Error::mismatch(
@@ -51,7 +58,7 @@ pub fn probe(
     }
     let n = bytes / 16;
     let threads = sink.numel();
-    let groups = threads.div_ceil(64);
+    let groups = threads.div_ceil(workgroup);
     let groups_x = groups.min(crate::graph::MAX_GROUPS_PER_DIM as usize);
     let params = Params {
         n: u32_param("probe vec4 count", n)?,
@@ -63,7 +70,7 @@ pub fn probe(
         Pattern::Stream => "stream",
         Pattern::Coalesced => "coalesced",
     };
-    let pipeline = ctx.pipeline("bandwidth_probe", entry, &[])?;
+    let pipeline = ctx.pipeline("bandwidth_probe", entry, &[("WG", workgroup as f64)])?;
     let uniform = ctx.uniform("probe params", &params)?;
     graph.dispatch(
         ctx,
@@ -103,16 +110,15 @@ mod tests {
         let words: Vec<u32> = (0..4 * 1000).map(|_| rng.next_u64() as u32).collect();
         let src = Tensor::from_u32(ctx, "src", &[words.len()], &words).unwrap();
         for pattern in [Pattern::Stream, Pattern::Coalesced] {
-            let threads = 130;
-            let sink = Tensor::zeros(ctx, "sink", &[threads], DType::U32).unwrap();
-            let mut g = Graph::new();
-            probe(ctx, &mut g, pattern, &src, &sink).unwrap();
-            ctx.run(&[&g]).unwrap();
-            assert_eq!(
-                sink.to_u32().unwrap(),
-                reference(&words, pattern, threads),
-                "{pattern:?}"
-            );
+            for workgroup in [8, 64] {
+                let threads = 130;
+                let sink = Tensor::zeros(ctx, "sink", &[threads], DType::U32).unwrap();
+                let mut g = Graph::new();
+                probe(ctx, &mut g, pattern, workgroup, &src, &sink).unwrap();
+                ctx.run(&[&g]).unwrap();
+                let want = reference(&words, pattern, threads);
+                assert_eq!(sink.to_u32().unwrap(), want, "{pattern:?} {workgroup}");
+            }
         }
     }
 }
