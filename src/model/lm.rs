@@ -355,7 +355,8 @@ impl Model {
             .ok_or_else(|| Error::Limit {
                 what: "open sessions".into(),
                 detail: format!(
-                    "the model holds state for {} sequences (LoadOptions::max_sequences)",
+                    "the model holds state for {} sequence(s) at once (LoadOptions::max_sequences); \
+                         drop a session first",
                     self.options.max_sequences
                 ),
             })?;
@@ -400,18 +401,34 @@ impl Model {
         })
     }
 
-    /// Copies the state of slot `from` into slot `to`.
+    /// Copies the state of slot `from` into slot `to` (through a staging buffer: WebGPU
+    /// copies cannot stay inside one buffer).
     pub(crate) fn copy_slot(&self, from: usize, to: usize) -> Result<()> {
+        let bytes: u64 = self.state_bytes_per_sequence();
         self.ctx.scoped("copying a sequence state", || {
+            let staging = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("state copy"),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
             let mut enc = self
                 .ctx
                 .device()
                 .create_command_encoder(&Default::default());
+            let mut at = 0;
             for t in self.states.iter().flat_map(|s| s.tensors()) {
                 let (src, size) = self.slot_range(t, from);
-                let (dst, _) = self.slot_range(t, to);
                 let buffer = t.buffer().expect("state tensors are single buffers");
-                enc.copy_buffer_to_buffer(buffer, src, buffer, dst, size);
+                enc.copy_buffer_to_buffer(buffer, src, &staging, at, size);
+                at += size;
+            }
+            let mut at = 0;
+            for t in self.states.iter().flat_map(|s| s.tensors()) {
+                let (dst, size) = self.slot_range(t, to);
+                let buffer = t.buffer().expect("state tensors are single buffers");
+                enc.copy_buffer_to_buffer(&staging, at, buffer, dst, size);
+                at += size;
             }
             self.ctx.queue().submit([enc.finish()]);
         })

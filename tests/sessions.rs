@@ -1,0 +1,231 @@
+//! Sessions: save, resume and fork continue exactly like an uninterrupted run; batched
+//! decoding gives each sequence the text it gets alone; the same seed gives the same text.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use moxe::model::generate::{generate_batch, GenerateOptions};
+use moxe::model::{LoadOptions, Model, Session};
+use moxe::ops::sample::Sampling;
+use moxe::testing::gpu;
+
+fn default_model(sequences: usize) -> Arc<Model> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let options = LoadOptions {
+        max_sequences: sequences,
+        ..Default::default()
+    };
+    Arc::new(Model::load(gpu(), &dir, &options).unwrap())
+}
+
+/// Feeds `first` then each sampled token `n` times; returns the tokens.
+fn continue_from(s: &mut Session, first: u32, n: usize, sampling: &Sampling) -> Vec<u32> {
+    let mut out = vec![first];
+    let mut next = first;
+    for _ in 1..n {
+        next = s.feed(&[next], sampling).unwrap();
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn save_resume_and_fork_continue_like_an_uninterrupted_run() {
+    let model = default_model(4);
+    let prompt = model
+        .tokenizer()
+        .unwrap()
+        .encode("It was a dark and stormy night; the rain")
+        .unwrap();
+    let sampling = Sampling {
+        temperature: 0.9,
+        top_k: 50,
+        top_p: 0.95,
+        seed: 7,
+    };
+
+    let mut whole = Session::new(&model).unwrap();
+    let first = whole.feed(&prompt, &sampling).unwrap();
+    let want = continue_from(&mut whole, first, 24, &sampling);
+    drop(whole);
+
+    // Save after the prompt, drop the session, resume from the file.
+    let path =
+        std::env::temp_dir().join(format!("moxe-session-{}.safetensors", std::process::id()));
+    {
+        let mut s = Session::new(&model).unwrap();
+        assert_eq!(s.feed(&prompt, &sampling).unwrap(), first);
+        s.save(&path).unwrap();
+    }
+    let mut resumed = Session::load(&model, &path).unwrap();
+    assert_eq!(resumed.position(), prompt.len());
+    assert_eq!(
+        continue_from(&mut resumed, first, 24, &sampling),
+        want,
+        "resumed"
+    );
+    drop(resumed);
+    std::fs::remove_file(&path).unwrap();
+
+    // Fork after the prompt: both branches continue identically.
+    let mut a = Session::new(&model).unwrap();
+    assert_eq!(a.feed(&prompt, &sampling).unwrap(), first);
+    let mut b = a.fork().unwrap();
+    assert_eq!(continue_from(&mut b, first, 24, &sampling), want, "fork");
+    assert_eq!(
+        continue_from(&mut a, first, 24, &sampling),
+        want,
+        "original after fork"
+    );
+}
+
+#[test]
+fn the_state_has_the_same_size_whatever_the_length() {
+    let model = default_model(2);
+    let bytes = model.state_bytes_per_sequence();
+    assert!(bytes > 0);
+    let dir = std::env::temp_dir();
+    let short = dir.join(format!("moxe-short-{}.safetensors", std::process::id()));
+    let long = dir.join(format!("moxe-long-{}.safetensors", std::process::id()));
+    let mut s = Session::new(&model).unwrap();
+    s.feed(&[5, 6, 7], &Sampling::greedy()).unwrap();
+    s.save(&short).unwrap();
+    let ids: Vec<u32> = (0..300).map(|i| (i * 7 % 4000) as u32).collect();
+    s.feed(&ids, &Sampling::greedy()).unwrap();
+    s.save(&long).unwrap();
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(len(&short), len(&long));
+    std::fs::remove_file(short).unwrap();
+    std::fs::remove_file(long).unwrap();
+}
+
+#[test]
+fn a_session_file_from_another_model_is_rejected() {
+    let model = default_model(1);
+    let path = std::env::temp_dir().join(format!("moxe-other-{}.safetensors", std::process::id()));
+    let other_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/moxe_xlstm_e4_k2_standard");
+    let other = Arc::new(Model::load(gpu(), &other_dir, &LoadOptions::default()).unwrap());
+    let mut s = Session::new(&other).unwrap();
+    s.feed(&[1, 2, 3], &Sampling::greedy()).unwrap();
+    s.save(&path).unwrap();
+    let err = Session::load(&model, &path)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("different model"), "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn batched_decoding_matches_decoding_alone_and_seeds_reproduce() {
+    let model = default_model(3);
+    let prompts = ["Once upon a time", "The old man said", "CHAPTER I"];
+    for sampling in [
+        Sampling::greedy(),
+        Sampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 1234,
+        },
+    ] {
+        let opts = GenerateOptions {
+            max_tokens: 20,
+            sampling,
+            ..Default::default()
+        };
+        let batch = generate_batch(&model, &prompts, &opts, |_, _| {}).unwrap();
+        for (p, got) in prompts.iter().zip(&batch) {
+            let mut s = Session::new(&model).unwrap();
+            let alone: String = s
+                .generate(p, &opts)
+                .unwrap()
+                .map(|piece| piece.unwrap().text)
+                .collect();
+            assert_eq!(got.text, alone, "{p:?} with {sampling:?}");
+        }
+        // The same seed again gives the same text.
+        let again = generate_batch(&model, &prompts, &opts, |_, _| {}).unwrap();
+        for (a, b) in batch.iter().zip(&again) {
+            assert_eq!(a.text, b.text);
+        }
+    }
+}
+
+#[test]
+fn stop_strings_and_token_budgets_end_generation() {
+    let model = default_model(1);
+    {
+        let mut s = Session::new(&model).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 7,
+            ..Default::default()
+        };
+        let mut gen = s.generate("The old man said", &opts).unwrap();
+        let n = gen.by_ref().count();
+        assert_eq!(n, 7);
+        assert_eq!(gen.finish(), Some(moxe::model::generate::Finish::MaxTokens));
+    }
+
+    // Greedy text of 40 tokens; stopping at a word inside it truncates just before it.
+    let full: String = Session::new(&model)
+        .unwrap()
+        .generate(
+            "The old man said",
+            &GenerateOptions {
+                max_tokens: 40,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .map(|p| p.unwrap().text)
+        .collect();
+    let word = full
+        .split_whitespace()
+        .nth(3)
+        .expect("some words")
+        .to_string();
+    let cut = full.find(&word).unwrap();
+    let mut s = Session::new(&model).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 40,
+        stop: vec![word.clone()],
+        ..Default::default()
+    };
+    let mut gen = s.generate("The old man said", &opts).unwrap();
+    let stopped: String = gen.by_ref().map(|p| p.unwrap().text).collect();
+    assert_eq!(stopped, full[..cut], "stop at {word:?}");
+    assert_eq!(gen.finish(), Some(moxe::model::generate::Finish::Stop));
+}
+
+#[test]
+fn the_model_is_shared_by_sessions_on_several_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Model>();
+    let model = default_model(3);
+    let ids = model
+        .tokenizer()
+        .unwrap()
+        .encode("In the beginning")
+        .unwrap();
+    let want = Session::new(&model)
+        .unwrap()
+        .feed(&ids, &Sampling::greedy())
+        .unwrap();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let model = model.clone();
+            let ids = ids.clone();
+            std::thread::spawn(move || {
+                Session::new(&model)
+                    .unwrap()
+                    .feed(&ids, &Sampling::greedy())
+                    .unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+}
