@@ -1,0 +1,270 @@
+//! Every kind of bad input gets one clear error naming the problem — never a panic.
+//! Each case copies a fixture model into a temporary directory and breaks one thing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use moxe::model::{LoadOptions, Model, Session};
+use moxe::ops::sample::Sampling;
+use moxe::testing::gpu;
+use moxe::{Context, ContextOptions};
+use safetensors::tensor::TensorView;
+use serde_json::Value;
+
+const FIXTURE: &str = "tests/fixtures/models/moxe_xlstm_e4_k2_standard";
+
+/// A scratch copy of the fixture model, removed on drop.
+struct ModelCopy(PathBuf);
+
+impl ModelCopy {
+    fn new(tag: &str) -> Self {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+        let dst = std::env::temp_dir().join(format!("moxe-bad-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+        ModelCopy(dst)
+    }
+
+    fn config(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.0.join("config.json")).unwrap()).unwrap()
+    }
+
+    fn set_config(&self, v: &Value) {
+        std::fs::write(self.0.join("config.json"), v.to_string()).unwrap();
+    }
+
+    fn weights(&self) -> Vec<u8> {
+        std::fs::read(self.0.join("model.safetensors")).unwrap()
+    }
+
+    fn set_weights(&self, bytes: &[u8]) {
+        std::fs::write(self.0.join("model.safetensors"), bytes).unwrap();
+    }
+
+    /// Rewrites the checkpoint, letting `edit` drop or replace tensors (name, shape, f32 data).
+    fn rewrite(&self, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>) {
+        let bytes = self.weights();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut kept: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, view) in st.tensors() {
+            let data: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            if let Some((shape, data)) = edit(&name, view.shape().to_vec(), data) {
+                kept.push((name, shape, bytemuck::cast_slice(&data).to_vec()));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = kept
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        self.set_weights(&safetensors::serialize(views, None).unwrap());
+    }
+
+    fn load_error(&self) -> String {
+        match Model::load(gpu(), &self.0, &LoadOptions::default()) {
+            Ok(_) => panic!("loading {} must fail", self.0.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl Drop for ModelCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn assert_mentions(err: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+#[test]
+fn missing_tensor() {
+    let m = ModelCopy::new("missing");
+    m.rewrite(|name, s, d| (name != "layers.1.gate.router.weight").then_some((s, d)));
+    assert_mentions(
+        &m.load_error(),
+        &[
+            "model.safetensors",
+            "missing tensor 'layers.1.gate.router.weight'",
+        ],
+    );
+}
+
+#[test]
+fn wrong_shape() {
+    let m = ModelCopy::new("shape");
+    m.rewrite(|name, s, d| {
+        if name == "layers.0.mixer.blocks.1.xlstm.proj_down.weight" {
+            let n = d.len();
+            Some((vec![n], d))
+        } else {
+            Some((s, d))
+        }
+    });
+    assert_mentions(
+        &m.load_error(),
+        &[
+            "proj_down.weight",
+            "expected shape [28, 64]",
+            "found [1792]",
+        ],
+    );
+}
+
+#[test]
+fn unknown_dtype() {
+    let m = ModelCopy::new("dtype");
+    let mut bytes = m.weights();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec())
+        .unwrap()
+        .replacen("\"F32\"", "\"Q99\"", 1);
+    assert_eq!(header.len(), n);
+    bytes[8..8 + n].copy_from_slice(header.as_bytes());
+    m.set_weights(&bytes);
+    assert_mentions(
+        &m.load_error(),
+        &["model.safetensors", "corrupt header", "unknown dtype"],
+    );
+}
+
+#[test]
+fn truncated_file() {
+    let m = ModelCopy::new("truncated");
+    let bytes = m.weights();
+    m.set_weights(&bytes[..bytes.len() - 1000]);
+    assert_mentions(&m.load_error(), &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn corrupt_file() {
+    let m = ModelCopy::new("corrupt");
+    m.set_weights(b"this is not a safetensors file at all, just text");
+    assert_mentions(&m.load_error(), &["model.safetensors"]);
+    // Non-finite weights are corruption too.
+    let m = ModelCopy::new("nan");
+    m.rewrite(|name, s, mut d| {
+        if name == "token_embedding.weight" {
+            d[17] = f32::NAN;
+        }
+        Some((s, d))
+    });
+    assert_mentions(
+        &m.load_error(),
+        &["token_embedding.weight", "element 17", "NaN"],
+    );
+}
+
+#[test]
+fn invalid_json() {
+    let m = ModelCopy::new("json");
+    std::fs::write(m.0.join("config.json"), "{\"model_type\": \"moxe\", ").unwrap();
+    assert_mentions(&m.load_error(), &["config.json", "invalid JSON", "line 1"]);
+}
+
+#[test]
+fn odd_number_of_experts() {
+    let m = ModelCopy::new("odd");
+    let mut c = m.config();
+    c["num_experts"] = 5.into();
+    m.set_config(&c);
+    assert_mentions(
+        &m.load_error(),
+        &["config.json", "num_experts", "even", "found 5"],
+    );
+}
+
+#[test]
+fn top_k_above_the_number_of_experts() {
+    let m = ModelCopy::new("topk");
+    let mut c = m.config();
+    c["top_k_experts"] = 9.into();
+    m.set_config(&c);
+    assert_mentions(
+        &m.load_error(),
+        &["config.json", "top_k_experts", "found 9"],
+    );
+}
+
+#[test]
+fn a_directory_that_does_not_exist() {
+    let err = Model::load(
+        gpu(),
+        Path::new("/no/such/model/dir"),
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert_mentions(&err, &["/no/such/model/dir", "does not exist"]);
+}
+
+#[test]
+fn config_and_checkpoint_that_do_not_belong_together() {
+    let m = ModelCopy::new("mismatch");
+    let mut c = m.config();
+    c["num_layers"] = 2.into();
+    m.set_config(&c);
+    assert_mentions(&m.load_error(), &["unexpected tensor 'layers.2."]);
+}
+
+#[test]
+fn a_model_beyond_the_adapter_limits() {
+    // An adapter whose storage bindings hold 256 bytes cannot hold one embedding row of
+    // this model (D = 28 f32 padded to 32 = 128 bytes fits, but the mLSTM rows do not).
+    let mut options = ContextOptions::from_env().unwrap();
+    options.max_binding_bytes = Some(256);
+    let ctx = Context::new(&options).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let err = Model::load(&ctx, &dir, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(
+        &err,
+        &[
+            "exceeds the adapter's limits",
+            "storage binding holds at most 256 bytes",
+        ],
+    );
+}
+
+#[test]
+fn token_ids_out_of_range() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let model = Arc::new(Model::load(gpu(), &dir, &LoadOptions::default()).unwrap());
+    let mut s = Session::new(&model).unwrap();
+    let err = s
+        .feed(&[1, 2, 80], &Sampling::greedy())
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["token id 80", "position 2", "80 tokens"]);
+    let err = s.logits(&[u32::MAX]).unwrap_err().to_string();
+    assert_mentions(&err, &["out of range"]);
+    // The session still works after the rejected input.
+    s.feed(&[1, 2, 3], &Sampling::greedy()).unwrap();
+}
+
+#[test]
+fn bad_sampling_settings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let model = Arc::new(Model::load(gpu(), &dir, &LoadOptions::default()).unwrap());
+    let mut s = Session::new(&model).unwrap();
+    let bad = Sampling {
+        temperature: f32::NAN,
+        ..Sampling::greedy()
+    };
+    assert_mentions(
+        &s.feed(&[1], &bad).unwrap_err().to_string(),
+        &["temperature"],
+    );
+}
