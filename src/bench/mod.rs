@@ -2,6 +2,7 @@
 
 pub mod kernels;
 pub mod mlstm;
+pub mod model;
 pub mod moe;
 
 use std::time::Instant;

@@ -1,23 +1,66 @@
 //! `moxe bench`: speed measurements on the current adapter.
+//!
+//! `moxe bench` measures a whole model (a checkpoint, or random weights for any config with
+//! `--config`) and, when the PyTorch reference environment is present, the reference's own
+//! speed on the same machine; `moxe bench kernels` and `moxe bench moe` measure single kernels.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
-use moxe::Result;
+use moxe::bench::model::{run as bench_model, ModelBenchOptions};
+use moxe::model::config::ModelConfig;
+use moxe::model::dir::ParameterCounts;
+use moxe::model::manifest::Manifest;
+use moxe::model::random::{random_ranks, random_weights};
+use moxe::model::{LoadOptions, Model};
+use moxe::{DType, Error, Result};
 
+use super::model_args::{DtypeArg, ModelArgs};
 use super::GpuArgs;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    pub what: BenchWhat,
-    /// Seconds to spend on each measurement.
+    pub what: Option<BenchWhat>,
+    #[command(flatten)]
+    pub model: ModelBenchArgs,
+    /// Seconds to spend on each kernel measurement.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub seconds: f64,
 }
 
+/// Whole-model benchmark options.
+#[derive(Debug, Args)]
+pub struct ModelBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Random weights for this config.json instead of a checkpoint (f16 unless --dtype).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Prompt tokens of the timed prefill.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Timed decode steps.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Sequences of the batched decode measurement (1 = skip).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Decode steps timed per kernel (0 = skip the per-kernel split).
+    #[arg(long, default_value_t = 16)]
+    pub profile_tokens: usize,
+    /// Do not run the PyTorch reference beside the engine.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
-    /// GEMV bandwidth in f32 and f16 beside a read-bandwidth probe.
+    /// GEMV bandwidth in f32 and f16 beside a read-bandwidth probe, and the cell kernels.
     Kernels,
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
@@ -37,25 +80,148 @@ pub enum BenchWhat {
 }
 
 pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
-    let ctx = gpu.context()?;
-    match args.what {
-        BenchWhat::Kernels => print!("{}", moxe::bench::kernels::report(&ctx, args.seconds)?),
-        BenchWhat::Moe {
+    match &args.what {
+        Some(BenchWhat::Kernels) => {
+            let ctx = gpu.context()?;
+            print!("{}", moxe::bench::kernels::report(&ctx, args.seconds)?);
+        }
+        Some(BenchWhat::Moe {
             dim,
             experts,
             tokens,
             iters,
-        } => {
+        }) => {
+            let ctx = gpu.context()?;
             let options = moxe::bench::moe::MoeBenchOptions {
-                dim,
-                experts,
-                tokens,
-                top_ks: vec![1, 2, experts],
-                iters,
+                dim: *dim,
+                experts: *experts,
+                tokens: *tokens,
+                top_ks: vec![1, 2, *experts],
+                iters: *iters,
                 ..Default::default()
             };
             print!("{}", moxe::bench::moe::moe_layer(&ctx, &options)?);
         }
+        None => model(gpu, &args.model)?,
     }
     Ok(())
+}
+
+fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
+    // One sequence for the single-sequence measurements, `batch` for the batched one.
+    let sequences = args.batch + 1;
+    let model = match &args.config {
+        Some(path) => random_model(gpu, path, args.model.dtype, sequences)?,
+        None => args.model.load(gpu, sequences)?,
+    };
+    let options = ModelBenchOptions {
+        prompt_tokens: args.prompt_tokens,
+        decode_tokens: args.decode_tokens,
+        batch: args.batch,
+        profile_tokens: args.profile_tokens,
+    };
+    let source = match &args.config {
+        Some(p) => format!("random weights for {}", p.display()),
+        None => args.model.model.display().to_string(),
+    };
+    println!("model:       {source} ({} weights)", model.dtype());
+    let report = bench_model(&model, &options)?;
+    print!("{report}");
+    if args.config.is_none() && !args.no_reference {
+        reference(
+            &args.model.model,
+            args,
+            report.decode_tokens_per_s,
+            report.prefill_tokens_per_s,
+        );
+    }
+    Ok(())
+}
+
+/// A model with random weights for the config at `path`.
+fn random_model(
+    gpu: &GpuArgs,
+    path: &Path,
+    dtype: Option<DtypeArg>,
+    sequences: usize,
+) -> Result<Arc<Model>> {
+    let config = ModelConfig::from_file(path)?;
+    let half = !matches!(dtype, Some(DtypeArg::F32));
+    eprintln!("generating random weights for {} ...", path.display());
+    let weights = random_weights(&config, 1, half)?;
+    let ranks = random_ranks(&config);
+    let params = ParameterCounts::of(&Manifest::of(&config), &ranks);
+    let ctx = gpu.context()?;
+    let options = LoadOptions {
+        dtype: Some(if half { DType::F16 } else { DType::F32 }),
+        max_sequences: sequences,
+        ..Default::default()
+    };
+    eprintln!("loading {:.2} M parameters ...", params.total as f64 / 1e6);
+    Ok(Arc::new(Model::from_parts(
+        &ctx, config, &weights, None, params, &ranks, &options,
+    )?))
+}
+
+/// The Python of the reference environment: `MOXE_REFERENCE_PYTHON`, else `.venv/bin/python`.
+fn reference_python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("MOXE_REFERENCE_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        PathBuf::from(".venv/bin/python"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// Runs `reference/bench_step.py` and prints its speed beside the engine's.
+fn reference(dir: &Path, args: &ModelBenchArgs, decode: f64, prefill: f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/bench_step.py");
+    let Some(python) = reference_python().filter(|_| script.exists()) else {
+        println!("\nreference:   not measured (no reference environment: see reference/README.md)");
+        return;
+    };
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .args(["--decode", &args.decode_tokens.to_string()])
+        .args(["--prompt", &args.prompt_tokens.to_string()])
+        .output();
+    let parsed = out
+        .map_err(|e| Error::InvalidArgument(format!("cannot run {}: {e}", python.display())))
+        .and_then(|o| {
+            if !o.status.success() {
+                return Err(Error::InvalidArgument(
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string(),
+                ));
+            }
+            serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))
+        });
+    match parsed {
+        Ok(v) => {
+            let r_decode = v["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let r_prefill = v["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "\nPyTorch reference on this machine (torch {}, {} threads):",
+                v["torch"].as_str().unwrap_or("?"),
+                v["threads"]
+            );
+            println!(
+                "  decode:    {r_decode:.1} tokens/s (step(), one sequence)  -> engine is {:.2}x",
+                decode / r_decode
+            );
+            println!(
+                "  prefill:   {r_prefill:.1} tokens/s (full-sequence forward) -> engine is {:.2}x",
+                prefill / r_prefill
+            );
+        }
+        Err(e) => println!("\nreference:   not measured ({e})"),
+    }
 }

@@ -50,27 +50,9 @@ impl ModelDir {
         })
     }
 
-    /// Parameter counts: (total, in experts, in one expert on average).
+    /// Parameter counts.
     pub fn parameters(&self) -> ParameterCounts {
-        let mut counts = ParameterCounts::default();
-        for t in &self.manifest.tensors {
-            let n: usize = t
-                .shape
-                .iter()
-                .map(|d| match d {
-                    super::manifest::Dim::Fixed(n) => *n,
-                    super::manifest::Dim::Rank(k) => self.ranks.get(k).copied().unwrap_or(0),
-                })
-                .product();
-            counts.total += n;
-            if t.name.contains(".experts.") {
-                counts.experts += n;
-            }
-            if t.shape.len() >= 2 {
-                counts.in_matrices += n;
-            }
-        }
-        counts
+        ParameterCounts::of(&self.manifest, &self.ranks)
     }
 }
 
@@ -85,6 +67,29 @@ pub struct ParameterCounts {
 }
 
 impl ParameterCounts {
+    /// Counts of the tensors of `manifest` with latent `ranks` resolved.
+    pub fn of(manifest: &Manifest, ranks: &BTreeMap<String, usize>) -> Self {
+        let mut counts = ParameterCounts::default();
+        for t in &manifest.tensors {
+            let n: usize = t
+                .shape
+                .iter()
+                .map(|d| match d {
+                    super::manifest::Dim::Fixed(n) => *n,
+                    super::manifest::Dim::Rank(k) => ranks.get(k).copied().unwrap_or(0),
+                })
+                .product();
+            counts.total += n;
+            if t.name.contains(".experts.") {
+                counts.experts += n;
+            }
+            if t.shape.len() >= 2 {
+                counts.in_matrices += n;
+            }
+        }
+        counts
+    }
+
     /// Parameters a token uses: everything outside the experts plus `k / E` of the experts
     /// (the mean over experts; every token runs k of E).
     pub fn active(&self, k: usize, e: usize) -> usize {

@@ -352,13 +352,12 @@ impl Model {
             .lock()
             .expect("slot list poisoned")
             .pop()
-            .ok_or_else(|| Error::Limit {
-                what: "open sessions".into(),
-                detail: format!(
-                    "the model holds state for {} sequence(s) at once (LoadOptions::max_sequences); \
-                         drop a session first",
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "all {} sequence slots of the model are in use \
+                     (LoadOptions::max_sequences); drop a session first",
                     self.options.max_sequences
-                ),
+                ))
             })?;
         self.clear_slot(slot)?;
         Ok(slot)

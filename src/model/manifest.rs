@@ -320,22 +320,6 @@ impl Manifest {
         }
         Ok(ranks.into_iter().map(|(k, (r, _))| (k, r)).collect())
     }
-
-    /// Total number of parameters (latent ranks resolved).
-    pub fn parameters(&self, ranks: &BTreeMap<String, usize>) -> usize {
-        self.tensors
-            .iter()
-            .map(|t| {
-                t.shape
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => *n,
-                        Dim::Rank(k) => ranks.get(k).copied().unwrap_or(0),
-                    })
-                    .product::<usize>()
-            })
-            .sum()
-    }
 }
 
 /// What expert `i` of `e` is.

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod mlp_expert;
 pub mod mlstm;
 pub mod moe;
+pub mod random;
 pub mod runner;
 pub mod scratch;
 pub mod session;

@@ -1,0 +1,184 @@
+//! Whole-model speed: prefill and decode tokens/s, GPU memory, and the decode time split by
+//! kernel (timestamp queries), on the current adapter.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::model::{Model, Session};
+use crate::ops::sample::Sampling;
+use crate::testing::Rng;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct ModelBenchOptions {
+    /// Prompt tokens per timed prefill.
+    pub prompt_tokens: usize,
+    /// Timed decode steps.
+    pub decode_tokens: usize,
+    /// Sequences decoded together in the batched measurement (1 = skip it).
+    pub batch: usize,
+    /// Decode steps timed per kernel with timestamp queries (0 = skip).
+    pub profile_tokens: usize,
+}
+
+impl Default for ModelBenchOptions {
+    fn default() -> Self {
+        ModelBenchOptions {
+            prompt_tokens: 128,
+            decode_tokens: 64,
+            batch: 4,
+            profile_tokens: 16,
+        }
+    }
+}
+
+/// Measured speeds.
+#[derive(Debug, Clone)]
+pub struct ModelBenchReport {
+    pub adapter: String,
+    pub parameters: usize,
+    pub active_parameters: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    /// (batch, tokens/s summed over the batch).
+    pub batch_decode: Option<(usize, f64)>,
+    pub gpu_bytes: u64,
+    pub state_bytes_per_sequence: u64,
+    /// Per-kernel table of the profiled decode steps, and the steps it covers.
+    pub profile: Option<(String, usize)>,
+}
+
+fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab) as u32).collect()
+}
+
+/// Runs the measurements (after a warm-up that compiles every pipeline used).
+pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBenchReport> {
+    let ctx = model.context();
+    let vocab = model.vocab();
+    let mut rng = Rng::new(7);
+    let greedy = Sampling::greedy();
+    let prompt = random_ids(&mut rng, options.prompt_tokens.max(1), vocab);
+
+    // Warm-up: the same prefill chunk shapes and a few decode steps.
+    {
+        let mut s = Session::new(model)?;
+        let mut next = s.feed(&prompt, &greedy)?;
+        for _ in 0..3 {
+            next = s.feed(&[next], &greedy)?;
+        }
+    }
+
+    let mut s = Session::new(model)?;
+    let t = Instant::now();
+    let mut next = s.feed(&prompt, &greedy)?;
+    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    for _ in 0..options.decode_tokens {
+        next = s.feed(&[next], &greedy)?;
+    }
+    let decode = options.decode_tokens as f64 / t.elapsed().as_secs_f64();
+
+    let batch_decode = if options.batch > 1 {
+        let mut sessions = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..options.batch {
+            let mut s = Session::new(model)?;
+            tokens.push(s.feed(&random_ids(&mut rng, 8, vocab), &greedy)?);
+            sessions.push(s);
+        }
+        let sampling = vec![greedy; options.batch];
+        let mut step = |tokens: &mut Vec<u32>| -> Result<()> {
+            let mut refs: Vec<&mut Session> = sessions.iter_mut().collect();
+            *tokens = model.step_batch(&mut refs, tokens, &sampling)?;
+            Ok(())
+        };
+        step(&mut tokens)?;
+        let t = Instant::now();
+        let steps = options.decode_tokens.div_ceil(options.batch).max(4);
+        for _ in 0..steps {
+            step(&mut tokens)?;
+        }
+        Some((
+            options.batch,
+            (steps * options.batch) as f64 / t.elapsed().as_secs_f64(),
+        ))
+    } else {
+        None
+    };
+
+    let profile = if options.profile_tokens > 0 {
+        let was = ctx.profiling();
+        ctx.reset_profile();
+        ctx.set_profiling(true);
+        let result = (0..options.profile_tokens).try_for_each(|_| {
+            next = s.feed(&[next], &greedy)?;
+            Ok::<(), crate::Error>(())
+        });
+        ctx.set_profiling(was);
+        result?;
+        ctx.profile_report().map(|t| (t, options.profile_tokens))
+    } else {
+        None
+    };
+
+    let params = model.parameters();
+    let (k, e) = model
+        .config()
+        .moxe()
+        .map_or((1, 1), |m| (m.top_k, m.num_experts));
+    Ok(ModelBenchReport {
+        adapter: format!(
+            "{} ({:?})",
+            ctx.adapter_info().name,
+            ctx.adapter_info().backend
+        ),
+        parameters: params.total,
+        active_parameters: params.active(k, e),
+        prefill_tokens_per_s: prefill,
+        decode_tokens_per_s: decode,
+        batch_decode,
+        gpu_bytes: ctx.allocated_bytes(),
+        state_bytes_per_sequence: model.state_bytes_per_sequence(),
+        profile,
+    })
+}
+
+impl fmt::Display for ModelBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        writeln!(f, "adapter:     {}", self.adapter)?;
+        writeln!(
+            f,
+            "parameters:  {:.2} M ({:.2} M active per token)",
+            self.parameters as f64 / 1e6,
+            self.active_parameters as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "GPU memory:  {:.1} MiB allocated (weights, state, buffers)",
+            mib(self.gpu_bytes)
+        )?;
+        writeln!(
+            f,
+            "state:       {:.1} KiB per sequence",
+            self.state_bytes_per_sequence as f64 / 1024.0
+        )?;
+        writeln!(f, "prefill:     {:.1} tokens/s", self.prefill_tokens_per_s)?;
+        writeln!(
+            f,
+            "decode:      {:.1} tokens/s (one sequence)",
+            self.decode_tokens_per_s
+        )?;
+        if let Some((b, tps)) = self.batch_decode {
+            writeln!(f, "decode:      {tps:.1} tokens/s ({b} sequences together)")?;
+        }
+        if let Some((table, steps)) = &self.profile {
+            writeln!(f, "\ndecode time by kernel over {steps} tokens:\n{table}")?;
+        }
+        Ok(())
+    }
+}
