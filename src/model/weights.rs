@@ -279,6 +279,7 @@ impl<'a> Scope<'a> {
     }
 
     /// A GPU weight matrix of `name` with shape `shape`, stored as `dtype` (f32 or f16).
+    /// Values beyond f16's range are an error when storing as f16.
     pub fn matrix(
         &self,
         ctx: &Context,
@@ -288,6 +289,19 @@ impl<'a> Scope<'a> {
     ) -> Result<Tensor> {
         let full = self.name(name);
         let values = self.weights.f32(&full, shape)?;
+        // Beyond f16's range a value would become an infinity.
+        if dtype == DType::F16 {
+            if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
+                return Err(Error::file(
+                    self.weights.path(),
+                    format!(
+                        "tensor '{full}': element {i} = {} is beyond the f16 range (65504); \
+                         load it as f32 (--dtype f32)",
+                        values[i]
+                    ),
+                ));
+            }
+        }
         Tensor::weight(ctx, &full, shape, dtype, HostData::F32(&values))
     }
 }
@@ -332,6 +346,23 @@ mod tests {
         assert_eq!(w.f32("a", &[2]).unwrap(), vec![1.0, 2.0]);
         assert_eq!(w.f32("h", &[2]).unwrap(), vec![1.5, -2.0]);
         assert_eq!(w.f32("b", &[1, 2]).unwrap(), vec![0.5, 3.0]);
+    }
+
+    #[test]
+    fn values_beyond_f16_are_refused_when_storing_f16() {
+        let bytes = file(&[("w", Dtype::F32, vec![1, 2], f32_bytes(&[1.0, 70000.0]))]);
+        let w = Weights::from_bytes("m.safetensors".into(), bytes).unwrap();
+        let ctx = crate::testing::gpu();
+        let err = w
+            .scope("")
+            .matrix(ctx, "w", &[1, 2], DType::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'w'") && err.contains("70000") && err.contains("--dtype f32"),
+            "{err}"
+        );
+        assert!(w.scope("").matrix(ctx, "w", &[1, 2], DType::F32).is_ok());
     }
 
     #[test]
