@@ -80,6 +80,32 @@ fn save_resume_and_fork_continue_like_an_uninterrupted_run() {
 }
 
 #[test]
+fn a_generation_absorbed_into_the_state_continues_its_text() {
+    let model = default_model(2);
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let prompt = model.tokenizer().unwrap().encode("The king said").unwrap();
+    let mut s = Session::new(&model).unwrap();
+    let mut gen = s.generate_ids(&prompt, &opts).unwrap();
+    let generated: Vec<u32> = gen.by_ref().map(|p| p.unwrap().id).collect();
+    gen.absorb_last().unwrap();
+    assert_eq!(generated.len(), 12);
+    assert_eq!(
+        s.position(),
+        prompt.len() + 12,
+        "prompt and all generated tokens consumed"
+    );
+    // The same state reached by feeding prompt + generated ids in one go.
+    let mut t = Session::new(&model).unwrap();
+    t.logits(&[prompt.clone(), generated].concat()).unwrap();
+    let a = s.logits(&[5]).unwrap();
+    let b = t.logits(&[5]).unwrap();
+    moxe::testing::assert_close(&a, &b, 1e-4, 1e-4, "continuation after absorb_last");
+}
+
+#[test]
 fn the_state_has_the_same_size_whatever_the_length() {
     let model = default_model(2);
     let bytes = model.state_bytes_per_sequence();

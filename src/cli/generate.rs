@@ -52,6 +52,13 @@ pub struct GenerateArgs {
     /// Print each MoE layer's router telemetry for the last step.
     #[arg(long)]
     pub telemetry: bool,
+    /// Continue from a session state saved with --save-session (one prompt only): the
+    /// prompt is read as the continuation of that text.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Save the session's recurrent state after generating (one prompt only).
+    #[arg(long)]
+    pub save_session: Option<PathBuf>,
 }
 
 fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
@@ -108,8 +115,16 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let t = Instant::now();
     let mut tokens = 0usize;
+    if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
+        return Err(Error::InvalidArgument(
+            "--resume and --save-session take a single prompt".into(),
+        ));
+    }
     if let [prompt] = prompts.as_slice() {
-        let mut session = Session::new(&model)?;
+        let mut session = match &args.resume {
+            Some(path) => Session::load(&model, path)?,
+            None => Session::new(&model)?,
+        };
         print!("{prompt}");
         out.flush().ok();
         let mut gen = session.generate(prompt, &opts)?;
@@ -120,6 +135,15 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             out.flush().ok();
         }
         println!();
+        if let Some(path) = &args.save_session {
+            gen.absorb_last()?;
+            session.save(path)?;
+            eprintln!(
+                "[session saved to {} after {} tokens]",
+                path.display(),
+                session.position()
+            );
+        }
         if args.telemetry {
             for (l, t) in session.telemetry()?.iter().enumerate() {
                 eprintln!("layer {l}:\n{t}");

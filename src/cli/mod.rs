@@ -47,8 +47,11 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Show a model's configuration, parameter counts and memory, without the GPU.
     Inspect {
+        /// Model directory (also accepted as --model); default: the bundled model.
+        #[arg(conflicts_with = "model")]
+        dir: Option<std::path::PathBuf>,
         /// Model directory (config.json, model.safetensors, tokenizer.json).
-        #[arg(default_value_os_t = moxe::model::dir::default_model_dir())]
+        #[arg(long, default_value_os_t = moxe::model::dir::default_model_dir())]
         model: std::path::PathBuf,
     },
 }
@@ -72,6 +75,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(args) => perplexity::run(&cli.gpu, &args),
         Command::Logits(args) => logits::run(&cli.gpu, &args),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
-        Command::Inspect { model } => inspect::run(&model),
+        Command::Inspect { dir, model } => inspect::run(dir.as_ref().unwrap_or(&model)),
     }
 }

@@ -122,6 +122,8 @@ pub struct Generation<'s> {
     opts: GenerateOptions,
     emitter: Emitter,
     next: Option<u32>,
+    /// The last token handed out, not yet fed to the session (generation stopped).
+    unfed: Option<u32>,
 }
 
 impl Session {
@@ -150,6 +152,7 @@ impl Session {
             opts: opts.clone(),
             emitter,
             next,
+            unfed: None,
         })
     }
 }
@@ -158,6 +161,16 @@ impl Generation<'_> {
     /// Why it ended (after the iterator returned `None`).
     pub fn finish(&self) -> Option<Finish> {
         self.emitter.finish
+    }
+
+    /// Feeds the last generated token to the session, so that its state covers all the
+    /// generated text (before saving it, or to continue with new input). Generation itself
+    /// stops after sampling that token without feeding it.
+    pub fn absorb_last(mut self) -> Result<()> {
+        match self.unfed.take() {
+            Some(id) => self.session.feed(&[id], &self.opts.sampling).map(|_| ()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -177,6 +190,8 @@ impl Iterator for Generation<'_> {
                 Ok(n) => self.next = Some(n),
                 Err(e) => return Some(Err(e)),
             }
+        } else {
+            self.unfed = Some(id);
         }
         Some(Ok(piece))
     }
