@@ -51,6 +51,7 @@ pub const SHADERS: &[ShaderSource] = registry![
     "nll",
     "mlstm_step",
     "mlstm_step_wide",
+    "mlstm_step_simd",
     "mlstm_chunk",
     "mlstm_chunk_wide",
     "mlstm_expert",

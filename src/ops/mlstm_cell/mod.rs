@@ -40,6 +40,9 @@ pub enum CellKernel {
     Recurrent,
     /// Token by token, eight columns of C per invocation (`mlstm_step_wide.wgsl`).
     RecurrentWide,
+    /// Token by token, one workgroup of 8 invocations per head, no workgroup reductions
+    /// (`mlstm_step_simd.wgsl`): CPU adapters.
+    RecurrentSimd,
     /// Chunks of [`chunkwise::CHUNK`] tokens, one column of C per invocation, 64-column blocks
     /// spread over workgroups (`mlstm_chunk.wgsl`).
     Chunkwise,
@@ -50,22 +53,24 @@ pub enum CellKernel {
 
 impl CellKernel {
     /// Every kernel (for tests and benchmarks).
-    pub const ALL: [CellKernel; 4] = [
+    pub const ALL: [CellKernel; 5] = [
         CellKernel::Recurrent,
         CellKernel::RecurrentWide,
+        CellKernel::RecurrentSimd,
         CellKernel::Chunkwise,
         CellKernel::ChunkwiseWide,
     ];
 
     /// The kernel for `tokens` tokens per sequence and heads of dim `head_dim`: recurrent for
-    /// decode (eight columns per invocation from DH = 128 on), chunkwise otherwise (eight
-    /// columns per invocation on CPU adapters, where loads are the cost; one column per
-    /// invocation and several workgroups per head on GPUs, for parallelism). Measured on
-    /// lavapipe, see the shaders.
+    /// decode (one SIMD group per head on CPU adapters; on GPUs eight columns per invocation
+    /// from DH = 128 on), chunkwise otherwise (eight columns per invocation on CPU adapters,
+    /// where loads are the cost; one column per invocation and several workgroups per head
+    /// on GPUs, for parallelism). Measured on lavapipe, see the shaders.
     pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
         match (tokens <= 1, head_dim >= 128, ctx.is_cpu()) {
-            (true, false, _) => CellKernel::Recurrent,
-            (true, true, _) => CellKernel::RecurrentWide,
+            (true, _, true) => CellKernel::RecurrentSimd,
+            (true, false, false) => CellKernel::Recurrent,
+            (true, true, false) => CellKernel::RecurrentWide,
             (false, _, true) => CellKernel::ChunkwiseWide,
             (false, _, false) => CellKernel::Chunkwise,
         }
@@ -293,11 +298,11 @@ pub fn record(
     seqs: usize,
     tokens: usize,
 ) -> Result<()> {
-    let wide = kernel.is_wide();
     if kernel.is_chunkwise() {
+        let wide = kernel.is_wide();
         chunkwise::record(ctx, graph, wide, inputs, h, state, slots, seqs, tokens)
     } else {
-        step::record(ctx, graph, wide, inputs, h, state, slots, seqs, tokens)
+        step::record(ctx, graph, kernel, inputs, h, state, slots, seqs, tokens)
     }
 }
 

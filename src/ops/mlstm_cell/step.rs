@@ -1,10 +1,11 @@
 //! The recurrent mLSTM cell kernels (`shaders/mlstm_step.wgsl`, one column of C per
-//! invocation, and `shaders/mlstm_step_wide.wgsl`, eight): one workgroup per (head,
-//! sequence) loops over the tokens. Used for decode (N = 1); over N tokens it is the
+//! invocation, `shaders/mlstm_step_wide.wgsl`, eight, and `shaders/mlstm_step_simd.wgsl`,
+//! eight per invocation in a workgroup of eight): one workgroup per (head, sequence) loops
+//! over the tokens. Used for decode (N = 1); over N tokens it is the
 //! token-by-token form the chunkwise kernels are measured against. Long inputs are recorded
 //! as several dispatches (see [`super::LOOP_BUDGET`]).
 
-use super::{params, segments, CellInputs, CellState};
+use super::{params, segments, CellInputs, CellKernel, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -12,12 +13,12 @@ use crate::ops::View;
 use crate::tensor::Tensor;
 
 /// Records the recurrent cell over `seqs` sequences of `tokens` tokens (shapes: see
-/// [`super`]), with the wide kernel when `wide`.
+/// [`super`]) with one of the recurrent kernels.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: &Context,
     graph: &mut Graph,
-    wide: bool,
+    kernel: CellKernel,
     inputs: &CellInputs<'_>,
     h: View<'_>,
     state: &CellState,
@@ -31,27 +32,38 @@ pub fn record(
     }
     // Loop iterations per token (see the shaders).
     let dh = state.head_dim();
-    let (shader, per_token) = if wide {
-        ("mlstm_step_wide", 21 + 2 * dh.div_ceil(64) + dh)
-    } else {
-        ("mlstm_step", 11 + dh.div_ceil(64) * (dh / 4 + 8))
+    let qkv = inputs.qkv;
+    // q, k and n as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
+    let vec4 = dh % 4 == 0 && qkv.offset % 4 == 0 && qkv.stride % 4 == 0;
+    let (shader, per_token, constants) = match kernel {
+        CellKernel::RecurrentWide => ("mlstm_step_wide", 21 + 2 * dh.div_ceil(64) + dh, vec![]),
+        CellKernel::RecurrentSimd => (
+            "mlstm_step_simd",
+            7 + dh / 4 + dh.div_ceil(64) * (20 + dh / 4),
+            vec![("VEC4", vec4 as u8 as f64)],
+        ),
+        _ => ("mlstm_step", 11 + dh.div_ceil(64) * (dh / 4 + 8), vec![]),
     };
-    let pipeline = ctx.pipeline(shader, "step", &[])?;
+    let pipeline = ctx.pipeline(shader, "step", &constants)?;
     for range in segments(tokens, 1, per_token, 1) {
         let uniform = ctx.uniform("mlstm step params", &params.segment(range))?;
+        let mut resources = vec![
+            uniform.as_entire_binding(),
+            qkv.binding()?,
+            inputs.gates.binding()?,
+            slots.binding()?,
+            h.binding()?,
+            state.c.binding()?,
+            state.n.binding()?,
+            state.m.binding()?,
+        ];
+        if kernel == CellKernel::RecurrentSimd {
+            resources.push(qkv.binding()?);
+        }
         graph.dispatch(
             ctx,
             &pipeline,
-            &[
-                uniform.as_entire_binding(),
-                inputs.qkv.binding()?,
-                inputs.gates.binding()?,
-                slots.binding()?,
-                h.binding()?,
-                state.c.binding()?,
-                state.n.binding()?,
-                state.m.binding()?,
-            ],
+            &resources,
             Workgroups::grid(state.heads(), seqs, 1)?,
         )?;
     }

@@ -284,6 +284,7 @@ fn prefill_then_decode_equals_the_recurrence() {
     for (prefill, decode) in [
         (CellKernel::Chunkwise, CellKernel::Recurrent),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentWide),
+        (CellKernel::ChunkwiseWide, CellKernel::RecurrentSimd),
     ] {
         let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
         let mut got = vec![Vec::new(); seqs];

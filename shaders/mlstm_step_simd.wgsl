@@ -1,0 +1,182 @@
+// mLSTM cell, recurrent form, for CPU adapters (same math and layouts as mlstm_step.wgsl;
+// read that file first): ONE workgroup of 8 invocations (one SIMD group on llvmpipe) per
+// (head, sequence), no reductions through workgroup memory. Invocation `lane` owns the
+// 8-column blocks lane, lane + 8, .. of C (two aligned vec4 per row: c_stride is a multiple
+// of 8) and walks the rows four at a time with q and k read as vec4. Each invocation
+// computes q . n itself (DH multiply-adds, cheap beside its share of C) instead of a
+// workgroup reduction; it writes n only for the rows of its own blocks, after a barrier.
+// On llvmpipe, where every load or store costs a loop over the SIMD lanes and every
+// barrier of a larger workgroup switches coroutines, this is several times faster than
+// the other recurrent kernels for decode.
+//
+// VEC4 (override): qkv_offset, qkv_stride and DH are multiples of 4, so q, k and n are read
+// as vec4 (through qkv4 and n4, the same buffers); otherwise element by element.
+//
+// Loop iterations of one invocation, counting one more for each loop's exit: at most
+// 7 + DH / 4 + ceil(DH / 64) * (20 + DH / 4) per token, plus 1.
+
+struct Params {
+    heads: u32,
+    head_dim: u32,
+    tokens: u32,
+    seqs: u32,
+    slots: u32,
+    scale: f32,
+    eps: f32,
+    token_base: u32,
+    seg_tokens: u32,
+    qkv_offset: u32,
+    qkv_stride: u32,
+    gate_offset: u32,
+    gate_stride: u32,
+    h_offset: u32,
+    h_stride: u32,
+    c_stride: u32,
+}
+
+override VEC4: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> gates: array<f32>;
+@group(0) @binding(3) var<storage, read> slots: array<u32>;
+@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> n: array<f32>;
+@group(0) @binding(7) var<storage, read_write> m: array<f32>;
+@group(0) @binding(8) var<storage, read> qkv4: array<vec4<f32>>;
+
+// log(sigmoid(x)) without overflow for either sign.
+fn log_sigmoid(x: f32) -> f32 {
+    return min(x, 0.0) - log(1.0 + exp(-abs(x)));
+}
+
+// qkv[b .. b + 4].
+fn qkv_quad(b: u32) -> vec4<f32> {
+    if VEC4 {
+        return qkv4[b / 4u];
+    }
+    return vec4<f32>(qkv[b], qkv[b + 1u], qkv[b + 2u], qkv[b + 3u]);
+}
+
+// qkv[b + e] for e < len, zero past it.
+fn qkv_tail(b: u32, e: u32, len: u32) -> f32 {
+    if e < len {
+        return qkv[b + e];
+    }
+    return 0.0;
+}
+
+@compute @workgroup_size(8)
+fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let hd = wid.x;
+    let b = wid.y;
+    let slot = slots[b];
+    // Uniform per workgroup, so returning keeps the barriers uniform.
+    if slot >= p.slots || b >= p.seqs {
+        return;
+    }
+    let dh = p.head_dim;
+    let di = p.heads * dh;
+    let sh = slot * p.heads + hd;
+    let nbase = sh * dh;
+    let cs4 = p.c_stride / 4u;
+    let blocks = (dh + 7u) / 8u;
+    let d4 = dh - dh % 4u;
+    var mv = m[sh];
+    let end = p.token_base + p.seg_tokens;
+    for (var t = p.token_base; t < end; t++) {
+        let row = b * p.tokens + t;
+        let qb = p.qkv_offset + row * p.qkv_stride + hd * dh;
+        let kb = qb + di;
+        let gb = p.gate_offset + row * p.gate_stride + hd;
+        let ip = gates[gb];
+        let lf = log_sigmoid(gates[gb + p.heads]);
+        let m_new = max(lf + mv, ip);
+        let fa = exp(lf + mv - m_new);
+        let ia = exp(ip - m_new);
+        let ik = ia * p.scale;
+
+        // q . n' over all rows (n' = fa n + ia k scale).
+        var qn = 0.0;
+        var i = 0u;
+        for (; i < d4; i += 4u) {
+            let nv = vec4<f32>(n[nbase + i], n[nbase + i + 1u], n[nbase + i + 2u], n[nbase + i + 3u]);
+            qn += dot(qkv_quad(qb + i), fa * nv + ik * qkv_quad(kb + i));
+        }
+        for (; i < dh; i++) {
+            qn += qkv[qb + i] * (fa * n[nbase + i] + ik * qkv[kb + i]);
+        }
+        let den = max(abs(qn), exp(-m_new)) + p.eps;
+        // Every invocation has read n; each now writes the rows of its own blocks.
+        workgroupBarrier();
+
+        for (var blk = lane; blk < blocks; blk += 8u) {
+            let j0 = 8u * blk;
+            let len = dh - j0;
+            for (var e = 0u; e < 8u; e++) {
+                if e < len {
+                    n[nbase + j0 + e] = fa * n[nbase + j0 + e] + ik * qkv[kb + j0 + e];
+                }
+            }
+            // i' v of the eight columns, zero past DH.
+            let vb = kb + di + j0;
+            let v0 = ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
+            let v1 = ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len));
+            var a0 = vec4<f32>(0.0);
+            var a1 = vec4<f32>(0.0);
+            var ci = nbase * cs4 + 2u * blk;
+            var r = 0u;
+            // Four rows per iteration (q and k of the rows as one vec4 each), then the rest.
+            for (; r < d4; r += 4u) {
+                let q = qkv_quad(qb + r);
+                let k = p.scale * qkv_quad(kb + r);
+                let c00 = fa * c[ci] + k.x * v0;
+                let c01 = fa * c[ci + 1u] + k.x * v1;
+                let c10 = fa * c[ci + cs4] + k.y * v0;
+                let c11 = fa * c[ci + cs4 + 1u] + k.y * v1;
+                let c20 = fa * c[ci + 2u * cs4] + k.z * v0;
+                let c21 = fa * c[ci + 2u * cs4 + 1u] + k.z * v1;
+                let c30 = fa * c[ci + 3u * cs4] + k.w * v0;
+                let c31 = fa * c[ci + 3u * cs4 + 1u] + k.w * v1;
+                c[ci] = c00;
+                c[ci + 1u] = c01;
+                c[ci + cs4] = c10;
+                c[ci + cs4 + 1u] = c11;
+                c[ci + 2u * cs4] = c20;
+                c[ci + 2u * cs4 + 1u] = c21;
+                c[ci + 3u * cs4] = c30;
+                c[ci + 3u * cs4 + 1u] = c31;
+                a0 += q.x * c00 + q.y * c10 + q.z * c20 + q.w * c30;
+                a1 += q.x * c01 + q.y * c11 + q.z * c21 + q.w * c31;
+                ci += 4u * cs4;
+            }
+            for (; r < dh; r++) {
+                let q = qkv[qb + r];
+                let k = p.scale * qkv[kb + r];
+                let c0 = fa * c[ci] + k * v0;
+                let c1 = fa * c[ci + 1u] + k * v1;
+                c[ci] = c0;
+                c[ci + 1u] = c1;
+                a0 += q * c0;
+                a1 += q * c1;
+                ci += cs4;
+            }
+            let hb = p.h_offset + row * p.h_stride + hd * dh + j0;
+            for (var e = 0u; e < 4u; e++) {
+                if e < len {
+                    h[hb + e] = a0[e] / den;
+                }
+                if e + 4u < len {
+                    h[hb + 4u + e] = a1[e] / den;
+                }
+            }
+        }
+        mv = m_new;
+        // n is read again by the next token.
+        workgroupBarrier();
+    }
+    if lane == 0u {
+        m[sh] = mv;
+    }
+}
