@@ -9,11 +9,19 @@
 //
 // x element (r, c) at x_offset + r * x_stride + c; y likewise.
 //
-//   norm_rows: one invocation per (row, group), streaming the group three times
-//              (mean, variance, output): the fast pattern on CPU adapters.
-//              grid (ceil(groups / 64), rows split over y/z, row = wid.y + wid.z * 65535).
-//   norm_coop: one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
-//              grid (groups, rows split over y/z).
+//   norm_rows:  one invocation per (row, group), streaming the group three times
+//               (mean, variance, output).
+//               grid (ceil(groups / 64), rows split over y/z, row = wid.y + wid.z * 65535).
+//   norm_coop:  one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
+//               grid (groups, rows split over y/z).
+//   norm_lanes: one workgroup of 8 (one SIMD group on llvmpipe) per (row, group); each
+//               invocation reads every eighth quad of the group (as one vec4 when X4) and
+//               the eight partial sums meet in workgroup memory: the fast pattern on CPU
+//               adapters, where every load costs a loop over the SIMD lanes.
+//               grid (groups, rows split over y/z).
+//
+// X4 (override): x_offset, x_stride and group are multiples of 4, so x is read as vec4
+// through x4 (the same buffer).
 
 struct Params {
     rows: u32,
@@ -35,6 +43,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+
+override X4: bool = false;
 
 fn emit(i: u32, c: u32, normed: f32) {
     let gb = scale_shift(c);
@@ -128,5 +139,64 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     let inv = inverseSqrt(workgroup_sum(lid, sq) / n + p.eps);
     for (var c = lid; c < p.group; c += 64u) {
         emit(yb + c, c0 + c, (x[xb + c] - mean) * inv);
+    }
+}
+
+var<workgroup> lane_part: array<f32, 8>;
+
+// Sum of `v` over the 8 invocations; every invocation gets the same result.
+fn lanes_sum(lane: u32, v: f32) -> f32 {
+    lane_part[lane] = v;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        total += lane_part[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+// x[b .. b + 4], zero past `len` elements (b is 16-byte aligned when X4).
+fn x_quad(b: u32, len: u32) -> vec4<f32> {
+    if X4 {
+        return x4[b / 4u];
+    }
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < min(len, 4u); j++) {
+        v[j] = x[b + j];
+    }
+    return v;
+}
+
+@compute @workgroup_size(8)
+fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row = wid.y + wid.z * 65535u;
+    // Uniform per workgroup, so returning here keeps barriers uniform.
+    if row >= p.rows {
+        return;
+    }
+    let c0 = wid.x * p.group;
+    let xb = p.x_offset + row * p.x_stride + c0;
+    let yb = p.y_offset + row * p.y_stride + c0;
+    let n = f32(p.group);
+    var sum = 0.0;
+    for (var e = 4u * lane; e < p.group; e += 32u) {
+        sum += dot(x_quad(xb + e, p.group - e), vec4<f32>(1.0));
+    }
+    let mean = lanes_sum(lane, sum) / n;
+    var sq = 0.0;
+    for (var e = 4u * lane; e < p.group; e += 32u) {
+        let len = p.group - e;
+        let live = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
+        let d = select(vec4<f32>(0.0), x_quad(xb + e, len) - mean, live);
+        sq += dot(d, d);
+    }
+    let inv = inverseSqrt(lanes_sum(lane, sq) / n + p.eps);
+    for (var e = 4u * lane; e < p.group; e += 32u) {
+        let len = p.group - e;
+        let v = (x_quad(xb + e, len) - mean) * inv;
+        for (var j = 0u; j < min(len, 4u); j++) {
+            emit(yb + e + j, c0 + e + j, v[j]);
+        }
     }
 }

@@ -65,10 +65,48 @@ struct Params {
     _pad: [u32; 4],
 }
 
+/// The normalisation kernels (entry points of `layer_norm.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKernel {
+    /// One invocation per (row, group).
+    Rows,
+    /// One workgroup of 64 per (row, group), reducing in workgroup memory: GPUs.
+    Coop,
+    /// One workgroup of 8 per (row, group), vec4 reads: CPU adapters.
+    Lanes,
+}
+
+impl NormKernel {
+    /// All kernels (for tests).
+    pub const ALL: [NormKernel; 3] = [NormKernel::Rows, NormKernel::Coop, NormKernel::Lanes];
+
+    /// The kernel for this adapter.
+    pub fn choose(ctx: &Context) -> Self {
+        if ctx.is_cpu() {
+            NormKernel::Lanes
+        } else {
+            NormKernel::Coop
+        }
+    }
+}
+
 /// Records `y = beta * y + norm(x)`.
 pub fn layer_norm(
     ctx: &Context,
     graph: &mut Graph,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    layer_norm_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, beta)
+}
+
+/// [`layer_norm`] with an explicit kernel.
+pub fn layer_norm_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: NormKernel,
     norm: &Norm<'_>,
     x: View<'_>,
     y: View<'_>,
@@ -97,11 +135,12 @@ pub fn layer_norm(
     }
     distinct("norm", x.tensor, y.tensor)?;
     let groups = x.cols / norm.group;
-    let (entry, groups_x) = if ctx.is_cpu() {
-        ("norm_rows", groups.div_ceil(64))
-    } else {
-        ("norm_coop", groups)
+    let (entry, groups_x) = match kernel {
+        NormKernel::Rows => ("norm_rows", groups.div_ceil(64)),
+        NormKernel::Coop => ("norm_coop", groups),
+        NormKernel::Lanes => ("norm_lanes", groups),
     };
+    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && norm.group % 4 == 0;
     let params = Params {
         rows: u32_param("rows", x.rows)?,
         cols: u32_param("cols", x.cols)?,
@@ -117,7 +156,7 @@ pub fn layer_norm(
         beta,
         _pad: [0; 4],
     };
-    let pipeline = ctx.pipeline("layer_norm", entry, &[])?;
+    let pipeline = ctx.pipeline("layer_norm", entry, &[("X4", x4 as u8 as f64)])?;
     let uniform = ctx.uniform("norm params", &params)?;
     let weight = match norm.weight {
         Some(w) => w.binding()?,
@@ -136,6 +175,7 @@ pub fn layer_norm(
             weight,
             bias,
             y.binding()?,
+            x.binding()?,
         ],
         RowGrid::YZ { x: groups_x },
         x.rows,
@@ -174,6 +214,7 @@ pub fn reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::HostData;
     use crate::testing::{assert_close, gpu, Rng};
 
     fn check(rows: usize, cols: usize, group: usize, offset: bool, bias: bool, beta: f32) {
@@ -199,9 +240,6 @@ mod tests {
             group,
             eps: 1e-5,
         };
-        let mut g = Graph::new();
-        layer_norm(ctx, &mut g, &norm, View::of(&xt), View::of(&yt), beta).unwrap();
-        ctx.run(&[&g]).unwrap();
         let mut want = reference(
             &x,
             cols,
@@ -214,13 +252,21 @@ mod tests {
         for (v, o) in want.iter_mut().zip(&y0) {
             *v += beta * o;
         }
-        let what = format!("norm rows={rows} cols={cols} group={group}");
-        assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+        for kernel in NormKernel::ALL {
+            yt.write(HostData::F32(&y0)).unwrap();
+            let mut g = Graph::new();
+            let (x, y) = (View::of(&xt), View::of(&yt));
+            layer_norm_with(ctx, &mut g, kernel, &norm, x, y, beta).unwrap();
+            ctx.run(&[&g]).unwrap();
+            let what = format!("norm {kernel:?} rows={rows} cols={cols} group={group}");
+            assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+        }
     }
 
     #[test]
     fn layer_norm_matches_reference() {
         check(1, 1, 1, true, false, 0.0);
+        check(2, 128, 128, true, false, 1.0);
         check(3, 37, 37, true, false, 0.0);
         check(7, 1024, 1024, false, true, 1.0);
         check(2, 130, 130, true, true, 0.0);
