@@ -6,6 +6,9 @@
 //   mode 2: rows on z    -> (x, y, ceil(n / per))
 //   mode 3: rows on y, z -> (x, min(n, rows_per_z), ceil(n / rows_per_z))
 // with n = counts[count_index]. n == 0 gives a zero dimension: the dispatch runs nothing.
+// Every dimension is clamped to 65535 (the WebGPU minimum of
+// max_compute_workgroups_per_dimension), so the arguments are valid by construction and
+// wgpu's own validation pass over them can stay off.
 
 struct Params {
     capacity: u32,
@@ -46,6 +49,7 @@ fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
+    out = min(out, vec3<u32>(65535u));
     args[i * 3u] = out.x;
     args[i * 3u + 1u] = out.y;
     args[i * 3u + 2u] = out.z;

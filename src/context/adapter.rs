@@ -66,9 +66,20 @@ impl fmt::Display for Backend {
 }
 
 /// Creates a wgpu instance for the given backends (no display handle: compute only).
+///
+/// wgpu's validation of indirect dispatch arguments is left off except on DX12: it adds a
+/// compute pass per indirect dispatch (about 40% of a decode step on lavapipe), and the
+/// engine's arguments are clamped to the device limits by the kernel that writes them
+/// (`shaders/indirect_args.wgsl`). DX12 keeps it because there `num_workgroups` reads 0
+/// in indirect dispatches without it. `WGPU_VALIDATION_INDIRECT_CALL=1` turns it back on.
 pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
+    let mut flags = wgpu::InstanceFlags::from_build_config();
+    if !backends.contains(wgpu::Backends::DX12) {
+        flags.remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+    }
+    desc.flags = flags.with_env();
     wgpu::Instance::new(desc)
 }
 

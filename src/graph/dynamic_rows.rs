@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Graph, RowGrid, Workgroups, ROWS_PER_Z};
+use super::{Graph, RowGrid, Workgroups, MAX_GROUPS_PER_DIM, ROWS_PER_Z};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, HostData, Tensor};
@@ -107,6 +107,7 @@ impl DynamicRows {
             RowGrid::Z { x, y, per } => (2, x, y, per),
             RowGrid::YZ { x } => (3, x, 1, 1),
         };
+        Workgroups::grid(x, y, 1)?;
         let mut registered = self.registered.lock().expect("dynamic rows poisoned");
         let slot = registered.len();
         if slot >= self.capacity {
@@ -163,11 +164,12 @@ impl DynamicRows {
 pub fn reference(grid: RowGrid, rows: usize) -> [u32; 3] {
     let n = rows as u32;
     let z = ROWS_PER_Z as u32;
-    match grid {
+    let grid = match grid {
         RowGrid::Y { x, per } => [x as u32, n.div_ceil(per as u32), 1],
         RowGrid::Z { x, y, per } => [x as u32, y as u32, n.div_ceil(per as u32)],
         RowGrid::YZ { x } => [x as u32, n.min(z), n.div_ceil(z)],
-    }
+    };
+    grid.map(|v| v.min(MAX_GROUPS_PER_DIM))
 }
 
 #[cfg(test)]
