@@ -1,4 +1,4 @@
-// Token sampling on the GPU, one workgroup of 256 invocations per sequence.
+// Token sampling on the GPU, one workgroup of THREADS invocations per sequence.
 //
 // logits: row b of the (B, V) view at logits_offset + b * logits_stride.
 // settings: per sequence (temperature, top_k, top_p, seed, step):
@@ -11,7 +11,10 @@
 // Thresholds are found by bisection on values (no sort); a value tie at the top-k
 // threshold keeps every tied token.
 // out: u32 (B) sampled ids, written at out_offset + b.
-// Each invocation owns a contiguous segment of ceil(V / 256) ids.
+// Each invocation owns a contiguous segment of ceil(V / THREADS) ids.
+//
+// THREADS (override): a power of two up to 256. 256 on GPUs; 8 (one SIMD group) on CPU
+// adapters, where every barrier of a larger workgroup switches between its SIMD groups.
 
 struct Params {
     vocab: u32,
@@ -34,7 +37,7 @@ struct Settings {
 @group(0) @binding(2) var<storage, read> settings: array<Settings>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 
-const THREADS: u32 = 256u;
+override THREADS: u32 = 256u;
 
 var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_u: array<u32, 256>;
@@ -109,7 +112,7 @@ fn hash(x: u32) -> u32 {
     return (h >> 22u) ^ h;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let b = wid.x;
     // Uniform per workgroup, so barriers stay uniform.

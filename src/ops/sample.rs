@@ -86,6 +86,16 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Invocations per sequence for this adapter: one SIMD group on CPU adapters (barriers
+/// are cheap within it), 256 on GPUs.
+pub fn threads_for(ctx: &Context) -> u32 {
+    if ctx.is_cpu() {
+        8
+    } else {
+        256
+    }
+}
+
 /// Records sampling one id per row of `logits` into `out[out_offset + b]`.
 pub fn sample(
     ctx: &Context,
@@ -95,6 +105,32 @@ pub fn sample(
     out: &Tensor,
     out_offset: usize,
 ) -> Result<()> {
+    sample_with(
+        ctx,
+        graph,
+        threads_for(ctx),
+        logits,
+        settings,
+        out,
+        out_offset,
+    )
+}
+
+/// [`sample`] with `threads` invocations per sequence (a power of two, 1 to 256).
+pub fn sample_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    threads: u32,
+    logits: View<'_>,
+    settings: &Tensor,
+    out: &Tensor,
+    out_offset: usize,
+) -> Result<()> {
+    if !threads.is_power_of_two() || threads > 256 {
+        return Err(Error::InvalidArgument(format!(
+            "sampling threads must be a power of two up to 256, got {threads}"
+        )));
+    }
     logits.check("sampling logits")?;
     let seqs = logits.rows;
     if settings.dtype() != DType::U32 || settings.numel() < seqs * 5 {
@@ -119,7 +155,7 @@ pub fn sample(
         out_offset: u32_param("offset", out_offset)?,
         _pad: [0; 3],
     };
-    let pipeline = ctx.pipeline("sample", "sample", &[])?;
+    let pipeline = ctx.pipeline("sample", "sample", &[("THREADS", threads as f64)])?;
     let uniform = ctx.uniform("sample params", &params)?;
     graph.dispatch(
         ctx,
@@ -209,8 +245,20 @@ mod tests {
     use super::*;
     use crate::testing::{gpu, Rng};
 
-    /// Samples every row of `logits` (B, V) on the GPU with per-row settings.
+    /// Samples every row of `logits` (B, V) on the GPU with per-row settings, with each
+    /// workgroup size (all must agree).
     fn run(logits: &[f32], v: usize, settings: &[(Sampling, u32)]) -> Vec<u32> {
+        let ids: Vec<Vec<u32>> = [8, 64, 256]
+            .iter()
+            .map(|&t| run_with(t, logits, v, settings))
+            .collect();
+        for (t, other) in [64, 256].iter().zip(&ids[1..]) {
+            assert_eq!(&ids[0], other, "{t} threads disagree with 8");
+        }
+        ids.into_iter().next().unwrap()
+    }
+
+    fn run_with(threads: u32, logits: &[f32], v: usize, settings: &[(Sampling, u32)]) -> Vec<u32> {
         let ctx = gpu();
         let b = settings.len();
         let lt = Tensor::from_f32(ctx, "logits", &[b, v], logits).unwrap();
@@ -221,7 +269,7 @@ mod tests {
         let st = Tensor::from_u32(ctx, "settings", &[words.len()], &words).unwrap();
         let out = Tensor::zeros(ctx, "ids", &[b + 1], DType::U32).unwrap();
         let mut g = Graph::new();
-        sample(ctx, &mut g, View::of(&lt), &st, &out, 1).unwrap();
+        sample_with(ctx, &mut g, threads, View::of(&lt), &st, &out, 1).unwrap();
         ctx.run(&[&g]).unwrap();
         out.to_u32().unwrap()[1..].to_vec()
     }
