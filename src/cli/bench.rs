@@ -53,6 +53,9 @@ pub struct ModelBenchArgs {
     /// Decode steps timed per kernel (0 = skip the per-kernel split).
     #[arg(long, default_value_t = 16)]
     pub profile_tokens: usize,
+    /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Do not run the PyTorch reference beside the engine.
     #[arg(long)]
     pub no_reference: bool,
@@ -110,6 +113,11 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
 fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
     // One sequence for the single-sequence measurements, `batch` for the batched one.
     let sequences = args.batch + 1;
+    let config = match &args.config {
+        Some(path) => path.clone(),
+        None => args.model.model.join("config.json"),
+    };
+    super::threads::for_decode(&config);
     let model = match &args.config {
         Some(path) => random_model(gpu, path, args.model.dtype, sequences)?,
         None => args.model.load(gpu, sequences)?,
@@ -119,12 +127,16 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
         decode_tokens: args.decode_tokens,
         batch: args.batch,
         profile_tokens: args.profile_tokens,
+        repeats: args.repeats,
     };
     let source = match &args.config {
         Some(p) => format!("random weights for {}", p.display()),
         None => args.model.model.display().to_string(),
     };
     println!("model:       {source} ({} weights)", model.dtype());
+    if let Some(n) = std::env::var_os("LP_NUM_THREADS") {
+        println!("lavapipe:    LP_NUM_THREADS={}", n.to_string_lossy());
+    }
     let report = bench_model(&model, &options)?;
     print!("{report}");
     if args.config.is_none() && !args.no_reference {
@@ -188,6 +200,7 @@ fn reference(dir: &Path, args: &ModelBenchArgs, decode: f64, prefill: f64) {
         .arg(dir)
         .args(["--decode", &args.decode_tokens.to_string()])
         .args(["--prompt", &args.prompt_tokens.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
         .output();
     let parsed = out
         .map_err(|e| Error::InvalidArgument(format!("cannot run {}: {e}", python.display())))

@@ -96,6 +96,7 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
 }
 
 pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
+    super::threads::for_decode(&args.model.model.join("config.json"));
     let prompts = prompts(args)?;
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::InvalidArgument("a prompt is empty".into()));

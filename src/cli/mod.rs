@@ -7,6 +7,7 @@ mod inspect;
 mod logits;
 mod model_args;
 mod perplexity;
+mod threads;
 
 use clap::{Args, Parser, Subcommand};
 
