@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and one module per command.
 
 mod bench;
+mod convert;
 mod generate;
 mod info;
 mod inspect;
@@ -45,6 +46,8 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Measure speed on the current adapter.
     Bench(bench::BenchArgs),
+    /// Convert checkpoints (on the CPU): `moxe convert latent` factors dense experts.
+    Convert(convert::ConvertArgs),
     /// Show a model's configuration, parameter counts and memory, without the GPU.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(args) => perplexity::run(&cli.gpu, &args),
         Command::Logits(args) => logits::run(&cli.gpu, &args),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
+        Command::Convert(args) => convert::run(&args),
         Command::Inspect { model } => inspect::run(&model),
     }
 }
