@@ -148,10 +148,56 @@ impl LatentMlpExpert {
         dtype: DType,
     ) -> Result<Self> {
         let hidden = 2 * d;
+        let a1 = scope.f32("w1.A", &[hidden, ranks.0])?;
+        let a3 = scope.f32("w3.A", &[hidden, ranks.1])?;
+        let w2 = scope.f32("w2.weight", &[d, hidden])?;
+        Self::from_host(
+            ctx,
+            &scope.name(""),
+            d,
+            hidden,
+            ranks,
+            [&a1, &a3, &w2],
+            dtype,
+        )
+    }
+
+    /// An expert from host weights `[A_1 (H, r1), A_3 (H, r3), w2 (D, H)]`, row-major.
+    pub fn from_host(
+        ctx: &Context,
+        label: &str,
+        d: usize,
+        hidden: usize,
+        (r1, r3): (usize, usize),
+        [a1, a3, w2]: [&[f32]; 3],
+        dtype: DType,
+    ) -> Result<Self> {
+        if d == 0 || hidden == 0 || r1 == 0 || r3 == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "latent MLP expert '{label}' needs positive dims, got D = {d}, H = {hidden}, \
+                 ranks ({r1}, {r3})"
+            )));
+        }
+        let weight = |name: &str, w: &[f32], shape: [usize; 2]| {
+            if w.len() != shape[0] * shape[1] {
+                return Err(Error::mismatch(
+                    format!("latent MLP expert '{label}' {name} elements"),
+                    shape[0] * shape[1],
+                    w.len(),
+                ));
+            }
+            Tensor::weight(
+                ctx,
+                &format!("{label}{name}"),
+                &shape,
+                dtype,
+                HostData::F32(w),
+            )
+        };
         Ok(LatentMlpExpert {
-            a1: scope.matrix(ctx, "w1.A", &[hidden, ranks.0], dtype)?,
-            a3: scope.matrix(ctx, "w3.A", &[hidden, ranks.1], dtype)?,
-            w2: scope.matrix(ctx, "w2.weight", &[d, hidden], dtype)?,
+            a1: weight("w1.A", a1, [hidden, r1])?,
+            a3: weight("w3.A", a3, [hidden, r3])?,
+            w2: weight("w2.weight", w2, [d, hidden])?,
             hidden,
         })
     }
@@ -246,4 +292,131 @@ pub fn rank_of(ranks: &BTreeMap<String, usize>, key: &str) -> Result<usize> {
             "no latent rank for '{key}' (the checkpoint was not checked against a latent config)"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::mlp_expert;
+    use crate::testing::{assert_close, gpu, round_f16, Rng};
+
+    /// W = A B (f64) as f32, row-major (out, D).
+    fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
+        let out = a.len() / r;
+        (0..out * d)
+            .map(|i| {
+                let (o, j) = (i / d, i % d);
+                (0..r)
+                    .map(|k| a[o * r + k] as f64 * b[k * d + j] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latent_mlp_expert_is_the_dense_expert_of_the_product() {
+        let ctx = gpu();
+        let mut rng = Rng::new(11);
+        for (d, r1, r3, rows) in [(8, 3, 5, 1), (16, 11, 4, 7), (12, 24, 24, 3)] {
+            let h = 2 * d;
+            let b1 = rng.normal_vec(r1 * d, 0.5);
+            let b3 = rng.normal_vec(r3 * d, 0.5);
+            let a1 = rng.normal_vec(h * r1, 0.5);
+            let a3 = rng.normal_vec(h * r3, 0.5);
+            let w2 = rng.normal_vec(d * h, 0.3);
+            let x = rng.normal_vec(rows * d, 1.0);
+            // The latent rows the group stage would give: [B1 x | B3 x | padding].
+            let width = r1 + r3 + 2;
+            let l1 = crate::ops::matmul::reference(&b1, d, &x, None);
+            let l3 = crate::ops::matmul::reference(&b3, d, &x, None);
+            let latent: Vec<f32> = (0..rows)
+                .flat_map(|t| {
+                    let mut row = l1[t * r1..(t + 1) * r1].to_vec();
+                    row.extend(&l3[t * r3..(t + 1) * r3]);
+                    row.extend([7.0, -7.0]);
+                    row
+                })
+                .collect();
+            for dtype in [DType::F32, DType::F16] {
+                let e =
+                    LatentMlpExpert::from_host(ctx, "e.", d, h, (r1, r3), [&a1, &a3, &w2], dtype)
+                        .unwrap();
+                assert_eq!(e.ranks(), (r1, r3));
+                let round = |w: &[f32]| match dtype {
+                    DType::F16 => round_f16(w),
+                    _ => w.to_vec(),
+                };
+                let (w1, w3) = (
+                    product(&round(&a1), &b1, r1, d),
+                    product(&round(&a3), &b3, r3, d),
+                );
+                let want = mlp_expert::reference(&w1, &round(&w2), &w3, d, &x);
+                let xt = Tensor::from_f32(ctx, "latent", &[rows, width], &latent).unwrap();
+                let yt = Tensor::zeros(ctx, "y", &[rows, d], DType::F32).unwrap();
+                let scratch = Scratch::new(ctx, rows);
+                let mut g = Graph::new();
+                e.record(ctx, &mut g, View::of(&xt), View::of(&yt), &scratch)
+                    .unwrap();
+                ctx.run(&[&g]).unwrap();
+                let what = format!("D={d} r=({r1},{r3}) rows={rows} {dtype}");
+                assert_close(&yt.to_f32().unwrap(), &want, 1e-4, 1e-4, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_typed_errors() {
+        let ctx = gpu();
+        let err = LatentMlpExpert::from_host(
+            ctx,
+            "e.",
+            4,
+            8,
+            (2, 3),
+            [&[0.0; 16], &[0.0; 23], &[0.0; 32]],
+            DType::F32,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("w3.A elements"), "{err}");
+        let e = LatentMlpExpert::from_host(
+            ctx,
+            "e.",
+            4,
+            8,
+            (2, 3),
+            [&[0.0; 16], &[0.0; 24], &[0.0; 32]],
+            DType::F32,
+        )
+        .unwrap();
+        let x = Tensor::zeros(ctx, "x", &[2, 4], DType::F32).unwrap();
+        let y = Tensor::zeros(ctx, "y", &[2, 4], DType::F32).unwrap();
+        let err = e
+            .record(
+                ctx,
+                &mut Graph::new(),
+                View::of(&x).select_cols(0..4),
+                View::of(&y),
+                &Scratch::new(ctx, 2),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input columns"), "{err}");
+        let b = Arc::new(Tensor::zeros(ctx, "B", &[3, 5], DType::F32).unwrap());
+        let w = crate::model::Weights::from_bytes(
+            "none".into(),
+            safetensors::serialize(
+                Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+                None,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let err = Projection::load(ctx, &w.scope(""), "p", 4, 4, false, DType::F32, Some(&b))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("columns"), "{err}");
+    }
 }
