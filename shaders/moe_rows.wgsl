@@ -6,7 +6,9 @@
 //   gather:  dst[slot(t, j)] = src[t] for every choice j: each token's row is copied into
 //            the regions of the experts it was routed to;
 //   combine: dst[t] = sum_j weights[t, j] * src[slot(t, j)], j ascending: the weighted sum
-//            of the expert outputs (no residual).
+//            of the expert outputs (no residual);
+//   relay:   dst[slot(t, j)] = src[src_slots[t, j]] for every choice j: row moves between two
+//            region layouts (a latent layer's group rows into its experts' regions).
 // src / dst rows are at *_offset + row * *_stride (f32); regions have stride = cols.
 
 struct Params {
@@ -25,6 +27,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> slots: array<u32>;
 @group(0) @binding(3) var<storage, read> weights: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(5) var<storage, read> src_slots: array<u32>;
 
 // (token, column) of this invocation, or token == first + tokens when out of range.
 fn position(gid: vec3<u32>, wid: vec3<u32>) -> vec2<u32> {
@@ -60,4 +63,17 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
         acc += weights[i] * src[p.src_offset + slots[i] * p.src_stride + tc.y];
     }
     dst[p.dst_offset + tc.x * p.dst_stride + tc.y] = acc;
+}
+
+@compute @workgroup_size(64)
+fn relay(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tc = position(gid, wid);
+    if tc.x >= p.first + p.tokens {
+        return;
+    }
+    for (var j = 0u; j < p.top_k; j++) {
+        let i = tc.x * p.top_k + j;
+        let v = src[p.src_offset + src_slots[i] * p.src_stride + tc.y];
+        dst[p.dst_offset + slots[i] * p.dst_stride + tc.y] = v;
+    }
 }

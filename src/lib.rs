@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod context;
+pub mod convert;
 pub mod error;
 pub mod graph;
 pub mod model;

@@ -42,6 +42,7 @@ pub const SHADERS: &[ShaderSource] = registry![
     "indirect_args",
     "gate",
     "route",
+    "group_route",
     "router_stats",
     "moe_rows",
     "conv1d",

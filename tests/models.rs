@@ -1,7 +1,7 @@
 //! Whole-model golden tests against the official-package reference (tests/fixtures/models):
 //! prompt logits through the prefill path, 16 decode steps continuing from the prompt's
 //! state, greedy generation reproducing the reference's tokens, and router telemetry —
-//! for every fixture configuration, in f32 and f16.
+//! for every fixture configuration (the latent-expert ones included), in f32 and f16.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +17,6 @@ fn fixtures() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("golden.safetensors").exists())
-        // Latent-expert models have their own tests (tests/latent.rs).
-        .filter(|p| {
-            !p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("latent_")
-        })
         .collect();
     dirs.sort();
     dirs

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and one module per command.
 
 mod bench;
+mod convert;
 mod generate;
 mod info;
 mod inspect;
@@ -46,6 +47,8 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Measure speed on the current adapter.
     Bench(bench::BenchArgs),
+    /// Convert checkpoints (on the CPU): `moxe convert latent` factors dense experts.
+    Convert(convert::ConvertArgs),
     /// Show a model's configuration, parameter counts and memory, without the GPU.
     Inspect {
         /// Model directory (also accepted as --model); default: the bundled model.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(args) => perplexity::run(&cli.gpu, &args),
         Command::Logits(args) => logits::run(&cli.gpu, &args),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
+        Command::Convert(args) => convert::run(&args),
         Command::Inspect { dir, model } => inspect::run(dir.as_ref().unwrap_or(&model)),
     }
 }

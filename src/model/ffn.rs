@@ -2,9 +2,13 @@
 //! `y = proj_down(act(a) * b)` with `[a | b] = proj_up(x)` (the first P outputs are a).
 //!
 //! Shapes: proj_up (2P, D), proj_down (D, P), no biases (the sLSTM block never passes
-//! `xlstm.bias` to its FFN); x and y (rows, D).
+//! `xlstm.bias` to its FFN); x and y (rows, D). In a latent sLSTM expert proj_up is factored:
+//! `proj_up.A` (2P, r) applied to `B x`, B (r, D) shared by the expert's group.
+
+use std::sync::Arc;
 
 use super::config::FfnConfig;
+use super::latent::Projection;
 use super::{Scope, Scratch};
 use crate::context::Context;
 use crate::error::Result;
@@ -16,25 +20,27 @@ use crate::tensor::{DType, Tensor};
 
 /// A gated feed-forward layer on the GPU.
 pub struct GatedFfn {
-    up: Tensor,
+    up: Projection,
     down: Tensor,
     act: Activation,
     hidden: usize,
 }
 
 impl GatedFfn {
-    /// Loads `proj_up.weight` (2P, D) and `proj_down.weight` (D, P) from `scope`, with P from
-    /// `cfg` for embedding dim `dim`; matrices stored as `dtype` (f32 or f16).
+    /// Loads `proj_up.weight` (2P, D) — or `proj_up.A` (2P, r) with `shared` = Some(B (r, D))
+    /// — and `proj_down.weight` (D, P) from `scope`, with P from `cfg` for embedding dim
+    /// `dim`; matrices stored as `dtype` (f32 or f16).
     pub fn load(
         ctx: &Context,
         scope: &Scope<'_>,
         cfg: &FfnConfig,
         dim: usize,
         dtype: DType,
+        shared: Option<&Arc<Tensor>>,
     ) -> Result<Self> {
         let hidden = cfg.hidden(dim);
         Ok(GatedFfn {
-            up: scope.matrix(ctx, "proj_up.weight", &[2 * hidden, dim], dtype)?,
+            up: Projection::load(ctx, scope, "proj_up", 2 * hidden, dim, false, dtype, shared)?,
             down: scope.matrix(ctx, "proj_down.weight", &[dim, hidden], dtype)?,
             act: cfg.act,
             hidden,
@@ -62,7 +68,7 @@ impl GatedFfn {
         let act_buf = scratch.get("ffn.act", p)?;
         let up = View::of(&up_buf).select_rows(0..x.rows);
         let act = View::of(&act_buf).select_rows(0..x.rows);
-        matmul(ctx, graph, &self.up, None, x, up, 0.0)?;
+        self.up.record(ctx, graph, x, up, 0.0, scratch)?;
         binary(
             ctx,
             graph,
@@ -120,7 +126,7 @@ mod tests {
             let cpu = reference(&up, &down, cfg.act, &x, dim);
             assert_close(&cpu, &want, 1e-5, 1e-5, &format!("{name} reference"));
             for dtype in [DType::F32, DType::F16] {
-                let ffn = GatedFfn::load(ctx, &scope, &cfg, dim, dtype).unwrap();
+                let ffn = GatedFfn::load(ctx, &scope, &cfg, dim, dtype, None).unwrap();
                 assert_eq!(ffn.hidden(), meta["up_dim"].as_u64().unwrap() as usize);
                 let xt = Tensor::from_f32(ctx, "x", &[rows, dim], &x).unwrap();
                 let yt = Tensor::zeros(ctx, "y", &[rows, dim], DType::F32).unwrap();

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::config::{Architecture, ModelConfig};
+use super::config::{Architecture, ExpertType, ModelConfig, MoxeConfig};
 use super::dir::{ModelDir, ParameterCounts};
+use super::latent::{self, LatentMlpExpert};
 use super::manifest::{expert_kind, Kind};
 use super::mlp_expert::MlpExpert;
 use super::mlstm::{MlstmBlock, MlstmState};
@@ -162,7 +163,8 @@ impl Model {
         )
     }
 
-    /// Builds a model from validated weights (e.g. random weights for benchmarks).
+    /// Builds a model from validated weights (e.g. random weights for benchmarks); `ranks`
+    /// are the latent ranks [`Manifest::check`](super::manifest::Manifest::check) returned.
     pub fn from_parts(
         ctx: &Context,
         config: ModelConfig,
@@ -193,7 +195,6 @@ impl Model {
                     .into(),
             });
         }
-        let _ = ranks;
         let x = &config.xlstm;
         let (d, v) = (x.embedding_dim, x.vocab_size);
         let root = weights.scope("");
@@ -239,24 +240,7 @@ impl Model {
                         .add_post_blocks_norm
                         .then(|| s.vector(ctx, "mixer.post_blocks_norm.weight", &[d]))
                         .transpose()?;
-                    let mut experts: Vec<Box<dyn Expert>> = Vec::new();
-                    for e in 0..m.num_experts {
-                        let es = s.scope(&format!("experts.{e}."));
-                        let expert: Box<dyn Expert> =
-                            match expert_kind(m.expert_type, e, m.num_experts) {
-                                Kind::Mlp => {
-                                    Box::new(MlpExpert::load(ctx, &es, d, dtype).map_err(oom)?)
-                                }
-                                Kind::Mlstm => {
-                                    Box::new(load_mlstm(ctx, &config, &es, dtype).map_err(oom)?)
-                                }
-                                Kind::Slstm => {
-                                    Box::new(load_slstm(ctx, &config, &es, dtype).map_err(oom)?)
-                                }
-                            };
-                        experts.push(expert);
-                    }
-                    let moe = MoeLayer::load(ctx, &s, m, d, experts).map_err(oom)?;
+                    let moe = load_moe(ctx, &config, m, &root, l, ranks, dtype).map_err(oom)?;
                     layers.push(MoxeLayer {
                         mixer,
                         post_norm,
@@ -572,22 +556,90 @@ fn blocks_of(body: &Body) -> Box<dyn Iterator<Item = &Block> + '_> {
     }
 }
 
-fn load_slstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<SlstmBlock> {
+/// The gate and E experts of MoxE layer `layer` (with the group stage of a latent layer of
+/// mlp experts). Latent xlstm experts get their group's shared B (one GPU tensor per (group,
+/// kind)).
+fn load_moe(
+    ctx: &Context,
+    config: &ModelConfig,
+    m: &MoxeConfig,
+    root: &Scope<'_>,
+    layer: usize,
+    ranks: &BTreeMap<String, usize>,
+    dtype: DType,
+) -> Result<MoeLayer> {
+    let (e, d) = (m.num_experts, config.xlstm.embedding_dim);
+    let groups = m.latent.map(|l| l.groups);
+    let s = root.scope(&format!("layers.{layer}."));
+    let mut experts: Vec<Box<dyn Expert>> = Vec::with_capacity(e);
+    if let (Some(g), ExpertType::Mlp) = (groups, m.expert_type) {
+        // The experts read u itself: B_g u runs once per group hit in the group stage.
+        let (stage, group_ranks) = latent::load_mlp_stage(ctx, root, layer, g, d, ranks, dtype)?;
+        for x in 0..e {
+            let es = s.scope(&format!("experts.{x}."));
+            let r = group_ranks[latent::group_of(x, e, g)];
+            experts.push(Box::new(LatentMlpExpert::load(ctx, &es, d, r, dtype)?));
+        }
+        return MoeLayer::load(ctx, &s, m, d, experts)?.with_group_stage(stage);
+    }
+    let mut shared: BTreeMap<String, Arc<Tensor>> = BTreeMap::new();
+    for x in 0..e {
+        let es = s.scope(&format!("experts.{x}."));
+        let kind = expert_kind(m.expert_type, x, e);
+        let b = match (groups, kind) {
+            (Some(g), Kind::Mlstm | Kind::Slstm) => {
+                let name = match kind {
+                    Kind::Mlstm => "xlstm.proj_up",
+                    _ => "ffn.proj_up",
+                };
+                let key = latent::shared_key(layer, latent::group_of(x, e, g), name);
+                if !shared.contains_key(&key) {
+                    let r = latent::rank_of(ranks, &key)?;
+                    let b = root.matrix(ctx, &format!("{key}.B"), &[r, d], dtype)?;
+                    shared.insert(key.clone(), Arc::new(b));
+                }
+                shared.get(&key).cloned()
+            }
+            _ => None,
+        };
+        let expert: Box<dyn Expert> = match kind {
+            Kind::Mlp => Box::new(MlpExpert::load(ctx, &es, d, dtype)?),
+            Kind::Mlstm => Box::new(load_mlstm(ctx, config, &es, dtype, b.as_ref())?),
+            Kind::Slstm => Box::new(load_slstm(ctx, config, &es, dtype, b.as_ref())?),
+        };
+        experts.push(expert);
+    }
+    MoeLayer::load(ctx, &s, m, d, experts)
+}
+
+fn load_slstm(
+    ctx: &Context,
+    c: &ModelConfig,
+    s: &Scope<'_>,
+    dtype: DType,
+    shared: Option<&Arc<Tensor>>,
+) -> Result<SlstmBlock> {
     let cfg = c
         .xlstm
         .slstm
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument("no slstm_block config".into()))?;
-    SlstmBlock::load(ctx, s, cfg, dtype)
+    SlstmBlock::load_expert(ctx, s, cfg, dtype, shared)
 }
 
-fn load_mlstm(ctx: &Context, c: &ModelConfig, s: &Scope<'_>, dtype: DType) -> Result<MlstmBlock> {
+fn load_mlstm(
+    ctx: &Context,
+    c: &ModelConfig,
+    s: &Scope<'_>,
+    dtype: DType,
+    shared: Option<&Arc<Tensor>>,
+) -> Result<MlstmBlock> {
     let cfg = c
         .xlstm
         .mlstm
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument("no mlstm_block config".into()))?;
-    MlstmBlock::load(ctx, s, cfg, dtype)
+    MlstmBlock::load_expert(ctx, s, cfg, dtype, shared)
 }
 
 fn load_block(
@@ -598,9 +650,9 @@ fn load_block(
     dtype: DType,
 ) -> Result<Block> {
     Ok(if slstm {
-        Block::S(Box::new(load_slstm(ctx, c, s, dtype)?))
+        Block::S(Box::new(load_slstm(ctx, c, s, dtype, None)?))
     } else {
-        Block::M(Box::new(load_mlstm(ctx, c, s, dtype)?))
+        Block::M(Box::new(load_mlstm(ctx, c, s, dtype, None)?))
     })
 }
 

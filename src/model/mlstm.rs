@@ -13,11 +13,16 @@
 //! ```
 //! Every matrix (proj_up, q/k/v, the stacked input/forget gates, proj_down) is stored in
 //! the dtype given at load (f32 or f16); vectors (norms, biases, skip, conv) stay f32.
+//! A latent expert's proj_up is factored, `A (B x)` with B shared by its group
+//! ([`MlstmBlock::load_expert`], [`Projection`]).
+
+use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::model::config::MlstmConfig;
+use crate::model::latent::Projection;
 use crate::model::{Expert, Scope, Scratch, SeqBatch};
 use crate::ops::conv1d::{conv1d, ConvState};
 use crate::ops::elementwise::{unary, Activation};
@@ -61,7 +66,7 @@ impl Linear {
 pub struct MlstmBlock {
     cfg: MlstmConfig,
     norm: Tensor,
-    proj_up: Linear,
+    proj_up: Projection,
     conv_weight: Tensor,
     conv_bias: Tensor,
     q_proj: Linear,
@@ -111,6 +116,18 @@ impl MlstmBlock {
     /// Loads the block's tensors from `scope` (the package's names: `xlstm_norm.weight`,
     /// `xlstm.proj_up.weight`, ...), matrices in `dtype` (f32 or f16).
     pub fn load(ctx: &Context, scope: &Scope<'_>, cfg: &MlstmConfig, dtype: DType) -> Result<Self> {
+        Self::load_expert(ctx, scope, cfg, dtype, None)
+    }
+
+    /// [`MlstmBlock::load`], with `shared` = Some(B (r, D)) for a latent expert: proj_up is
+    /// then `xlstm.proj_up.A` (2 Di, r) applied to `B x`.
+    pub fn load_expert(
+        ctx: &Context,
+        scope: &Scope<'_>,
+        cfg: &MlstmConfig,
+        dtype: DType,
+        shared: Option<&Arc<Tensor>>,
+    ) -> Result<Self> {
         if dtype == DType::F16 && !ctx.supports_f16_weights() {
             return Err(Error::Limit {
                 what: "f16 weights".into(),
@@ -131,7 +148,7 @@ impl MlstmBlock {
         Ok(MlstmBlock {
             cfg: cfg.clone(),
             norm: scope.vector(ctx, "xlstm_norm.weight", &[d])?,
-            proj_up: Linear::load(ctx, &x, "proj_up", &[2 * di, d], 2 * di, cfg.bias, dtype)?,
+            proj_up: Projection::load(ctx, &x, "proj_up", 2 * di, d, cfg.bias, dtype, shared)?,
             conv_weight: Tensor::from_f32(
                 ctx,
                 &x.name("conv1d.conv.weight"),
@@ -298,16 +315,8 @@ impl MlstmBlock {
             view(&xn, rows),
             0.0,
         )?;
-        let bias = self.proj_up.bias.as_ref();
-        matmul(
-            ctx,
-            graph,
-            &self.proj_up.weight,
-            bias,
-            view(&xn, rows),
-            up_v,
-            0.0,
-        )?;
+        self.proj_up
+            .record(ctx, graph, view(&xn, rows), up_v, 0.0, scratch)?;
         middle(graph, &b)?;
         let norm = Norm::xlstm_heads(&self.outnorm, nh);
         layer_norm(ctx, graph, &norm, b.h, view(&hn, rows), 0.0)?;

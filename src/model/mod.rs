@@ -17,6 +17,7 @@ pub mod dir;
 pub mod ffn;
 pub mod generate;
 mod json;
+pub mod latent;
 pub mod lm;
 pub mod manifest;
 pub mod mlp_expert;

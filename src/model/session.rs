@@ -287,6 +287,20 @@ impl Model {
         g.moe.iter().map(|m| m.read_telemetry()).collect()
     }
 
+    /// Runs `f` on the MoE recordings of the most recent step, one per MoxE layer (empty for
+    /// a dense model): their GPU-written routing, group-stage counts and dispatch grids.
+    /// Reading them blocks until the device is idle.
+    pub fn with_last_moe_steps<R>(
+        &self,
+        f: impl FnOnce(&[super::moe::MoeStep]) -> Result<R>,
+    ) -> Result<R> {
+        let mut runner = self.runner.lock().expect("runner poisoned");
+        match runner.last {
+            None => f(&[]),
+            Some(key) => f(&runner.graph(self, key)?.moe),
+        }
+    }
+
     /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and
     /// returns the sampled next token of each.
     pub fn step_batch(

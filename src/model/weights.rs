@@ -128,6 +128,17 @@ impl Weights {
             .is_some_and(|e| matches!(e.dtype, Dtype::F16 | Dtype::BF16))
     }
 
+    /// The stored dtype of a tensor.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged).
+    pub fn raw_tensor(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        let e = self.entry(name)?;
+        Ok((e.dtype, &e.shape, self.raw(e)))
+    }
+
     /// The `__metadata__` map of the header.
     pub fn metadata(&self) -> &HashMap<String, String> {
         &self.metadata

@@ -10,6 +10,7 @@ pub mod conv1d;
 pub mod elementwise;
 pub mod embedding;
 pub mod gate;
+pub mod group_route;
 pub mod layer_norm;
 pub mod matmul;
 pub mod mlstm_cell;

@@ -1,10 +1,13 @@
 //! Row movement of sparse expert dispatch: `gather` copies each token's row into the
 //! regions of the experts it was routed to, `combine` forms
-//! `out[t] = sum_j w[t, j] * expert_out[slot(t, j)]` (j ascending, no residual). Both run over
-//! the tokens of one dispatch chunk. Kernel: `shaders/moe_rows.wgsl`.
+//! `out[t] = sum_j w[t, j] * expert_out[slot(t, j)]` (j ascending, no residual), and `relay`
+//! moves rows between two region layouts (`dst[slot(t, j)] = src[src_slot(t, j)]`: a latent
+//! layer's group rows into its experts' regions). All run over the tokens of one dispatch
+//! chunk. Kernel: `shaders/moe_rows.wgsl`.
 //!
-//! Shapes: x / out (N, D) views; slots (N, K) u32 from [`route`](super::route::route);
-//! weights (N, K) f32; regions a dense (E * C, D) f32 tensor (C = chunk tokens).
+//! Shapes: x / out (N, D) views; slots (N, K) u32 from [`route`](super::route::route) (or
+//! [`group_route`](super::group_route::group_route)); weights (N, K) f32; regions a dense
+//! (rows, D) f32 tensor (E * C rows for experts, G * C for groups; C = chunk tokens).
 
 use std::ops::Range;
 
@@ -55,6 +58,7 @@ fn record(
     src: (&Tensor, usize, usize),
     dst: (&Tensor, usize, usize),
     slots: &Tensor,
+    src_slots: &Tensor,
     weights: &Tensor,
     tokens: Range<usize>,
     cols: usize,
@@ -86,6 +90,7 @@ fn record(
             slots.binding()?,
             weights.binding()?,
             dst.0.binding()?,
+            src_slots.binding()?,
         ],
         grid.workgroups(tokens.len())?,
     )
@@ -109,6 +114,7 @@ pub fn gather(
         "gather",
         (x.tensor, x.offset, x.stride),
         (regions, 0, d),
+        slots,
         slots,
         slots,
         tokens,
@@ -138,7 +144,47 @@ pub fn combine(
         (regions, 0, d),
         (out.tensor, out.offset, out.stride),
         slots,
+        slots,
         weights,
+        tokens,
+        d,
+    )
+}
+
+/// Records `dst[slots[t, j]] = src[src_slots[t, j]]` for every token t in `tokens` and choice
+/// j: src and dst are dense region tensors of equal width; both slot tensors are (N, K).
+pub fn relay(
+    ctx: &Context,
+    graph: &mut Graph,
+    src: &Tensor,
+    src_slots: &Tensor,
+    slots: &Tensor,
+    tokens: Range<usize>,
+    dst: &Tensor,
+) -> Result<()> {
+    let (n, k) = (slots.rows(), slots.cols());
+    slots.expect("expert slots", &[n, k], DType::U32)?;
+    src_slots.expect("source slots", &[n, k], DType::U32)?;
+    let d = dst.cols();
+    dst.expect("expert regions", &[dst.rows(), d], DType::F32)?;
+    src.expect("source regions", &[src.rows(), d], DType::F32)?;
+    if tokens.start > tokens.end || tokens.end > n {
+        return Err(Error::mismatch(
+            "dispatch chunk tokens",
+            format!("a range within 0..{n}"),
+            format!("{tokens:?}"),
+        ));
+    }
+    super::distinct("relay", src, dst)?;
+    record(
+        ctx,
+        graph,
+        "relay",
+        (src, 0, d),
+        (dst, 0, d),
+        slots,
+        src_slots,
+        slots,
         tokens,
         d,
     )
@@ -182,6 +228,22 @@ pub fn combine_reference(
         }
     }
     out
+}
+
+/// CPU reference of [`relay`]: src and dst dense regions of width `d`, slots (N, K).
+pub fn relay_reference(
+    src: &[f32],
+    d: usize,
+    src_slots: &[u32],
+    slots: &[u32],
+    tokens: Range<usize>,
+    top_k: usize,
+    dst: &mut [f32],
+) {
+    for i in tokens.start * top_k..tokens.end * top_k {
+        let (s, t) = (src_slots[i] as usize, slots[i] as usize);
+        dst[t * d..(t + 1) * d].copy_from_slice(&src[s * d..(s + 1) * d]);
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +317,36 @@ mod tests {
                     row[..2].iter().chain(&row[2 + d..]).all(|&v| v == POISON),
                     "{what}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn relay_moves_group_rows_into_expert_regions() {
+        let ctx = gpu();
+        let mut rng = Rng::new(5);
+        for &(n, e, k, g, chunk, d) in &[(7, 4, 2, 2, 7, 5), (130, 8, 3, 4, 64, 9)] {
+            let layout = RouteLayout::new(n, e, k, chunk).unwrap();
+            let (idx, slots) = routing(&mut rng, &layout);
+            let (group_slots, _) = crate::ops::group_route::reference(&layout, g, &idx);
+            let src = rng.normal_vec(g * layout.chunk * d, 1.0);
+            let st = Tensor::from_f32(ctx, "group rows", &[g * layout.chunk, d], &src).unwrap();
+            let rows = layout.region_rows();
+            let dt = Tensor::from_f32(ctx, "regions", &[rows, d], &vec![POISON; rows * d]).unwrap();
+            let gs = Tensor::from_u32(ctx, "group slots", &[n, k], &group_slots).unwrap();
+            let es = Tensor::from_u32(ctx, "slots", &[n, k], &slots).unwrap();
+            let mut want = vec![POISON; rows * d];
+            let what = format!("N={n} E={e} k={k} G={g} chunk={chunk}");
+            for c in 0..layout.chunks() {
+                let tokens = layout.chunk_tokens(c);
+                dt.write(crate::HostData::F32(&vec![POISON; rows * d]))
+                    .unwrap();
+                let mut graph = Graph::new();
+                relay(ctx, &mut graph, &st, &gs, &es, tokens.clone(), &dt).unwrap();
+                ctx.run(&[&graph]).unwrap();
+                want.fill(POISON);
+                relay_reference(&src, d, &group_slots, &slots, tokens, k, &mut want);
+                assert_eq!(dt.to_f32().unwrap(), want, "{what}: chunk {c}");
             }
         }
     }

@@ -20,11 +20,17 @@
 //! Expert regions: E regions of C rows, region e at rows `e * C ..`, where C (the dispatch
 //! chunk) is N unless E * N * D floats exceed one storage binding; then the tokens are
 //! dispatched in chunks of C (a multiple of 64) tokens, one after another in the same graph.
+//!
+//! A latent layer of mlp experts ([`MoeLayer::with_group_stage`]) adds a group stage
+//! ([`GroupStage`]): the shared projections B_g u run once per token per group hit, and the
+//! experts' input regions hold latent rows (width R) instead of token rows (width D).
 
+mod groups;
 mod step;
 #[cfg(test)]
 mod tests;
 
+pub use groups::{GroupStage, GroupStep};
 pub use step::MoeStep;
 
 use super::config::{MoxeConfig, RouterType};
@@ -33,8 +39,9 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::gate::{self, GateSpec, Router};
+use crate::ops::group_route::group_route;
 use crate::ops::matmul::matmul;
-use crate::ops::moe_rows::{combine, gather};
+use crate::ops::moe_rows::{combine, gather, relay};
 use crate::ops::route::{route, RouteLayout, BLOCK_TOKENS};
 use crate::ops::router_stats::router_stats;
 use crate::ops::View;
@@ -66,6 +73,8 @@ pub struct MoeLayer {
     /// [b_r or 0; b_d] (E [+1]); None for a standard router without bias.
     router_bias: Option<Tensor>,
     experts: Vec<Box<dyn Expert>>,
+    /// The shared projections of a latent layer whose experts read latent rows.
+    groups: Option<GroupStage>,
 }
 
 /// The gate spec of a MoxE config.
@@ -195,7 +204,32 @@ impl MoeLayer {
             router,
             router_bias,
             experts,
+            groups: None,
         })
+    }
+
+    /// Makes this a latent layer with a group stage: the experts then read the latent rows
+    /// (rows, R) of their tokens' groups instead of the token rows (G groups of E / G
+    /// contiguous experts).
+    pub fn with_group_stage(mut self, stage: GroupStage) -> Result<Self> {
+        let (e, g) = (self.spec.experts, stage.groups());
+        if e % g != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "latent groups ({g}) must divide the experts ({e})"
+            )));
+        }
+        self.groups = Some(stage);
+        Ok(self)
+    }
+
+    /// The group stage of a latent layer.
+    pub fn group_stage(&self) -> Option<&GroupStage> {
+        self.groups.as_ref()
+    }
+
+    /// Columns of the experts' input rows: D, or R with a group stage.
+    fn expert_cols(&self) -> usize {
+        self.groups.as_ref().map_or(self.dim, GroupStage::width)
     }
 
     /// E, K and the router kind.
@@ -209,9 +243,9 @@ impl MoeLayer {
     }
 
     /// The dispatch chunk for N tokens on this context: N, or the largest multiple of 64
-    /// tokens whose E expert regions of D floats fit one storage binding.
+    /// tokens whose E expert regions of max(D, R) floats fit one storage binding.
     pub fn dispatch_chunk(&self, ctx: &Context, tokens: usize) -> Result<usize> {
-        let row_bytes = (self.spec.experts * self.dim * 4) as u64;
+        let row_bytes = (self.spec.experts * self.dim.max(self.expert_cols()) * 4) as u64;
         let fit = (ctx.max_binding_bytes() / row_bytes) as usize;
         if tokens <= fit {
             return Ok(tokens);
@@ -220,7 +254,8 @@ impl MoeLayer {
             0 => Err(Error::Limit {
                 what: format!(
                     "MoE expert regions for {BLOCK_TOKENS} tokens ({} experts x {} floats)",
-                    self.spec.experts, self.dim
+                    self.spec.experts,
+                    self.dim.max(self.expert_cols())
                 ),
                 detail: format!(
                     "they need {} bytes but one storage binding holds {}",
@@ -264,7 +299,11 @@ impl MoeLayer {
         }
         let (e, k) = (self.spec.experts, self.spec.top_k);
         let layout = RouteLayout::new(n, e, k, chunk)?;
-        let mut step = MoeStep::allocate(ctx, &self.spec, layout, d, scratch)?;
+        let mut step = MoeStep::allocate(ctx, &self.spec, layout, d, self.expert_cols(), scratch)?;
+        let mut groups = match &self.groups {
+            Some(stage) => Some(stage.allocate(ctx, &layout, d, scratch)?),
+            None => None,
+        };
         matmul(
             ctx,
             graph,
@@ -300,16 +339,38 @@ impl MoeLayer {
             &step.counts,
         )?;
         step.dynamic.record_fill(ctx, graph)?;
+        if let Some(gs) = &groups {
+            group_route(ctx, graph, &layout, &step.topk_idx, &gs.route)?;
+            gs.record_fill(ctx, graph)?;
+        }
         for c in 0..layout.chunks() {
             let tokens = layout.chunk_tokens(c);
-            gather(
-                ctx,
-                graph,
-                u,
-                &step.route.slots,
-                tokens.clone(),
-                &step.regions_in,
-            )?;
+            match (&self.groups, &mut groups) {
+                (Some(stage), Some(gs)) => {
+                    let slots = &gs.route.slots;
+                    gather(ctx, graph, u, slots, tokens.clone(), &gs.regions_in)?;
+                    stage.record_projections(ctx, graph, gs, &layout, c)?;
+                    let (latent, slots) = (&gs.regions_latent, &gs.route.slots);
+                    let expert_slots = &step.route.slots;
+                    relay(
+                        ctx,
+                        graph,
+                        latent,
+                        slots,
+                        expert_slots,
+                        tokens.clone(),
+                        &step.regions_in,
+                    )?;
+                }
+                _ => gather(
+                    ctx,
+                    graph,
+                    u,
+                    &step.route.slots,
+                    tokens.clone(),
+                    &step.regions_in,
+                )?,
+            }
             for (x, expert) in self.experts.iter().enumerate() {
                 let rows = x * chunk..(x + 1) * chunk;
                 let input = View::of(&step.regions_in).select_rows(rows.clone());
@@ -342,6 +403,10 @@ impl MoeLayer {
             )?;
         }
         step.dynamic.finish()?;
+        if let Some(gs) = &groups {
+            gs.finish()?;
+        }
+        step.groups = groups;
         Ok(step)
     }
 }

@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::EXPERT_DISPATCH_BUDGET;
+use super::{GroupStep, EXPERT_DISPATCH_BUDGET};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::DynamicRows;
@@ -44,9 +44,12 @@ pub struct MoeStep {
     pub(super) dispatch_capacity: usize,
     /// Registered dispatch indices of (chunk c, expert e), at index c * E + e.
     pub(super) expert_dispatches: Vec<Range<usize>>,
-    /// (E * C, D) expert inputs and outputs, from the shared scratch.
+    /// (E * C, D) expert inputs ((E * C, R) latent rows in a latent layer with a group
+    /// stage) and (E * C, D) outputs, from the shared scratch.
     pub(super) regions_in: Arc<Tensor>,
     pub(super) regions_out: Arc<Tensor>,
+    /// The group stage's buffers in a latent layer of mlp experts.
+    pub(super) groups: Option<GroupStep>,
 }
 
 impl MoeStep {
@@ -55,6 +58,7 @@ impl MoeStep {
         spec: &GateSpec,
         layout: RouteLayout,
         d: usize,
+        in_cols: usize,
         scratch: &Scratch,
     ) -> Result<Self> {
         let (n, e, k) = (layout.tokens, layout.experts, layout.top_k);
@@ -77,8 +81,9 @@ impl MoeStep {
             dynamic,
             dispatch_capacity,
             expert_dispatches: Vec::with_capacity(layout.chunks() * e),
-            regions_in: scratch.get_rows("moe.expert_in", layout.region_rows(), d)?,
+            regions_in: scratch.get_rows("moe.expert_in", layout.region_rows(), in_cols)?,
             regions_out: scratch.get_rows("moe.expert_out", layout.region_rows(), d)?,
+            groups: None,
         })
     }
 
@@ -142,8 +147,15 @@ impl MoeStep {
         &self.dynamic
     }
 
+    /// The group stage of a latent layer of mlp experts: its GPU-written row counts, slots
+    /// and dispatch grids.
+    pub fn group_stage(&self) -> Option<&GroupStep> {
+        self.groups.as_ref()
+    }
+
     /// The expert input and output regions (E * C, D) of this recording (shared with every
-    /// layer recorded on the same scratch).
+    /// layer recorded on the same scratch; the input holds (E * C, R) latent rows in a
+    /// latent layer with a group stage).
     pub fn expert_regions(&self) -> (&Tensor, &Tensor) {
         (&self.regions_in, &self.regions_out)
     }

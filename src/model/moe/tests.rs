@@ -719,3 +719,92 @@ fn experts_past_the_dispatch_table_are_a_typed_error() {
         .to_string();
     assert!(err.contains("row dispatches than the table"), "{err}");
 }
+
+#[test]
+fn latent_mlp_layer_is_the_dense_layer_of_the_products_in_chunks_and_decode() {
+    use crate::model::latent::LatentMlpExpert;
+    // (E, K, G, N, D); the first case's 24 KiB binding limit makes 3 dispatch chunks.
+    for (case, &(e, k, g, n, d)) in [(4, 2, 2, 150, 24), (8, 3, 4, 2, 16), (4, 4, 1, 5, 8)]
+        .iter()
+        .enumerate()
+    {
+        let limited;
+        let ctx = match case {
+            0 => {
+                limited = crate::testing::gpu_with_binding_limit((e * d * 4 * 64) as u64);
+                &limited
+            }
+            _ => gpu(),
+        };
+        let mut rng = Rng::new(70 + case as u64);
+        let spec = GateSpec::new(e, k, Router::Standard).unwrap();
+        let (w, b, _, _) = random_gate(&mut rng, &spec, d, &[]);
+        let weights = GateWeights {
+            router: &w,
+            router_bias: Some(&b),
+            predictor: None,
+        };
+        let h = 2 * d;
+        let ranks: Vec<(usize, usize)> = (0..g).map(|x| (3 + x, d / 2 - x)).collect();
+        let bases: Vec<[Vec<f32>; 2]> = ranks
+            .iter()
+            .map(|&(r1, r3)| [rng.normal_vec(r1 * d, 0.4), rng.normal_vec(r3 * d, 0.4)])
+            .collect();
+        let size = e / g;
+        let mut experts: Vec<Box<dyn Expert>> = Vec::new();
+        let mut dense = Vec::new();
+        for x in 0..e {
+            let (r1, r3) = ranks[x / size];
+            let a1 = rng.normal_vec(h * r1, 0.4);
+            let a3 = rng.normal_vec(h * r3, 0.4);
+            let w2 = rng.normal_vec(d * h, 0.2);
+            let expert =
+                LatentMlpExpert::from_host(ctx, "e.", d, h, (r1, r3), [&a1, &a3, &w2], DType::F32)
+                    .unwrap();
+            experts.push(Box::new(expert));
+            let [b1, b3] = &bases[x / size];
+            dense.push([product(&a1, b1, r1, d), w2, product(&a3, b3, r3, d)]);
+        }
+        let stacked: Vec<Tensor> = bases
+            .iter()
+            .map(|[b1, b3]| {
+                let v: Vec<f32> = b1.iter().chain(b3).copied().collect();
+                Tensor::weight(ctx, "B", &[v.len() / d, d], DType::F32, HostData::F32(&v)).unwrap()
+            })
+            .collect();
+        let layer = MoeLayer::new(ctx, "l.", spec, d, &weights, experts)
+            .unwrap()
+            .with_group_stage(GroupStage::new(stacked, d).unwrap())
+            .unwrap();
+        let chunk = layer.dispatch_chunk(ctx, n).unwrap();
+        let u = rng.normal_vec(n * d, 1.0);
+        let (out, step) = run(ctx, &layer, &u, chunk);
+        let (gref, want) = reference(&spec, d, &weights, &u, |x, row| {
+            let [w1, w2, w3] = &dense[x];
+            mlp_expert::reference(w1, w2, w3, d, row)
+        });
+        let what = format!("E={e} K={k} G={g} N={n} chunk={chunk}");
+        let tel = step.read_telemetry().unwrap();
+        assert_eq!(tel.topk_idx, gref.topk_idx, "{what}");
+        let stage = step.group_stage().unwrap();
+        let (_, counts) = crate::ops::group_route::reference(step.layout(), g, &tel.topk_idx);
+        assert_eq!(stage.read_rows().unwrap(), counts, "{what}: group rows");
+        assert_close_rel_max(&out, &want, 1e-4, &what);
+        if case == 0 {
+            assert_eq!(step.layout().chunks(), 3, "{what}");
+        }
+    }
+}
+
+/// W = A B (f64 accumulation): A (out, r), B (r, D) -> (out, D).
+fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
+    let out = a.len() / r;
+    (0..out * d)
+        .map(|i| {
+            let (o, j) = (i / d, i % d);
+            (0..r)
+                .map(|k| a[o * r + k] as f64 * b[k * d + j] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect()
+}

@@ -12,6 +12,10 @@
 //! Expert form ([`Expert`]): each token is a length-1 sequence with zero state, where the
 //! cell reduces to `h = sigmoid(raw_o) * tanh(raw_z)` with `raw = pre + bias`: the input and
 //! forget gates, and so the conv that only feeds them, drop out and are not computed.
+//! A latent expert's FFN proj_up is factored, `A (B x)` with B shared by its group
+//! ([`SlstmBlock::load_expert`]).
+
+use std::sync::Arc;
 
 use super::config::{SlstmConfig, SlstmLayout};
 use super::ffn::GatedFfn;
@@ -71,6 +75,18 @@ impl SlstmBlock {
     /// Loads a block from `scope` (the package's tensor names relative to the block) with
     /// matrices (the gates, R, the FFN) stored as `dtype` (f32 or f16).
     pub fn load(ctx: &Context, scope: &Scope<'_>, cfg: &SlstmConfig, dtype: DType) -> Result<Self> {
+        Self::load_expert(ctx, scope, cfg, dtype, None)
+    }
+
+    /// [`SlstmBlock::load`], with `shared` = Some(B (r, D)) for a latent expert: the FFN's
+    /// proj_up is then `ffn.proj_up.A` (2P, r) applied to `B x`.
+    pub fn load_expert(
+        ctx: &Context,
+        scope: &Scope<'_>,
+        cfg: &SlstmConfig,
+        dtype: DType,
+        shared: Option<&Arc<Tensor>>,
+    ) -> Result<Self> {
         let (d, heads) = (cfg.embedding_dim, cfg.num_heads);
         if heads == 0 || d == 0 || d % heads != 0 {
             return Err(Error::mismatch(
@@ -128,7 +144,7 @@ impl SlstmBlock {
             None => None,
             Some(f) => Some(Ffn {
                 norm: scope.vector(ctx, "ffn_norm.weight", &[d])?,
-                ffn: GatedFfn::load(ctx, &scope.scope("ffn."), f, d, dtype)?,
+                ffn: GatedFfn::load(ctx, &scope.scope("ffn."), f, d, dtype, shared)?,
             }),
         };
         Ok(SlstmBlock {
