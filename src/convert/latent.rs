@@ -328,7 +328,8 @@ fn factorize(
         full_rank: full,
         energy: if total > 0.0 { kept / total } else { 1.0 },
         rel_err: if total > 0.0 {
-            (e2[r..].iter().sum::<f64>() / total).sqrt()
+            // abs: an empty f64 sum is -0.0, which would print as "-0.000e0".
+            (e2[r..].iter().sum::<f64>() / total).sqrt().abs()
         } else {
             0.0
         },
