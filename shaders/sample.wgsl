@@ -70,6 +70,12 @@ fn wg_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
+// Results of the last reduction, read back with workgroupUniformLoad so that loops may
+// stop on them (uniform control flow around the barriers).
+var<workgroup> total_f: f32;
+var<workgroup> total_u: u32;
+
+// Sum of `v` over the workgroup, uniform.
 fn wg_count(lid: u32, v: u32) -> u32 {
     red_u[lid] = v;
     workgroupBarrier();
@@ -79,9 +85,30 @@ fn wg_count(lid: u32, v: u32) -> u32 {
         }
         workgroupBarrier();
     }
-    let r = red_u[0];
+    if lid == 0u {
+        total_u = red_u[0];
+    }
+    return workgroupUniformLoad(&total_u);
+}
+
+// Sums of `v` (the same tree as wg_sum) and of `c` over the workgroup, uniform.
+fn wg_sum_count(lid: u32, v: f32, c: u32) -> vec2<f32> {
+    red_f[lid] = v;
+    red_u[lid] = c;
     workgroupBarrier();
-    return r;
+    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_f[lid] += red_f[lid + s];
+            red_u[lid] += red_u[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        total_f = red_f[0];
+        total_u = red_u[0];
+    }
+    let sum = workgroupUniformLoad(&total_f);
+    return vec2<f32>(sum, f32(workgroupUniformLoad(&total_u)));
 }
 
 // Lowest id among invocations proposing `id` with the largest `v` (argmax, ties low).
@@ -150,7 +177,8 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
     low = -wg_max(lid, -low);
 
-    // Top-k: the largest threshold keeping at least k ids (bisection on logit values).
+    // Top-k: the largest threshold keeping at least k ids (bisection on logit values). A
+    // threshold keeping exactly k ids keeps the set every later step would keep: stop there.
     var keep_from = low;
     if s.top_k > 0u && s.top_k < p.vocab {
         var a = low;
@@ -161,8 +189,12 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             for (var i = lo; i < hi; i++) {
                 c += u32(logits[base + i] >= mid);
             }
-            if wg_count(lid, c) >= s.top_k {
+            let kept = wg_count(lid, c);
+            if kept >= s.top_k {
                 a = mid;
+                if kept == s.top_k {
+                    break;
+                }
             } else {
                 z = mid;
             }
@@ -180,25 +212,43 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
     let total = wg_sum(lid, mass);
 
-    // Top-p: the largest probability threshold whose kept mass still reaches top_p.
+    // Top-p: the largest probability threshold whose kept mass still reaches top_p. With
+    // ids(t) = the kept ids with w >= t, the search holds mass(ids(a)) >= top_p * total >
+    // mass(ids(z)); once at most one id has w in [a, z) (count(a) - count(z) <= 1, with
+    // count(z) under-estimated as 0 until z is first evaluated), every later a keeps
+    // exactly ids(a): stop there.
     var w_from = 0.0;
     if s.top_p < 1.0 {
         var a = 0.0;
         var z = 1.0;
+        var count_a = 0u;
+        for (var i = lo; i < hi; i++) {
+            count_a += u32(logits[base + i] >= keep_from);
+        }
+        count_a = wg_count(lid, count_a);
+        var count_z = 0u;
         for (var it = 0u; it < 40u; it++) {
+            if count_a - count_z <= 1u {
+                break;
+            }
             let mid = 0.5 * (a + z);
             var part = 0.0;
+            var c = 0u;
             for (var i = lo; i < hi; i++) {
                 let v = logits[base + i];
                 let w = exp((v - m) * inv_t);
                 if v >= keep_from && w >= mid {
                     part += w;
+                    c += 1u;
                 }
             }
-            if wg_sum(lid, part) >= s.top_p * total {
+            let got = wg_sum_count(lid, part, c);
+            if got.x >= s.top_p * total {
                 a = mid;
+                count_a = u32(got.y);
             } else {
                 z = mid;
+                count_z = u32(got.y);
             }
         }
         w_from = a;

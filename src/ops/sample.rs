@@ -298,6 +298,15 @@ mod tests {
         let v = 777;
         let mut rng = Rng::new(5);
         let logits = rng.normal_vec(v, 2.5);
+        // Quantised logits: ties at the top-k and top-p thresholds, where the searches
+        // cannot stop early.
+        let tied: Vec<f32> = logits.iter().map(|x| (x * 2.0).round() / 2.0).collect();
+        check_draws(&logits);
+        check_draws(&tied);
+    }
+
+    fn check_draws(logits: &[f32]) {
+        let v = logits.len();
         let mut cases = Vec::new();
         for step in 0..40u32 {
             let s = Sampling {
@@ -308,10 +317,10 @@ mod tests {
             };
             cases.push((s, step));
         }
-        let rows: Vec<f32> = cases.iter().flat_map(|_| logits.clone()).collect();
+        let rows: Vec<f32> = cases.iter().flat_map(|_| logits.to_vec()).collect();
         let got = run(&rows, v, &cases);
         for (b, ((s, step), id)) in cases.iter().zip(&got).enumerate() {
-            assert_eq!(*id, reference(&logits, s, *step), "case {b}: {s:?}");
+            assert_eq!(*id, reference(logits, s, *step), "case {b}: {s:?}");
         }
     }
 
