@@ -116,6 +116,8 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let t = Instant::now();
     let mut tokens = 0usize;
+    // When the first token arrived: prefill, and compiling the step pipelines on first use.
+    let mut first = None;
     if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
         return Err(Error::InvalidArgument(
             "--resume and --save-session take a single prompt".into(),
@@ -132,6 +134,7 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         for piece in &mut gen {
             let piece = piece?;
             tokens += 1;
+            first.get_or_insert_with(|| t.elapsed().as_secs_f64());
             print!("{}", piece.text);
             out.flush().ok();
         }
@@ -158,8 +161,15 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let decode = match first {
+        Some(f) if tokens > 1 => format!(
+            "; first token after {f:.2} s (prefill, pipeline compilation), then {:.1} tokens/s",
+            (tokens - 1) as f64 / (secs - f)
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "\n[{tokens} tokens in {secs:.2} s: {:.1} tokens/s, {} sequence(s), {}]",
+        "\n[{tokens} tokens in {secs:.2} s: {:.1} tokens/s{decode}, {} sequence(s), {}]",
         tokens as f64 / secs,
         prompts.len(),
         model.context().adapter_info().name
