@@ -148,7 +148,7 @@ pub enum Modulation {
     Standard,
     /// sigma = gamma * relu(d - tau)
     Proportional,
-    /// sigma = gamma * d * [d > tau]
+    /// sigma = gamma * d * `[d > tau]`
     Masked,
 }
 

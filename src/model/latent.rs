@@ -4,7 +4,7 @@
 //!
 //! Two places compute `B_g x`:
 //! - **mlp experts** read the layer input u itself, so the MoE layer's group stage
-//!   ([`GroupStage`](super::moe::GroupStage)) computes `[B_{g,w1}; B_{g,w3}] u` once per token
+//!   ([`super::moe::GroupStage`]) computes `[B_{g,w1}; B_{g,w3}] u` once per token
 //!   per group hit, and each selected [`LatentMlpExpert`] reads its token's latent row (rows, R)
 //!   and applies only its A's;
 //! - **xlstm experts** read an expert-specific input (their own LayerNorm of u, or the sLSTM

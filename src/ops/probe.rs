@@ -1,7 +1,7 @@
 //! Read-bandwidth probe: the plainest possible read of a buffer, as a yardstick for the
 //! throughput of real kernels on the same adapter. Kernel: `shaders/bandwidth_probe.wgsl`.
 //!
-//! Shapes: src is any tensor whose byte size is a multiple of 16 (read as vec4<u32>);
+//! Shapes: src is any tensor whose byte size is a multiple of 16 (read as `vec4<u32>`);
 //! sink is (threads) u32 and receives each invocation's XOR of what it read.
 
 use bytemuck::{Pod, Zeroable};
