@@ -428,5 +428,22 @@ fn convert_cli_writes_a_loadable_model_and_prints_the_report() {
         .contains("already has latent"));
     let odd = moxe::convert::latent::convert(&src, &out_dir("odd"), RankChoice::Rank(4), 3);
     assert!(odd.unwrap_err().to_string().contains("must divide"));
+    // Writing over the input model (here a copy of the fixture) is refused, leaving it intact.
+    let copy = out_dir("in_place");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), copy.join(f)).unwrap();
+    }
+    let before = std::fs::read(copy.join("model.safetensors")).unwrap();
+    let in_place = moxe::convert::latent::convert(&copy, &copy, RankChoice::Rank(4), 2);
+    assert!(in_place
+        .unwrap_err()
+        .to_string()
+        .contains("is the input model's"));
+    assert_eq!(
+        std::fs::read(copy.join("model.safetensors")).unwrap(),
+        before
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
 }

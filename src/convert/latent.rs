@@ -350,6 +350,15 @@ pub fn convert(
 ) -> Result<ConversionReport> {
     choice.check()?;
     let dir = ModelDir::open(input)?;
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            return Err(Error::InvalidArgument(format!(
+                "the output directory {} is the input model's: choose another, so that the \
+                 dense checkpoint is kept",
+                output.display()
+            )));
+        }
+    }
     let slots = slots(&dir.config, groups)?;
     let mut reports = Vec::with_capacity(slots.len());
     let mut new: BTreeMap<String, Written> = BTreeMap::new();
