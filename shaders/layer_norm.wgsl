@@ -9,9 +9,6 @@
 //
 // x element (r, c) at x_offset + r * x_stride + c; y likewise.
 //
-//   norm_rows:  one invocation per (row, group), streaming the group three times
-//               (mean, variance, output).
-//               grid (ceil(groups / 64), rows split over y/z, row = wid.y + wid.z * 65535).
 //   norm_coop:  one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
 //               grid (groups, rows split over y/z).
 //   norm_lanes: one workgroup of 8 (one SIMD group on llvmpipe) per (row, group); each
@@ -69,33 +66,6 @@ fn scale_shift(c: u32) -> vec2<f32> {
         b = bias[c];
     }
     return vec2<f32>(g, b);
-}
-
-@compute @workgroup_size(64)
-fn norm_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let groups = p.cols / p.group;
-    let row = wid.y + wid.z * 65535u;
-    if gid.x >= groups || row >= p.rows {
-        return;
-    }
-    let c0 = gid.x * p.group;
-    let xb = p.x_offset + row * p.x_stride + c0;
-    let yb = p.y_offset + row * p.y_stride + c0;
-    let n = f32(p.group);
-    var sum = 0.0;
-    for (var c = 0u; c < p.group; c++) {
-        sum += x[xb + c];
-    }
-    let mean = sum / n;
-    var sq = 0.0;
-    for (var c = 0u; c < p.group; c++) {
-        let d = x[xb + c] - mean;
-        sq += d * d;
-    }
-    let inv = inverseSqrt(sq / n + p.eps);
-    for (var c = 0u; c < p.group; c++) {
-        emit(yb + c, c0 + c, (x[xb + c] - mean) * inv);
-    }
 }
 
 var<workgroup> red: array<f32, 64>;

@@ -119,3 +119,16 @@ pub fn assert_close_rel_max(got: &[f32], want: &[f32], tol: f32, what: &str) {
         tol * scale
     );
 }
+
+/// W = A B (f64 accumulation): A (out, r), B (r, D) -> (out, D), row-major.
+pub fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
+    let out = a.len() / r;
+    (0..out * d)
+        .map(|i| {
+            let (o, j) = (i / d, i % d);
+            (0..r)
+                .map(|k| a[o * r + k] as f64 * b[k * d + j] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect()
+}

@@ -26,18 +26,6 @@ pub struct ModelBenchOptions {
     pub repeats: usize,
 }
 
-impl Default for ModelBenchOptions {
-    fn default() -> Self {
-        ModelBenchOptions {
-            prompt_tokens: 128,
-            decode_tokens: 64,
-            batch: 4,
-            profile_tokens: 16,
-            repeats: 3,
-        }
-    }
-}
-
 /// Measured speeds.
 #[derive(Debug, Clone)]
 pub struct ModelBenchReport {

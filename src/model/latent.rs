@@ -85,14 +85,6 @@ impl Projection {
         Ok(Projection { matrix, bias })
     }
 
-    /// The latent rank r, `None` for a dense matrix.
-    pub fn rank(&self) -> Option<usize> {
-        match &self.matrix {
-            Matrix::Dense(_) => None,
-            Matrix::Latent { b, .. } => Some(b.rows()),
-        }
-    }
-
     /// Records `y = beta * y + W x (+ bias)` for the rows of `x` (rows, D) into `y`
     /// (rows, out). A factored W runs `h = B x` into the scratch buffer `latent.h` (rows, r),
     /// then `A h`: `scratch` needs at least `x.rows` rows.
@@ -298,20 +290,7 @@ pub fn rank_of(ranks: &BTreeMap<String, usize>, key: &str) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::model::mlp_expert;
-    use crate::testing::{assert_close, gpu, round_f16, Rng};
-
-    /// W = A B (f64) as f32, row-major (out, D).
-    fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
-        let out = a.len() / r;
-        (0..out * d)
-            .map(|i| {
-                let (o, j) = (i / d, i % d);
-                (0..r)
-                    .map(|k| a[o * r + k] as f64 * b[k * d + j] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect()
-    }
+    use crate::testing::{assert_close, gpu, product, round_f16, Rng};
 
     #[test]
     fn latent_mlp_expert_is_the_dense_expert_of_the_product() {

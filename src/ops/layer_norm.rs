@@ -68,8 +68,6 @@ struct Params {
 /// The normalisation kernels (entry points of `layer_norm.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormKernel {
-    /// One invocation per (row, group).
-    Rows,
     /// One workgroup of 64 per (row, group), reducing in workgroup memory: GPUs.
     Coop,
     /// One workgroup of 8 per (row, group), vec4 reads: CPU adapters.
@@ -78,7 +76,7 @@ pub enum NormKernel {
 
 impl NormKernel {
     /// All kernels (for tests).
-    pub const ALL: [NormKernel; 3] = [NormKernel::Rows, NormKernel::Coop, NormKernel::Lanes];
+    pub const ALL: [NormKernel; 2] = [NormKernel::Coop, NormKernel::Lanes];
 
     /// The kernel for this adapter.
     pub fn choose(ctx: &Context) -> Self {
@@ -136,7 +134,6 @@ pub fn layer_norm_with(
     distinct("norm", x.tensor, y.tensor)?;
     let groups = x.cols / norm.group;
     let (entry, groups_x) = match kernel {
-        NormKernel::Rows => ("norm_rows", groups.div_ceil(64)),
         NormKernel::Coop => ("norm_coop", groups),
         NormKernel::Lanes => ("norm_lanes", groups),
     };

@@ -222,11 +222,6 @@ impl MoeLayer {
         Ok(self)
     }
 
-    /// The group stage of a latent layer.
-    pub fn group_stage(&self) -> Option<&GroupStage> {
-        self.groups.as_ref()
-    }
-
     /// Columns of the experts' input rows: D, or R with a group stage.
     fn expert_cols(&self) -> usize {
         self.groups.as_ref().map_or(self.dim, GroupStage::width)

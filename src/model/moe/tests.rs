@@ -14,7 +14,7 @@ use crate::ops::gate::Router;
 use crate::ops::matmul::MatmulKernel;
 use crate::pipeline::Pipeline;
 use crate::shaders::ShaderModule;
-use crate::testing::{assert_close, assert_close_rel_max, gpu, round_f16, Rng};
+use crate::testing::{assert_close, assert_close_rel_max, gpu, product, round_f16, Rng};
 use crate::HostData;
 
 const POISON: f32 = -1234.5;
@@ -794,17 +794,4 @@ fn latent_mlp_layer_is_the_dense_layer_of_the_products_in_chunks_and_decode() {
             assert_eq!(step.layout().chunks(), 3, "{what}");
         }
     }
-}
-
-/// W = A B (f64 accumulation): A (out, r), B (r, D) -> (out, D).
-fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
-    let out = a.len() / r;
-    (0..out * d)
-        .map(|i| {
-            let (o, j) = (i / d, i % d);
-            (0..r)
-                .map(|k| a[o * r + k] as f64 * b[k * d + j] as f64)
-                .sum::<f64>() as f32
-        })
-        .collect()
 }
