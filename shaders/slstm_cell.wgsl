@@ -29,7 +29,7 @@
 // One dispatch covers tokens first .. first + tokens of every sequence of `total` tokens
 // (row = b * total + first + t); the host splits long inputs into such segments so that an
 // invocation's loop iterations stay under llvmpipe's limit (ops::LOOP_BUDGET). Counted per
-// token: UNITS * (ceil(DH / 8) * 5 + 2) in the rows layout, UNITS * (DH + 2) in the columns
+// token: UNITS * (RSTRIDE / (8 if F16 else 4) * 5 + 2) in the rows layout, UNITS * (DH + 2) in the columns
 // layout, plus 2 * UNITS for h; before the tokens: RS_LEN / WG + 3 * UNITS.
 //
 // SHARED (columns only): the head's R is copied into workgroup memory (RS_LEN = 4*DH*DH

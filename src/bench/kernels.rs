@@ -146,5 +146,6 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
         );
     }
     s.push_str(&super::mlstm::report(ctx, budget_secs)?);
+    s.push_str(&super::slstm::report(ctx, budget_secs)?);
     Ok(s)
 }

@@ -341,7 +341,9 @@ pub fn slstm_cell(
     let stride = w.r.stride();
     let units = dh.div_ceil(workgroup);
     let per_token = if rows {
-        units * (dh.div_ceil(8) * 5 + 4)
+        // The row loop reads R as blocks of 8 (f16 pairs) or 4 (f32) of the padded stride.
+        let blocks = stride / if w.r.dtype() == DType::F16 { 8 } else { 4 };
+        units * (blocks * 5 + 4)
     } else {
         units * (dh + 4)
     };
@@ -399,7 +401,7 @@ pub fn slstm_cell(
     Ok(())
 }
 
-/// A recorded cell dispatch over random weights and inputs, for benchmarks: `seqs`
+/// A recorded cell dispatch over random weights and inputs, for `moxe bench kernels`: `seqs`
 /// sequences of `tokens` tokens through `heads` heads of dim `head_dim` from a zero state.
 /// Each [`Context::run`] of [`RandomCell::graph`] is one prefill of `seqs * tokens` tokens.
 pub struct RandomCell {
