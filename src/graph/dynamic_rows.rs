@@ -107,7 +107,6 @@ impl DynamicRows {
             RowGrid::Z { x, y, per } => (2, x, y, per),
             RowGrid::YZ { x } => (3, x, 1, 1),
         };
-        Workgroups::grid(x, y, 1)?;
         let mut registered = self.registered.lock().expect("dynamic rows poisoned");
         let slot = registered.len();
         if slot >= self.capacity {

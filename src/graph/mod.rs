@@ -166,7 +166,12 @@ impl Graph {
         rows: usize,
     ) -> Result<()> {
         let workgroups = match &self.dynamic {
-            Some((dynamic, index)) => dynamic.register(*index, grid)?,
+            Some((dynamic, index)) => {
+                // The GPU count never exceeds the capacity: if the capacity's grid is
+                // within the limits, so is every grid the fill kernel writes.
+                grid.workgroups(rows)?;
+                dynamic.register(*index, grid)?
+            }
             None if rows == 0 => return Ok(()),
             None => grid.workgroups(rows)?,
         };
