@@ -56,20 +56,6 @@ fn wg_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-fn wg_sum(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red_f[lid] += red_f[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
-}
-
 // Results of the last reduction, read back with workgroupUniformLoad so that loops may
 // stop on them (uniform control flow around the barriers).
 var<workgroup> total_f: f32;
@@ -91,7 +77,7 @@ fn wg_count(lid: u32, v: u32) -> u32 {
     return workgroupUniformLoad(&total_u);
 }
 
-// Sums of `v` (the same tree as wg_sum) and of `c` over the workgroup, uniform.
+// Sums of `v` and of `c` over the workgroup, uniform.
 fn wg_sum_count(lid: u32, v: f32, c: u32) -> vec2<f32> {
     red_f[lid] = v;
     red_u[lid] = c;
@@ -210,7 +196,8 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             mass += exp((v - m) * inv_t);
         }
     }
-    let total = wg_sum(lid, mass);
+    // The same reduction as the top-p search below, so its sums compare exactly.
+    let total = wg_sum_count(lid, mass, 0u).x;
 
     // Top-p: the largest probability threshold whose kept mass still reaches top_p. With
     // ids(t) = the kept ids with w >= t, the search holds mass(ids(a)) >= top_p * total >

@@ -35,6 +35,7 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
         "embedding" => vec![vec![], vec![("F16", 1.0)]],
         "layer_norm" => vec![vec![], vec![("X4", 1.0)]],
         "sample" => vec![vec![], vec![("THREADS", 8.0)]],
+        "mlstm_step_simd" => vec![vec![], vec![("VEC4", 1.0)]],
         "elementwise" => (0..8)
             .flat_map(|act| (0..3).map(move |op| vec![("ACT", act as f64), ("OP", op as f64)]))
             .collect(),
