@@ -12,8 +12,6 @@ use clap::{Args, Subcommand};
 
 use moxe::bench::model::{run as bench_model, ModelBenchOptions};
 use moxe::model::config::ModelConfig;
-use moxe::model::dir::ParameterCounts;
-use moxe::model::manifest::Manifest;
 use moxe::model::random::{random_ranks, random_weights};
 use moxe::model::{LoadOptions, Model};
 use moxe::{DType, Error, Result};
@@ -162,16 +160,15 @@ fn random_model(
     eprintln!("generating random weights for {} ...", path.display());
     let weights = random_weights(&config, 1, half)?;
     let ranks = random_ranks(&config);
-    let params = ParameterCounts::of(&Manifest::of(&config), &ranks);
     let ctx = gpu.context()?;
     let options = LoadOptions {
         dtype: Some(if half { DType::F16 } else { DType::F32 }),
         max_sequences: sequences,
         ..Default::default()
     };
-    eprintln!("loading {:.2} M parameters ...", params.total as f64 / 1e6);
+    eprintln!("loading ...");
     Ok(Arc::new(Model::from_parts(
-        &ctx, config, &weights, None, params, &ranks, &options,
+        &ctx, config, &weights, None, &ranks, &options,
     )?))
 }
 

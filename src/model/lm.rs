@@ -151,13 +151,11 @@ impl Model {
             Some(p) => Some(Tokenizer::open(p, dir.config.xlstm.vocab_size)?),
             None => None,
         };
-        let params = dir.parameters();
         Self::from_parts(
             ctx,
             dir.config,
             &dir.weights,
             tokenizer,
-            params,
             &dir.ranks,
             options,
         )
@@ -170,10 +168,10 @@ impl Model {
         config: ModelConfig,
         weights: &Weights,
         tokenizer: Option<Tokenizer>,
-        params: ParameterCounts,
         ranks: &BTreeMap<String, usize>,
         options: &LoadOptions,
     ) -> Result<Self> {
+        let params = ParameterCounts::of(&super::manifest::Manifest::of(&config), ranks);
         if options.max_sequences == 0 {
             return Err(Error::InvalidArgument(
                 "max_sequences must be at least 1".into(),
@@ -511,24 +509,20 @@ impl Model {
                             blocks.next().expect("one state per block"),
                         )?;
                     }
-                    // u = post_blocks_norm(x) (a plain copy without the norm); the layer's
-                    // output replaces x as the next layer's input.
-                    match &layer.post_norm {
+                    // The MoE reads post_blocks_norm(x) (x itself without the norm; the
+                    // layer may write its output over its input) and its output replaces x
+                    // as the next layer's input.
+                    let input = match &layer.post_norm {
                         Some(w) => {
-                            layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?
+                            layer_norm(ctx, graph, &Norm::xlstm(w), View::of(x), View::of(u), 0.0)?;
+                            View::of(u)
                         }
-                        None => crate::ops::elementwise::unary(
-                            ctx,
-                            graph,
-                            crate::ops::elementwise::Activation::Identity,
-                            View::of(x),
-                            View::of(u),
-                        )?,
-                    }
+                        None => View::of(x),
+                    };
                     moe_steps.push(layer.moe.record(
                         ctx,
                         graph,
-                        View::of(u),
+                        input,
                         View::of(x),
                         batch.scratch,
                     )?);
