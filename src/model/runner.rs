@@ -37,13 +37,14 @@ pub struct StepKey {
 /// A recorded step and its buffers.
 pub(crate) struct StepGraph {
     graph: Graph,
+    output: Output,
     ids: Tensor,
     slots: Tensor,
     pub(crate) logits: Tensor,
-    settings: Tensor,
-    sampled: Tensor,
-    targets: Tensor,
-    nll: Tensor,
+    /// Sampling settings (B * 5 words, Sample) or target ids (B * N, Score).
+    input: Tensor,
+    /// Sampled ids (B, Sample) or token NLL (B * N, Score).
+    result: Tensor,
     readback: wgpu::Buffer,
     pub(crate) moe: Vec<MoeStep>,
     _x: Tensor,
@@ -91,10 +92,16 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
         Output::Score => rows,
     };
     let logits = Tensor::zeros(ctx, "logits", &[logit_rows, v], DType::F32)?;
-    let settings = Tensor::zeros(ctx, "sampling settings", &[b * 5], DType::U32)?;
-    let sampled = Tensor::zeros(ctx, "sampled ids", &[b], DType::U32)?;
-    let targets = Tensor::zeros(ctx, "target ids", &[rows], DType::U32)?;
-    let nll_t = Tensor::zeros(ctx, "token nll", &[rows], DType::F32)?;
+    let (input, result) = match key.output {
+        Output::Sample => (
+            Tensor::zeros(ctx, "sampling settings", &[b * 5], DType::U32)?,
+            Tensor::zeros(ctx, "sampled ids", &[b], DType::U32)?,
+        ),
+        Output::Score => (
+            Tensor::zeros(ctx, "target ids", &[rows], DType::U32)?,
+            Tensor::zeros(ctx, "token nll", &[rows], DType::F32)?,
+        ),
+    };
     let scratch = Scratch::new(ctx, rows);
     let batch = SeqBatch {
         x: &x,
@@ -124,7 +131,7 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
                 View::of(&logits),
                 0.0,
             )?;
-            sample(ctx, &mut graph, View::of(&logits), &settings, &sampled, 0)?;
+            sample(ctx, &mut graph, View::of(&logits), &input, &result, 0)?;
         }
         Output::Score => {
             matmul(
@@ -136,10 +143,10 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
                 View::of(&logits),
                 0.0,
             )?;
-            nll(ctx, &mut graph, View::of(&logits), &targets, &nll_t)?;
+            nll(ctx, &mut graph, View::of(&logits), &input, &result)?;
         }
     }
-    let read_bytes = ((b.max(rows)) * 4).div_ceil(16) * 16;
+    let read_bytes = (result.numel() * 4).div_ceil(16) * 16;
     let readback = ctx.scoped("allocating a read-back buffer", || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("step read-back"),
@@ -152,11 +159,10 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
         graph,
         ids,
         slots,
+        output: key.output,
         logits,
-        settings,
-        sampled,
-        targets,
-        nll: nll_t,
+        input,
+        result,
         readback,
         moe,
         _x: x,
@@ -166,15 +172,17 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
 }
 
 impl StepGraph {
-    /// Runs the step: `ids` (B * N), `slots` (B), `settings` (B * 5 words, Sample) or
-    /// `targets` (B * N, Score).
+    /// Runs the step: `ids` (B * N), `slots` (B), `input` = the sampling settings (B * 5
+    /// words, Sample) or the target ids (B * N, Score). With `read`, waits for the step and
+    /// returns its sampled ids or NLL; without, only submits it (queue order keeps later
+    /// steps after it).
     pub(crate) fn run(
         &self,
         model: &Model,
         ids: &[u32],
         slots: &[u32],
-        settings: &[u32],
-        targets: &[u32],
+        input: &[u32],
+        read: bool,
     ) -> Result<StepResult> {
         let ctx = &model.ctx;
         if ids.len() != self.ids.numel() || slots.len() != self.slots.numel() {
@@ -188,27 +196,30 @@ impl StepGraph {
                 format!("{} ids for {} sequences", ids.len(), slots.len()),
             ));
         }
+        if input.len() != self.input.numel() {
+            let what = match self.output {
+                Output::Sample => "sampling settings (words)",
+                Output::Score => "target ids",
+            };
+            return Err(Error::mismatch(what, self.input.numel(), input.len()));
+        }
         self.ids.write(HostData::U32(ids))?;
         self.slots.write(HostData::U32(slots))?;
-        let scoring = !targets.is_empty();
-        let bytes = if scoring {
-            self.targets.write(HostData::U32(targets))?;
-            (targets.len() * 4) as u64
-        } else {
-            self.settings.write(HostData::U32(settings))?;
-            (slots.len() * 4) as u64
-        };
-        let src = if scoring { &self.nll } else { &self.sampled };
-        let src = src.buffer()?;
+        self.input.write(HostData::U32(input))?;
+        if !read {
+            ctx.submit(&[&self.graph])?;
+            return Ok(StepResult::default());
+        }
+        let bytes = (self.result.numel() * 4) as u64;
+        let src = self.result.buffer()?;
         ctx.submit_with(&[&self.graph], |enc| {
             enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, bytes);
         })?;
         let raw = map_read(ctx, &self.readback, bytes, "reading the step's results")?;
         let mut out = StepResult::default();
-        if scoring {
-            out.nll = bytemuck::pod_collect_to_vec(&raw);
-        } else {
-            out.sampled = bytemuck::pod_collect_to_vec(&raw);
+        match self.output {
+            Output::Sample => out.sampled = bytemuck::pod_collect_to_vec(&raw),
+            Output::Score => out.nll = bytemuck::pod_collect_to_vec(&raw),
         }
         Ok(out)
     }

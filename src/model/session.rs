@@ -58,16 +58,21 @@ impl Session {
         }
         check_ids(ids, self.model.vocab())?;
         sampling.validate()?;
+        let chunks = chunks(ids, self.model.options.prefill_chunk);
+        let words = settings_words(sampling, self.draws);
         let mut sampled = 0;
-        for chunk in chunks(ids, self.model.options.prefill_chunk) {
-            let words = settings_words(sampling, self.draws);
+        for (i, chunk) in chunks.iter().enumerate() {
             let key = StepKey {
                 seqs: 1,
                 tokens: chunk.len(),
                 output: Output::Sample,
             };
-            let r = run(&self.model, key, chunk, &[self.slot as u32], &words, &[])?;
-            sampled = r.sampled[0];
+            // Only the last chunk's sample is wanted: the others are submitted unread.
+            let last = i + 1 == chunks.len();
+            let r = run(&self.model, key, chunk, &[self.slot as u32], &words, last)?;
+            if last {
+                sampled = r.sampled[0];
+            }
             self.position += chunk.len();
         }
         self.draws += 1;
@@ -91,7 +96,7 @@ impl Session {
                 output: Output::Score,
             };
             let t = &targets[start..start + chunk.len()];
-            let r = run(&self.model, key, chunk, &[self.slot as u32], &[], t)?;
+            let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
             out.extend(r.nll);
             start += chunk.len();
             self.position += chunk.len();
@@ -109,10 +114,11 @@ impl Session {
                 tokens: chunk.len(),
                 output: Output::Score,
             };
-            let zeros = vec![0; chunk.len()];
+            // Targets do not matter here: the NLL is computed but not read.
+            let targets = vec![0; chunk.len()];
             let mut runner = self.model.runner.lock().expect("runner poisoned");
             let g = runner.graph(&self.model, key)?;
-            g.run(&self.model, chunk, &[self.slot as u32], &[], &zeros)?;
+            g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
             out.extend(g.logits.to_f32()?);
             runner.last = Some(key);
             self.position += chunk.len();
@@ -248,19 +254,19 @@ fn chunks(ids: &[u32], max: usize) -> Vec<&[u32]> {
     out
 }
 
-/// Runs one step of shape `key`.
+/// Runs one step of shape `key` ([`StepGraph::run`](super::runner::StepGraph::run)).
 pub(crate) fn run(
     model: &Model,
     key: StepKey,
     ids: &[u32],
     slots: &[u32],
-    settings: &[u32],
-    targets: &[u32],
+    input: &[u32],
+    read: bool,
 ) -> Result<StepResult> {
     let mut runner = model.runner.lock().expect("runner poisoned");
     let r = runner
         .graph(model, key)?
-        .run(model, ids, slots, settings, targets)?;
+        .run(model, ids, slots, input, read)?;
     runner.last = Some(key);
     Ok(r)
 }
@@ -332,7 +338,7 @@ impl Model {
             tokens: 1,
             output: Output::Sample,
         };
-        let r = run(self, key, tokens, &slots, &words, &[])?;
+        let r = run(self, key, tokens, &slots, &words, true)?;
         for s in sessions.iter_mut() {
             s.advance(1);
         }
