@@ -24,6 +24,11 @@ fn main() -> moxe::Result<()> {
     // Telemetry describes the last step: feed the prompt as one step (up to one prefill
     // chunk), and read it back only now that it is wanted.
     let n = ids.len().min(model.options().prefill_chunk);
+    if n == 0 {
+        return Err(moxe::Error::InvalidArgument(
+            "the text has no tokens".into(),
+        ));
+    }
     let ids = &ids[..1 << n.ilog2()];
     let mut session = Session::new(&model)?;
     session.logits(ids)?;

@@ -112,17 +112,17 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         stop: args.stop.clone(),
         stop_at_eos: !args.ignore_eos,
     };
+    if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
+        return Err(Error::InvalidArgument(
+            "--resume and --save-session take a single prompt".into(),
+        ));
+    }
     let model = args.model.load(gpu, prompts.len())?;
     let mut out = std::io::stdout();
     let t = Instant::now();
     let mut tokens = 0usize;
     // When the first token arrived: prefill, and compiling the step pipelines on first use.
     let mut first = None;
-    if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
-        return Err(Error::InvalidArgument(
-            "--resume and --save-session take a single prompt".into(),
-        ));
-    }
     if let [prompt] = prompts.as_slice() {
         let mut session = match &args.resume {
             Some(path) => Session::load(&model, path)?,

@@ -382,9 +382,16 @@ pub fn convert(
         groups,
     )?;
     write_weights(&dir, &replaced, &new, &output.join("model.safetensors"))?;
-    if let Some(tok) = &dir.tokenizer {
-        std::fs::copy(tok, output.join("tokenizer.json"))
-            .map_err(|e| Error::file(tok, format!("cannot copy: {e}")))?;
+    let tokenizer = output.join("tokenizer.json");
+    match &dir.tokenizer {
+        Some(tok) => {
+            std::fs::copy(tok, &tokenizer)
+                .map_err(|e| Error::file(tok, format!("cannot copy: {e}")))?;
+        }
+        // Not one left over from an earlier model in the output directory.
+        None if tokenizer.exists() => std::fs::remove_file(&tokenizer)
+            .map_err(|e| Error::file(&tokenizer, format!("cannot remove: {e}")))?,
+        None => {}
     }
     let after = ModelDir::open(output)?.parameters();
     Ok(ConversionReport {
