@@ -253,19 +253,7 @@ impl Tensor {
                     format!("{} elements", d.len()),
                 ));
             }
-            let host_is_float = matches!(d, HostData::F32(_) | HostData::F16(_));
-            let host_matches = match d {
-                HostData::U32(_) => dtype == DType::U32,
-                HostData::I32(_) => dtype == DType::I32,
-                _ => true,
-            };
-            if host_is_float != dtype.is_float() || !host_matches {
-                return Err(Error::mismatch(
-                    format!("data for tensor '{label}'"),
-                    format!("{dtype} data"),
-                    "data of another type",
-                ));
-            }
+            check_kind(label, dtype, d)?;
         }
         let row_bytes = (stride * dtype.size()) as u64;
         let limit = ctx.max_binding_bytes();
@@ -424,6 +412,7 @@ impl Tensor {
     /// Overwrites whole rows `first_row ..` with dense host data (a multiple of `cols()`
     /// elements), keeping the row padding.
     pub fn write_rows(&self, first_row: usize, data: HostData<'_>) -> Result<()> {
+        check_kind(&self.label, self.dtype, &data)?;
         let cols = self.cols();
         let n = data.len() / cols.max(1);
         if data.len() != n * cols || first_row + n > self.rows() {
@@ -581,9 +570,27 @@ fn write_rows(
             (HostData::U32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
             (HostData::I32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
             // Kind mismatches are rejected before any write.
-            _ => unreachable!("host data kind checked in Tensor::allocate"),
+            _ => unreachable!("host data kind checked by check_kind"),
         }
     }
+}
+
+/// Host data fits a tensor of `dtype`: floats for float tensors, u32 / i32 for those.
+fn check_kind(label: &str, dtype: DType, data: &HostData<'_>) -> Result<()> {
+    let host_is_float = matches!(data, HostData::F32(_) | HostData::F16(_));
+    let host_matches = match data {
+        HostData::U32(_) => dtype == DType::U32,
+        HostData::I32(_) => dtype == DType::I32,
+        _ => true,
+    };
+    if host_is_float != dtype.is_float() || !host_matches {
+        return Err(Error::mismatch(
+            format!("data for tensor '{label}'"),
+            format!("{dtype} data"),
+            "data of another type",
+        ));
+    }
+    Ok(())
 }
 
 /// Copies `len` bytes at `offset` of `buffer` (both multiples of 4) to the host.

@@ -54,6 +54,24 @@ fn a_row_larger_than_a_binding_is_a_limit_error() {
 }
 
 #[test]
+fn host_data_of_the_wrong_kind_is_a_typed_error() {
+    let ctx = gpu();
+    let f = Tensor::zeros(ctx, "floats", &[2, 3], DType::F32).unwrap();
+    let u = Tensor::zeros(ctx, "ids", &[6], DType::U32).unwrap();
+    for (t, data) in [
+        (&f, HostData::U32(&[1; 6])),
+        (&u, HostData::F32(&[1.0; 6])),
+        (&u, HostData::I32(&[1; 6])),
+    ] {
+        let err = t.write(data).unwrap_err();
+        assert!(err.to_string().contains("another type"), "{err}");
+        let err = t.write_rows(0, data).unwrap_err();
+        assert!(err.to_string().contains(t.label()), "{err}");
+    }
+    assert!(Tensor::from_host(ctx, "ids", &[2], DType::U32, HostData::F32(&[0.5; 2])).is_err());
+}
+
+#[test]
 fn invalid_wgsl_is_a_shader_error() {
     let err = ShaderModule::compile(gpu(), "user_kernel", "@compute fn main( {")
         .err()
