@@ -194,8 +194,9 @@ fn stop_strings_and_token_budgets_end_generation() {
         assert_eq!(gen.finish(), Some(moxe::model::generate::Finish::MaxTokens));
     }
 
-    // Greedy text of 40 tokens; stopping at a word inside it truncates just before it.
-    let full: String = Session::new(&model)
+    // Greedy text of 40 tokens, streamed piece by piece, is the decoding of its ids;
+    // stopping at a word inside it truncates just before it.
+    let pieces: Vec<_> = Session::new(&model)
         .unwrap()
         .generate(
             "The old man said",
@@ -205,8 +206,14 @@ fn stop_strings_and_token_budgets_end_generation() {
             },
         )
         .unwrap()
-        .map(|p| p.unwrap().text)
+        .map(|p| p.unwrap())
         .collect();
+    let full: String = pieces.iter().map(|p| p.text.as_str()).collect();
+    let ids: Vec<u32> = pieces.iter().map(|p| p.id).collect();
+    assert_eq!(
+        full,
+        model.require_tokenizer().unwrap().decode(&ids).unwrap()
+    );
     let word = full
         .split_whitespace()
         .nth(3)

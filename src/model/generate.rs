@@ -58,9 +58,9 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn new(tokenizer: &Tokenizer, prompt: &[u32]) -> Self {
+    fn new(tokenizer: &Tokenizer) -> Self {
         Emitter {
-            stream: tokenizer.stream(prompt),
+            stream: tokenizer.stream(),
             pending: String::new(),
             produced: 0,
             finish: None,
@@ -141,7 +141,7 @@ impl Session {
     ) -> Result<Generation<'_>> {
         opts.sampling.validate()?;
         let tokenizer = self.model().require_tokenizer()?;
-        let emitter = Emitter::new(tokenizer, prompt);
+        let emitter = Emitter::new(tokenizer);
         let next = if opts.max_tokens == 0 {
             None
         } else {
@@ -236,7 +236,7 @@ pub fn generate_batch(
         } else {
             Some(s.feed(&ids, &opts.sampling)?)
         });
-        emitters.push(Emitter::new(tokenizer, &ids));
+        emitters.push(Emitter::new(tokenizer));
         sessions.push(s);
     }
     let mut out: Vec<Generated> = prompts

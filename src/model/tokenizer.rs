@@ -60,13 +60,9 @@ impl Tokenizer {
             .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
     }
 
-    /// A streaming decoder starting after `context` ids (e.g. the prompt).
-    pub fn stream(&self, context: &[u32]) -> TextStream {
-        TextStream {
-            ids: context.to_vec(),
-            start: context.len(),
-            emitted: String::new(),
-        }
+    /// A streaming decoder of the ids pushed to it.
+    pub fn stream(&self) -> TextStream {
+        TextStream::default()
     }
 }
 
@@ -84,37 +80,38 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
 
 /// Incremental decoding: push ids, get the newly completed text. Text that ends in an
 /// incomplete UTF-8 sequence (byte-level BPE splits characters across tokens) is held back
-/// until the character completes.
+/// until the character completes. Each push decodes only the ids since the last emitted
+/// piece, with that piece as context, so a long generation costs linear time.
+#[derive(Debug, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
-    start: usize,
-    emitted: String,
+    /// Start of the last emitted piece (decoding context).
+    prefix: usize,
+    /// End of the emitted text.
+    read: usize,
 }
 
 impl TextStream {
     /// Adds one id; returns the text it completes (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = tokenizer.decode(&self.ids[self.start..])?;
-        if text.ends_with('\u{FFFD}') || !text.starts_with(&self.emitted) {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&before) || text.len() == before.len() {
             return Ok(String::new());
         }
-        let new = text[self.emitted.len()..].to_string();
-        self.emitted = text;
-        Ok(new)
-    }
-
-    /// Everything decoded so far.
-    pub fn text(&self) -> &str {
-        &self.emitted
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(text[before.len()..].to_string())
     }
 
     /// Text still held back (an incomplete character at the end), decoded lossily.
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
-        let text = tokenizer.decode(&self.ids[self.start..])?;
-        let rest = text.get(self.emitted.len()..).unwrap_or("").to_string();
-        self.emitted = text;
-        Ok(rest)
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(text.get(before.len()..).unwrap_or("").to_string())
     }
 }
 
@@ -130,10 +127,11 @@ mod tests {
     #[test]
     fn round_trips_text_and_streams_it_piecewise() {
         let t = default_tokenizer();
-        let text = "It was the best of times — naïve café, 1851.";
+        let text = "It was the best of times — naïve café, 1851. ".repeat(3);
+        let text = text.trim_end();
         let ids = t.encode(text).unwrap();
         assert_eq!(t.decode(&ids).unwrap(), text);
-        let mut s = t.stream(&[]);
+        let mut s = t.stream();
         let mut out = String::new();
         for &id in &ids {
             out += &s.push(&t, id).unwrap();
