@@ -31,6 +31,10 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
+    let bad_window = || Error::InvalidArgument("--window must be 0 or at least 2".into());
+    if args.window == Some(1) {
+        return Err(bad_window());
+    }
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read as UTF-8 text: {e}")))?;
     let model = args.model.load(gpu, 1)?;
@@ -43,11 +47,7 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     }
     let window = match args.window.or(model.config().xlstm.context_length) {
         Some(0) | None => ids.len(),
-        Some(w) if w < 2 => {
-            return Err(Error::InvalidArgument(
-                "--window must be 0 or at least 2".into(),
-            ))
-        }
+        Some(w) if w < 2 => return Err(bad_window()),
         Some(w) => w,
     };
     let bar = ProgressBar::new(ids.len() as u64);
@@ -92,7 +92,7 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     println!("text:       {} ({} tokens)", args.text.display(), ids.len());
     println!(
         "windows:    {} of {} tokens (fresh state each; first token unscored)",
-        ids.len().div_ceil(window),
+        ids.chunks(window).filter(|w| w.len() >= 2).count(),
         window
     );
     println!("scored:     {} tokens", nll.len());
