@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Workgroups, MAX_GROUPS_PER_DIM};
+use crate::graph::{Graph, Workgroups};
 use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
@@ -50,7 +50,6 @@ pub fn nll(
     };
     let pipeline = ctx.pipeline("nll", "nll_rows", &[])?;
     let uniform = ctx.uniform("nll params", &params)?;
-    let max = MAX_GROUPS_PER_DIM as usize;
     graph.dispatch(
         ctx,
         &pipeline,
@@ -60,7 +59,7 @@ pub fn nll(
             targets.binding()?,
             out.binding()?,
         ],
-        Workgroups::grid(rows.min(max), rows.div_ceil(max), 1)?,
+        Workgroups::linear(rows),
     )
 }
 

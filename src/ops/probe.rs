@@ -76,7 +76,7 @@ pub fn probe(
         ctx,
         &pipeline,
         &[uniform.as_entire_binding(), src.binding()?, sink.binding()?],
-        Workgroups::grid(groups_x, groups.div_ceil(groups_x), 1)?,
+        Workgroups::linear(groups),
     )
 }
 
