@@ -8,6 +8,7 @@
 //! [`Graph::set_dynamic_rows`](super::Graph::set_dynamic_rows) sections, then call
 //! [`DynamicRows::finish`] once to upload the table of grids.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
@@ -155,6 +156,40 @@ impl DynamicRows {
         let n = self.len();
         let raw = self.args.to_u32()?;
         Ok(raw.chunks(3).take(n).map(|c| [c[0], c[1], c[2]]).collect())
+    }
+
+    /// Reads back the grids of each range of registered dispatches (as
+    /// [`DynamicRows::record_section`] returned them).
+    pub fn read_sections(&self, sections: &[Range<usize>]) -> Result<Vec<Vec<[u32; 3]>>> {
+        let args = self.read_args()?;
+        Ok(sections.iter().map(|r| args[r.clone()].to_vec()).collect())
+    }
+
+    /// Records `body` in a dynamic-rows section whose rows are `counts[count_index]`, and
+    /// returns the range of dispatches it registered. When the table fills up, the error
+    /// names `what` recorded the dispatches.
+    pub fn record_section(
+        self: &Arc<Self>,
+        graph: &mut Graph,
+        count_index: usize,
+        what: &str,
+        body: impl FnOnce(&mut Graph) -> Result<()>,
+    ) -> Result<Range<usize>> {
+        let first = self.len();
+        graph.set_dynamic_rows(Some((self, count_index)));
+        let recorded = body(graph);
+        graph.set_dynamic_rows(None);
+        if recorded.is_err() && self.len() >= self.capacity {
+            return Err(Error::Limit {
+                what: format!("the dispatches of {what}"),
+                detail: format!(
+                    "they need more row dispatches than the table of {} holds",
+                    self.capacity
+                ),
+            });
+        }
+        recorded?;
+        Ok(first..self.len())
     }
 }
 

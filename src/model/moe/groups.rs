@@ -75,7 +75,6 @@ impl GroupStage {
         let capacity = layout.chunks() * self.groups() * EXPERT_DISPATCH_BUDGET;
         Ok(GroupStep {
             dynamic: DynamicRows::new(ctx, &route.chunk_counts, capacity)?,
-            capacity,
             dispatches: Vec::with_capacity(layout.chunks() * self.groups()),
             regions_in: scratch.get_rows("moe.group_in", rows, d)?,
             regions_latent: scratch.get_rows("moe.group_latent", rows, self.width)?,
@@ -99,21 +98,13 @@ impl GroupStage {
             let latent = View::of(&step.regions_latent)
                 .select_rows(rows)
                 .select_cols(0..b.rows());
-            let first = step.dynamic.len();
-            graph.set_dynamic_rows(Some((&step.dynamic, c * g_count + g)));
-            let recorded = matmul(ctx, graph, b, None, input, latent, 0.0);
-            graph.set_dynamic_rows(None);
-            if recorded.is_err() && step.dynamic.len() >= step.capacity {
-                return Err(Error::Limit {
-                    what: format!("the dispatches of shared projection {g} of a MoE layer"),
-                    detail: format!(
-                        "they need more row dispatches than the table of {} holds",
-                        step.capacity
-                    ),
-                });
-            }
-            recorded?;
-            step.dispatches.push(first..step.dynamic.len());
+            let what = format!("shared projection {g} of a MoE layer");
+            let section = step
+                .dynamic
+                .record_section(graph, c * g_count + g, &what, |graph| {
+                    matmul(ctx, graph, b, None, input, latent, 0.0)
+                })?;
+            step.dispatches.push(section);
         }
         Ok(())
     }
@@ -125,7 +116,6 @@ pub struct GroupStep {
     pub(super) route: GroupRouteBuffers,
     /// Indirect dispatch arguments of the shared projections, from the group row counts.
     pub(super) dynamic: Arc<DynamicRows>,
-    capacity: usize,
     /// Registered dispatch indices of (chunk c, group g), at index c * G + g.
     pub(super) dispatches: Vec<Range<usize>>,
     /// (G * C, D) the tokens' rows, once per group hit; (G * C, R) their latent rows.
@@ -158,12 +148,7 @@ impl GroupStep {
     /// Reads the workgroup grids the GPU wrote for the shared-projection dispatches of the
     /// last run: one list per (chunk c, group g) at index c * G + g.
     pub fn read_grids(&self) -> Result<Vec<Vec<[u32; 3]>>> {
-        let args = self.dynamic.read_args()?;
-        Ok(self
-            .dispatches
-            .iter()
-            .map(|r| args[r.clone()].to_vec())
-            .collect())
+        self.dynamic.read_sections(&self.dispatches)
     }
 
     /// The group input regions (G * C, D) and latent regions (G * C, R) of this recording.

@@ -370,22 +370,15 @@ impl MoeLayer {
                 let rows = x * chunk..(x + 1) * chunk;
                 let input = View::of(&step.regions_in).select_rows(rows.clone());
                 let output = View::of(&step.regions_out).select_rows(rows);
-                let first = step.dynamic.len();
-                graph.set_dynamic_rows(Some((&step.dynamic, c * e + x)));
-                let recorded = expert.record(ctx, graph, input, output, scratch);
-                graph.set_dynamic_rows(None);
-                if recorded.is_err() && step.dynamic.len() >= step.dispatch_capacity {
-                    return Err(Error::Limit {
-                        what: format!("the dispatches of expert {x} of a MoE layer"),
-                        detail: format!(
-                            "the experts record more row dispatches than the table of {} \
-                             ({EXPERT_DISPATCH_BUDGET} per expert and chunk) holds",
-                            step.dispatch_capacity
-                        ),
-                    });
-                }
-                recorded?;
-                step.expert_dispatches.push(first..step.dynamic.len());
+                let what = format!(
+                    "expert {x} of a MoE layer ({EXPERT_DISPATCH_BUDGET} per expert and chunk)"
+                );
+                let section = step
+                    .dynamic
+                    .record_section(graph, c * e + x, &what, |graph| {
+                        expert.record(ctx, graph, input, output, scratch)
+                    })?;
+                step.expert_dispatches.push(section);
             }
             combine(
                 ctx,

@@ -40,8 +40,6 @@ pub struct MoeStep {
     pub(super) counts: Tensor,
     /// Indirect dispatch arguments of the experts, from the per-chunk counts.
     pub(super) dynamic: Arc<DynamicRows>,
-    /// Entries of `dynamic`'s table.
-    pub(super) dispatch_capacity: usize,
     /// Registered dispatch indices of (chunk c, expert e), at index c * E + e.
     pub(super) expert_dispatches: Vec<Range<usize>>,
     /// (E * C, D) expert inputs ((E * C, R) latent rows in a latent layer with a group
@@ -64,8 +62,8 @@ impl MoeStep {
         let (n, e, k) = (layout.tokens, layout.experts, layout.top_k);
         let f32s = |label: &str, shape: &[usize]| Tensor::zeros(ctx, label, shape, DType::F32);
         let route = RouteBuffers::new(ctx, &layout)?;
-        let dispatch_capacity = layout.chunks() * e * EXPERT_DISPATCH_BUDGET;
-        let dynamic = DynamicRows::new(ctx, &route.chunk_counts, dispatch_capacity)?;
+        let capacity = layout.chunks() * e * EXPERT_DISPATCH_BUDGET;
+        let dynamic = DynamicRows::new(ctx, &route.chunk_counts, capacity)?;
         Ok(MoeStep {
             spec: *spec,
             layout,
@@ -79,7 +77,6 @@ impl MoeStep {
             summary: f32s("moe router summary", &[SUMMARY_HEAD + e])?,
             counts: Tensor::zeros(ctx, "moe expert counts", &[e], DType::U32)?,
             dynamic,
-            dispatch_capacity,
             expert_dispatches: Vec::with_capacity(layout.chunks() * e),
             regions_in: scratch.get_rows("moe.expert_in", layout.region_rows(), in_cols)?,
             regions_out: scratch.get_rows("moe.expert_out", layout.region_rows(), d)?,
@@ -134,12 +131,7 @@ impl MoeStep {
     /// one list per (chunk c, expert e) at index c * E + e, in recording order. An expert
     /// that received no tokens has a zero dimension in every grid.
     pub fn read_expert_grids(&self) -> Result<Vec<Vec<[u32; 3]>>> {
-        let args = self.dynamic.read_args()?;
-        Ok(self
-            .expert_dispatches
-            .iter()
-            .map(|r| args[r.clone()].to_vec())
-            .collect())
+        self.dynamic.read_sections(&self.expert_dispatches)
     }
 
     /// The table of GPU-written dispatch arguments of the experts.
