@@ -14,12 +14,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::mlp_expert::record_swiglu;
 use super::moe::GroupStage;
 use super::{Expert, Scope, Scratch};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::elementwise::{binary, Activation, Binary};
 use crate::ops::matmul::matmul;
 use crate::ops::View;
 use crate::tensor::{DType, HostData, Tensor};
@@ -209,7 +209,6 @@ impl Expert for LatentMlpExpert {
         output: View<'_>,
         scratch: &Scratch,
     ) -> Result<()> {
-        let (rows, h) = (input.rows, self.hidden);
         let (r1, r3) = self.ranks();
         if input.cols < r1 + r3 {
             return Err(Error::mismatch(
@@ -218,31 +217,30 @@ impl Expert for LatentMlpExpert {
                 input.cols,
             ));
         }
-        if scratch.rows() < rows {
-            return Err(Error::mismatch(
-                "scratch rows for the latent MLP expert",
-                format!("at least {rows}"),
-                scratch.rows(),
-            ));
-        }
-        let up = scratch.get("mlp_expert.up", 2 * h)?;
-        let gated = scratch.get("mlp_expert.gated", h)?;
-        let up = View::of(&up).select_rows(0..rows);
-        let gated = View::of(&gated).select_rows(0..rows);
-        let (gate, lin) = (up.select_cols(0..h), up.select_cols(h..2 * h));
-        matmul(
+        let h = self.hidden;
+        record_swiglu(
             ctx,
             graph,
-            &self.a1,
-            None,
-            input.select_cols(0..r1),
-            gate,
-            0.0,
-        )?;
-        let h3 = input.select_cols(r1..r1 + r3);
-        matmul(ctx, graph, &self.a3, None, h3, lin, 0.0)?;
-        binary(ctx, graph, Binary::Glu(Activation::Silu), gate, lin, gated)?;
-        matmul(ctx, graph, &self.w2, None, gated, output, 0.0)
+            scratch,
+            "the latent MLP expert",
+            &self.w2,
+            output,
+            input.rows,
+            |graph, up| {
+                let h1 = input.select_cols(0..r1);
+                let h3 = input.select_cols(r1..r1 + r3);
+                matmul(ctx, graph, &self.a1, None, h1, up.select_cols(0..h), 0.0)?;
+                matmul(
+                    ctx,
+                    graph,
+                    &self.a3,
+                    None,
+                    h3,
+                    up.select_cols(h..2 * h),
+                    0.0,
+                )
+            },
+        )
     }
 }
 

@@ -124,29 +124,56 @@ impl Expert for MlpExpert {
         output: View<'_>,
         scratch: &Scratch,
     ) -> Result<()> {
-        let (rows, h) = (input.rows, self.hidden);
-        if scratch.rows() < rows {
-            return Err(Error::mismatch(
-                "scratch rows for the MLP expert",
-                format!("at least {rows}"),
-                scratch.rows(),
-            ));
-        }
-        let up = scratch.get("mlp_expert.up", 2 * h)?;
-        let gated = scratch.get("mlp_expert.gated", h)?;
-        let up = View::of(&up).select_rows(0..rows);
-        let gated = View::of(&gated).select_rows(0..rows);
-        matmul(ctx, graph, &self.w13, None, input, up, 0.0)?;
-        binary(
+        let w13 = &self.w13;
+        record_swiglu(
             ctx,
             graph,
-            Binary::Glu(Activation::Silu),
-            up.select_cols(0..h),
-            up.select_cols(h..2 * h),
-            gated,
-        )?;
-        matmul(ctx, graph, &self.w2, None, gated, output, 0.0)
+            scratch,
+            "the MLP expert",
+            &self.w2,
+            output,
+            input.rows,
+            |graph, up| matmul(ctx, graph, w13, None, input, up, 0.0),
+        )
     }
+}
+
+/// Records the SwiGLU tail `output = w2 (silu(up[:, ..H]) * up[:, H..])` of an expert over
+/// `rows` rows, after `fill_up` records what writes `up` (rows, 2H) = [w1 x | w3 x] into
+/// scratch. H = w2's columns. `what` names the expert in errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_swiglu(
+    ctx: &Context,
+    graph: &mut Graph,
+    scratch: &Scratch,
+    what: &str,
+    w2: &Tensor,
+    output: View<'_>,
+    rows: usize,
+    fill_up: impl FnOnce(&mut Graph, View<'_>) -> Result<()>,
+) -> Result<()> {
+    let h = w2.cols();
+    if scratch.rows() < rows {
+        return Err(Error::mismatch(
+            format!("scratch rows for {what}"),
+            format!("at least {rows}"),
+            scratch.rows(),
+        ));
+    }
+    let up = scratch.get("mlp_expert.up", 2 * h)?;
+    let gated = scratch.get("mlp_expert.gated", h)?;
+    let up = View::of(&up).select_rows(0..rows);
+    let gated = View::of(&gated).select_rows(0..rows);
+    fill_up(graph, up)?;
+    binary(
+        ctx,
+        graph,
+        Binary::Glu(Activation::Silu),
+        up.select_cols(0..h),
+        up.select_cols(h..2 * h),
+        gated,
+    )?;
+    matmul(ctx, graph, w2, None, gated, output, 0.0)
 }
 
 /// The E SwiGLU experts of a layer: `experts.{e}.` under `layer` (e.g. `"layers.0."`).
