@@ -29,25 +29,6 @@
 // segments): at most 544 + 405 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
 // 12 + ceil(DH / 64).
 
-struct Params {
-    heads: u32,
-    head_dim: u32,
-    tokens: u32,
-    seqs: u32,
-    slots: u32,
-    scale: f32,
-    eps: f32,
-    token_base: u32,
-    seg_tokens: u32,
-    qkv_offset: u32,
-    qkv_stride: u32,
-    gate_offset: u32,
-    gate_stride: u32,
-    h_offset: u32,
-    h_stride: u32,
-    c_stride: u32,
-}
-
 const L: u32 = 32u;
 const L4: u32 = 8u; // L / 4
 const TI: u32 = 32u;
@@ -55,14 +36,8 @@ const WG: u32 = 64u;
 const MAX_DH: u32 = 512u;
 const NEG: f32 = -3.0e38;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> gates: array<f32>;
-@group(0) @binding(3) var<storage, read> slots: array<u32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
-@group(0) @binding(6) var<storage, read_write> n: array<f32>;
-@group(0) @binding(7) var<storage, read_write> m: array<f32>;
 @group(0) @binding(8) var<storage, read_write> pending: array<f32>;
 
 var<workgroup> qt: array<f32, 1024>; // TI x L: q[token t][row i0 + ii] at ii * L + t
@@ -74,10 +49,6 @@ var<workgroup> aa: array<f32, L>; // a_s (very negative past the chunk's end)
 var<workgroup> mx: array<f32, L>; // M_t
 var<workgroup> gs: array<f32, L>; // exp(a_s - M_e), zero past the chunk's end
 var<workgroup> dn: array<f32, L>; // q_t . n0, then the denominator
-
-fn log_sigmoid(x: f32) -> f32 {
-    return min(x, 0.0) - log(1.0 + exp(-abs(x)));
-}
 
 // Four consecutive entries of a workgroup array, starting at a multiple of 4.
 fn qt4(at: u32) -> vec4<f32> {

@@ -16,26 +16,6 @@
 // segments): at most 725 + 92 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
 // 11 + ceil(DH / 64).
 
-struct Params {
-    heads: u32,
-    head_dim: u32,
-    tokens: u32,
-    seqs: u32,
-    slots: u32,
-    scale: f32,
-    eps: f32,
-    token_base: u32,
-    seg_tokens: u32,
-    qkv_offset: u32,
-    qkv_stride: u32,
-    gate_offset: u32,
-    gate_stride: u32,
-    h_offset: u32,
-    h_stride: u32,
-    c_stride: u32,
-}
-
-
 const L: u32 = 32u;
 const L4: u32 = 8u;
 const TI: u32 = 32u;
@@ -43,14 +23,8 @@ const WG: u32 = 64u;
 const MAX_DH: u32 = 512u;
 const NEG: f32 = -3.0e38;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> gates: array<f32>;
-@group(0) @binding(3) var<storage, read> slots: array<u32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> n: array<f32>;
-@group(0) @binding(7) var<storage, read_write> m: array<f32>;
 
 var<workgroup> qt: array<vec4<f32>, 256>; // [ii][t4]: q of tokens 4 t4 .. at row i0 + ii
 var<workgroup> kt: array<vec4<f32>, 256>; // [ii][s4]: k likewise
@@ -61,10 +35,6 @@ var<workgroup> aa: array<f32, L>; // a_s (very negative past the chunk's end)
 var<workgroup> mx: array<f32, L>; // M_t
 var<workgroup> gs: array<f32, L>; // exp(a_s - M_e), zero past the chunk's end
 var<workgroup> dn: array<f32, L>; // q_t . n0, then the denominator
-
-fn log_sigmoid(x: f32) -> f32 {
-    return min(x, 0.0) - log(1.0 + exp(-abs(x)));
-}
 
 // Index of q[row, hd * DH + i] in qkv (k and v follow at + Di and + 2 Di).
 fn q_index(row: u32, hd: u32, i: u32) -> u32 {

@@ -22,45 +22,15 @@
 // all loops of an invocation after 65535 in total, so the host splits long inputs into
 // segments): at most 11 + ceil(DH / 64) * (DH / 4 + 8) per token, plus 1.
 
-struct Params {
-    heads: u32,
-    head_dim: u32,
-    tokens: u32,
-    seqs: u32,
-    slots: u32,
-    scale: f32,
-    eps: f32,
-    token_base: u32,
-    seg_tokens: u32,
-    qkv_offset: u32,
-    qkv_stride: u32,
-    gate_offset: u32,
-    gate_stride: u32,
-    h_offset: u32,
-    h_stride: u32,
-    c_stride: u32,
-}
-
 const WG: u32 = 64u;
 const MAX_DH: u32 = 512u;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> gates: array<f32>;
-@group(0) @binding(3) var<storage, read> slots: array<u32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
-@group(0) @binding(6) var<storage, read_write> n: array<f32>;
-@group(0) @binding(7) var<storage, read_write> m: array<f32>;
 
 var<workgroup> qs: array<f32, MAX_DH>;
 var<workgroup> ks: array<f32, MAX_DH>;
 var<workgroup> red: array<f32, WG>;
-
-// log(sigmoid(x)) without overflow for either sign.
-fn log_sigmoid(x: f32) -> f32 {
-    return min(x, 0.0) - log(1.0 + exp(-abs(x)));
-}
 
 @compute @workgroup_size(64)
 fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {

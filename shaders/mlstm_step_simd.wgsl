@@ -15,41 +15,11 @@
 // Loop iterations of one invocation, counting one more for each loop's exit: at most
 // 7 + DH / 4 + ceil(DH / 64) * (20 + DH / 4) per token, plus 1.
 
-struct Params {
-    heads: u32,
-    head_dim: u32,
-    tokens: u32,
-    seqs: u32,
-    slots: u32,
-    scale: f32,
-    eps: f32,
-    token_base: u32,
-    seg_tokens: u32,
-    qkv_offset: u32,
-    qkv_stride: u32,
-    gate_offset: u32,
-    gate_stride: u32,
-    h_offset: u32,
-    h_stride: u32,
-    c_stride: u32,
-}
-
 override VEC4: bool = false;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read> gates: array<f32>;
-@group(0) @binding(3) var<storage, read> slots: array<u32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> n: array<f32>;
-@group(0) @binding(7) var<storage, read_write> m: array<f32>;
 @group(0) @binding(8) var<storage, read> qkv4: array<vec4<f32>>;
-
-// log(sigmoid(x)) without overflow for either sign.
-fn log_sigmoid(x: f32) -> f32 {
-    return min(x, 0.0) - log(1.0 + exp(-abs(x)));
-}
 
 // qkv[b .. b + 4].
 fn qkv_quad(b: u32) -> vec4<f32> {

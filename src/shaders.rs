@@ -21,11 +21,19 @@ pub struct ShaderSource {
     pub subgroups: bool,
 }
 
+/// `"name"`, optionally `: subgroups`, optionally `+ "common"`: the file
+/// `shaders/common/<common>.wgsl` (declarations several kernels share; WGSL has no
+/// includes) is appended to `shaders/<name>.wgsl`.
 macro_rules! registry {
-    ($( $name:literal $(: $flag:ident)? ),* $(,)?) => {
+    ($( $name:literal $(: $flag:ident)? $(+ $common:literal)? ),* $(,)?) => {
         &[$(ShaderSource {
             name: $name,
-            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                $("\n", include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $common, ".wgsl"
+                )),)?
+            ),
             subgroups: registry!(@flag $($flag)?),
         }),*]
     };
@@ -50,11 +58,11 @@ pub const SHADERS: &[ShaderSource] = registry![
     "embedding",
     "sample",
     "nll",
-    "mlstm_step",
-    "mlstm_step_wide",
-    "mlstm_step_simd",
-    "mlstm_chunk",
-    "mlstm_chunk_wide",
+    "mlstm_step" + "mlstm_cell",
+    "mlstm_step_wide" + "mlstm_cell",
+    "mlstm_step_simd" + "mlstm_cell",
+    "mlstm_chunk" + "mlstm_cell",
+    "mlstm_chunk_wide" + "mlstm_cell",
     "mlstm_expert",
     "skip_gate",
 ];

@@ -181,7 +181,7 @@ pub struct CellInputs<'a> {
     pub gates: View<'a>,
 }
 
-/// Kernel parameters shared by `mlstm_step.wgsl` and `mlstm_chunk.wgsl`.
+/// Kernel parameters of every cell kernel (`Params` of `shaders/common/mlstm_cell.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct Params {
