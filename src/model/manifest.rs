@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::config::{Architecture, ExpertType, MlstmConfig, ModelConfig, SlstmConfig, SlstmLayout};
+use super::latent;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -94,7 +95,8 @@ impl Manifest {
                     let groups = moxe.latent.map(|lat| lat.groups);
                     for i in 0..e {
                         let ep = format!("{p}experts.{i}.");
-                        let latent = groups.map(|g| format!("{p}experts.latent.{}.", i / (e / g)));
+                        let latent =
+                            groups.map(|g| latent::shared_key(l, latent::group_of(i, e, g), ""));
                         match expert_kind(moxe.expert_type, i, e) {
                             Kind::Mlp => m.mlp(&ep, d, latent.as_ref()),
                             Kind::Mlstm => m.mlstm_expert(&ep, ml, latent.as_ref()),
