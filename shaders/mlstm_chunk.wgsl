@@ -29,26 +29,14 @@
 // segments): at most 544 + 405 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
 // 12 + ceil(DH / 64).
 
-const L: u32 = 32u;
-const L4: u32 = 8u; // L / 4
-const TI: u32 = 32u;
-const WG: u32 = 64u;
-const MAX_DH: u32 = 512u;
-const NEG: f32 = -3.0e38;
-
-// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl; the chunk
+// constants, workgroup arrays ns .. dn and q_index: shaders/common/mlstm_chunk.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 @group(0) @binding(8) var<storage, read_write> pending: array<f32>;
 
 var<workgroup> qt: array<f32, 1024>; // TI x L: q[token t][row i0 + ii] at ii * L + t
 var<workgroup> kt: array<f32, 1024>; // TI x L: k likewise
 var<workgroup> dm: array<f32, 1024>; // L x L: D_ts at s * L + t (zero for s > t)
-var<workgroup> ns: array<f32, MAX_DH>; // n
-var<workgroup> bb: array<f32, L>; // b_t
-var<workgroup> aa: array<f32, L>; // a_s (very negative past the chunk's end)
-var<workgroup> mx: array<f32, L>; // M_t
-var<workgroup> gs: array<f32, L>; // exp(a_s - M_e), zero past the chunk's end
-var<workgroup> dn: array<f32, L>; // q_t . n0, then the denominator
 
 // Four consecutive entries of a workgroup array, starting at a multiple of 4.
 fn qt4(at: u32) -> vec4<f32> {
@@ -65,11 +53,6 @@ fn dm4(at: u32) -> vec4<f32> {
 
 fn gs4(at: u32) -> vec4<f32> {
     return vec4<f32>(gs[at], gs[at + 1u], gs[at + 2u], gs[at + 3u]);
-}
-
-// Index of q[row, hd * DH + i] in qkv (k and v follow at + Di and + 2 Di).
-fn q_index(row: u32, hd: u32, i: u32) -> u32 {
-    return p.qkv_offset + row * p.qkv_stride + hd * p.head_dim + i;
 }
 
 @compute @workgroup_size(64)

@@ -16,30 +16,13 @@
 // segments): at most 725 + 92 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
 // 11 + ceil(DH / 64).
 
-const L: u32 = 32u;
-const L4: u32 = 8u;
-const TI: u32 = 32u;
-const WG: u32 = 64u;
-const MAX_DH: u32 = 512u;
-const NEG: f32 = -3.0e38;
-
-// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl; the chunk
+// constants, workgroup arrays ns .. dn and q_index: shaders/common/mlstm_chunk.wgsl (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 
 var<workgroup> qt: array<vec4<f32>, 256>; // [ii][t4]: q of tokens 4 t4 .. at row i0 + ii
 var<workgroup> kt: array<vec4<f32>, 256>; // [ii][s4]: k likewise
 var<workgroup> dm: array<vec4<f32>, 256>; // [s][t4]: D_ts of tokens 4 t4 .. (zero for s > t)
-var<workgroup> ns: array<f32, MAX_DH>; // n
-var<workgroup> bb: array<f32, L>; // b_t
-var<workgroup> aa: array<f32, L>; // a_s (very negative past the chunk's end)
-var<workgroup> mx: array<f32, L>; // M_t
-var<workgroup> gs: array<f32, L>; // exp(a_s - M_e), zero past the chunk's end
-var<workgroup> dn: array<f32, L>; // q_t . n0, then the denominator
-
-// Index of q[row, hd * DH + i] in qkv (k and v follow at + Di and + 2 Di).
-fn q_index(row: u32, hd: u32, i: u32) -> u32 {
-    return p.qkv_offset + row * p.qkv_stride + hd * p.head_dim + i;
-}
 
 // Eight consecutive elements of qkv from `at`, zero from the `valid`-th on.
 fn load8(at: u32, valid: u32) -> array<vec4<f32>, 2> {

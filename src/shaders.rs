@@ -21,18 +21,18 @@ pub struct ShaderSource {
     pub subgroups: bool,
 }
 
-/// `"name"`, optionally `: subgroups`, optionally `+ "common"`: the file
+/// `"name"`, optionally `: subgroups`, then any `+ "common"`: each file
 /// `shaders/common/<common>.wgsl` (declarations several kernels share; WGSL has no
-/// includes) is appended to `shaders/<name>.wgsl`.
+/// includes) is appended to `shaders/<name>.wgsl`, in order.
 macro_rules! registry {
-    ($( $name:literal $(: $flag:ident)? $(+ $common:literal)? ),* $(,)?) => {
+    ($( $name:literal $(: $flag:ident)? $(+ $common:literal)* ),* $(,)?) => {
         &[$(ShaderSource {
             name: $name,
             source: concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
                 $("\n", include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $common, ".wgsl"
-                )),)?
+                )),)*
             ),
             subgroups: registry!(@flag $($flag)?),
         }),*]
@@ -61,8 +61,8 @@ pub const SHADERS: &[ShaderSource] = registry![
     "mlstm_step" + "mlstm_cell",
     "mlstm_step_wide" + "mlstm_cell",
     "mlstm_step_simd" + "mlstm_cell",
-    "mlstm_chunk" + "mlstm_cell",
-    "mlstm_chunk_wide" + "mlstm_cell",
+    "mlstm_chunk" + "mlstm_cell" + "mlstm_chunk",
+    "mlstm_chunk_wide" + "mlstm_cell" + "mlstm_chunk",
     "mlstm_expert",
     "skip_gate",
 ];
