@@ -43,7 +43,8 @@ macro_rules! registry {
 
 /// Every kernel of the engine. A test checks that this list and `shaders/` agree.
 pub const SHADERS: &[ShaderSource] = registry![
-    "matmul",
+    "matmul" + "matmul",
+    "gemv_subgroup": subgroups + "matmul",
     "layer_norm",
     "elementwise",
     "bandwidth_probe",

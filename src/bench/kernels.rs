@@ -117,13 +117,21 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
         "\n{:<14} {:>5} {:>7} {:>10} {:>9} {:>7}",
         "gemv", "dtype", "kernel", "time us", "GB/s", "probe%"
     );
+    // The engine's decode kernel (marked *), and plain gemv beside it where that differs.
+    let chosen = MatmulKernel::choose(ctx, 1);
+    let mut kernels = vec![chosen];
+    if chosen != MatmulKernel::Gemv && ctx.is_cpu() {
+        kernels.push(MatmulKernel::Gemv);
+    }
     let mut f16_4096 = None;
     for (rows, cols) in [(1024, 1024), (4096, 4096), (4096, 16384)] {
-        for dtype in [DType::F32, DType::F16] {
-            let kernel = MatmulKernel::choose(ctx, 1);
+        for (dtype, &kernel) in [DType::F32, DType::F16]
+            .into_iter()
+            .flat_map(|d| kernels.iter().map(move |k| (d, k)))
+        {
             let r = gemv(ctx, rows, cols, dtype, kernel, budget_secs)?;
             let share = 100.0 * r.gbps / best_probe;
-            if (rows, cols, dtype) == (4096, 4096, DType::F16) {
+            if (rows, cols, dtype, kernel) == (4096, 4096, DType::F16, chosen) {
                 f16_4096 = Some(share);
             }
             let _ = writeln!(
@@ -131,7 +139,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
                 "{:<14} {:>5} {:>7} {:>10.1} {:>9.2} {:>6.0}%",
                 format!("{rows}x{cols}"),
                 dtype.name(),
-                format!("{kernel:?}").to_lowercase(),
+                format!("{kernel:?}{}", if kernel == chosen { "*" } else { "" }).to_lowercase(),
                 r.seconds * 1e6,
                 r.gbps,
                 share

@@ -236,6 +236,16 @@ impl Context {
                 .contains("llvmpipe")
     }
 
+    /// The subgroup size of every compute invocation, when the device has the SUBGROUP
+    /// feature and the adapter runs all subgroups at one size (llvmpipe: its SIMD width).
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let info = &self.inner.info;
+        (self.inner.features.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == info.subgroup_max_size
+            && info.subgroup_min_size > 0)
+            .then_some(info.subgroup_min_size)
+    }
+
     /// What shaders may use on this device (for naga validation).
     pub fn shader_capabilities(&self) -> naga::valid::Capabilities {
         self.inner.shader_caps

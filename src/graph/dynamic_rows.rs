@@ -267,10 +267,8 @@ mod tests {
             let c = count as usize;
             // Workgroups cover whole groups of rows, so rows past the count inside the last
             // group may be written; rows of groups beyond it never are.
-            let groups_end = match crate::ops::matmul::MatmulKernel::choose(ctx, cap) {
-                crate::ops::matmul::MatmulKernel::Gemv => c,
-                _ => c.div_ceil(4) * 4,
-            };
+            let per = crate::ops::matmul::MatmulKernel::choose(ctx, cap).tokens_per_workgroup();
+            let groups_end = c.div_ceil(per) * per;
             crate::testing::assert_close(&got[..c * m], &want[..c * m], 1e-5, 1e-5, "counted rows");
             assert!(
                 got[groups_end.min(cap) * m..].iter().all(|&v| v == -7.0),

@@ -1,5 +1,6 @@
 //! Matrix products with a weight matrix: `y = beta * y + bias + x W^T` (GEMV for one token,
-//! GEMM for many), dense or block-diagonal ("headwise"). Kernel: `shaders/matmul.wgsl`.
+//! GEMM for many), dense or block-diagonal ("headwise"). Kernels: `shaders/matmul.wgsl` and, where
+//! the adapter has subgroups, `shaders/gemv_subgroup.wgsl`.
 //!
 //! Shapes (dense): W (M, K) f32 or f16 made with [`Tensor::weight`] (possibly chunked by
 //! rows); x a (T, K) view; y a (T, M) view; bias (M) f32.
@@ -19,6 +20,10 @@ use crate::tensor::{DType, Tensor};
 pub enum MatmulKernel {
     /// One invocation per (4 rows, token) streaming its rows: CPU adapters, few tokens.
     Gemv,
+    /// Gemv with the inputs loaded once per subgroup and shared by broadcasts
+    /// (`shaders/gemv_subgroup.wgsl`): CPU adapters with one subgroup size of at least 8,
+    /// dense weights, few tokens.
+    GemvSubgroup,
     /// One invocation per (4 rows, 4 tokens): CPU adapters, many tokens.
     Gemm4,
     /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
@@ -26,36 +31,69 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
-    /// The variant suited to this adapter and token count.
+    /// The variant suited to this adapter and token count for a dense weight.
     pub fn choose(ctx: &Context, tokens: usize) -> Self {
         match (ctx.is_cpu(), tokens) {
+            (true, 0..=2) if MatmulKernel::GemvSubgroup.available(ctx) => {
+                MatmulKernel::GemvSubgroup
+            }
             (true, 0..=2) => MatmulKernel::Gemv,
             (true, _) => MatmulKernel::Gemm4,
             (false, _) => MatmulKernel::Coop4,
         }
     }
 
-    /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup (8) on CPU
-    /// adapters, where it read fastest on llvmpipe; 64 elsewhere. (Coop4 is always 64.)
-    fn workgroup(self, ctx: &Context) -> usize {
-        if self != MatmulKernel::Coop4 && ctx.is_cpu() {
-            8
-        } else {
-            64
+    /// The variant for a block-diagonal weight, whose rows read different inputs (so
+    /// GemvSubgroup, which shares one input row across its subgroup, does not apply).
+    fn choose_headwise(ctx: &Context, tokens: usize) -> Self {
+        match Self::choose(ctx, tokens) {
+            MatmulKernel::GemvSubgroup => MatmulKernel::Gemv,
+            kernel => kernel,
         }
     }
 
-    fn entry(self) -> &'static str {
+    /// Whether the device can run this variant.
+    pub fn available(self, ctx: &Context) -> bool {
+        self != MatmulKernel::GemvSubgroup || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
+    }
+
+    /// Tokens one workgroup covers (the row grid's `per`).
+    pub fn tokens_per_workgroup(self) -> usize {
         match self {
-            MatmulKernel::Gemv => "gemv",
-            MatmulKernel::Gemm4 => "gemm4",
-            MatmulKernel::Coop4 => "coop4",
+            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup => 1,
+            MatmulKernel::Gemm4 | MatmulKernel::Coop4 => 4,
         }
     }
 
-    /// All variants (for tests and benchmarks).
-    pub const ALL: [MatmulKernel; 3] =
-        [MatmulKernel::Gemv, MatmulKernel::Gemm4, MatmulKernel::Coop4];
+    /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup on CPU
+    /// adapters (8 on llvmpipe, where it read fastest), exactly one subgroup for
+    /// GemvSubgroup, 64 elsewhere. (Coop4 is always 64.)
+    fn workgroup(self, ctx: &Context) -> usize {
+        match (self, ctx.fixed_subgroup_size()) {
+            (MatmulKernel::GemvSubgroup, Some(size)) => size as usize,
+            (MatmulKernel::Coop4, _) => 64,
+            _ if ctx.is_cpu() => 8,
+            _ => 64,
+        }
+    }
+
+    /// (shader file, entry point).
+    fn entry(self) -> (&'static str, &'static str) {
+        match self {
+            MatmulKernel::Gemv => ("matmul", "gemv"),
+            MatmulKernel::GemvSubgroup => ("gemv_subgroup", "main"),
+            MatmulKernel::Gemm4 => ("matmul", "gemm4"),
+            MatmulKernel::Coop4 => ("matmul", "coop4"),
+        }
+    }
+
+    /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
+    pub const ALL: [MatmulKernel; 4] = [
+        MatmulKernel::Gemv,
+        MatmulKernel::GemvSubgroup,
+        MatmulKernel::Gemm4,
+        MatmulKernel::Coop4,
+    ];
 }
 
 #[repr(C)]
@@ -109,7 +147,7 @@ pub fn headwise(
             format!("{:?}", w.shape()),
         ));
     };
-    let kernel = MatmulKernel::choose(ctx, x.rows);
+    let kernel = MatmulKernel::choose_headwise(ctx, x.rows);
     record(ctx, graph, kernel, w, bias, x, y, beta, Some((heads, o, i)))
 }
 
@@ -180,6 +218,12 @@ fn record(
         b.expect(&format!("bias of '{}'", w.label()), &[m], DType::F32)?;
     }
     distinct("matmul", x.tensor, y.tensor)?;
+    if !kernel.available(ctx) {
+        return Err(Error::Limit {
+            what: format!("matmul kernel {kernel:?} for weight '{}'", w.label()),
+            detail: "it needs the SUBGROUP feature and one subgroup size of at least 8".into(),
+        });
+    }
     let t = x.rows;
     let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
     let wg = kernel.workgroup(ctx);
@@ -192,21 +236,15 @@ fn record(
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
     ];
-    let pipeline = ctx.pipeline("matmul", kernel.entry(), &constants)?;
+    let (shader, entry) = kernel.entry();
+    let pipeline = ctx.pipeline(shader, entry, &constants)?;
     for chunk in w.chunks() {
         let rows = chunk.rows;
         let (grid, groups_x) = match kernel {
-            MatmulKernel::Gemv => (
+            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup | MatmulKernel::Gemm4 => (
                 RowGrid::Y {
                     x: rows.div_ceil(4 * wg),
-                    per: 1,
-                },
-                0,
-            ),
-            MatmulKernel::Gemm4 => (
-                RowGrid::Y {
-                    x: rows.div_ceil(4 * wg),
-                    per: 4,
+                    per: kernel.tokens_per_workgroup(),
                 },
                 0,
             ),
@@ -357,9 +395,10 @@ mod tests {
             (130, 100, 5),
             (33, 257, 9),
             (200, 64, 2),
+            (41, 1030, 2),
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
-            for kernel in MatmulKernel::ALL {
+            for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
                 for dtype in [DType::F32, DType::F16] {
                     let bias = i % 2 == 0;
                     let beta = if i % 3 == 0 { 1.0 } else { 0.0 };
@@ -373,7 +412,7 @@ mod tests {
     fn chunked_weights_give_the_same_result() {
         // A 1 KiB binding limit forces weights of a few hundred elements into many chunks.
         let ctx = crate::testing::gpu_with_binding_limit(1024);
-        for kernel in MatmulKernel::ALL {
+        for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(&ctx)) {
             for dtype in [DType::F32, DType::F16] {
                 check(&ctx, kernel, dtype, 53, 24, 3, true, 0.0, 5);
             }
@@ -399,29 +438,31 @@ mod tests {
         let wide = rng.normal_vec(t * 20, 1.0);
         let wt = Tensor::weight(ctx, "w", &[m, k], DType::F32, HostData::F32(&w)).unwrap();
         let xt = Tensor::from_f32(ctx, "x", &[t, 20], &wide).unwrap();
-        let yt = Tensor::zeros(ctx, "y", &[t, 15], DType::F32).unwrap();
-        let mut g = Graph::new();
-        let xv = View::of(&xt).select_cols(3..3 + k);
-        let yv = View::of(&yt).select_cols(2..2 + m);
-        matmul(ctx, &mut g, &wt, None, xv, yv, 0.0).unwrap();
-        ctx.run(&[&g]).unwrap();
         let x: Vec<f32> = (0..t)
             .flat_map(|r| wide[r * 20 + 3..r * 20 + 3 + k].to_vec())
             .collect();
         let want = reference(&w, k, &x, None);
-        let got = yt.to_f32().unwrap();
-        for r in 0..t {
-            assert_close(
-                &got[r * 15 + 2..r * 15 + 2 + m],
-                &want[r * m..(r + 1) * m],
-                1e-5,
-                1e-5,
-                "view",
-            );
-            assert!(
-                got[r * 15..r * 15 + 2].iter().all(|&v| v == 0.0),
-                "wrote outside the window"
-            );
+        for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
+            let yt = Tensor::zeros(ctx, "y", &[t, 15], DType::F32).unwrap();
+            let mut g = Graph::new();
+            let xv = View::of(&xt).select_cols(3..3 + k);
+            let yv = View::of(&yt).select_cols(2..2 + m);
+            matmul_with(ctx, &mut g, kernel, &wt, None, xv, yv, 0.0).unwrap();
+            ctx.run(&[&g]).unwrap();
+            let got = yt.to_f32().unwrap();
+            for r in 0..t {
+                assert_close(
+                    &got[r * 15 + 2..r * 15 + 2 + m],
+                    &want[r * m..(r + 1) * m],
+                    1e-5,
+                    1e-5,
+                    &format!("{kernel:?} view"),
+                );
+                assert!(
+                    got[r * 15..r * 15 + 2].iter().all(|&v| v == 0.0),
+                    "{kernel:?} wrote outside the window"
+                );
+            }
         }
     }
 

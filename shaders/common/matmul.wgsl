@@ -1,0 +1,114 @@
+// Declarations of the matmul kernels (shaders/matmul.wgsl, shaders/gemv_subgroup.wgsl):
+// their Params, overrides, bindings and the weight, input and output helpers. Appended to
+// each of those files by the shader registry. Layouts: shaders/matmul.wgsl.
+
+struct Params {
+    k: u32,
+    m: u32,
+    t: u32,
+    w_stride: u32,
+    x_stride: u32,
+    x_offset: u32,
+    y_stride: u32,
+    y_offset: u32,
+    row_base: u32,
+    beta: f32,
+    has_bias: u32,
+    groups_x: u32,
+    head_rows: u32,
+}
+
+override F16: bool = false;
+override HEADS: bool = false;
+// Invocations per workgroup of gemv and gemm4: 8 (one SIMD subgroup) serves llvmpipe best.
+override WG: u32 = 64u;
+// x rows start on 16-byte boundaries (x_offset and x_stride multiples of 4): x is read as
+// vec4 through x4 (the same buffer), two loads per block of 8 instead of eight.
+override X4: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+
+// Eight consecutive weights of row `row` starting at element `k` (k a multiple of 8). Rows
+// are zero-padded to w_stride, so a block may run past K.
+fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
+    if F16 {
+        let q = w[(row * p.w_stride + k) / 8u];
+        return array<vec4<f32>, 2>(
+            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+        );
+    }
+    let i = (row * p.w_stride + k) / 4u;
+    return array<vec4<f32>, 2>(bitcast<vec4<f32>>(w[i]), bitcast<vec4<f32>>(w[i + 1u]));
+}
+
+// First input column read by chunk row `row`.
+fn x_col(row: u32) -> u32 {
+    if HEADS {
+        return ((p.row_base + row) / p.head_rows) * p.k;
+    }
+    return 0u;
+}
+
+// Eight consecutive inputs of token t starting at column c + k, with k + 8 <= K.
+fn load_x8(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
+    let b = p.x_offset + t * p.x_stride + c + k;
+    if X4 {
+        return array<vec4<f32>, 2>(x4[b / 4u], x4[b / 4u + 1u]);
+    }
+    return array<vec4<f32>, 2>(
+        vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]),
+        vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]),
+    );
+}
+
+// The same for the last, partial block: zero past K.
+fn load_x8_tail(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
+    var v = array<f32, 8>();
+    for (var j = 0u; k + j < p.k; j++) {
+        v[j] = x[p.x_offset + t * p.x_stride + c + k + j];
+    }
+    return array<vec4<f32>, 2>(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
+}
+
+// Where the unguarded blocks end.
+fn k_full() -> u32 {
+    return p.k - p.k % 8u;
+}
+
+fn dot8(a: array<vec4<f32>, 2>, b: array<vec4<f32>, 2>) -> f32 {
+    return dot(a[0], b[0]) + dot(a[1], b[1]);
+}
+
+fn store(t: u32, row: u32, value: f32) {
+    let i = p.y_offset + t * p.y_stride + p.row_base + row;
+    var v = value;
+    if p.has_bias != 0u {
+        v += bias[p.row_base + row];
+    }
+    if p.beta != 0.0 {
+        v += p.beta * y[i];
+    }
+    y[i] = v;
+}
+
+// Rows 4i .. 4i + 3 of the chunk, clamped to the last row (results of clamped rows are
+// never stored).
+fn rows4(i: u32) -> vec4<u32> {
+    let r = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u);
+    return min(r, vec4<u32>(p.m - 1u));
+}
+
+fn store_rows(t: u32, r: vec4<u32>, acc: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        if r[0] + j < p.m {
+            store(t, r[0] + j, acc[j]);
+        }
+    }
+}
+
