@@ -234,17 +234,14 @@ impl Context {
         Ok(buffer)
     }
 
-    /// Encodes `graphs` in order into one compute pass, lets `after` add copies (e.g. of
-    /// sampled tokens into a read-back buffer), and submits one command buffer. Does not wait.
-    pub fn submit_with(
+    /// Encodes `graphs` in order into one compute pass and lets `after` add copies (e.g. of
+    /// sampled tokens into a read-back buffer): one command buffer, not yet submitted.
+    pub fn encode(
         &self,
         graphs: &[&Graph],
         after: impl FnOnce(&mut wgpu::CommandEncoder),
-    ) -> Result<()> {
-        if self.profiling() {
-            return self.submit_profiled(graphs, after);
-        }
-        self.scoped("submitting a step", || {
+    ) -> Result<wgpu::CommandBuffer> {
+        self.scoped("encoding a step", || {
             let mut encoder =
                 self.device()
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -262,8 +259,29 @@ impl Context {
                 }
             }
             after(&mut encoder);
-            self.queue().submit([encoder.finish()]);
+            encoder.finish()
         })
+    }
+
+    /// Submits a command buffer made by [`Context::encode`]. Does not wait.
+    pub fn submit_encoded(&self, commands: wgpu::CommandBuffer) -> Result<()> {
+        self.scoped("submitting a step", || {
+            self.queue().submit([commands]);
+        })
+    }
+
+    /// [`Context::encode`] and [`Context::submit_encoded`] (with per-dispatch timestamps
+    /// while profiling). Does not wait.
+    pub fn submit_with(
+        &self,
+        graphs: &[&Graph],
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
+        if self.profiling() {
+            return self.submit_profiled(graphs, after);
+        }
+        let commands = self.encode(graphs, after)?;
+        self.submit_encoded(commands)
     }
 
     /// [`Context::submit_with`] without extra commands.

@@ -46,6 +46,8 @@ pub(crate) struct StepGraph {
     /// Sampled ids (B, Sample) or token NLL (B * N, Score).
     result: Tensor,
     readback: wgpu::Buffer,
+    /// The command buffer of the next run, encoded while the previous run executes.
+    encoded: Option<wgpu::CommandBuffer>,
     pub(crate) moe: Vec<MoeStep>,
     _x: Tensor,
     _u: Tensor,
@@ -70,7 +72,7 @@ pub(crate) struct Runner {
 
 impl Runner {
     /// The graph of `key`, recorded on first use.
-    pub(crate) fn graph(&mut self, model: &Model, key: StepKey) -> Result<&StepGraph> {
+    pub(crate) fn graph(&mut self, model: &Model, key: StepKey) -> Result<&mut StepGraph> {
         match self.graphs.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(record(model, key)?)),
@@ -164,6 +166,7 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
         input,
         result,
         readback,
+        encoded: None,
         moe,
         _x: x,
         _u: u,
@@ -175,9 +178,11 @@ impl StepGraph {
     /// Runs the step: `ids` (B * N), `slots` (B), `input` = the sampling settings (B * 5
     /// words, Sample) or the target ids (B * N, Score). With `read`, waits for the step and
     /// returns its sampled ids or NLL; without, only submits it (queue order keeps later
-    /// steps after it).
+    /// steps after it). Once submitted, the next run's command buffer is encoded while the
+    /// device works (the inputs are written with the queue, so it is the same every run):
+    /// in decode the host's encoding no longer adds to each token's time.
     pub(crate) fn run(
-        &self,
+        &mut self,
         model: &Model,
         ids: &[u32],
         slots: &[u32],
@@ -206,15 +211,25 @@ impl StepGraph {
         self.ids.write(HostData::U32(ids))?;
         self.slots.write(HostData::U32(slots))?;
         self.input.write(HostData::U32(input))?;
-        if !read {
-            ctx.submit(&[&self.graph])?;
-            return Ok(StepResult::default());
-        }
         let bytes = (self.result.numel() * 4) as u64;
         let src = self.result.buffer()?;
-        ctx.submit_with(&[&self.graph], |enc| {
+        let copy = |enc: &mut wgpu::CommandEncoder| {
             enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, bytes);
-        })?;
+        };
+        if ctx.profiling() {
+            self.encoded = None;
+            ctx.submit_with(&[&self.graph], copy)?;
+        } else {
+            let commands = match self.encoded.take() {
+                Some(commands) => commands,
+                None => ctx.encode(&[&self.graph], copy)?,
+            };
+            ctx.submit_encoded(commands)?;
+            self.encoded = Some(ctx.encode(&[&self.graph], copy)?);
+        }
+        if !read {
+            return Ok(StepResult::default());
+        }
         let raw = map_read(ctx, &self.readback, bytes, "reading the step's results")?;
         let mut out = StepResult::default();
         match self.output {
