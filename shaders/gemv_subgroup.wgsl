@@ -17,16 +17,6 @@ fn shuffle8(v: array<vec4<f32>, 2>, j: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(subgroupShuffle(v[0], j), subgroupShuffle(v[1], j));
 }
 
-// W[r[j], k..k+8] . xs for the four rows r.
-fn block4(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
-    return vec4<f32>(
-        dot8(load_w8(r.x, k), xs),
-        dot8(load_w8(r.y, k), xs),
-        dot8(load_w8(r.z, k), xs),
-        dot8(load_w8(r.w, k), xs),
-    );
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(global_invocation_id) gid: vec3<u32>,

@@ -39,13 +39,7 @@ fn fma4(acc: ptr<function, vec4<f32>>, r: vec4<u32>, t: u32, k: u32, tail: bool)
             dot8(load_w8(r.w, k), x8(t, r.w, k, tail)),
         );
     } else {
-        let xv = x8(t, r.x, k, tail);
-        *acc += vec4<f32>(
-            dot8(load_w8(r.x, k), xv),
-            dot8(load_w8(r.y, k), xv),
-            dot8(load_w8(r.z, k), xv),
-            dot8(load_w8(r.w, k), xv),
-        );
+        *acc += block4(r, k, x8(t, r.x, k, tail));
     }
 }
 

@@ -112,3 +112,12 @@ fn store_rows(t: u32, r: vec4<u32>, acc: vec4<f32>) {
     }
 }
 
+// W[r[j], k..k+8] . xs for the four rows r.
+fn block4(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
+    return vec4<f32>(
+        dot8(load_w8(r.x, k), xs),
+        dot8(load_w8(r.y, k), xs),
+        dot8(load_w8(r.z, k), xs),
+        dot8(load_w8(r.w, k), xs),
+    );
+}

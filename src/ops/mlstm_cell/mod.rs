@@ -66,7 +66,7 @@ impl CellKernel {
     /// from DH = 128 on), chunkwise otherwise (eight columns per invocation on CPU adapters,
     /// where loads are the cost; one column per invocation and several workgroups per head
     /// on GPUs, for parallelism). On CPU adapters heads of dim <= 64 prefill with the
-    /// recurrent SIMD kernel too: `moxe bench kernels` on lavapipe times it 1.5x faster than
+    /// recurrent SIMD kernel too: `moxe bench kernels` on lavapipe times it 1.4x faster than
     /// chunkwise-wide over 512 tokens at DH 64 (5x slower at DH 512). Measured on lavapipe,
     /// see the shaders.
     pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
