@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use moxe::model::generate::GenerateOptions;
-use moxe::model::{LoadOptions, Model, Session};
+use moxe::runtime::generate::GenerateOptions;
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{wgpu, Context};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("engine on the app's device: {}", ctx.adapter_info().name);
     let model = Arc::new(Model::load(
         &ctx,
-        &moxe::model::dir::default_model_dir(),
+        &moxe::checkpoint::default_model_dir(),
         &LoadOptions::default(),
     )?);
     let mut session = Session::new(&model)?;

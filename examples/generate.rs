@@ -6,16 +6,16 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use moxe::model::generate::GenerateOptions;
-use moxe::model::{LoadOptions, Model, Session};
 use moxe::ops::sample::Sampling;
+use moxe::runtime::generate::GenerateOptions;
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
 fn main() -> moxe::Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
-        .map_or_else(moxe::model::dir::default_model_dir, Into::into);
+        .map_or_else(moxe::checkpoint::default_model_dir, Into::into);
     let prompt = args
         .next()
         .unwrap_or_else(|| "Once upon a time".to_string());

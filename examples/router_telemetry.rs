@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use moxe::model::{LoadOptions, Model, Session};
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
 fn main() -> moxe::Result<()> {
@@ -16,7 +16,7 @@ fn main() -> moxe::Result<()> {
     let ctx = Context::new(&ContextOptions::from_env()?)?;
     let model = Arc::new(Model::load(
         &ctx,
-        &moxe::model::dir::default_model_dir(),
+        &moxe::checkpoint::default_model_dir(),
         &LoadOptions::default(),
     )?);
     let tokenizer = model.require_tokenizer()?;

@@ -1,7 +1,7 @@
 // Embedding lookup: out[r, c] = table[ids[r], c] for the rows of one table chunk.
 //
 // table: one row chunk (rows row_base .. row_base + chunk_rows of the full (V, D) table),
-//        rows of `stride` elements, f32 or f16 pairs packed in u32 (F16 override).
+//        rows of `stride` elements, f32, or f16 / bf16 pairs packed in u32 (WDT override, common/weights.wgsl).
 // ids: u32 (rows); rows whose id is outside this chunk are left to the other chunks'
 //      dispatches. out: element (r, c) at out_offset + r * out_stride + c (f32).
 // Grid: (ceil(D / 64), rows split over y and z: r = wid.y + wid.z * 65535).
@@ -16,7 +16,6 @@ struct Params {
     out_offset: u32,
 }
 
-override F16: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> table: array<u32>;
@@ -36,8 +35,8 @@ fn lookup(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) 
     }
     let e = (id - p.row_base) * p.stride + c;
     var v: f32;
-    if F16 {
-        let pair = unpack2x16float(table[e / 2u]);
+    if WDT != 0u {
+        let pair = unpack_pair(table[e / 2u]);
         v = select(pair.x, pair.y, e % 2u == 1u);
     } else {
         v = bitcast<f32>(table[e]);

@@ -4,6 +4,7 @@
 // (group == cols: LayerNorm; group == head dim: MultiHeadLayerNorm, i.e. group norm with
 // one group per head). Each group is normalised with its own mean and biased variance:
 //   y[c] = (x[c] - mean) / sqrt(var + eps) * gamma[c] + beta[c]
+// (RMSNorm when center == 0: mean taken as 0, so var is the mean square)
 // (plus beta * y[c] when beta != 0, to fuse a residual add), where gamma = 1 + weight (the xlstm package stores offsets) when weight_offset != 0, else
 // weight; gamma = 1 without weight; beta = bias or 0.
 //
@@ -33,6 +34,7 @@ struct Params {
     weight_offset: u32,
     has_bias: u32,
     beta: f32,
+    center: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -96,11 +98,14 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     let xb = p.x_offset + row * p.x_stride + c0;
     let yb = p.y_offset + row * p.y_stride + c0;
     let n = f32(p.group);
-    var sum = 0.0;
-    for (var c = lid; c < p.group; c += 64u) {
-        sum += x[xb + c];
+    var mean = 0.0;
+    if p.center != 0u {
+        var sum = 0.0;
+        for (var c = lid; c < p.group; c += 64u) {
+            sum += x[xb + c];
+        }
+        mean = workgroup_sum(lid, sum) / n;
     }
-    let mean = workgroup_sum(lid, sum) / n;
     var sq = 0.0;
     for (var c = lid; c < p.group; c += 64u) {
         let d = x[xb + c] - mean;
@@ -149,11 +154,14 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
     let xb = p.x_offset + row * p.x_stride + c0;
     let yb = p.y_offset + row * p.y_stride + c0;
     let n = f32(p.group);
-    var sum = 0.0;
-    for (var e = 4u * lane; e < p.group; e += 32u) {
-        sum += dot(x_quad(xb + e, p.group - e), vec4<f32>(1.0));
+    var mean = 0.0;
+    if p.center != 0u {
+        var sum = 0.0;
+        for (var e = 4u * lane; e < p.group; e += 32u) {
+            sum += dot(x_quad(xb + e, p.group - e), vec4<f32>(1.0));
+        }
+        mean = lanes_sum(lane, sum) / n;
     }
-    let mean = lanes_sum(lane, sum) / n;
     var sq = 0.0;
     for (var e = 4u * lane; e < p.group; e += 32u) {
         let len = p.group - e;

@@ -1,7 +1,10 @@
 // y[t, o] = beta * y[t, o] + bias[o] + sum_k x[t, head(o) * K + k] * W[o, k]
 //
-// W: (M, K) rows padded to w_stride (a multiple of 8) elements, f32 or f16 pairs packed in
-//    u32; bound as array<vec4<u32>> and reinterpreted per the F16 override.
+// W: (M, K) rows padded to w_stride (a multiple of 8) elements, f32 or f16 / bf16 pairs
+//    packed in u32; bound as array<vec4<u32>> and reinterpreted per the WDT override
+//    (shaders/common/weights.wgsl).
+// With cap > 0 each product (plus bias) is soft-capped, cap * tanh(v / cap), before beta * y
+// is added (xLSTM-Large's logits).
 // x: element x[t, c] at x[x_offset + t * x_stride + c] (f32).
 // head(o) = o / head_rows when the HEADS override is set (block-diagonal "headwise"
 //    weights: each block of head_rows output rows reads its own K inputs), else 0 (a dense

@@ -9,12 +9,12 @@
 //   C = exp(m0 - M_e) C0 + sum_s exp(a_s - M_e) kk_s v_s^T, n likewise with v = 1, m = m_e.
 // Every exponent is <= 0.
 //
-// Layouts: as in mlstm_step.wgsl; this dispatch covers tokens token_base .. token_base +
-// seg_tokens of every sequence (rows b * tokens + t). pending: (slots, NH, DH + 1) indexed by
-// the batch position b: [n | m] after the segment.
+// Layouts: shaders/common/mlstm_cell.wgsl; this dispatch covers tokens token_base ..
+// token_base + seg_tokens of every sequence (rows b * tokens + t). pending: (slots, NH,
+// DK + 1) indexed by the batch position b: [n | m] after the segment.
 //
 // chunk:  one workgroup of 64 per (64-column block of C, head, sequence): grid
-//         (ceil(DH / 64), NH, B). Invocation lid owns column j = block * 64 + lid. Rows of
+//         (ceil(DV / 64), NH, B). Invocation lid owns column j = block * 64 + lid. Rows of
 //         C are visited in tiles of TI, with the chunk's q and k tiles in workgroup memory
 //         (stored [row][token], so four tokens read as one vec4); one pass over a tile
 //         accumulates q^T C0, updates C, and accumulates a 4x4 block of the products
@@ -22,15 +22,16 @@
 //         arithmetic); block 0 writes them to `pending`, because other blocks of the same
 //         head may still be reading the old n and m.
 // commit: copies `pending` into n and m; grid (NH, B).
-// DH <= 512.
+// DK <= 512.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit (llvmpipe ends
 // all loops of an invocation after 65535 in total, so the host splits long inputs into
 // segments): at most 544 + 405 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
-// 12 + ceil(DH / 64).
+// 12 + ceil(DH / 64), DH = max(DK, DV).
 
-// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl; the chunk
-// constants, workgroup arrays ns .. dn and q_index: shaders/common/mlstm_chunk.wgsl (appended).
+// Params, bindings 0-4, 6, 7 and the input helpers: shaders/common/mlstm_cell.wgsl; the chunk
+// constants, workgroup arrays ns .. dn and gate_prefix: shaders/common/mlstm_chunk.wgsl
+// (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
 @group(0) @binding(8) var<storage, read_write> pending: array<f32>;
 
@@ -65,17 +66,17 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
-    let di = p.heads * dh;
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
     let sh = slot * p.heads + hd;
-    let live = j < dh;
+    let live = j < dv;
     // This invocation's 4x4 block of the pair products: tokens 4 bt .., keys 4 bs ...
     let bt = lid / L4;
     let bs = lid % L4;
     for (var i = lid; i < MAX_DH; i += WG) {
         var v = 0.0;
-        if i < dh {
-            v = n[sh * dh + i];
+        if i < dk {
+            v = n[sh * dk + i];
         }
         ns[i] = v;
     }
@@ -85,25 +86,7 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         let len = min(L, end - c0);
         let row0 = b * p.tokens + c0;
         if lid == 0u {
-            var bsum = 0.0;
-            var run = NEG;
-            var mt = m0;
-            for (var t = 0u; t < L; t++) {
-                var a = NEG;
-                if t < len {
-                    let gi = p.gate_offset + (row0 + t) * p.gate_stride + hd;
-                    bsum += log_sigmoid(gates[gi + p.heads]);
-                    a = gates[gi] - bsum;
-                    run = max(run, a);
-                    mt = max(m0, run);
-                }
-                bb[t] = bsum;
-                aa[t] = a;
-                mx[t] = mt;
-            }
-            for (var s = 0u; s < L; s++) {
-                gs[s] = exp(aa[s] - mt);
-            }
+            gate_prefix(row0, hd, len, m0);
         }
         workgroupBarrier();
         let g0 = exp(m0 - mx[L - 1u]);
@@ -115,23 +98,22 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             for (var e = 0u; e < 4u; e++) {
                 let s = s4 * 4u + e;
                 if live && s < len {
-                    v[e] = qkv[q_index(row0 + s, hd, j) + 2u * di];
+                    v[e] = qkv[v_at(row0 + s, hd, j)];
                 }
             }
             gv[s4] = gs4(s4 * 4u) * v * p.scale;
         }
         var sacc: array<vec4<f32>, 4>;
         var qn = vec4<f32>(0.0);
-        for (var i0 = 0u; i0 < dh; i0 += TI) {
+        for (var i0 = 0u; i0 < dk; i0 += TI) {
             for (var e = lid; e < L * TI; e += WG) {
                 let t = e / TI;
                 let ii = e % TI;
                 var qv = 0.0;
                 var kv = 0.0;
-                if t < len && i0 + ii < dh {
-                    let qi = q_index(row0 + t, hd, i0 + ii);
-                    qv = qkv[qi];
-                    kv = qkv[qi + di];
+                if t < len && i0 + ii < dk {
+                    qv = qkv[q_at(row0 + t, hd, i0 + ii)];
+                    kv = qkv[k_at(row0 + t, hd, i0 + ii)];
                 }
                 qt[ii * L + t] = qv;
                 kt[ii * L + t] = kv;
@@ -153,8 +135,8 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
             }
             if live {
-                let iend = min(TI, dh - i0);
-                var ci = (sh * dh + i0) * p.c_stride + j;
+                let iend = min(TI, dk - i0);
+                var ci = (sh * dk + i0) * p.c_stride + j;
                 for (var ii = 0u; ii < iend; ii++) {
                     let cv = c[ci];
                     var cn = g0 * cv;
@@ -193,10 +175,10 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             dn[lid] = max(abs(d), exp(-(bb[lid] + mx[lid]))) + p.eps;
         }
         // n after the chunk; the tile loop is done reading the old n.
-        for (var i = lid; i < dh; i += WG) {
+        for (var i = lid; i < dk; i += WG) {
             var nv = g0 * ns[i];
             for (var s = 0u; s < len; s++) {
-                nv += gs[s] * qkv[q_index(row0 + s, hd, i) + di] * p.scale;
+                nv += gs[s] * qkv[k_at(row0 + s, hd, i)] * p.scale;
             }
             ns[i] = nv;
         }
@@ -207,13 +189,13 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 acc[t4] *= exp(vec4<f32>(m0) - vec4<f32>(mx[t], mx[t + 1u], mx[t + 2u], mx[t + 3u]));
             }
             for (var s = 0u; s < len; s++) {
-                let vs = qkv[q_index(row0 + s, hd, j) + 2u * di];
+                let vs = qkv[v_at(row0 + s, hd, j)];
                 for (var t4 = 0u; t4 < L4; t4++) {
                     acc[t4] += dm4(s * L + t4 * 4u) * vs;
                 }
             }
             for (var t = 0u; t < len; t++) {
-                h[p.h_offset + (row0 + t) * p.h_stride + hd * dh + j] = acc[t / 4u][t % 4u] / dn[t];
+                h[h_at(row0 + t, hd, j)] = acc[t / 4u][t % 4u] / dn[t];
             }
         }
         m0 = bb[len - 1u] + mx[len - 1u];
@@ -221,12 +203,12 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         workgroupBarrier();
     }
     if wid.x == 0u {
-        let pb = (b * p.heads + hd) * (dh + 1u);
-        for (var i = lid; i < dh; i += WG) {
+        let pb = (b * p.heads + hd) * (dk + 1u);
+        for (var i = lid; i < dk; i += WG) {
             pending[pb + i] = ns[i];
         }
         if lid == 0u {
-            pending[pb + dh] = m0;
+            pending[pb + dk] = m0;
         }
     }
 }
@@ -239,13 +221,13 @@ fn commit(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
+    let dk = p.qk_dim;
     let sh = slot * p.heads + hd;
-    let pb = (b * p.heads + hd) * (dh + 1u);
-    for (var i = lid; i < dh; i += WG) {
-        n[sh * dh + i] = pending[pb + i];
+    let pb = (b * p.heads + hd) * (dk + 1u);
+    for (var i = lid; i < dk; i += WG) {
+        n[sh * dk + i] = pending[pb + i];
     }
     if lid == 0u {
-        m[sh] = pending[pb + dh];
+        m[sh] = pending[pb + dk];
     }
 }

@@ -1,6 +1,6 @@
 // mLSTM cell, chunkwise-parallel form, "wide" variant of mlstm_chunk.wgsl (same math and
 // layouts; read that file first). One workgroup of 64 per (head, sequence): grid (NH, B).
-// Invocation lid owns the eight columns j0 = 8 lid .. j0 + 8 of C (two vec4 per row; DH <=
+// Invocation lid owns the eight columns j0 = 8 lid .. j0 + 8 of C (two vec4 per row; DV <=
 // 512) and keeps, for the 32 tokens of a chunk, their q^T C0 / num accumulators and their
 // exp(a_s - M_e) scale v_s terms in registers (eight Quad variables of four tokens each:
 // named variables rather than an array, so that no compiler moves them to memory). The
@@ -14,10 +14,11 @@
 // Loop iterations of one invocation, counting one more for each loop's exit (llvmpipe ends
 // all loops of an invocation after 65535 in total, so the host splits long inputs into
 // segments): at most 725 + 92 * ceil(DH / 32) + 34 * ceil(DH / 64) per chunk, plus
-// 11 + ceil(DH / 64).
+// 11 + ceil(DH / 64), DH = max(DK, DV).
 
-// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl; the chunk
-// constants, workgroup arrays ns .. dn and q_index: shaders/common/mlstm_chunk.wgsl (appended).
+// Params, bindings 0-4, 6, 7 and the input helpers: shaders/common/mlstm_cell.wgsl; the chunk
+// constants, workgroup arrays ns .. dn and gate_prefix: shaders/common/mlstm_chunk.wgsl
+// (appended).
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 
 var<workgroup> qt: array<vec4<f32>, 256>; // [ii][t4]: q of tokens 4 t4 .. at row i0 + ii
@@ -55,7 +56,7 @@ fn quad_start(row0: u32, hd: u32, j0: u32, valid: u32, t4: u32, len: u32) -> Qua
     for (var e = 0u; e < 4u; e++) {
         let s = 4u * t4 + e;
         if s < len {
-            let v = load8(q_index(row0 + s, hd, j0) + 2u * p.heads * p.head_dim, valid);
+            let v = load8(v_at(row0 + s, hd, j0), valid);
             let w = gs[s] * p.scale;
             g[e] = array<vec4<f32>, 2>(w * v[0], w * v[1]);
         }
@@ -100,7 +101,7 @@ fn quad_store(qd: Quad, row0: u32, hd: u32, j0: u32, valid: u32, t4: u32, len: u
     for (var e = 0u; e < 4u; e++) {
         let t = 4u * t4 + e;
         if t < len {
-            let hb = p.h_offset + (row0 + t) * p.h_stride + hd * p.head_dim + j0;
+            let hb = h_at(row0 + t, hd, j0);
             store8(hb, valid, qd.acc_lo[e] / dn[t], qd.acc_hi[e] / dn[t]);
         }
     }
@@ -137,19 +138,19 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
-    let di = p.heads * dh;
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
     let sh = slot * p.heads + hd;
     let cs4 = p.c_stride / 4u;
-    // Invocations past DH repeat the last columns (so loops stay uniform) and store nothing.
-    let j0 = min(8u * lid, ((dh - 1u) / 8u) * 8u);
-    let live = 8u * lid < dh;
-    let valid = select(0u, min(8u, dh - j0), live);
+    // Invocations past DV repeat the last columns (so loops stay uniform) and store nothing.
+    let j0 = min(8u * lid, ((dv - 1u) / 8u) * 8u);
+    let live = 8u * lid < dv;
+    let valid = select(0u, min(8u, dv - j0), live);
     let bt = lid / L4;
     let bs = lid % L4;
     for (var i = lid; i < MAX_DH; i += WG) {
         var v = 0.0;
-        if i < dh { v = n[sh * dh + i]; }
+        if i < dk { v = n[sh * dk + i]; }
         ns[i] = v;
     }
     var m0 = m[sh];
@@ -157,27 +158,8 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     for (var c0 = p.token_base; c0 < end; c0 += L) {
         let len = min(L, end - c0);
         let row0 = b * p.tokens + c0;
-        // b_t, a_s, M_t and exp(a_s - M_e), as in mlstm_chunk.wgsl.
         if lid == 0u {
-            var bsum = 0.0;
-            var run = NEG;
-            var mt = m0;
-            for (var t = 0u; t < L; t++) {
-                var a = NEG;
-                if t < len {
-                    let gi = p.gate_offset + (row0 + t) * p.gate_stride + hd;
-                    bsum += log_sigmoid(gates[gi + p.heads]);
-                    a = gates[gi] - bsum;
-                    run = max(run, a);
-                    mt = max(m0, run);
-                }
-                bb[t] = bsum;
-                aa[t] = a;
-                mx[t] = mt;
-            }
-            for (var s = 0u; s < L; s++) {
-                gs[s] = exp(aa[s] - mt);
-            }
+            gate_prefix(row0, hd, len, m0);
         }
         workgroupBarrier();
         let g0 = exp(m0 - mx[L - 1u]);
@@ -196,20 +178,19 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         var s2 = vec4<f32>(0.0);
         var s3 = vec4<f32>(0.0);
         var qn = vec4<f32>(0.0);
-        for (var i0 = 0u; i0 < dh; i0 += TI) {
+        for (var i0 = 0u; i0 < dk; i0 += TI) {
             // (row ii, tokens 4 t4 ..): 256 vec4 of q and k, four per invocation.
             for (var e = lid; e < TI * L4; e += WG) {
                 let ii = e / L4;
                 let t4 = e % L4;
                 var qv = vec4<f32>(0.0);
                 var kv = vec4<f32>(0.0);
-                if i0 + ii < dh {
+                if i0 + ii < dk {
                     for (var r = 0u; r < 4u; r++) {
                         let t = t4 * 4u + r;
                         if t < len {
-                            let qi = q_index(row0 + t, hd, i0 + ii);
-                            qv[r] = qkv[qi];
-                            kv[r] = qkv[qi + di];
+                            qv[r] = qkv[q_at(row0 + t, hd, i0 + ii)];
+                            kv[r] = qkv[k_at(row0 + t, hd, i0 + ii)];
                         }
                     }
                 }
@@ -227,8 +208,8 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 qn += qv * ns[i0 + ii];
             }
             // Each row of C: q^T C0 into acc, and C = g0 C0 + sum_s k_s gv_s.
-            let iend = min(TI, dh - i0);
-            var ci = (sh * dh + i0) * cs4 + j0 / 4u;
+            let iend = min(TI, dk - i0);
+            var ci = (sh * dk + i0) * cs4 + j0 / 4u;
             for (var ii = 0u; ii < iend; ii++) {
                 let c0v = c[ci];
                 let c1v = c[ci + 1u];
@@ -282,10 +263,10 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             dn[lid] = max(abs(d), exp(-(bb[lid] + mx[lid]))) + p.eps;
         }
         // n after the chunk; the tile loop is done reading the old n.
-        for (var i = lid; i < dh; i += WG) {
+        for (var i = lid; i < dk; i += WG) {
             var nv = g0 * ns[i];
             for (var s = 0u; s < len; s++) {
-                nv += gs[s] * qkv[q_index(row0 + s, hd, i) + di] * p.scale;
+                nv += gs[s] * qkv[k_at(row0 + s, hd, i)] * p.scale;
             }
             ns[i] = nv;
         }
@@ -300,7 +281,7 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         qd6 = quad_scale(qd6, 6u, m0);
         qd7 = quad_scale(qd7, 7u, m0);
         for (var s = 0u; s < len; s++) {
-            let v = load8(q_index(row0 + s, hd, j0) + 2u * di, valid);
+            let v = load8(v_at(row0 + s, hd, j0), valid);
             let b = s * L4;
             qd0 = quad_add(qd0, v, dm[b]);
             qd1 = quad_add(qd1, v, dm[b + 1u]);
@@ -325,8 +306,8 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         // The chunk's workgroup arrays are rewritten by the next chunk.
         workgroupBarrier();
     }
-    for (var i = lid; i < dh; i += WG) {
-        n[sh * dh + i] = ns[i];
+    for (var i = lid; i < dk; i += WG) {
+        n[sh * dk + i] = ns[i];
     }
     if lid == 0u {
         m[sh] = m0;

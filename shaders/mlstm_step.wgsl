@@ -1,26 +1,21 @@
-// mLSTM cell, recurrent form (MODEL.md section 5), the token loop inside the kernel:
+// mLSTM cell, recurrent form (MODEL.md section 5, XLSTM_LARGE.md), the token loop inside the
+// kernel:
 //   m' = max(logsig(f) + m, i);  f' = exp(logsig(f) + m - m');  i' = exp(i - m')
-//   C  = f' C + i' kk v^T;  n = f' n + i' kk;  kk = k * scale (scale = 1 / sqrt(DH))
+//   C  = f' C + i' kk v^T;  n = f' n + i' kk;  kk = k * scale (scale = 1 / sqrt(DK))
 //   h  = (q^T C) / (max(|q . n|, exp(-m')) + eps)
+// (scaling k or q by 1 / sqrt(DK) gives the same h: the NeurIPS cell scales k, xLSTM-Large
+// q; the state holds C and n of the scaled k.)
 //
-// qkv:   [q | k | v], element (row, c) at qkv_offset + row * qkv_stride + c; row = b * N + t
-//        (N = tokens); head hd of q at columns hd * DH .., of k at Di + hd * DH .., of v at
-//        2 Di + hd * DH ...
-// gates: [i | f], element (row, c) at gate_offset + row * gate_stride + c (NH columns each).
-// h:     (row, hd * DH + j) at h_offset + row * h_stride + hd * DH + j.
-// slots: u32 (B), the state slot of each sequence; slots >= p.slots are skipped.
-// c:     (slots, NH, DH, DH), C[i][j] at ((slot * NH + hd) * DH + i) * c_stride + j (rows
-//        padded to c_stride >= DH).
-// n:     (slots, NH, DH);  m: (slots, NH).
-// This dispatch covers tokens token_base .. token_base + seg_tokens of every sequence.
+// Layouts: shaders/common/mlstm_cell.wgsl. This dispatch covers tokens token_base ..
+// token_base + seg_tokens of every sequence.
 //
 // One workgroup of 64 per (head, sequence): grid (NH, B). Invocation lid owns the columns
-// j = lid, lid + 64, .. of C: it updates them and computes h_j = sum_i q_i C[i][j] alone;
-// q . n is a workgroup reduction. DH <= 512.
+// j = lid, lid + 64, .. of C (j < DV): it updates them and computes h_j = sum_i q_i C[i][j]
+// alone; q . n is a workgroup reduction. DK <= 512.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit (llvmpipe ends
 // all loops of an invocation after 65535 in total, so the host splits long inputs into
-// segments): at most 11 + ceil(DH / 64) * (DH / 4 + 8) per token, plus 1.
+// segments): at most 11 + ceil(DH / 64) * (DH / 4 + 8) per token, plus 1, DH = max(DK, DV).
 
 const WG: u32 = 64u;
 const MAX_DH: u32 = 512u;
@@ -41,31 +36,29 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
-    let di = p.heads * dh;
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
     let sh = slot * p.heads + hd;
     let cs = p.c_stride;
-    let cbase = sh * dh * cs;
-    let nbase = sh * dh;
+    let cbase = sh * dk * cs;
+    let nbase = sh * dk;
     var mv = m[sh];
     let end = p.token_base + p.seg_tokens;
     for (var t = p.token_base; t < end; t++) {
         let row = b * p.tokens + t;
-        let qb = p.qkv_offset + row * p.qkv_stride + hd * dh;
-        for (var i = lid; i < dh; i += WG) {
-            qs[i] = qkv[qb + i];
-            ks[i] = qkv[qb + di + i] * p.scale;
+        for (var i = lid; i < dk; i += WG) {
+            qs[i] = qkv[q_at(row, hd, i)];
+            ks[i] = qkv[k_at(row, hd, i)] * p.scale;
         }
-        let gb = p.gate_offset + row * p.gate_stride + hd;
-        let ip = gates[gb];
-        let lf = log_sigmoid(gates[gb + p.heads]);
+        let ip = gate_i(row, hd);
+        let lf = gate_log_f(row, hd);
         let m_new = max(lf + mv, ip);
         let fa = exp(lf + mv - m_new);
         let ia = exp(ip - m_new);
         workgroupBarrier();
 
         var part = 0.0;
-        for (var i = lid; i < dh; i += WG) {
+        for (var i = lid; i < dk; i += WG) {
             let nv = fa * n[nbase + i] + ia * ks[i];
             n[nbase + i] = nv;
             part += qs[i] * nv;
@@ -80,13 +73,13 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         let den = max(abs(red[0]), exp(-m_new)) + p.eps;
 
-        for (var j = lid; j < dh; j += WG) {
-            let vj = ia * qkv[qb + 2u * di + j];
+        for (var j = lid; j < dv; j += WG) {
+            let vj = ia * qkv[v_at(row, hd, j)];
             var acc = 0.0;
             var ci = cbase + j;
             var i = 0u;
             // Four rows per iteration, then the rest.
-            for (; i + 4u <= dh; i += 4u) {
+            for (; i + 4u <= dk; i += 4u) {
                 let c0 = fa * c[ci] + ks[i] * vj;
                 let c1 = fa * c[ci + cs] + ks[i + 1u] * vj;
                 let c2 = fa * c[ci + 2u * cs] + ks[i + 2u] * vj;
@@ -98,13 +91,13 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 acc += qs[i] * c0 + qs[i + 1u] * c1 + qs[i + 2u] * c2 + qs[i + 3u] * c3;
                 ci += 4u * cs;
             }
-            for (; i < dh; i++) {
+            for (; i < dk; i++) {
                 let cv = fa * c[ci] + ks[i] * vj;
                 c[ci] = cv;
                 acc += qs[i] * cv;
                 ci += cs;
             }
-            h[p.h_offset + row * p.h_stride + hd * dh + j] = acc / den;
+            h[h_at(row, hd, j)] = acc / den;
         }
         mv = m_new;
         // qs, ks and red are rewritten by the next token.

@@ -3,17 +3,17 @@
 // (head, sequence), no reductions through workgroup memory. Invocation `lane` owns the
 // 8-column blocks lane, lane + 8, .. of C (two aligned vec4 per row: c_stride is a multiple
 // of 8) and walks the rows four at a time with q and k read as vec4. Each invocation
-// computes q . n itself (DH multiply-adds, cheap beside its share of C) instead of a
-// workgroup reduction; it writes n only for the rows of its own blocks, after a barrier.
+// computes q . n itself (DK multiply-adds, cheap beside its share of C) instead of a
+// workgroup reduction; after a barrier it writes n for the 8-row blocks lane, lane + 8, ...
 // On llvmpipe, where every load or store costs a loop over the SIMD lanes and every
 // barrier of a larger workgroup switches coroutines, this is several times faster than
 // the other recurrent kernels for decode.
 //
-// VEC4 (override): qkv_offset, qkv_stride and DH are multiples of 4, so q, k and n are read
-// as vec4 (through qkv4 and n4, the same buffers); otherwise element by element.
+// VEC4 (override): qkv_offset, qkv_stride and DK are multiples of 4, so q and k are read as
+// vec4 (through qkv4, the same buffer); otherwise element by element.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit: at most
-// 7 + DH / 4 + ceil(DH / 64) * (20 + DH / 4) per token, plus 1.
+// 7 + DH / 4 + ceil(DH / 64) * (20 + DH / 4) per token, plus 1, DH = max(DK, DV).
 
 override VEC4: bool = false;
 
@@ -46,22 +46,21 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
-    let di = p.heads * dh;
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
     let sh = slot * p.heads + hd;
-    let nbase = sh * dh;
+    let nbase = sh * dk;
     let cs4 = p.c_stride / 4u;
-    let blocks = (dh + 7u) / 8u;
-    let d4 = dh - dh % 4u;
+    let blocks = (dv + 7u) / 8u;
+    let d4 = dk - dk % 4u;
     var mv = m[sh];
     let end = p.token_base + p.seg_tokens;
     for (var t = p.token_base; t < end; t++) {
         let row = b * p.tokens + t;
-        let qb = p.qkv_offset + row * p.qkv_stride + hd * dh;
-        let kb = qb + di;
-        let gb = p.gate_offset + row * p.gate_stride + hd;
-        let ip = gates[gb];
-        let lf = log_sigmoid(gates[gb + p.heads]);
+        let qb = q_at(row, hd, 0u);
+        let kb = k_at(row, hd, 0u);
+        let ip = gate_i(row, hd);
+        let lf = gate_log_f(row, hd);
         let m_new = max(lf + mv, ip);
         let fa = exp(lf + mv - m_new);
         let ia = exp(ip - m_new);
@@ -74,23 +73,24 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
             let nv = vec4<f32>(n[nbase + i], n[nbase + i + 1u], n[nbase + i + 2u], n[nbase + i + 3u]);
             qn += dot(qkv_quad(qb + i), fa * nv + ik * qkv_quad(kb + i));
         }
-        for (; i < dh; i++) {
+        for (; i < dk; i++) {
             qn += qkv[qb + i] * (fa * n[nbase + i] + ik * qkv[kb + i]);
         }
         let den = max(abs(qn), exp(-m_new)) + p.eps;
         // Every invocation has read n; each now writes the rows of its own blocks.
         workgroupBarrier();
 
+        // n of the rows of this invocation's row blocks (8 rows each, DK rows in all).
+        for (var r0 = 8u * lane; r0 < dk; r0 += 64u) {
+            for (var e = 0u; e < min(8u, dk - r0); e++) {
+                n[nbase + r0 + e] = fa * n[nbase + r0 + e] + ik * qkv[kb + r0 + e];
+            }
+        }
         for (var blk = lane; blk < blocks; blk += 8u) {
             let j0 = 8u * blk;
-            let len = dh - j0;
-            for (var e = 0u; e < 8u; e++) {
-                if e < len {
-                    n[nbase + j0 + e] = fa * n[nbase + j0 + e] + ik * qkv[kb + j0 + e];
-                }
-            }
-            // i' v of the eight columns, zero past DH.
-            let vb = kb + di + j0;
+            let len = dv - j0;
+            // i' v of the eight columns, zero past DV.
+            let vb = v_at(row, hd, j0);
             let v0 = ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
             let v1 = ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len));
             var a0 = vec4<f32>(0.0);
@@ -121,7 +121,7 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
                 a1 += q.x * c01 + q.y * c11 + q.z * c21 + q.w * c31;
                 ci += 4u * cs4;
             }
-            for (; r < dh; r++) {
+            for (; r < dk; r++) {
                 let q = qkv[qb + r];
                 let k = p.scale * qkv[kb + r];
                 let c0 = fa * c[ci] + k * v0;
@@ -132,7 +132,7 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
                 a1 += q * c1;
                 ci += cs4;
             }
-            let hb = p.h_offset + row * p.h_stride + hd * dh + j0;
+            let hb = h_at(row, hd, j0);
             for (var e = 0u; e < 4u; e++) {
                 if e < len {
                     h[hb + e] = a0[e] / den;

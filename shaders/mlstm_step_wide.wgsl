@@ -1,13 +1,13 @@
 // mLSTM cell, recurrent form, "wide" variant of mlstm_step.wgsl (same math, same layouts;
 // read that file first): invocation lid owns the eight columns j0 = 8 lid .. j0 + 8 of C and
-// reads and writes them as two vec4 per row, so one workgroup of 64 covers DH <= 512 and
+// reads and writes them as two vec4 per row, so one workgroup of 64 covers DV <= 512 and
 // every C access is an aligned 16-byte load or store (c_stride is a multiple of 8). On
 // lavapipe, where every load or store of one value per invocation costs a loop over the
 // SIMD lanes, this is 1.1x (DH = 128) to 3.5x (DH = 512) faster than one column per
 // invocation; for small DH most invocations idle, so the host picks it for DH >= 128.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit: at most
-// 21 + 2 * ceil(DH / 64) + DH per token, plus 1.
+// 21 + 2 * ceil(DH / 64) + DH per token, plus 1, DH = max(DK, DV).
 
 const WG: u32 = 64u;
 const MAX_DH: u32 = 512u;
@@ -28,34 +28,32 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if slot >= p.slots || b >= p.seqs {
         return;
     }
-    let dh = p.head_dim;
-    let di = p.heads * dh;
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
     let sh = slot * p.heads + hd;
-    let nbase = sh * dh;
+    let nbase = sh * dk;
     let cs4 = p.c_stride / 4u;
-    // Invocations past DH repeat the last columns (so the row loop stays uniform) and store
+    // Invocations past DV repeat the last columns (so the row loop stays uniform) and store
     // nothing.
-    let j0 = min(8u * lid, ((dh - 1u) / 8u) * 8u);
-    let live = 8u * lid < dh;
+    let j0 = min(8u * lid, ((dv - 1u) / 8u) * 8u);
+    let live = 8u * lid < dv;
     var mv = m[sh];
     let end = p.token_base + p.seg_tokens;
     for (var t = p.token_base; t < end; t++) {
         let row = b * p.tokens + t;
-        let qb = p.qkv_offset + row * p.qkv_stride + hd * dh;
-        for (var i = lid; i < dh; i += WG) {
-            qs[i] = qkv[qb + i];
-            ks[i] = qkv[qb + di + i] * p.scale;
+        for (var i = lid; i < dk; i += WG) {
+            qs[i] = qkv[q_at(row, hd, i)];
+            ks[i] = qkv[k_at(row, hd, i)] * p.scale;
         }
-        let gb = p.gate_offset + row * p.gate_stride + hd;
-        let ip = gates[gb];
-        let lf = log_sigmoid(gates[gb + p.heads]);
+        let ip = gate_i(row, hd);
+        let lf = gate_log_f(row, hd);
         let m_new = max(lf + mv, ip);
         let fa = exp(lf + mv - m_new);
         let ia = exp(ip - m_new);
         workgroupBarrier();
 
         var part = 0.0;
-        for (var i = lid; i < dh; i += WG) {
+        for (var i = lid; i < dk; i += WG) {
             let nv = fa * n[nbase + i] + ia * ks[i];
             n[nbase + i] = nv;
             part += qs[i] * nv;
@@ -70,22 +68,22 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         let den = max(abs(red[0]), exp(-m_new)) + p.eps;
 
-        // i' v of the eight columns, zero past DH.
-        let vb = qb + 2u * di + j0;
+        // i' v of the eight columns, zero past DV.
+        let vb = v_at(row, hd, j0);
         var v0 = vec4<f32>(0.0);
         var v1 = vec4<f32>(0.0);
         for (var e = 0u; e < 4u; e++) {
-            if j0 + e < dh {
+            if j0 + e < dv {
                 v0[e] = ia * qkv[vb + e];
             }
-            if j0 + 4u + e < dh {
+            if j0 + 4u + e < dv {
                 v1[e] = ia * qkv[vb + 4u + e];
             }
         }
         var a0 = vec4<f32>(0.0);
         var a1 = vec4<f32>(0.0);
-        var ci = sh * dh * cs4 + j0 / 4u;
-        for (var i = 0u; i < dh; i++) {
+        var ci = sh * dk * cs4 + j0 / 4u;
+        for (var i = 0u; i < dk; i++) {
             let c0 = fa * c[ci] + ks[i] * v0;
             let c1 = fa * c[ci + 1u] + ks[i] * v1;
             if live {
@@ -97,12 +95,12 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             ci += cs4;
         }
         if live {
-            let hb = p.h_offset + row * p.h_stride + hd * dh + j0;
+            let hb = h_at(row, hd, j0);
             for (var e = 0u; e < 4u; e++) {
-                if j0 + e < dh {
+                if j0 + e < dv {
                     h[hb + e] = a0[e] / den;
                 }
-                if j0 + 4u + e < dh {
+                if j0 + 4u + e < dv {
                     h[hb + 4u + e] = a1[e] / den;
                 }
             }

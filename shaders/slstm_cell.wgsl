@@ -14,7 +14,7 @@
 // f' to 1: no overflow, and n' >= min(1, n) > 0 after the first step, so no 0/0.
 //
 // pre: element (row, c) at pre_offset + row * pre_stride + c, row = b * N + t (f32).
-// r:   R, f32 bits or (F16) f16 pairs packed in u32 (element e in half e % 2 of word e / 2),
+// r:   R, f32 bits or (WDT != 0) f16 / bf16 pairs packed in u32 (element e in half e % 2 of word e / 2),
 //      in one of two layouts:
 //      columns (ROWS false): dense (NH, DH, 4*DH), R[h, k, g*DH + j] (the package's cuda
 //        layout); per k, the reads of consecutive units j are coalesced (GPUs);
@@ -29,7 +29,7 @@
 // One dispatch covers tokens first .. first + tokens of every sequence of `total` tokens
 // (row = b * total + first + t); the host splits long inputs into such segments so that an
 // invocation's loop iterations stay under llvmpipe's limit (ops::LOOP_BUDGET). Counted per
-// token: UNITS * (RSTRIDE / (8 if F16 else 4) * 5 + 2) in the rows layout, UNITS * (DH + 2) in the columns
+// token: UNITS * (RSTRIDE / (8 if WDT != 0 else 4) * 5 + 2) in the rows layout, UNITS * (DH + 2) in the columns
 // layout, plus 2 * UNITS for h; before the tokens: RS_LEN / WG + 3 * UNITS.
 //
 // SHARED (columns only): the head's R is copied into workgroup memory (RS_LEN = 4*DH*DH
@@ -53,7 +53,6 @@ override DH: u32 = 16u;
 override WG: u32 = 16u;
 // Units per invocation: ceil(DH / WG) <= MAX_UNITS.
 override UNITS: u32 = 1u;
-override F16: bool = false;
 override ROWS: bool = false;
 // Row stride of R in the rows layout (elements, a multiple of 8).
 override RSTRIDE: u32 = 16u;
@@ -80,9 +79,9 @@ var<workgroup> rs: array<f32, RS_LEN>;
 
 // Element e of the global R.
 fn r_global(e: u32) -> f32 {
-    if F16 {
+    if WDT != 0u {
         let w = e >> 1u;
-        return unpack2x16float(r[w >> 2u][w & 3u])[e & 1u];
+        return unpack_pair(r[w >> 2u][w & 3u])[e & 1u];
     }
     return bitcast<f32>(r[e >> 2u][e & 3u]);
 }
@@ -106,15 +105,15 @@ fn recurrent_rows(head: u32, j: u32) -> vec4<f32> {
     // Row of gate g: (head * 4 + g) * DH + j.
     let row = head * 4u * DH + j;
     var a = array<vec4<f32>, 4>();
-    if F16 {
+    if WDT != 0u {
         let q = RSTRIDE / 8u;
         for (var k8 = 0u; k8 < q; k8++) {
             let h0 = hs4[2u * k8];
             let h1 = hs4[2u * k8 + 1u];
             for (var g = 0u; g < 4u; g++) {
                 let w = r[(row + g * DH) * q + k8];
-                a[g] += vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)) * h0
-                    + vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)) * h1;
+                a[g] += vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)) * h0
+                    + vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)) * h1;
             }
         }
     } else {

@@ -4,6 +4,10 @@
 //! Entropy-Aware Routing") on wgpu: Vulkan, Metal, DX12, and OpenGL as a fallback.
 //!
 //! Layers of the crate:
+//! - [`checkpoint`]: checkpoint formats and their validation (model directories, safetensors
+//!   files and shards, manifests, generation configs), without the GPU;
+//! - [`arch`]: the architectures (MoxE, dense xLSTM, xLSTM-Large) and their blocks;
+//! - [`runtime`]: a loaded model, its step graphs, sessions and generation;
 //! - [`context`]: the GPU context (device, queue, caches) — new or around an existing device;
 //! - [`tensor`]: GPU tensors with shape and dtype, chunked past the storage-binding limit;
 //! - [`shaders`] and [`pipeline`]: the kernel registry (plain `.wgsl` files) and the
@@ -13,15 +17,17 @@
 //! - [`testing`]: helpers for headless kernel tests;
 //! - [`bench`](mod@bench): benchmarks returning printable reports.
 
+pub mod arch;
 pub mod bench;
+pub mod checkpoint;
 pub mod context;
 pub mod convert;
 pub mod error;
 pub mod graph;
-pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod runtime;
 pub mod shaders;
 pub mod tensor;
 

@@ -43,8 +43,8 @@ macro_rules! registry {
 
 /// Every kernel of the engine. A test checks that this list and `shaders/` agree.
 pub const SHADERS: &[ShaderSource] = registry![
-    "matmul" + "matmul",
-    "gemv_subgroup": subgroups + "matmul",
+    "matmul" + "weights" + "soft_cap" + "matmul",
+    "gemv_subgroup": subgroups + "weights" + "soft_cap" + "matmul",
     "layer_norm",
     "elementwise",
     "bandwidth_probe",
@@ -55,15 +55,15 @@ pub const SHADERS: &[ShaderSource] = registry![
     "router_stats",
     "moe_rows",
     "conv1d",
-    "slstm_cell",
-    "embedding",
+    "slstm_cell" + "weights",
+    "embedding" + "weights",
     "sample",
     "nll",
-    "mlstm_step" + "mlstm_cell",
-    "mlstm_step_wide" + "mlstm_cell",
-    "mlstm_step_simd" + "mlstm_cell",
-    "mlstm_chunk" + "mlstm_cell" + "mlstm_chunk",
-    "mlstm_chunk_wide" + "mlstm_cell" + "mlstm_chunk",
+    "mlstm_step" + "soft_cap" + "mlstm_cell",
+    "mlstm_step_wide" + "soft_cap" + "mlstm_cell",
+    "mlstm_step_simd" + "soft_cap" + "mlstm_cell",
+    "mlstm_chunk" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",
+    "mlstm_chunk_wide" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",
     "mlstm_expert",
     "skip_gate",
 ];

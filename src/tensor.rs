@@ -7,16 +7,17 @@
 //! matrices made with [`Tensor::weight`] have `stride` rounded up to a multiple of 8, so
 //! kernels can read rows with aligned 16-byte vector loads in both f32 and packed f16.
 //!
-//! f16 elements are stored as pairs packed in `u32` (element `2i` in the low half), which
-//! is the same byte layout as `array<f16>`; kernels unpack with `unpack2x16float`, so f16
-//! weights work on adapters without the SHADER_F16 feature.
+//! f16 and bf16 elements are stored as pairs packed in `u32` (element `2i` in the low half),
+//! which is the same byte layout as `array<f16>`; kernels unpack f16 with
+//! `unpack2x16float` (so f16 weights work on adapters without the SHADER_F16 feature) and
+//! bf16 with a shift (`shaders/common/weights.wgsl`): bf16 checkpoints stay exact.
 //!
 //! A tensor whose bytes exceed [`Context::max_binding_bytes`] is split into chunks of whole
 //! rows, each its own buffer; ops that read such a tensor record one dispatch per chunk.
 
 use std::ops::Range;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub enum DType {
     F32,
     /// IEEE half, stored as pairs packed in u32.
     F16,
+    /// bfloat16 (the top half of an f32), stored as pairs packed in u32.
+    BF16,
     U32,
     I32,
 }
@@ -35,16 +38,17 @@ impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             _ => 4,
         }
     }
 
-    /// Lower-case name (`f32`, `f16`, `u32`, `i32`).
+    /// Lower-case name (`f32`, `f16`, `bf16`, `u32`, `i32`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::I32 => "i32",
         }
@@ -52,7 +56,17 @@ impl DType {
 
     /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// The `WDT` override of kernels that read weight matrices
+    /// (`shaders/common/weights.wgsl`): 0 f32, 1 f16, 2 bf16.
+    pub fn weight_code(self) -> f64 {
+        match self {
+            DType::F16 => 1.0,
+            DType::BF16 => 2.0,
+            _ => 0.0,
+        }
     }
 }
 
@@ -125,6 +139,9 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
+/// Bytes of rows staged at once while a weight's buffer is filled.
+const FILL_BLOCK_BYTES: usize = 8 << 20;
+
 /// Usage of every tensor buffer.
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -145,7 +162,7 @@ impl Tensor {
     /// A dense tensor of zeros.
     pub fn zeros(ctx: &Context, label: &str, shape: &[usize], dtype: DType) -> Result<Self> {
         let (_, cols) = rows_cols(shape);
-        let stride = if dtype == DType::F16 {
+        let stride = if dtype.size() == 2 {
             round_up(cols, 2)
         } else {
             cols
@@ -175,12 +192,12 @@ impl Tensor {
         data: HostData<'_>,
     ) -> Result<Self> {
         let (_, cols) = rows_cols(shape);
-        let stride = if dtype == DType::F16 {
+        let stride = if dtype.size() == 2 {
             round_up(cols, 2)
         } else {
             cols
         };
-        Self::allocate(ctx, label, shape, dtype, stride, USAGE, Some(data))
+        Self::with_host_data(ctx, label, shape, dtype, stride, USAGE, data)
     }
 
     /// Shorthand for a dense f32 tensor from `data`.
@@ -193,7 +210,8 @@ impl Tensor {
         Self::from_host(ctx, label, shape, DType::U32, HostData::U32(data))
     }
 
-    /// A weight matrix (rows padded to a multiple of 8 elements) in `dtype` (F32 or F16).
+    /// A weight matrix (rows padded to a multiple of 8 elements) in `dtype` (F32, F16 or
+    /// BF16).
     pub fn weight(
         ctx: &Context,
         label: &str,
@@ -201,23 +219,50 @@ impl Tensor {
         dtype: DType,
         data: HostData<'_>,
     ) -> Result<Self> {
-        if !dtype.is_float() {
+        check_weight_dtype(label, dtype)?;
+        Self::with_host_data(ctx, label, shape, dtype, weight_stride(shape), USAGE, data)
+    }
+
+    /// A weight matrix like [`Tensor::weight`] whose bytes `fill(rows, out)` writes straight
+    /// into the GPU buffer: rows `rows` of the matrix in `dtype`, each
+    /// [`weight_stride`]`(shape)` elements apart (the padding is already zero). Large
+    /// matrices stream from a checkpoint this way without a host copy.
+    pub fn weight_with(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+        fill: Fill<'_>,
+    ) -> Result<Self> {
+        check_weight_dtype(label, dtype)?;
+        let stride = weight_stride(shape);
+        Self::allocate(ctx, label, shape, dtype, stride, USAGE, Some(fill))
+    }
+
+    fn with_host_data(
+        ctx: &Context,
+        label: &str,
+        shape: &[usize],
+        dtype: DType,
+        stride: usize,
+        usage: wgpu::BufferUsages,
+        data: HostData<'_>,
+    ) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
             return Err(Error::mismatch(
-                format!("weight '{label}' dtype"),
-                "f32 or f16",
-                dtype,
+                format!("data for tensor '{label}' of shape {shape:?}"),
+                format!("{numel} elements"),
+                format!("{} elements", data.len()),
             ));
         }
+        check_kind(label, dtype, &data)?;
         let (_, cols) = rows_cols(shape);
-        Self::allocate(
-            ctx,
-            label,
-            shape,
-            dtype,
-            round_up(cols, 8),
-            USAGE,
-            Some(data),
-        )
+        let mut fill = |rows: Range<usize>, out: &mut [u8]| {
+            write_rows(out, &data, rows, cols, stride, dtype);
+            Ok(())
+        };
+        Self::allocate(ctx, label, shape, dtype, stride, usage, Some(&mut fill))
     }
 
     /// A buffer of `count` indirect dispatch argument triples (x, y, z), also usable as a
@@ -241,20 +286,9 @@ impl Tensor {
         dtype: DType,
         stride: usize,
         usage: wgpu::BufferUsages,
-        data: Option<HostData<'_>>,
+        mut fill: Option<Fill<'_>>,
     ) -> Result<Self> {
-        let (rows, cols) = rows_cols(shape);
-        let numel: usize = shape.iter().product();
-        if let Some(d) = &data {
-            if d.len() != numel {
-                return Err(Error::mismatch(
-                    format!("data for tensor '{label}' of shape {shape:?}"),
-                    format!("{numel} elements"),
-                    format!("{} elements", d.len()),
-                ));
-            }
-            check_kind(label, dtype, d)?;
-        }
+        let (rows, _) = rows_cols(shape);
         let row_bytes = (stride * dtype.size()) as u64;
         let limit = ctx.max_binding_bytes();
         let rows_per_chunk = limit
@@ -281,10 +315,10 @@ impl Tensor {
                     label: Some(label),
                     size,
                     usage,
-                    mapped_at_creation: data.is_some(),
+                    mapped_at_creation: fill.is_some(),
                 })
             })?;
-            if let Some(d) = &data {
+            if let Some(fill) = fill.as_mut() {
                 {
                     let mut view =
                         buffer
@@ -294,9 +328,18 @@ impl Tensor {
                                 operation: operation.clone(),
                                 message: e.to_string(),
                             })?;
-                    let mut staging = vec![0u8; size as usize];
-                    write_rows(&mut staging, d, first..first + n, cols, stride, dtype);
-                    view.copy_from_slice(&staging);
+                    // Mapped memory is write-only: rows are made in a bounded staging block
+                    // and copied in, so a large matrix never has a second full copy.
+                    let block = (FILL_BLOCK_BYTES / row_bytes as usize).max(1);
+                    let mut staging = Vec::new();
+                    for r0 in (0..n).step_by(block) {
+                        let r1 = (r0 + block).min(n);
+                        let at = r0 * row_bytes as usize;
+                        staging.clear();
+                        staging.resize((r1 - r0) * row_bytes as usize, 0u8);
+                        fill(first + r0..first + r1, &mut staging)?;
+                        view.slice(at..at + staging.len()).copy_from_slice(&staging);
+                    }
                 }
                 buffer.unmap();
             }
@@ -506,6 +549,10 @@ impl Tensor {
                 .chunks_exact(2)
                 .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect()),
+            DType::BF16 => Ok(bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
             other => Err(Error::mismatch(
                 format!("read-back of tensor '{}' as f32", self.label),
                 "a float tensor",
@@ -561,6 +608,11 @@ fn write_rows(
                     o.copy_from_slice(&f16::from_f32(x).to_le_bytes());
                 }
             }
+            (HostData::F32(d), DType::BF16) => {
+                for (o, &x) in out.chunks_exact_mut(2).zip(&d[src]) {
+                    o.copy_from_slice(&bf16::from_f32(x).to_le_bytes());
+                }
+            }
             (HostData::F16(d), DType::F16) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
             (HostData::F16(d), DType::F32) => {
                 for (o, &x) in out.chunks_exact_mut(4).zip(&d[src]) {
@@ -573,6 +625,26 @@ fn write_rows(
             _ => unreachable!("host data kind checked by check_kind"),
         }
     }
+}
+
+/// Writes rows `rows` of a weight matrix into its buffer (see [`Tensor::weight_with`]).
+pub type Fill<'a> = &'a mut dyn FnMut(Range<usize>, &mut [u8]) -> Result<()>;
+
+/// Elements between the rows of a weight matrix of `shape`: the columns rounded
+/// up to a multiple of 8, so kernels read rows with aligned 16-byte vector loads.
+pub fn weight_stride(shape: &[usize]) -> usize {
+    round_up(rows_cols(shape).1, 8)
+}
+
+fn check_weight_dtype(label: &str, dtype: DType) -> Result<()> {
+    if !dtype.is_float() {
+        return Err(Error::mismatch(
+            format!("weight '{label}' dtype"),
+            "f32, f16 or bf16",
+            dtype,
+        ));
+    }
+    Ok(())
 }
 
 /// Host data fits a tensor of `dtype`: floats for float tensors, u32 / i32 for those.

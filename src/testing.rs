@@ -75,6 +75,18 @@ pub fn round_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
+/// `v` as a tensor of `dtype` stores it (f16 and bf16 rounded, f32 unchanged).
+pub fn round_to(dtype: crate::DType, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        crate::DType::F16 => round_f16(v),
+        crate::DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect(),
+        _ => v.to_vec(),
+    }
+}
+
 /// Largest |got - want| and the index where it occurs.
 pub fn max_abs_diff(got: &[f32], want: &[f32]) -> (f32, usize) {
     got.iter()

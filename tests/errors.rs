@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use moxe::model::{LoadOptions, Model, Session};
 use moxe::ops::sample::Sampling;
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::testing::gpu;
 use moxe::{Context, ContextOptions};
 use safetensors::tensor::TensorView;

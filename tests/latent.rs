@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use moxe::checkpoint::Weights;
 use moxe::convert::latent::{convert, ConversionReport, RankChoice};
-use moxe::model::{LoadOptions, Model, Session, Weights};
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::testing::{assert_close, assert_close_rel_max, gpu};
 use moxe::DType;
 

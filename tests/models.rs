@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use moxe::model::{LoadOptions, Model, Session, Weights};
+use moxe::checkpoint::Weights;
 use moxe::ops::sample::Sampling;
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::testing::{assert_close_rel_max, gpu, max_abs_diff};
 use moxe::DType;
 

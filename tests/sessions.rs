@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use moxe::model::generate::{generate_batch, GenerateOptions};
-use moxe::model::{LoadOptions, Model, Session};
 use moxe::ops::sample::Sampling;
+use moxe::runtime::generate::{generate_batch, GenerateOptions};
+use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::testing::gpu;
 
 fn default_model(sequences: usize) -> Arc<Model> {
@@ -191,7 +191,10 @@ fn stop_strings_and_token_budgets_end_generation() {
         let mut gen = s.generate("The old man said", &opts).unwrap();
         let n = gen.by_ref().count();
         assert_eq!(n, 7);
-        assert_eq!(gen.finish(), Some(moxe::model::generate::Finish::MaxTokens));
+        assert_eq!(
+            gen.finish(),
+            Some(moxe::runtime::generate::Finish::MaxTokens)
+        );
     }
 
     // Greedy text of 40 tokens, streamed piece by piece, is the decoding of its ids;
@@ -229,7 +232,7 @@ fn stop_strings_and_token_budgets_end_generation() {
     let mut gen = s.generate("The old man said", &opts).unwrap();
     let stopped: String = gen.by_ref().map(|p| p.unwrap().text).collect();
     assert_eq!(stopped, full[..cut], "stop at {word:?}");
-    assert_eq!(gen.finish(), Some(moxe::model::generate::Finish::Stop));
+    assert_eq!(gen.finish(), Some(moxe::runtime::generate::Finish::Stop));
 }
 
 #[test]

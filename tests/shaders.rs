@@ -18,21 +18,24 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
     match name {
         "matmul" => vec![
             vec![],
-            vec![("F16", 1.0), ("HEADS", 1.0), ("WG", 8.0), ("X4", 1.0)],
+            vec![("WDT", 1.0), ("HEADS", 1.0), ("WG", 8.0), ("X4", 1.0)],
+            vec![("WDT", 2.0)],
         ],
+        "gemv_subgroup" => vec![vec![], vec![("WDT", 1.0)], vec![("WDT", 2.0)]],
         "bandwidth_probe" => vec![vec![], vec![("WG", 8.0)]],
         "conv1d" => vec![vec![], vec![("ACT", 1.0)]],
         "slstm_cell" => {
             let rows = [("ROWS", 1.0), ("HS_LEN", 1.0), ("HS4_LEN", 4.0)];
             vec![
                 vec![],
-                vec![("F16", 1.0)],
+                vec![("WDT", 1.0)],
+                vec![("WDT", 2.0)],
                 vec![("SHARED", 1.0), ("RS_LEN", 1024.0), ("UNITS", 4.0)],
                 rows.to_vec(),
-                [&rows[..], &[("F16", 1.0)]].concat(),
+                [&rows[..], &[("WDT", 2.0)]].concat(),
             ]
         }
-        "embedding" => vec![vec![], vec![("F16", 1.0)]],
+        "embedding" => vec![vec![], vec![("WDT", 1.0)], vec![("WDT", 2.0)]],
         "layer_norm" => vec![vec![], vec![("X4", 1.0)]],
         "sample" => vec![vec![], vec![("THREADS", 8.0)]],
         "mlstm_step_simd" => vec![vec![], vec![("VEC4", 1.0)]],

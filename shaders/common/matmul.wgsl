@@ -1,6 +1,7 @@
 // Declarations of the matmul kernels (shaders/matmul.wgsl, shaders/gemv_subgroup.wgsl):
 // their Params, overrides, bindings and the weight, input and output helpers. Appended to
-// each of those files by the shader registry. Layouts: shaders/matmul.wgsl.
+// each of those files by the shader registry, after common/weights.wgsl (WDT, unpack_pair)
+// and common/soft_cap.wgsl. Layouts: shaders/matmul.wgsl.
 
 struct Params {
     k: u32,
@@ -16,9 +17,10 @@ struct Params {
     has_bias: u32,
     groups_x: u32,
     head_rows: u32,
+    // c of a soft cap c * tanh(v / c) on each product (before beta * y is added); 0 = none.
+    cap: f32,
 }
 
-override F16: bool = false;
 override HEADS: bool = false;
 // Invocations per workgroup of gemv and gemm4: 8 (one SIMD subgroup) serves llvmpipe best.
 override WG: u32 = 64u;
@@ -36,11 +38,11 @@ override X4: bool = false;
 // Eight consecutive weights of row `row` starting at element `k` (k a multiple of 8). Rows
 // are zero-padded to w_stride, so a block may run past K.
 fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
-    if F16 {
+    if WDT != 0u {
         let q = w[(row * p.w_stride + k) / 8u];
         return array<vec4<f32>, 2>(
-            vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
-            vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+            vec4<f32>(unpack_pair(q.x), unpack_pair(q.y)),
+            vec4<f32>(unpack_pair(q.z), unpack_pair(q.w)),
         );
     }
     let i = (row * p.w_stride + k) / 4u;
@@ -90,6 +92,9 @@ fn store(t: u32, row: u32, value: f32) {
     var v = value;
     if p.has_bias != 0u {
         v += bias[p.row_base + row];
+    }
+    if p.cap > 0.0 {
+        v = soft_cap(v, p.cap);
     }
     if p.beta != 0.0 {
         v += p.beta * y[i];

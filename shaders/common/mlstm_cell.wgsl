@@ -1,12 +1,25 @@
 // Shared by the mLSTM cell kernels (mlstm_step, mlstm_step_wide, mlstm_step_simd,
-// mlstm_chunk, mlstm_chunk_wide): the registry appends this file to each of them. Their
-// parameters (src/ops/mlstm_cell/mod.rs `Params`), the bindings they all declare alike
-// (each declares binding 5, the matrix memory C, in its own layout, and any binding 8), and
-// the stable log-sigmoid.
+// mlstm_chunk, mlstm_chunk_wide): the registry appends this file (after
+// common/soft_cap.wgsl) to each of them. Their parameters (src/ops/mlstm_cell/mod.rs
+// `Params`), the bindings they all declare alike (each declares binding 5, the matrix
+// memory C, in its own layout, and any binding 8), where each input lives, and the gates.
+//
+// Dimensions: NH heads; DK = qk_dim (q, k, n and the rows of C), DV = v_dim (v, h and the
+// columns of C). The NeurIPS blocks have DK = DV; xLSTM-Large has DK = DV / 2.
+// qkv:   [q | k | v] of each row (row = b * N + t): q of head hd at columns hd * DK .., k at
+//        NH * DK + hd * DK .., v at 2 NH * DK + hd * DV ..; element (row, c) at
+//        qkv_offset + row * qkv_stride + c.
+// gates: [i | f] pre-activations (NH columns each), element (row, c) at
+//        gate_offset + row * gate_stride + c; soft-capped by gate_cap when it is > 0.
+// h:     (row, hd * DV + j) at h_offset + row * h_stride + hd * DV + j.
+// c:     (slots, NH, DK, DV), C[i][j] at ((slot * NH + hd) * DK + i) * c_stride + j (rows
+//        padded to c_stride >= DV).
+// n:     (slots, NH, DK);  m: (slots, NH).
+// slots: u32 (B), the state slot of each sequence; slots >= p.slots are skipped.
 
 struct Params {
     heads: u32,
-    head_dim: u32,
+    v_dim: u32,
     tokens: u32,
     seqs: u32,
     slots: u32,
@@ -21,6 +34,8 @@ struct Params {
     h_offset: u32,
     h_stride: u32,
     c_stride: u32,
+    qk_dim: u32,
+    gate_cap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,4 +49,41 @@ struct Params {
 // log(sigmoid(x)) without overflow for either sign.
 fn log_sigmoid(x: f32) -> f32 {
     return min(x, 0.0) - log(1.0 + exp(-abs(x)));
+}
+
+// Index of q[row, hd * DK + i] in qkv.
+fn q_at(row: u32, hd: u32, i: u32) -> u32 {
+    return p.qkv_offset + row * p.qkv_stride + hd * p.qk_dim + i;
+}
+
+// Index of k[row, hd * DK + i] in qkv.
+fn k_at(row: u32, hd: u32, i: u32) -> u32 {
+    return q_at(row, hd, i) + p.heads * p.qk_dim;
+}
+
+// Index of v[row, hd * DV + j] in qkv.
+fn v_at(row: u32, hd: u32, j: u32) -> u32 {
+    return p.qkv_offset + row * p.qkv_stride + 2u * p.heads * p.qk_dim + hd * p.v_dim + j;
+}
+
+// Index of h[row, hd * DV + j].
+fn h_at(row: u32, hd: u32, j: u32) -> u32 {
+    return p.h_offset + row * p.h_stride + hd * p.v_dim + j;
+}
+
+fn capped(x: f32) -> f32 {
+    if p.gate_cap > 0.0 {
+        return soft_cap(x, p.gate_cap);
+    }
+    return x;
+}
+
+// The input gate pre-activation i of head hd at `row`.
+fn gate_i(row: u32, hd: u32) -> f32 {
+    return capped(gates[p.gate_offset + row * p.gate_stride + hd]);
+}
+
+// log(sigmoid(f)) of head hd at `row`.
+fn gate_log_f(row: u32, hd: u32) -> f32 {
+    return log_sigmoid(capped(gates[p.gate_offset + row * p.gate_stride + p.heads + hd]));
 }

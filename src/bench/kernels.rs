@@ -86,6 +86,29 @@ pub fn probe_bandwidth(
     Ok((words * 4) as f64 / seconds / 1e9)
 }
 
+/// Bytes the read probe streams.
+const PROBE_BYTES: usize = 64 << 20;
+
+/// The probe's configurations (access pattern, workgroup size, invocations): the fastest
+/// on CPU adapters and on GPUs are among them.
+const PROBES: [(Pattern, usize, usize); 4] = [
+    (Pattern::Stream, 8, 256),
+    (Pattern::Stream, 8, 1024),
+    (Pattern::Stream, 64, 1024),
+    (Pattern::Coalesced, 64, 1 << 16),
+];
+
+/// The read bandwidth (GB/s) of the probe's best configuration: the yardstick of every
+/// bandwidth figure.
+pub fn best_probe_bandwidth(ctx: &Context, budget_secs: f64) -> Result<f64> {
+    PROBES
+        .iter()
+        .try_fold(0.0f64, |best, &(pattern, workgroup, threads)| {
+            let gbps = probe_bandwidth(ctx, PROBE_BYTES, pattern, workgroup, threads, budget_secs)?;
+            Ok(best.max(gbps))
+        })
+}
+
 /// Rounds of the probe and GEMV measurements; each figure is its best round. Interleaving
 /// them keeps a slow spell of a shared machine from landing on one side of the ratio only.
 const ROUNDS: usize = 3;
@@ -100,13 +123,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
         "adapter: {} ({:?}, {:?})",
         info.name, info.backend, info.device_type
     );
-    let probe_bytes = 64 << 20;
-    let probes = [
-        (Pattern::Stream, 8, 256),
-        (Pattern::Stream, 8, 1024),
-        (Pattern::Stream, 64, 1024),
-        (Pattern::Coalesced, 64, 1 << 16),
-    ];
+    let probes = PROBES;
     // The engine's decode kernel (marked *), and plain gemv beside it where that differs.
     let chosen = MatmulKernel::choose(ctx, 1);
     let mut kernels = vec![chosen];
@@ -125,7 +142,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
     let mut gemv_best: Vec<Option<GemvResult>> = vec![None; gemvs.len()];
     for _ in 0..ROUNDS {
         for (best, &(pattern, workgroup, threads)) in probe_gbps.iter_mut().zip(&probes) {
-            let gbps = probe_bandwidth(ctx, probe_bytes, pattern, workgroup, threads, budget_secs)?;
+            let gbps = probe_bandwidth(ctx, PROBE_BYTES, pattern, workgroup, threads, budget_secs)?;
             *best = best.max(gbps);
         }
         for (best, &(rows, cols, dtype, kernel)) in gemv_best.iter_mut().zip(&gemvs) {

@@ -56,13 +56,10 @@ pub fn cell_prefill(
     }
     let gates = Tensor::from_f32(ctx, "bench gates", &[rows, 2 * heads], &gate_values)?;
     let h = Tensor::zeros(ctx, "bench h", &[rows, di], DType::F32)?;
-    let state = CellState::new(ctx, seqs, heads, head_dim)?;
+    let state = CellState::new(ctx, seqs, heads, head_dim, head_dim)?;
     let slot_ids: Vec<u32> = (0..seqs as u32).collect();
     let slots = Tensor::from_u32(ctx, "bench slots", &[seqs], &slot_ids)?;
-    let inputs = CellInputs {
-        qkv: View::of(&qkv),
-        gates: View::of(&gates),
-    };
+    let inputs = CellInputs::new(View::of(&qkv), View::of(&gates));
     let mut g = Graph::new();
     record(
         ctx,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::model::{Model, Session};
 use crate::ops::sample::Sampling;
+use crate::runtime::{Model, Session};
 use crate::testing::Rng;
 
 /// What to measure.
@@ -24,6 +24,8 @@ pub struct ModelBenchOptions {
     /// Timed runs of prefill and of decode; the fastest is reported (shared machines are
     /// noisy).
     pub repeats: usize,
+    /// Measure the read probe too, to state decode's weight bandwidth as a share of it.
+    pub probe: bool,
 }
 
 /// Measured speeds.
@@ -38,6 +40,10 @@ pub struct ModelBenchReport {
     pub batch_decode: Option<(usize, f64)>,
     pub gpu_bytes: u64,
     pub state_bytes_per_sequence: u64,
+    /// Bytes of weights one decode step reads.
+    pub decode_weight_bytes: u64,
+    /// The read probe's GB/s, when measured.
+    pub probe_gbps: Option<f64>,
     /// Per-kernel table of the profiled decode steps, and the steps it covers.
     pub profile: Option<(String, usize)>,
 }
@@ -126,10 +132,10 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
     };
 
     let params = model.parameters();
-    let (k, e) = model
-        .config()
-        .moxe()
-        .map_or((1, 1), |m| (m.top_k, m.num_experts));
+    let probe_gbps = match options.probe {
+        true => Some(crate::bench::kernels::best_probe_bandwidth(ctx, 0.5)?),
+        false => None,
+    };
     Ok(ModelBenchReport {
         adapter: format!(
             "{} ({:?})",
@@ -137,12 +143,14 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
             ctx.adapter_info().backend
         ),
         parameters: params.total,
-        active_parameters: params.active(k, e),
+        active_parameters: model.config().active_parameters(&params),
         prefill_tokens_per_s: prefill,
         decode_tokens_per_s: decode,
         batch_decode,
         gpu_bytes: ctx.allocated_bytes(),
         state_bytes_per_sequence: model.state_bytes_per_sequence(),
+        decode_weight_bytes: model.decode_weight_bytes(),
+        probe_gbps,
         profile,
     })
 }
@@ -172,6 +180,19 @@ impl fmt::Display for ModelBenchReport {
             f,
             "decode:      {:.1} tokens/s (one sequence)",
             self.decode_tokens_per_s
+        )?;
+        let weight_gbps = self.decode_weight_bytes as f64 * self.decode_tokens_per_s / 1e9;
+        let share = match self.probe_gbps {
+            Some(p) => format!(
+                " = {:.0}% of the read probe's {p:.2} GB/s",
+                100.0 * weight_gbps / p
+            ),
+            None => String::new(),
+        };
+        writeln!(
+            f,
+            "weights:     {:.1} MiB read per decode token: {weight_gbps:.2} GB/s{share}",
+            mib(self.decode_weight_bytes)
         )?;
         if let Some((b, tps)) = self.batch_decode {
             writeln!(f, "decode:      {tps:.1} tokens/s ({b} sequences together)")?;

@@ -9,14 +9,16 @@
 use std::fmt;
 use std::time::Instant;
 
+use crate::arch::moxe::config::Modulation;
+use crate::arch::moxe::moe::{GateWeights, MoeLayer, MoeStep};
+use crate::arch::moxe::MlpExpert;
+use crate::arch::Expert;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::model::config::Modulation;
-use crate::model::moe::{GateWeights, MoeLayer, MoeStep};
-use crate::model::{Expert, MlpExpert, Scratch};
 use crate::ops::gate::{GateSpec, Router};
 use crate::ops::View;
+use crate::runtime::Scratch;
 use crate::tensor::{DType, Tensor};
 use crate::testing::Rng;
 

@@ -7,16 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Instant;
+
+use safetensors::Dtype;
 
 use clap::{Args, Subcommand};
 
+use moxe::arch::ModelConfig;
 use moxe::bench::model::{run as bench_model, ModelBenchOptions};
-use moxe::model::config::ModelConfig;
-use moxe::model::random::{random_ranks, random_weights};
-use moxe::model::{LoadOptions, Model};
+use moxe::checkpoint::random::{random_ranks, random_weights};
+use moxe::runtime::{LoadOptions, Model};
 use moxe::{DType, Error, Result};
 
-use super::model_args::{DtypeArg, ModelArgs};
+use super::model_args::{load_progress, report_load, DtypeArg, ModelArgs};
 use super::GpuArgs;
 
 #[derive(Debug, Args)]
@@ -39,6 +42,13 @@ pub struct ModelBenchArgs {
     /// Random weights for this config.json instead of a checkpoint (f16 unless --dtype).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// With --config: only this many layers (MoxE) or blocks, for a model too large for
+    /// this machine (figures per block scale to the whole model).
+    #[arg(long, requires = "config")]
+    pub blocks: Option<usize>,
+    /// Skip the read-bandwidth probe (decode's weight GB/s is then shown alone).
+    #[arg(long)]
+    pub no_probe: bool,
     /// Prompt tokens of the timed prefill.
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
@@ -117,7 +127,7 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
     };
     super::threads::for_decode(&config);
     let model = match &args.config {
-        Some(path) => random_model(gpu, path, args.model.dtype, sequences)?,
+        Some(path) => random_model(gpu, path, args.blocks, args.model.dtype, sequences)?,
         None => args.model.load(gpu, sequences)?,
     };
     let options = ModelBenchOptions {
@@ -126,10 +136,12 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
         batch: args.batch,
         profile_tokens: args.profile_tokens,
         repeats: args.repeats,
+        probe: !args.no_probe,
     };
-    let source = match &args.config {
-        Some(p) => format!("random weights for {}", p.display()),
-        None => args.model.model.display().to_string(),
+    let source = match (&args.config, args.blocks) {
+        (Some(p), Some(n)) => format!("random weights for {}, {n} blocks", p.display()),
+        (Some(p), None) => format!("random weights for {}", p.display()),
+        (None, _) => args.model.model.display().to_string(),
     };
     println!("model:       {source} ({} weights)", model.dtype());
     if let Some(n) = std::env::var_os("LP_NUM_THREADS") {
@@ -148,28 +160,41 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A model with random weights for the config at `path`.
+/// A model with random weights for the config at `path` (with `blocks` layers or blocks
+/// when given), matrices stored as `dtype` (f16 by default).
 fn random_model(
     gpu: &GpuArgs,
     path: &Path,
+    blocks: Option<usize>,
     dtype: Option<DtypeArg>,
     sequences: usize,
 ) -> Result<Arc<Model>> {
-    let config = ModelConfig::from_file(path)?;
-    let half = !matches!(dtype, Some(DtypeArg::F32));
-    eprintln!("generating random weights for {} ...", path.display());
-    let weights = random_weights(&config, 1, half)?;
+    let mut config = ModelConfig::from_file(path)?;
+    if let Some(n) = blocks {
+        config = config.with_layers(n)?;
+    }
+    let dtype = dtype.map_or(DType::F16, DtypeArg::dtype);
+    let stored = match dtype {
+        DType::F32 => Dtype::F32,
+        DType::BF16 => Dtype::BF16,
+        _ => Dtype::F16,
+    };
+    let weights = random_weights(&config, 1, stored);
     let ranks = random_ranks(&config);
     let ctx = gpu.context()?;
+    let (bar, progress) = load_progress();
     let options = LoadOptions {
-        dtype: Some(if half { DType::F16 } else { DType::F32 }),
+        dtype: Some(dtype),
         max_sequences: sequences,
+        progress: Some(progress),
         ..Default::default()
     };
-    eprintln!("loading ...");
-    Ok(Arc::new(Model::from_parts(
-        &ctx, config, &weights, None, &ranks, &options,
-    )?))
+    let t = Instant::now();
+    let model = Model::from_parts(&ctx, config, &weights, None, &ranks, &options);
+    bar.finish_and_clear();
+    let model = model?;
+    report_load(&ctx, &model, "random weights", t);
+    Ok(Arc::new(model))
 }
 
 /// The Python of the reference environment: `MOXE_REFERENCE_PYTHON`, else `.venv/bin/python`.

@@ -36,7 +36,7 @@ pub struct LatentArgs {
     #[arg(long, default_value_t = 2)]
     pub groups: usize,
     /// Dense-expert model directory; default: the bundled model.
-    #[arg(long, default_value_os_t = moxe::model::dir::default_model_dir())]
+    #[arg(long, default_value_os_t = moxe::checkpoint::default_model_dir())]
     pub model: PathBuf,
     /// Output directory (created; its config.json, model.safetensors and tokenizer.json are
     /// overwritten).

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use clap::Args;
 
-use moxe::model::generate::{generate_batch, GenerateOptions};
-use moxe::model::Session;
+use moxe::checkpoint::GenerationDefaults;
 use moxe::ops::sample::Sampling;
+use moxe::runtime::generate::{generate_batch, GenerateOptions};
+use moxe::runtime::Session;
 use moxe::{Error, Result};
 
 use super::model_args::ModelArgs;
@@ -28,18 +29,20 @@ pub struct GenerateArgs {
     /// Treat each non-empty line of --prompt-file as its own prompt.
     #[arg(long, requires = "prompt_file")]
     pub lines: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: u32,
-    /// Keep the most likely tokens up to this probability mass (1 = all).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
+    /// Most tokens to generate [default: the model's generation_config.json, else 128].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature; 0 = greedy [default: the model's generation_config.json
+    /// (greedy when it says do_sample false), else 0.8].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens (0 = all) [default: generation_config.json, else 40].
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Keep the most likely tokens up to this probability mass (1 = all) [default:
+    /// generation_config.json, else 0.95].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Random seed: the same seed and prompt give the same text.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -95,29 +98,49 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The generation options: each setting from the command line, else from the model's
+/// generation_config.json, else the built-in default.
+fn options(args: &GenerateArgs, defaults: &GenerationDefaults) -> GenerateOptions {
+    let greedy = defaults.do_sample == Some(false);
+    let temperature = args
+        .temperature
+        .or(if greedy {
+            Some(0.0)
+        } else {
+            defaults.temperature
+        })
+        .unwrap_or(0.8);
+    GenerateOptions {
+        max_tokens: args.max_tokens.or(defaults.max_new_tokens).unwrap_or(128),
+        sampling: Sampling {
+            temperature,
+            top_k: args.top_k.or(defaults.top_k).unwrap_or(40),
+            top_p: args.top_p.or(defaults.top_p).unwrap_or(0.95),
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+        stop_at_eos: !args.ignore_eos,
+    }
+}
+
 pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     super::threads::for_decode(&args.model.model.join("config.json"));
     let prompts = prompts(args)?;
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::InvalidArgument("a prompt is empty".into()));
     }
-    let opts = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: Sampling {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        stop: args.stop.clone(),
-        stop_at_eos: !args.ignore_eos,
-    };
     if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
         return Err(Error::InvalidArgument(
             "--resume and --save-session take a single prompt".into(),
         ));
     }
+    // Bad settings on the command line are reported before the model loads.
+    options(args, &GenerationDefaults::default())
+        .sampling
+        .validate()?;
     let model = args.model.load(gpu, prompts.len())?;
+    let opts = options(args, model.generation_defaults());
+    opts.sampling.validate()?;
     let mut out = std::io::stdout();
     let t = Instant::now();
     let mut tokens = 0usize;

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use moxe::model::config::{Architecture, ModelConfig};
-use moxe::model::dir::ModelDir;
+use moxe::arch::xlstm::config::XlstmConfig;
+use moxe::arch::{Architecture, ModelConfig};
+use moxe::checkpoint::ModelDir;
 use moxe::Result;
 
 fn human(n: usize) -> String {
@@ -20,32 +21,15 @@ fn mib(bytes: usize) -> String {
 }
 
 fn describe(c: &ModelConfig) -> String {
-    let x = &c.xlstm;
     let mut s = format!(
-        "embedding_dim {}, vocab {}, tie_weights {}",
-        x.embedding_dim, x.vocab_size, c.tie_weights
+        "{}: embedding_dim {}, vocab {}, tie_weights {}",
+        c.name(),
+        c.embedding_dim,
+        c.vocab_size,
+        c.tie_weights
     );
-    if let Some(m) = &x.mlstm {
-        s += &format!(
-            "\n  mLSTM: {} heads (head dim {}), inner dim {}, conv {}, qkv blocks {}",
-            m.num_heads,
-            m.head_dim(),
-            m.inner_dim(),
-            m.conv_kernel,
-            m.qkv_blocksize
-        );
-    }
-    if let Some(sl) = &x.slstm {
-        s += &format!(
-            "\n  sLSTM: {} heads (head dim {}), conv {}, layout {:?}",
-            sl.num_heads,
-            sl.head_dim(),
-            sl.conv_kernel,
-            sl.layout
-        );
-        if let Some(f) = &sl.ffn {
-            s += &format!(", FFN {} wide, {:?}", f.hidden(x.embedding_dim), f.act);
-        }
+    if let Some(x) = c.xlstm() {
+        s += &describe_blocks(x);
     }
     match &c.architecture {
         Architecture::Moxe(m) => {
@@ -73,6 +57,58 @@ fn describe(c: &ModelConfig) -> String {
                 d.num_blocks, d.slstm_at
             );
         }
+        Architecture::Large(l) => {
+            let cap = |c: Option<f32>| c.map_or("none".to_string(), |c| c.to_string());
+            s += &format!(
+                "\n  {} blocks, {} heads: q/k head dim {}, v head dim {}, FFN {} wide\n  \
+                 soft caps: gates {}, logits {}; norm eps {}, cell eps {}, biases {}, out norm \
+                 {}\n  weights: {:?} mode, {} naming",
+                l.num_blocks,
+                l.num_heads,
+                l.qk_head_dim(),
+                l.v_head_dim(),
+                l.ffn_dim,
+                cap(l.gate_soft_cap),
+                cap(l.output_logit_soft_cap),
+                l.norm_eps,
+                l.eps,
+                l.use_bias,
+                l.out_norm,
+                l.weight_mode,
+                match l.naming.embedding {
+                    "embedding.weight" => "xlstm_large package",
+                    _ => "Hugging Face",
+                }
+            );
+        }
+    }
+    s
+}
+
+/// The NeurIPS blocks of a MoxE or dense model.
+fn describe_blocks(x: &XlstmConfig) -> String {
+    let mut s = String::new();
+    if let Some(m) = &x.mlstm {
+        s += &format!(
+            "\n  mLSTM: {} heads (head dim {}), inner dim {}, conv {}, qkv blocks {}",
+            m.num_heads,
+            m.head_dim(),
+            m.inner_dim(),
+            m.conv_kernel,
+            m.qkv_blocksize
+        );
+    }
+    if let Some(sl) = &x.slstm {
+        s += &format!(
+            "\n  sLSTM: {} heads (head dim {}), conv {}, layout {:?}",
+            sl.num_heads,
+            sl.head_dim(),
+            sl.conv_kernel,
+            sl.layout
+        );
+        if let Some(f) = &sl.ffn {
+            s += &format!(", FFN {} wide, {:?}", f.hidden(x.embedding_dim), f.act);
+        }
     }
     s
 }
@@ -97,13 +133,52 @@ pub fn run(model: &Path) -> Result<()> {
         println!("latent ranks: {}", ranks.join(", "));
     }
     println!(
-        "weights on the GPU: {} as f32, {} as f16 (vectors stay f32)",
+        "weights on the GPU: {} as f32, {} as f16 or bf16 (vectors stay f32)",
         mib(c.bytes(4)),
         mib(c.bytes(2))
+    );
+    println!(
+        "state: {} per sequence (f32, whatever its length)",
+        mib(dir.config.state_floats_per_sequence() * 4)
+    );
+    let stored: std::collections::BTreeSet<String> = dir
+        .manifest
+        .tensors
+        .iter()
+        .filter_map(|t| dir.weights.dtype(&t.name))
+        .map(|d| format!("{d:?}"))
+        .collect();
+    println!(
+        "checkpoint: {} ({})",
+        dir.weights.path().display(),
+        stored.into_iter().collect::<Vec<_>>().join(", ")
     );
     match &dir.tokenizer {
         Some(p) => println!("tokenizer: {}", p.display()),
         None => println!("tokenizer: none (token ids only)"),
+    }
+    let g = &dir.generation;
+    if g.bos.is_some() || !g.eos.is_empty() || g.add_bos {
+        println!(
+            "special tokens: bos {:?}{}, eos {:?}, pad {:?}",
+            g.bos,
+            if g.add_bos { " (prepended)" } else { "" },
+            g.eos,
+            g.pad
+        );
+    }
+    let sampling: Vec<String> = [
+        g.do_sample.map(|v| format!("do_sample {v}")),
+        g.temperature.map(|v| format!("temperature {v}")),
+        g.top_k.map(|v| format!("top_k {v}")),
+        g.top_p.map(|v| format!("top_p {v}")),
+        g.max_new_tokens.map(|v| format!("max_new_tokens {v}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !sampling.is_empty() {
+        println!("generation defaults: {}", sampling.join(", "));
     }
     Ok(())
 }

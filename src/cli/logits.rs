@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
 
-use moxe::model::Session;
+use moxe::runtime::Session;
 use moxe::{Error, Result};
 
 use super::model_args::ModelArgs;

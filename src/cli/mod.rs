@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(conflicts_with = "model")]
         dir: Option<std::path::PathBuf>,
         /// Model directory (config.json, model.safetensors, tokenizer.json).
-        #[arg(long, default_value_os_t = moxe::model::dir::default_model_dir())]
+        #[arg(long, default_value_os_t = moxe::checkpoint::default_model_dir())]
         model: std::path::PathBuf,
     },
 }

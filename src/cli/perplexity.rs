@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use moxe::model::Session;
+use moxe::runtime::Session;
 use moxe::{Error, Result};
 
 use super::model_args::ModelArgs;
@@ -45,7 +45,7 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
             format!("too short: {} token(s); at least 2 are needed", ids.len()),
         ));
     }
-    let window = match args.window.or(model.config().xlstm.context_length) {
+    let window = match args.window.or(model.config().context_length) {
         Some(0) | None => ids.len(),
         Some(w) if w < 2 => return Err(bad_window()),
         Some(w) => w,

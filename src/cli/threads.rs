@@ -14,9 +14,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use moxe::model::config::{Architecture, ModelConfig};
-use moxe::model::dir::ParameterCounts;
-use moxe::model::manifest::Manifest;
+use moxe::arch::ModelConfig;
+use moxe::checkpoint::ParameterCounts;
 
 /// Below this many bytes of weights read per token per layer, decode runs on one thread.
 const SINGLE_THREAD_BELOW: usize = 8 << 20;
@@ -24,12 +23,8 @@ const SINGLE_THREAD_BELOW: usize = 8 << 20;
 /// Weight bytes a decode step reads per layer (f16 matrices; unresolved latent ranks
 /// count as 0, so latent models are under-estimated).
 fn active_bytes_per_layer(config: &ModelConfig) -> usize {
-    let counts = ParameterCounts::of(&Manifest::of(config), &BTreeMap::new());
-    let (active, layers) = match &config.architecture {
-        Architecture::Moxe(m) => (counts.active(m.top_k, m.num_experts), m.num_layers),
-        Architecture::Dense(d) => (counts.total, d.num_blocks),
-    };
-    2 * active / layers.max(1)
+    let counts = ParameterCounts::of(&config.manifest(), &BTreeMap::new());
+    2 * config.active_parameters(&counts) / config.layers().max(1)
 }
 
 /// Sets `LP_NUM_THREADS=0` (lavapipe runs dispatches on the calling thread) for a model

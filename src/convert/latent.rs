@@ -20,11 +20,12 @@ use std::path::Path;
 use faer::Mat;
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::arch::moxe::config::ExpertType;
+use crate::arch::moxe::latent::shared_key;
+use crate::arch::moxe::manifest::{expert_kind, Kind};
+use crate::arch::{Architecture, ModelConfig};
+use crate::checkpoint::{ModelDir, ParameterCounts};
 use crate::error::{Error, Result};
-use crate::model::config::{Architecture, ExpertType, ModelConfig};
-use crate::model::dir::{ModelDir, ParameterCounts};
-use crate::model::latent::shared_key;
-use crate::model::manifest::{expert_kind, Kind};
 
 /// How the rank of each (layer, group, kind) is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,7 +196,7 @@ fn slots(cfg: &ModelConfig, groups: usize) -> Result<Vec<Slot>> {
              got {groups}"
         )));
     }
-    let has_ffn = cfg.xlstm.slstm.as_ref().is_some_and(|s| s.ffn.is_some());
+    let has_ffn = m.xlstm.slstm.as_ref().is_some_and(|s| s.ffn.is_some());
     let size = e / groups;
     let mut out = Vec::new();
     for layer in 0..m.num_layers {

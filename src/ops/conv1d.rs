@@ -221,7 +221,7 @@ pub fn reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Weights;
+    use crate::checkpoint::Weights;
     use crate::testing::{assert_close, gpu, Rng};
     use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Embedding lookup: one row of a (V, D) table per token id. Kernel:
 //! `shaders/embedding.wgsl`.
 //!
-//! Shapes: table (V, D) f32 or f16, possibly chunked by rows and padded (a
+//! Shapes: table (V, D) f32, f16 or bf16, possibly chunked by rows and padded (a
 //! [`Tensor::weight`] can serve both as embedding and as tied LM head); ids u32 (N);
 //! out an (N, D) view. Ids must be below V: the caller validates ids that come from the
 //! host, and sampled ids are below V by construction.
@@ -38,7 +38,7 @@ pub fn embedding(
     if !table.dtype().is_float() || table.shape().len() != 2 {
         return Err(Error::mismatch(
             format!("embedding table '{}'", table.label()),
-            "an f32/f16 (vocab, dim) matrix",
+            "an f32/f16/bf16 (vocab, dim) matrix",
             format!("{} {:?}", table.dtype(), table.shape()),
         ));
     }
@@ -57,12 +57,8 @@ pub fn embedding(
             out.cols,
         ));
     }
-    let f16 = if table.dtype() == DType::F16 {
-        1.0
-    } else {
-        0.0
-    };
-    let pipeline = ctx.pipeline("embedding", "lookup", &[("F16", f16)])?;
+    let wdt = table.dtype().weight_code();
+    let pipeline = ctx.pipeline("embedding", "lookup", &[("WDT", wdt)])?;
     for chunk in table.chunks() {
         let params = Params {
             rows: u32_param("embedding rows", out.rows)?,
@@ -103,7 +99,7 @@ pub fn reference(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{gpu, gpu_with_binding_limit, round_f16, Rng};
+    use crate::testing::{gpu, gpu_with_binding_limit, round_to, Rng};
     use crate::HostData;
 
     /// Looks up random ids; returns the number of table chunks.
@@ -120,8 +116,8 @@ mod tests {
         let mut g = Graph::new();
         embedding(ctx, &mut g, &tt, &it, View::of(&out)).unwrap();
         ctx.run(&[&g]).unwrap();
-        let used = if dtype == DType::F16 {
-            round_f16(&table)
+        let used = if dtype != DType::F32 {
+            round_to(dtype, &table)
         } else {
             table
         };
@@ -134,8 +130,8 @@ mod tests {
     }
 
     #[test]
-    fn looks_up_rows_in_f32_and_f16() {
-        for dtype in [DType::F32, DType::F16] {
+    fn looks_up_rows_in_f32_f16_and_bf16() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
             assert_eq!(check(gpu(), 97, 13, dtype), 1);
             assert_eq!(check(gpu(), 5, 64, dtype), 1);
         }
@@ -145,7 +141,7 @@ mod tests {
     fn looks_up_rows_across_table_chunks() {
         // 4 KiB bindings: the table spans several chunks, the output fits one.
         let ctx = gpu_with_binding_limit(4096);
-        for dtype in [DType::F32, DType::F16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
             assert!(check(&ctx, 301, 20, dtype) > 1, "the table must be chunked");
         }
     }

@@ -17,10 +17,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{u32_param, View};
+use crate::arch::moxe::config::{Modulation, MAX_EXPERTS};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Workgroups};
-use crate::model::config::{Modulation, MAX_EXPERTS};
 use crate::tensor::{DType, Tensor};
 
 /// Columns of one row of per-token router statistics.
@@ -328,7 +328,7 @@ pub fn reference(spec: &GateSpec, logits: &[f32]) -> GateReference {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::Weights;
+    use crate::checkpoint::Weights;
     use crate::ops::matmul::matmul;
     use crate::testing::{assert_close, gpu, Rng};
     use crate::HostData;

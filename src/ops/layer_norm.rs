@@ -1,4 +1,4 @@
-//! LayerNorm and MultiHeadLayerNorm (group norm with one group per head). Kernel:
+//! LayerNorm, MultiHeadLayerNorm (group norm with one group per head) and RMSNorm. Kernel:
 //! `shaders/layer_norm.wgsl`.
 //!
 //! Shapes: x and y are (rows, cols) views; `group` divides `cols` (group == cols is a
@@ -24,6 +24,8 @@ pub struct Norm<'a> {
     /// Elements normalised together (cols for LayerNorm, head dim for group norm).
     pub group: usize,
     pub eps: f32,
+    /// Subtract the mean (LayerNorm); without, `x / sqrt(mean(x^2) + eps)` (RMSNorm).
+    pub center: bool,
 }
 
 impl<'a> Norm<'a> {
@@ -35,6 +37,7 @@ impl<'a> Norm<'a> {
             bias: None,
             group: weight.numel(),
             eps: 1e-5,
+            center: true,
         }
     }
 
@@ -43,6 +46,28 @@ impl<'a> Norm<'a> {
         Norm {
             group: weight.numel() / heads.max(1),
             ..Norm::xlstm(weight)
+        }
+    }
+
+    /// xLSTM-Large's RMSNorm over the whole row: gamma stored directly, optional bias.
+    pub fn rms(weight: &'a Tensor, bias: Option<&'a Tensor>, eps: f32) -> Self {
+        Norm {
+            weight: Some(weight),
+            weight_offset: false,
+            bias,
+            group: weight.numel(),
+            eps,
+            center: false,
+        }
+    }
+
+    /// xLSTM-Large's MultiHeadLayerNorm: LayerNorm over each of `heads` groups, gamma stored
+    /// directly, optional bias.
+    pub fn heads(weight: &'a Tensor, bias: Option<&'a Tensor>, heads: usize, eps: f32) -> Self {
+        Norm {
+            group: weight.numel() / heads.max(1),
+            center: true,
+            ..Norm::rms(weight, bias, eps)
         }
     }
 }
@@ -62,7 +87,8 @@ struct Params {
     weight_offset: u32,
     has_bias: u32,
     beta: f32,
-    _pad: [u32; 4],
+    center: u32,
+    _pad: [u32; 3],
 }
 
 /// The normalisation kernels (entry points of `layer_norm.wgsl`).
@@ -151,7 +177,8 @@ pub fn layer_norm_with(
         weight_offset: norm.weight_offset as u32,
         has_bias: norm.bias.is_some() as u32,
         beta,
-        _pad: [0; 4],
+        center: norm.center as u32,
+        _pad: [0; 3],
     };
     let pipeline = ctx.pipeline("layer_norm", entry, &[("X4", x4 as u8 as f64)])?;
     let uniform = ctx.uniform("norm params", &params)?;
@@ -179,7 +206,9 @@ pub fn layer_norm_with(
     )
 }
 
-/// CPU reference (f64 statistics): normalise each group of each row of `x` (rows, cols).
+/// CPU reference (f64 statistics): normalise each group of each row of `x` (rows, cols);
+/// without `center`, RMSNorm (the mean is taken as 0).
+#[allow(clippy::too_many_arguments)]
 pub fn reference(
     x: &[f32],
     cols: usize,
@@ -188,12 +217,16 @@ pub fn reference(
     weight_offset: bool,
     bias: Option<&[f32]>,
     eps: f32,
+    center: bool,
 ) -> Vec<f32> {
     let mut y = vec![0.0; x.len()];
     for (xr, yr) in x.chunks(cols).zip(y.chunks_mut(cols)) {
         for (g, (xg, yg)) in xr.chunks(group).zip(yr.chunks_mut(group)).enumerate() {
             let n = group as f64;
-            let mean = xg.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let mean = match center {
+                true => xg.iter().map(|&v| v as f64).sum::<f64>() / n,
+                false => 0.0,
+            };
             let var = xg.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
             let inv = 1.0 / (var + eps as f64).sqrt();
             for (j, (xv, yv)) in xg.iter().zip(yg.iter_mut()).enumerate() {
@@ -215,6 +248,18 @@ mod tests {
     use crate::testing::{assert_close, gpu, Rng};
 
     fn check(rows: usize, cols: usize, group: usize, offset: bool, bias: bool, beta: f32) {
+        check_norm(rows, cols, group, offset, bias, beta, true);
+    }
+
+    fn check_norm(
+        rows: usize,
+        cols: usize,
+        group: usize,
+        offset: bool,
+        bias: bool,
+        beta: f32,
+        center: bool,
+    ) {
         let ctx = gpu();
         let mut rng = Rng::new((rows * 131 + cols) as u64);
         // A large common offset checks that the variance is computed stably.
@@ -236,6 +281,7 @@ mod tests {
             bias: bias.then_some(&bt),
             group,
             eps: 1e-5,
+            center,
         };
         let mut want = reference(
             &x,
@@ -245,6 +291,7 @@ mod tests {
             offset,
             bias.then_some(&b[..]),
             1e-5,
+            center,
         );
         for (v, o) in want.iter_mut().zip(&y0) {
             *v += beta * o;
@@ -255,7 +302,8 @@ mod tests {
             let (x, y) = (View::of(&xt), View::of(&yt));
             layer_norm_with(ctx, &mut g, kernel, &norm, x, y, beta).unwrap();
             ctx.run(&[&g]).unwrap();
-            let what = format!("norm {kernel:?} rows={rows} cols={cols} group={group}");
+            let what =
+                format!("norm {kernel:?} rows={rows} cols={cols} group={group} center={center}");
             assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
         }
     }
@@ -278,6 +326,14 @@ mod tests {
     }
 
     #[test]
+    fn rms_norm_matches_reference() {
+        check_norm(3, 37, 37, false, false, 0.0, false);
+        check_norm(2, 4096, 4096, false, true, 1.0, false);
+        check_norm(5, 130, 130, false, true, 0.0, false);
+        check_norm(4, 96, 24, false, true, 0.0, true);
+    }
+
+    #[test]
     fn bad_group_is_a_clear_error() {
         let ctx = gpu();
         let x = Tensor::zeros(ctx, "x", &[2, 10], DType::F32).unwrap();
@@ -288,6 +344,7 @@ mod tests {
             bias: None,
             group: 3,
             eps: 1e-5,
+            center: true,
         };
         let err = layer_norm(
             ctx,

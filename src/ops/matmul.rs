@@ -2,7 +2,7 @@
 //! GEMM for many), dense or block-diagonal ("headwise"). Kernels: `shaders/matmul.wgsl` and, where
 //! the adapter has subgroups, `shaders/gemv_subgroup.wgsl`.
 //!
-//! Shapes (dense): W (M, K) f32 or f16 made with [`Tensor::weight`] (possibly chunked by
+//! Shapes (dense): W (M, K) f32, f16 or bf16 made with [`Tensor::weight`] (possibly chunked by
 //! rows); x a (T, K) view; y a (T, M) view; bias (M) f32.
 //! Shapes (headwise): W (NH, O, I) — NH blocks of an (O, I) matrix; x a (T, NH * I) view;
 //! y a (T, NH * O) view; y[t, h*O + o] = sum_i x[t, h*I + i] W[h, o, i] (+ bias[h*O + o]).
@@ -112,7 +112,8 @@ struct Params {
     has_bias: u32,
     groups_x: u32,
     head_rows: u32,
-    _pad: [u32; 3],
+    cap: f32,
+    _pad: [u32; 2],
 }
 
 /// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
@@ -127,6 +128,42 @@ pub fn matmul(
 ) -> Result<()> {
     let kernel = MatmulKernel::choose(ctx, x.rows);
     matmul_with(ctx, graph, kernel, w, bias, x, y, beta)
+}
+
+/// Records `y = softcap(x W^T, cap)` with `softcap(v, c) = c tanh(v / c)` (no cap when
+/// `cap` is `None`): an LM head whose logits are soft-capped (xLSTM-Large).
+pub fn matmul_soft_capped(
+    ctx: &Context,
+    graph: &mut Graph,
+    w: &Tensor,
+    x: View<'_>,
+    y: View<'_>,
+    cap: Option<f32>,
+) -> Result<()> {
+    let kernel = MatmulKernel::choose(ctx, x.rows);
+    let epilogue = Epilogue {
+        cap: cap.unwrap_or(0.0),
+        ..Epilogue::new(None, 0.0)
+    };
+    record(ctx, graph, kernel, w, x, y, &epilogue, None)
+}
+
+/// What is done with each product `v = x W^T` before it is stored:
+/// `y = beta * y + softcap(v + bias, cap)` (no cap when `cap` is 0).
+struct Epilogue<'a> {
+    bias: Option<&'a Tensor>,
+    beta: f32,
+    cap: f32,
+}
+
+impl<'a> Epilogue<'a> {
+    fn new(bias: Option<&'a Tensor>, beta: f32) -> Self {
+        Epilogue {
+            bias,
+            beta,
+            cap: 0.0,
+        }
+    }
 }
 
 /// Records the block-diagonal product `y = beta * y + bias + headwise(W, x)` with W of shape
@@ -148,7 +185,8 @@ pub fn headwise(
         ));
     };
     let kernel = MatmulKernel::choose_headwise(ctx, x.rows);
-    record(ctx, graph, kernel, w, bias, x, y, beta, Some((heads, o, i)))
+    let epilogue = Epilogue::new(bias, beta);
+    record(ctx, graph, kernel, w, x, y, &epilogue, Some((heads, o, i)))
 }
 
 /// [`matmul`] with an explicit kernel variant.
@@ -163,7 +201,16 @@ pub fn matmul_with(
     y: View<'_>,
     beta: f32,
 ) -> Result<()> {
-    record(ctx, graph, kernel, w, bias, x, y, beta, None)
+    record(
+        ctx,
+        graph,
+        kernel,
+        w,
+        x,
+        y,
+        &Epilogue::new(bias, beta),
+        None,
+    )
 }
 
 /// Shared recorder; `heads` = Some((NH, O, I)) for a block-diagonal weight.
@@ -173,18 +220,25 @@ fn record(
     graph: &mut Graph,
     kernel: MatmulKernel,
     w: &Tensor,
-    bias: Option<&Tensor>,
     x: View<'_>,
     y: View<'_>,
-    beta: f32,
+    epilogue: &Epilogue<'_>,
     heads: Option<(usize, usize, usize)>,
 ) -> Result<()> {
+    let (bias, beta) = (epilogue.bias, epilogue.beta);
+    if !(epilogue.cap >= 0.0 && epilogue.cap.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "soft cap of '{}' must be positive and finite, got {}",
+            w.label(),
+            epilogue.cap
+        )));
+    }
     let (m, k) = (w.rows(), w.cols());
     let x_cols = heads.map_or(k, |(h, _, i)| h * i);
     if !w.dtype().is_float() || w.stride() % 8 != 0 {
         return Err(Error::mismatch(
             format!("matmul weight '{}'", w.label()),
-            "an f32/f16 matrix made with Tensor::weight (rows padded to 8)",
+            "an f32/f16/bf16 matrix made with Tensor::weight (rows padded to 8)",
             format!("{} with row stride {}", w.dtype(), w.stride()),
         ));
     }
@@ -225,13 +279,12 @@ fn record(
         });
     }
     let t = x.rows;
-    let f16 = if w.dtype() == DType::F16 { 1.0 } else { 0.0 };
     let wg = kernel.workgroup(ctx);
     // Block starts are c + k with k a multiple of 8 and c = head * K: aligned when the
     // view's offset and stride are, and K too for headwise weights.
     let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && (heads.is_none() || k % 4 == 0);
     let constants = [
-        ("F16", f16),
+        ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
@@ -274,7 +327,8 @@ fn record(
             has_bias: bias.is_some() as u32,
             groups_x: groups_x as u32,
             head_rows: heads.map_or(0, |(_, o, _)| o as u32),
-            _pad: [0; 3],
+            cap: epilogue.cap,
+            _pad: [0; 2],
         };
         let uniform = ctx.uniform("matmul params", &params)?;
         let bias_binding = match bias {
@@ -334,7 +388,7 @@ pub fn headwise_reference(w: &[f32], heads: usize, o: usize, x: &[f32]) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, gpu, round_f16, Rng};
+    use crate::testing::{assert_close, gpu, round_to, Rng};
     use crate::HostData;
 
     #[allow(clippy::too_many_arguments)]
@@ -371,11 +425,7 @@ mod tests {
         )
         .unwrap();
         ctx.run(&[&g]).unwrap();
-        let w_used = if dtype == DType::F16 {
-            round_f16(&w)
-        } else {
-            w
-        };
+        let w_used = round_to(dtype, &w);
         let mut want = reference(&w_used, k, &x, with_bias.then_some(&b[..]));
         for (v, y) in want.iter_mut().zip(&y0) {
             *v += beta * y;
@@ -399,7 +449,7 @@ mod tests {
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
-                for dtype in [DType::F32, DType::F16] {
+                for dtype in [DType::F32, DType::F16, DType::BF16] {
                     let bias = i % 2 == 0;
                     let beta = if i % 3 == 0 { 1.0 } else { 0.0 };
                     check(ctx, kernel, dtype, m, k, t, bias, beta, 17 + i as u64);
@@ -413,7 +463,7 @@ mod tests {
         // A 1 KiB binding limit forces weights of a few hundred elements into many chunks.
         let ctx = crate::testing::gpu_with_binding_limit(1024);
         for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(&ctx)) {
-            for dtype in [DType::F32, DType::F16] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
                 check(&ctx, kernel, dtype, 53, 24, 3, true, 0.0, 5);
             }
         }
@@ -474,7 +524,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            for dtype in [DType::F32, DType::F16] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let mut rng = Rng::new(n as u64);
                 let w = rng.normal_vec(heads * o * i, 0.5);
                 let x = rng.normal_vec(t * heads * i, 1.0);
@@ -485,15 +535,49 @@ mod tests {
                 let mut g = Graph::new();
                 headwise(ctx, &mut g, &wt, None, View::of(&xt), View::of(&yt), 0.0).unwrap();
                 ctx.run(&[&g]).unwrap();
-                let w_used = if dtype == DType::F16 {
-                    round_f16(&w)
-                } else {
-                    w
-                };
-                let want = headwise_reference(&w_used, heads, o, &x);
+                let want = headwise_reference(&round_to(dtype, &w), heads, o, &x);
                 let what = format!("headwise {heads}x{o}x{i} t={t} {dtype}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
             }
+        }
+    }
+
+    #[test]
+    fn soft_capped_products_match_the_reference_on_every_kernel() {
+        let ctx = gpu();
+        let (m, k, t, cap) = (37, 21, 5, 30.0f32);
+        let mut rng = Rng::new(41);
+        // Products far beyond the cap (|v| up to ~100) and near zero.
+        let w = rng.normal_vec(m * k, 8.0);
+        let x = rng.normal_vec(t * k, 1.0);
+        let wt = Tensor::weight(ctx, "head", &[m, k], DType::BF16, HostData::F32(&w)).unwrap();
+        let xt = Tensor::from_f32(ctx, "x", &[t, k], &x).unwrap();
+        let want: Vec<f32> = reference(&round_to(DType::BF16, &w), k, &x, None)
+            .iter()
+            .map(|&v| (cap as f64 * (v as f64 / cap as f64).tanh()) as f32)
+            .collect();
+        assert!(want.iter().any(|v| v.abs() > 25.0), "the cap must bind");
+        for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
+            let yt = Tensor::zeros(ctx, "y", &[t, m], DType::F32).unwrap();
+            let mut g = Graph::new();
+            let epilogue = Epilogue {
+                cap,
+                ..Epilogue::new(None, 0.0)
+            };
+            record(
+                ctx,
+                &mut g,
+                kernel,
+                &wt,
+                View::of(&xt),
+                View::of(&yt),
+                &epilogue,
+                None,
+            )
+            .unwrap();
+            ctx.run(&[&g]).unwrap();
+            let what = format!("{kernel:?} soft cap");
+            assert_close(&yt.to_f32().unwrap(), &want, 1e-5, 1e-5, &what);
         }
     }
 

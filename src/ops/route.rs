@@ -19,10 +19,10 @@ use std::ops::Range;
 use bytemuck::{Pod, Zeroable};
 
 use super::u32_param;
+use crate::arch::moxe::config::MAX_EXPERTS;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Workgroups};
-use crate::model::config::MAX_EXPERTS;
 use crate::tensor::{DType, Tensor};
 
 /// Tokens per block of the count and scatter kernels.

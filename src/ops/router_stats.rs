@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn matches_reference_over_many_blocks() {
         let mut rng = Rng::new(9);
-        let modulation = crate::model::config::Modulation::Masked;
+        let modulation = crate::arch::moxe::config::Modulation::Masked;
         for (router, e, k, n, chunk) in [
             (Router::Standard, 4, 1, 1, 1),
             (

@@ -17,10 +17,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{distinct, segments, u32_param, View};
+use crate::arch::xlstm::config::SlstmLayout;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, RowGrid};
-use crate::model::config::SlstmLayout;
 use crate::tensor::{DType, HostData, Tensor};
 
 /// Largest workgroup the kernel uses.
@@ -106,7 +106,7 @@ fn fits_workgroup_memory(ctx: &Context, head_dim: usize) -> bool {
 
 /// The recurrent kernel and bias of one sLSTM cell on the GPU, in the layout of its kernel.
 pub struct CellWeights {
-    /// R, f32 or f16: columns (NH, DH, 4 * DH) or rows (NH * 4 * DH, DH) padded to 8.
+    /// R, f32, f16 or bf16: columns (NH, DH, 4 * DH) or rows (NH * 4 * DH, DH) padded to 8.
     r: Tensor,
     /// (4 * D) f32, gate-major.
     bias: Tensor,
@@ -119,7 +119,7 @@ impl CellWeights {
     /// Uploads `_recurrent_kernel_` `r` and `_bias_` `bias` stored in `layout`: vanilla
     /// `r` (NH, 4*DH, DH) and gate-major bias, or cuda `r` (NH, DH, 4*DH) and head-major bias
     /// (both (4 * NH * DH)), for the kernel [`CellKernel::choose`] picks. R is stored as
-    /// `dtype` (f32 or f16); the bias stays f32.
+    /// `dtype` (f32, f16 or bf16); the bias stays f32.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &Context,
@@ -246,10 +246,10 @@ impl CellWeights {
     }
 }
 
-/// Fails unless `dtype` is f32, or f16 on an adapter that can read f16 weights.
+/// Fails unless `dtype` is f32, bf16, or f16 on an adapter that can read f16 weights.
 pub(crate) fn check_weight_dtype(ctx: &Context, label: &str, dtype: DType) -> Result<()> {
     match dtype {
-        DType::F32 => Ok(()),
+        DType::F32 | DType::BF16 => Ok(()),
         DType::F16 if ctx.supports_f16_weights() => Ok(()),
         DType::F16 => Err(Error::Limit {
             what: format!("f16 weights of '{label}'"),
@@ -257,7 +257,7 @@ pub(crate) fn check_weight_dtype(ctx: &Context, label: &str, dtype: DType) -> Re
         }),
         other => Err(Error::mismatch(
             format!("weight dtype of '{label}'"),
-            "f32 or f16",
+            "f32, f16 or bf16",
             other,
         )),
     }
@@ -365,7 +365,7 @@ pub fn slstm_cell(
         ("DH", dh as f64),
         ("WG", workgroup as f64),
         ("UNITS", units as f64),
-        ("F16", f64::from(w.r.dtype() == DType::F16)),
+        ("WDT", w.r.dtype().weight_code()),
         ("ROWS", f64::from(rows)),
         ("RSTRIDE", stride as f64),
         ("SHARED", f64::from(shared)),
@@ -545,7 +545,7 @@ pub fn reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Weights;
+    use crate::checkpoint::Weights;
     use crate::testing::{assert_close, gpu, round_f16, Rng};
     use std::path::Path;
 

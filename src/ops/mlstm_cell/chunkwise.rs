@@ -42,18 +42,23 @@ pub fn record(
     if seqs == 0 || tokens == 0 {
         return Ok(());
     }
-    let dh = state.head_dim();
-    let blocks = dh.div_ceil(BLOCK);
-    let tiles = dh.div_ceil(32);
-    // Loop iterations per chunk and per dispatch (see the shaders).
+    // Workgroups per head: blocks of C's DV columns.
+    let blocks = state.v_dim().div_ceil(BLOCK);
+    // Loop iterations per chunk and per dispatch (see the shaders), DH = max(DK, DV).
+    let dh = state.qk_dim().max(state.v_dim());
+    let (tiles, dh_blocks) = (dh.div_ceil(32), dh.div_ceil(BLOCK));
     let (shader, per_chunk, fixed) = if wide {
         (
             "mlstm_chunk_wide",
-            1008 + 380 * tiles + 34 * blocks,
-            11 + blocks,
+            1008 + 380 * tiles + 34 * dh_blocks,
+            11 + dh_blocks,
         )
     } else {
-        ("mlstm_chunk", 544 + 405 * tiles + 34 * blocks, 12 + blocks)
+        (
+            "mlstm_chunk",
+            544 + 405 * tiles + 34 * dh_blocks,
+            12 + dh_blocks,
+        )
     };
     let chunk = ctx.pipeline(shader, "chunk", &[])?;
     for range in segments(tokens, CHUNK, per_chunk, fixed) {

@@ -4,13 +4,19 @@
 //! - [`chunkwise`]: the chunkwise-parallel form in chunks of [`chunkwise::CHUNK`] tokens
 //!   (prefill).
 //!
-//! Shapes (NH heads of dim DH, Di = NH * DH, rows = B * N with row `b * N + t`):
-//! - inputs: `qkv` a (rows, 3 Di) view `[q | k | v]`, head h at columns `h * DH ..` of each
-//!   part; `gates` a (rows, 2 NH) view `[i | f]` of gate pre-activations;
-//! - output: `h` a (rows, Di) view, h~ of each head (before the out-norm);
-//! - state ([`CellState`]): C (slots, NH, DH, DH), n (slots, NH, DH), m (slots, NH), all f32,
+//! Shapes (NH heads; q and k of head dim DK, v and h of head dim DV — equal in the NeurIPS
+//! blocks, DK = DV / 2 in xLSTM-7B; rows = B * N with row `b * N + t`):
+//! - inputs: `qkv` a (rows, NH (2 DK + DV)) view `[q | k | v]`, head h at columns `h * DK ..`
+//!   of q and k and `h * DV ..` of v; `gates` a (rows, 2 NH) view `[i | f]` of gate
+//!   pre-activations, soft-capped in the kernel when [`CellInputs::gate_cap`] is set;
+//! - output: `h` a (rows, NH DV) view, h~ of each head (before the out-norm);
+//! - state ([`CellState`]): C (slots, NH, DK, DV), n (slots, NH, DK), m (slots, NH), all f32,
 //!   stabilised by m (the true C is `C * exp(m)`), indexed by a u32 slot tensor (B). The zero
-//!   state (C = 0, n = 0, m = 0) is the fresh state, as in the package's `step()`.
+//!   state (C = 0, n = 0, m = 0) is the fresh state, as in the package's `step()` and
+//!   mlstm_kernels' inference wrappers.
+//!
+//! The kernels scale k by 1 / sqrt(DK) (the NeurIPS cell); xLSTM-Large's kernels scale q
+//! instead, which gives the same h from a state whose C and n are sqrt(DK) times larger.
 //!
 //! Sequences of one batch must name distinct slots.
 
@@ -27,10 +33,11 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::tensor::{DType, HostData, Tensor};
 
-/// Largest head dim the cell kernels support.
+/// Largest head dim (DK and DV) the cell kernels support.
 pub const MAX_HEAD_DIM: usize = 512;
 
-/// The `eps` of the package's denominator `max(|q.n|, exp(-m)) + eps`.
+/// The `eps` of the package's denominator `max(|q.n|, exp(-m)) + eps` (the NeurIPS cell's;
+/// xLSTM-Large configs give their own).
 pub const EPS: f32 = 1e-6;
 
 /// Which kernel computes the cell.
@@ -92,39 +99,43 @@ impl CellKernel {
 
 /// Recurrent state of the mLSTM cells of one block, one slot per sequence.
 pub struct CellState {
-    /// C (slots, NH, DH, DH), rows padded to a multiple of 8 elements
+    /// C (slots, NH, DK, DV), rows padded to a multiple of 8 elements
     /// ([`Tensor::zeros_aligned`]).
     pub c: Tensor,
-    /// n (slots, NH, DH).
+    /// n (slots, NH, DK).
     pub n: Tensor,
     /// m (slots, NH).
     pub m: Tensor,
-    /// Final (n, m) of a chunkwise prefill before they are committed: (slots, NH, DH + 1).
+    /// Final (n, m) of a chunkwise prefill before they are committed: (slots, NH, DK + 1).
     pending: Tensor,
 }
 
 impl CellState {
-    /// Zero (fresh) state for `slots` sequences of `heads` heads of dim `head_dim`.
-    pub fn new(ctx: &Context, slots: usize, heads: usize, head_dim: usize) -> Result<Self> {
-        if slots == 0 || heads == 0 || !(1..=MAX_HEAD_DIM).contains(&head_dim) {
+    /// Zero (fresh) state for `slots` sequences of `heads` heads with q and k of dim
+    /// `qk_dim` (DK) and v of dim `v_dim` (DV).
+    pub fn new(
+        ctx: &Context,
+        slots: usize,
+        heads: usize,
+        qk_dim: usize,
+        v_dim: usize,
+    ) -> Result<Self> {
+        let dims = 1..=MAX_HEAD_DIM;
+        if slots == 0 || heads == 0 || !dims.contains(&qk_dim) || !dims.contains(&v_dim) {
             return Err(Error::InvalidArgument(format!(
-                "mLSTM state of {slots} slots, {heads} heads of dim {head_dim}: need at least one \
-                 slot and head and a head dim of 1..={MAX_HEAD_DIM}"
+                "mLSTM state of {slots} slots, {heads} heads with q/k of dim {qk_dim} and v of \
+                 dim {v_dim}: need at least one slot and head and head dims of \
+                 1..={MAX_HEAD_DIM}"
             )));
         }
         let state = CellState {
-            c: Tensor::zeros_aligned(
-                ctx,
-                "mlstm C",
-                &[slots, heads, head_dim, head_dim],
-                DType::F32,
-            )?,
-            n: Tensor::zeros(ctx, "mlstm n", &[slots, heads, head_dim], DType::F32)?,
+            c: Tensor::zeros_aligned(ctx, "mlstm C", &[slots, heads, qk_dim, v_dim], DType::F32)?,
+            n: Tensor::zeros(ctx, "mlstm n", &[slots, heads, qk_dim], DType::F32)?,
             m: Tensor::zeros(ctx, "mlstm m", &[slots, heads], DType::F32)?,
             pending: Tensor::zeros(
                 ctx,
                 "mlstm pending n, m",
-                &[slots, heads, head_dim + 1],
+                &[slots, heads, qk_dim + 1],
                 DType::F32,
             )?,
         };
@@ -145,9 +156,14 @@ impl CellState {
         self.c.shape()[1]
     }
 
-    /// DH.
-    pub fn head_dim(&self) -> usize {
+    /// DK: the head dim of q and k (the rows of C).
+    pub fn qk_dim(&self) -> usize {
         self.c.shape()[2]
+    }
+
+    /// DV: the head dim of v and h (the columns of C).
+    pub fn v_dim(&self) -> usize {
+        self.c.shape()[3]
     }
 
     /// Resets slot `slot` to the fresh (zero) state (queued before the next submission).
@@ -179,10 +195,26 @@ impl CellState {
 /// The inputs of a cell over `seqs` sequences of `tokens` tokens. See the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct CellInputs<'a> {
-    /// `[q | k | v]` (rows, 3 Di).
+    /// `[q | k | v]` (rows, NH (2 DK + DV)).
     pub qkv: View<'a>,
     /// `[i | f]` gate pre-activations (rows, 2 NH).
     pub gates: View<'a>,
+    /// c of the soft cap `c tanh(x / c)` the kernel applies to i and f; 0 for none.
+    pub gate_cap: f32,
+    /// The denominator's eps.
+    pub eps: f32,
+}
+
+impl<'a> CellInputs<'a> {
+    /// The NeurIPS cell's inputs: no gate cap, eps [`EPS`].
+    pub fn new(qkv: View<'a>, gates: View<'a>) -> Self {
+        CellInputs {
+            qkv,
+            gates,
+            gate_cap: 0.0,
+            eps: EPS,
+        }
+    }
 }
 
 /// Kernel parameters of every cell kernel (`Params` of `shaders/common/mlstm_cell.wgsl`).
@@ -190,7 +222,7 @@ pub struct CellInputs<'a> {
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct Params {
     heads: u32,
-    head_dim: u32,
+    v_dim: u32,
     tokens: u32,
     seqs: u32,
     slots: u32,
@@ -205,6 +237,9 @@ pub(crate) struct Params {
     h_offset: u32,
     h_stride: u32,
     c_stride: u32,
+    qk_dim: u32,
+    gate_cap: f32,
+    _pad: [u32; 2],
 }
 
 impl Params {
@@ -229,16 +264,15 @@ pub(crate) fn params(
     seqs: usize,
     tokens: usize,
 ) -> Result<Params> {
-    let (nh, dh) = (state.heads(), state.head_dim());
-    let di = nh * dh;
+    let (nh, dk, dv) = (state.heads(), state.qk_dim(), state.v_dim());
     let rows = seqs * tokens;
     inputs.qkv.check("mLSTM cell qkv")?;
     inputs.gates.check("mLSTM cell gates")?;
     h.check("mLSTM cell output")?;
     for (what, view, cols) in [
-        ("mLSTM cell qkv", &inputs.qkv, 3 * di),
+        ("mLSTM cell qkv", &inputs.qkv, nh * (2 * dk + dv)),
         ("mLSTM cell gates", &inputs.gates, 2 * nh),
-        ("mLSTM cell output", h, di),
+        ("mLSTM cell output", h, nh * dv),
     ] {
         if (view.rows, view.cols) != (rows, cols) {
             return Err(Error::mismatch(
@@ -268,14 +302,21 @@ pub(crate) fn params(
     for input in [inputs.qkv.tensor, inputs.gates.tensor] {
         super::distinct("mLSTM cell", input, h.tensor)?;
     }
+    for (what, v) in [("gate cap", inputs.gate_cap), ("eps", inputs.eps)] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "mLSTM cell {what} must be finite and >= 0, got {v}"
+            )));
+        }
+    }
     Ok(Params {
         heads: u32_param("mLSTM heads", nh)?,
-        head_dim: u32_param("mLSTM head dim", dh)?,
+        v_dim: u32_param("mLSTM v head dim", dv)?,
         tokens: u32_param("mLSTM tokens", tokens)?,
         seqs: u32_param("mLSTM sequences", seqs)?,
         slots: u32_param("mLSTM slots", state.slots())?,
-        scale: 1.0 / (dh as f32).sqrt(),
-        eps: EPS,
+        scale: 1.0 / (dk as f32).sqrt(),
+        eps: inputs.eps,
         token_base: 0,
         seg_tokens: u32_param("mLSTM tokens", tokens)?,
         qkv_offset: u32_param("qkv offset", inputs.qkv.offset)?,
@@ -285,6 +326,9 @@ pub(crate) fn params(
         h_offset: u32_param("output offset", h.offset)?,
         h_stride: u32_param("output stride", h.stride)?,
         c_stride: u32_param("state C stride", state.c.stride())?,
+        qk_dim: u32_param("mLSTM q/k head dim", dk)?,
+        gate_cap: inputs.gate_cap,
+        _pad: [0; 2],
     })
 }
 
@@ -313,21 +357,30 @@ pub fn record(
 /// One sequence and head of the cell state, for the CPU reference (f64).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadState {
-    /// C (DH, DH), row-major.
+    /// C (DK, DV), row-major.
     pub c: Vec<f64>,
-    /// n (DH).
+    /// n (DK).
     pub n: Vec<f64>,
     pub m: f64,
 }
 
 impl HeadState {
-    /// The fresh state.
-    pub fn zeros(head_dim: usize) -> Self {
+    /// The fresh state of a head with q, k of dim `qk_dim` and v of dim `v_dim`.
+    pub fn zeros(qk_dim: usize, v_dim: usize) -> Self {
         HeadState {
-            c: vec![0.0; head_dim * head_dim],
-            n: vec![0.0; head_dim],
+            c: vec![0.0; qk_dim * v_dim],
+            n: vec![0.0; qk_dim],
             m: 0.0,
         }
+    }
+}
+
+/// `c tanh(x / c)`, or `x` when `c` is 0.
+pub fn soft_cap(x: f64, c: f64) -> f64 {
+    if c > 0.0 {
+        c * (x / c).tanh()
+    } else {
+        x
     }
 }
 
@@ -340,8 +393,10 @@ pub fn log_sigmoid(x: f64) -> f64 {
     }
 }
 
-/// CPU reference of one recurrent step (MODEL.md section 5) in f64: updates `s` with the
-/// token's `q`, `k`, `v` (DH) and gate pre-activations, and returns h~ (DH).
+/// CPU reference of one recurrent step (MODEL.md section 5, XLSTM_LARGE.md) in f64: updates
+/// `s` with the token's `q`, `k` (DK), `v` (DV) and gate pre-activations (soft-capped by
+/// `gate_cap` unless it is 0), and returns h~ (DV). `eps` is the denominator's.
+#[allow(clippy::too_many_arguments)]
 pub fn reference_step(
     s: &mut HeadState,
     q: &[f32],
@@ -349,62 +404,90 @@ pub fn reference_step(
     v: &[f32],
     i_pre: f32,
     f_pre: f32,
+    gate_cap: f32,
+    eps: f32,
 ) -> Vec<f32> {
-    let dh = q.len();
-    let scale = 1.0 / (dh as f64).sqrt();
-    let lf = log_sigmoid(f_pre as f64);
-    let m = (lf + s.m).max(i_pre as f64);
+    let (dk, dv) = (q.len(), v.len());
+    let scale = 1.0 / (dk as f64).sqrt();
+    let i_pre = soft_cap(i_pre as f64, gate_cap as f64);
+    let lf = log_sigmoid(soft_cap(f_pre as f64, gate_cap as f64));
+    let m = (lf + s.m).max(i_pre);
     let fa = (lf + s.m - m).exp();
-    let ia = (i_pre as f64 - m).exp();
+    let ia = (i_pre - m).exp();
     let mut qn = 0.0;
-    for a in 0..dh {
+    for a in 0..dk {
         let kk = k[a] as f64 * scale;
         s.n[a] = fa * s.n[a] + ia * kk;
         qn += q[a] as f64 * s.n[a];
-        for (c, &vb) in s.c[a * dh..(a + 1) * dh].iter_mut().zip(v) {
+        for (c, &vb) in s.c[a * dv..(a + 1) * dv].iter_mut().zip(v) {
             *c = fa * *c + ia * kk * vb as f64;
         }
     }
     s.m = m;
-    let den = qn.abs().max((-m).exp()) + EPS as f64;
-    (0..dh)
+    let den = qn.abs().max((-m).exp()) + eps as f64;
+    (0..dv)
         .map(|b| {
-            let num: f64 = (0..dh).map(|a| q[a] as f64 * s.c[a * dh + b]).sum();
+            let num: f64 = (0..dk).map(|a| q[a] as f64 * s.c[a * dv + b]).sum();
             (num / den) as f32
         })
         .collect()
 }
 
-/// CPU reference of the cell over one batch, in f64. `qkv` (B * N, 3 Di) and `gates`
-/// (B * N, 2 NH) as in the module docs; `states[b * NH + h]` is updated in place. Returns h~
-/// (B * N, Di).
+/// The shape of a cell for the CPU reference: NH heads, DK, DV, the gate cap (0 = none) and
+/// the denominator's eps.
+#[derive(Debug, Clone, Copy)]
+pub struct CellShape {
+    pub heads: usize,
+    pub qk_dim: usize,
+    pub v_dim: usize,
+    pub gate_cap: f32,
+    pub eps: f32,
+}
+
+impl CellShape {
+    /// The NeurIPS cell: DK = DV = `head_dim`, no cap, eps [`EPS`].
+    pub fn square(heads: usize, head_dim: usize) -> Self {
+        CellShape {
+            heads,
+            qk_dim: head_dim,
+            v_dim: head_dim,
+            gate_cap: 0.0,
+            eps: EPS,
+        }
+    }
+}
+
+/// CPU reference of the cell over one batch, in f64. `qkv` (B * N, NH (2 DK + DV)) and
+/// `gates` (B * N, 2 NH) as in the module docs; `states[b * NH + h]` is updated in place.
+/// Returns h~ (B * N, NH DV).
 pub fn reference(
     qkv: &[f32],
     gates: &[f32],
-    heads: usize,
-    head_dim: usize,
+    shape: CellShape,
     tokens: usize,
     states: &mut [HeadState],
 ) -> Vec<f32> {
-    let di = heads * head_dim;
-    let rows = qkv.len() / (3 * di);
+    let (heads, dk, dv) = (shape.heads, shape.qk_dim, shape.v_dim);
+    let width = heads * (2 * dk + dv);
+    let rows = qkv.len() / width;
     let seqs = rows / tokens.max(1);
-    let mut h = vec![0.0; rows * di];
+    let mut h = vec![0.0; rows * heads * dv];
     for b in 0..seqs {
         for t in 0..tokens {
             let row = b * tokens + t;
-            let x = &qkv[row * 3 * di..(row + 1) * 3 * di];
+            let x = &qkv[row * width..(row + 1) * width];
             for hd in 0..heads {
-                let part = |p: usize| &x[p * di + hd * head_dim..][..head_dim];
                 let out = reference_step(
                     &mut states[b * heads + hd],
-                    part(0),
-                    part(1),
-                    part(2),
+                    &x[hd * dk..][..dk],
+                    &x[heads * dk + hd * dk..][..dk],
+                    &x[2 * heads * dk + hd * dv..][..dv],
                     gates[row * 2 * heads + hd],
                     gates[row * 2 * heads + heads + hd],
+                    shape.gate_cap,
+                    shape.eps,
                 );
-                h[row * di + hd * head_dim..][..head_dim].copy_from_slice(&out);
+                h[row * heads * dv + hd * dv..][..dv].copy_from_slice(&out);
             }
         }
     }

@@ -30,11 +30,11 @@ pub fn record(
     if seqs == 0 || tokens == 0 {
         return Ok(());
     }
-    // Loop iterations per token (see the shaders).
-    let dh = state.head_dim();
+    // Loop iterations per token (see the shaders), with DH = max(DK, DV).
+    let dh = state.qk_dim().max(state.v_dim());
     let qkv = inputs.qkv;
-    // q, k and n as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
-    let vec4 = dh % 4 == 0 && qkv.offset % 4 == 0 && qkv.stride % 4 == 0;
+    // q and k as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
+    let vec4 = state.qk_dim() % 4 == 0 && qkv.offset % 4 == 0 && qkv.stride % 4 == 0;
     let (shader, per_token, constants) = match kernel {
         CellKernel::RecurrentWide => ("mlstm_step_wide", 21 + 2 * dh.div_ceil(64) + dh, vec![]),
         CellKernel::RecurrentSimd => (

@@ -1,30 +1,23 @@
 use std::path::Path;
 
 use super::*;
-use crate::model::Weights;
+use crate::checkpoint::Weights;
 use crate::testing::{assert_close, assert_close_rel_max, gpu, Rng};
 
-/// A batch for the cell: `qkv` (B * N, 3 Di), `gates` (B * N, 2 NH).
+/// A batch for the cell: `qkv` (B * N, NH (2 DK + DV)), `gates` (B * N, 2 NH).
 struct Case {
     seqs: usize,
-    heads: usize,
-    head_dim: usize,
+    shape: CellShape,
     tokens: usize,
     qkv: Vec<f32>,
     gates: Vec<f32>,
 }
 
 impl Case {
-    fn random(
-        rng: &mut Rng,
-        seqs: usize,
-        heads: usize,
-        head_dim: usize,
-        tokens: usize,
-        gate_std: f32,
-    ) -> Self {
+    fn random(rng: &mut Rng, seqs: usize, shape: CellShape, tokens: usize, gate_std: f32) -> Self {
         let rows = seqs * tokens;
-        let qkv = rng.normal_vec(rows * 3 * heads * head_dim, 1.0);
+        let heads = shape.heads;
+        let qkv = rng.normal_vec(rows * width(&shape), 1.0);
         let mut gates = rng.normal_vec(rows * 2 * heads, gate_std);
         // Forget gates mostly open, as after training.
         for r in 0..rows {
@@ -34,8 +27,7 @@ impl Case {
         }
         Case {
             seqs,
-            heads,
-            head_dim,
+            shape,
             tokens,
             qkv,
             gates,
@@ -44,7 +36,6 @@ impl Case {
 
     /// Tokens `t0..t1` of every sequence, as a case of its own.
     fn slice(&self, t0: usize, t1: usize) -> Case {
-        let (di, nh) = (self.heads * self.head_dim, self.heads);
         let rows = |w: usize, v: &[f32]| -> Vec<f32> {
             (0..self.seqs)
                 .flat_map(|b| v[(b * self.tokens + t0) * w..(b * self.tokens + t1) * w].to_vec())
@@ -52,28 +43,37 @@ impl Case {
         };
         Case {
             tokens: t1 - t0,
-            qkv: rows(3 * di, &self.qkv),
-            gates: rows(2 * nh, &self.gates),
+            qkv: rows(width(&self.shape), &self.qkv),
+            gates: rows(2 * self.shape.heads, &self.gates),
             ..*self
         }
     }
 
     fn reference(&self, states: &mut [HeadState]) -> Vec<f32> {
-        reference(
-            &self.qkv,
-            &self.gates,
-            self.heads,
-            self.head_dim,
-            self.tokens,
-            states,
-        )
+        reference(&self.qkv, &self.gates, self.shape, self.tokens, states)
+    }
+}
+
+/// Columns of qkv: NH (2 DK + DV).
+fn width(shape: &CellShape) -> usize {
+    shape.heads * (2 * shape.qk_dim + shape.v_dim)
+}
+
+/// xLSTM-Large's cell: DK != DV, gates soft-capped at 15, eps 1e-6.
+fn large(heads: usize, qk_dim: usize, v_dim: usize) -> CellShape {
+    CellShape {
+        heads,
+        qk_dim,
+        v_dim,
+        gate_cap: 15.0,
+        eps: 1e-6,
     }
 }
 
 /// Warm states: the reference run from zero over a few random tokens.
-fn warm_states(rng: &mut Rng, seqs: usize, heads: usize, head_dim: usize) -> Vec<HeadState> {
-    let mut states = vec![HeadState::zeros(head_dim); seqs * heads];
-    Case::random(rng, seqs, heads, head_dim, 3, 2.0).reference(&mut states);
+fn warm_states(rng: &mut Rng, seqs: usize, shape: CellShape) -> Vec<HeadState> {
+    let mut states = vec![HeadState::zeros(shape.qk_dim, shape.v_dim); seqs * shape.heads];
+    Case::random(rng, seqs, shape, 3, 2.0).reference(&mut states);
     states
 }
 
@@ -86,9 +86,9 @@ struct Gpu {
 }
 
 impl Gpu {
-    fn new(seqs: usize, heads: usize, head_dim: usize, init: &[HeadState]) -> Self {
+    fn new(seqs: usize, shape: CellShape, init: &[HeadState]) -> Self {
         let ctx = gpu();
-        let state = CellState::new(ctx, seqs + 1, heads, head_dim).unwrap();
+        let state = CellState::new(ctx, seqs + 1, shape.heads, shape.qk_dim, shape.v_dim).unwrap();
         let slots: Vec<u32> = (0..seqs as u32).map(|b| seqs as u32 - b).collect();
         let g = Gpu {
             slot_tensor: Tensor::from_u32(ctx, "slots", &[seqs], &slots).unwrap(),
@@ -100,21 +100,21 @@ impl Gpu {
     }
 
     fn load(&self, states: &[HeadState]) {
-        let (nh, dh) = (self.state.heads(), self.state.head_dim());
+        let (nh, dk, dv) = (self.state.heads(), self.state.qk_dim(), self.state.v_dim());
         let total = self.state.slots() * nh;
         let (mut c, mut n, mut m) = (
-            vec![0.0; total * dh * dh],
-            vec![0.0; total * dh],
+            vec![0.0; total * dk * dv],
+            vec![0.0; total * dk],
             vec![0.0; total],
         );
         for (b, &slot) in self.slots.iter().enumerate() {
             for hd in 0..nh {
                 let s = &states[b * nh + hd];
                 let at = slot as usize * nh + hd;
-                for (dst, src) in c[at * dh * dh..][..dh * dh].iter_mut().zip(&s.c) {
+                for (dst, src) in c[at * dk * dv..][..dk * dv].iter_mut().zip(&s.c) {
                     *dst = *src as f32;
                 }
-                for (dst, src) in n[at * dh..][..dh].iter_mut().zip(&s.n) {
+                for (dst, src) in n[at * dk..][..dk].iter_mut().zip(&s.n) {
                     *dst = *src as f32;
                 }
                 m[at] = s.m as f32;
@@ -125,7 +125,7 @@ impl Gpu {
 
     /// (C, n, m) of each sequence in batch order, flattened as (B, NH, ..).
     fn read(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (nh, dh) = (self.state.heads(), self.state.head_dim());
+        let (nh, dk, dv) = (self.state.heads(), self.state.qk_dim(), self.state.v_dim());
         let (c, n, m) = (
             self.state.c.to_f32().unwrap(),
             self.state.n.to_f32().unwrap(),
@@ -134,19 +134,19 @@ impl Gpu {
         let (mut oc, mut on, mut om) = (Vec::new(), Vec::new(), Vec::new());
         for &slot in &self.slots {
             let s = slot as usize * nh;
-            oc.extend_from_slice(&c[s * dh * dh..(s + nh) * dh * dh]);
-            on.extend_from_slice(&n[s * dh..(s + nh) * dh]);
+            oc.extend_from_slice(&c[s * dk * dv..(s + nh) * dk * dv]);
+            on.extend_from_slice(&n[s * dk..(s + nh) * dk]);
             om.extend_from_slice(&m[s..s + nh]);
         }
         (oc, on, om)
     }
 
-    /// Runs `kernel` over the case; returns h~ (B * N, Di).
+    /// Runs `kernel` over the case; returns h~ (B * N, NH DV).
     fn run(&self, kernel: CellKernel, case: &Case) -> Vec<f32> {
         let ctx = gpu();
-        let (nh, di) = (case.heads, case.heads * case.head_dim);
+        let (nh, w) = (case.shape.heads, width(&case.shape));
         let rows = case.seqs * case.tokens;
-        // qkv at columns 1.. of rows of 3 Di + 2; gates at columns 2.. of rows of 2 NH + 3.
+        // qkv at columns 1.. of rows of W + 2; gates at columns 2.. of rows of 2 NH + 3.
         let widen = |v: &[f32], w: usize, off: usize, extra: usize| -> Vec<f32> {
             v.chunks(w)
                 .flat_map(|r| {
@@ -156,13 +156,8 @@ impl Gpu {
                 })
                 .collect()
         };
-        let qkv_t = Tensor::from_f32(
-            ctx,
-            "qkv",
-            &[rows, 3 * di + 2],
-            &widen(&case.qkv, 3 * di, 1, 2),
-        )
-        .unwrap();
+        let qkv_t =
+            Tensor::from_f32(ctx, "qkv", &[rows, w + 2], &widen(&case.qkv, w, 1, 2)).unwrap();
         let gates_t = Tensor::from_f32(
             ctx,
             "gates",
@@ -170,10 +165,12 @@ impl Gpu {
             &widen(&case.gates, 2 * nh, 2, 3),
         )
         .unwrap();
-        let h_t = Tensor::zeros(ctx, "h", &[rows, di], DType::F32).unwrap();
+        let h_t = Tensor::zeros(ctx, "h", &[rows, nh * case.shape.v_dim], DType::F32).unwrap();
         let inputs = CellInputs {
-            qkv: View::of(&qkv_t).select_cols(1..1 + 3 * di),
+            qkv: View::of(&qkv_t).select_cols(1..1 + w),
             gates: View::of(&gates_t).select_cols(2..2 + 2 * nh),
+            gate_cap: case.shape.gate_cap,
+            eps: case.shape.eps,
         };
         let mut g = Graph::new();
         record(
@@ -204,13 +201,13 @@ fn flatten(states: &[HeadState]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 
 /// Checks h~ and the final state of `kernel` against the f64 reference.
 fn check(kernel: CellKernel, case: &Case, init: &[HeadState], tol: f32, what: &str) {
-    let gpu_side = Gpu::new(case.seqs, case.heads, case.head_dim, init);
+    let gpu_side = Gpu::new(case.seqs, case.shape, init);
     let got = gpu_side.run(kernel, case);
     let mut states = init.to_vec();
     let want = case.reference(&mut states);
     let what = format!(
-        "{what} {kernel:?} B={} NH={} DH={} N={}",
-        case.seqs, case.heads, case.head_dim, case.tokens
+        "{what} {kernel:?} B={} {:?} N={}",
+        case.seqs, case.shape, case.tokens
     );
     assert_close_rel_max(&got, &want, tol, &format!("{what}: h"));
     let (c, n, m) = gpu_side.read();
@@ -223,17 +220,23 @@ fn check(kernel: CellKernel, case: &Case, init: &[HeadState], tol: f32, what: &s
 #[test]
 fn all_kernels_match_the_reference_on_random_shapes() {
     let mut rng = Rng::new(5);
-    // (B, NH, DH, N): head dims that are not multiples of 4, several 64-column blocks, a
-    // partial last chunk, one token.
-    for &(seqs, heads, head_dim, tokens) in &[
-        (1, 1, 7, 5),
-        (3, 2, 12, 33),
-        (1, 8, 3, 70),
-        (3, 4, 65, 40),
-        (2, 3, 130, 1),
+    // (B, shape, N): head dims that are not multiples of 4, several 64-column blocks, a
+    // partial last chunk, one token; q/k narrower or wider than v, with soft-capped gates.
+    for &(seqs, shape, tokens) in &[
+        (1, CellShape::square(1, 7), 5),
+        (3, CellShape::square(2, 12), 33),
+        (1, CellShape::square(8, 3), 70),
+        (3, CellShape::square(4, 65), 40),
+        (2, CellShape::square(3, 130), 1),
+        (2, large(2, 8, 24), 45),
+        (1, large(3, 10, 20), 70),
+        (2, large(1, 64, 136), 33),
+        (1, large(2, 20, 6), 9),
+        (3, large(2, 16, 32), 1),
     ] {
-        let case = Case::random(&mut rng, seqs, heads, head_dim, tokens, 2.0);
-        let init = warm_states(&mut rng, seqs, heads, head_dim);
+        let gate_std = if shape.gate_cap > 0.0 { 12.0 } else { 2.0 };
+        let case = Case::random(&mut rng, seqs, shape, tokens, gate_std);
+        let init = warm_states(&mut rng, seqs, shape);
         for kernel in CellKernel::ALL {
             check(kernel, &case, &init, 1e-4, "random");
         }
@@ -246,8 +249,9 @@ fn all_kernels_match_at_paper_scale() {
     // The chunkwise kernels see 400 tokens, the recurrent ones the first 64: several
     // dispatches each (see LOOP_BUDGET).
     let mut rng = Rng::new(6);
-    let case = Case::random(&mut rng, 1, 1, 512, 400, 2.0);
-    let init = warm_states(&mut rng, 1, 1, 512);
+    let shape = CellShape::square(1, 512);
+    let case = Case::random(&mut rng, 1, shape, 400, 2.0);
+    let init = warm_states(&mut rng, 1, shape);
     let mut states = init.clone();
     let short = case.slice(0, 64);
     let mut want_short = short.reference(&mut states);
@@ -260,7 +264,7 @@ fn all_kernels_match_at_paper_scale() {
         } else {
             (&short, &want_long[..64 * 512], &short_state)
         };
-        let gpu_side = Gpu::new(1, 1, 512, &init);
+        let gpu_side = Gpu::new(1, shape, &init);
         let got = gpu_side.run(kernel, case);
         let what = format!("paper scale {kernel:?}");
         assert_close_rel_max(&got, want, 1e-4, &format!("{what}: h"));
@@ -274,19 +278,25 @@ fn all_kernels_match_at_paper_scale() {
 #[test]
 fn prefill_then_decode_equals_the_recurrence() {
     let mut rng = Rng::new(7);
-    let (seqs, heads, head_dim) = (3, 2, 20);
-    let case = Case::random(&mut rng, seqs, heads, head_dim, 45, 3.0);
-    let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
+    for shape in [CellShape::square(2, 20), large(2, 12, 28)] {
+        prefill_then_decode(&mut rng, shape);
+    }
+}
+
+fn prefill_then_decode(rng: &mut Rng, shape: CellShape) {
+    let seqs = 3;
+    let case = Case::random(rng, seqs, shape, 45, 3.0);
+    let zeros = vec![HeadState::zeros(shape.qk_dim, shape.v_dim); seqs * shape.heads];
     let mut states = zeros.clone();
     let want = case.reference(&mut states);
     let (wc, _, wm) = flatten(&states);
-    let di = heads * head_dim;
+    let di = shape.heads * shape.v_dim;
     for (prefill, decode) in [
         (CellKernel::Chunkwise, CellKernel::Recurrent),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentWide),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentSimd),
     ] {
-        let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
+        let gpu_side = Gpu::new(seqs, shape, &zeros);
         let mut got = vec![Vec::new(); seqs];
         let mut collect = |h: Vec<f32>, n: usize| {
             for (b, g) in got.iter_mut().enumerate() {
@@ -297,7 +307,7 @@ fn prefill_then_decode_equals_the_recurrence() {
         for t in 37..45 {
             collect(gpu_side.run(decode, &case.slice(t, t + 1)), 1);
         }
-        let what = format!("{prefill:?} + {decode:?}");
+        let what = format!("{prefill:?} + {decode:?} {shape:?}");
         assert_close_rel_max(&got.concat(), &want, 1e-4, &format!("{what}: h"));
         let (c, _, m) = gpu_side.read();
         assert_close_rel_max(&c, &wc, 1e-4, &format!("{what}: C"));
@@ -309,9 +319,10 @@ fn prefill_then_decode_equals_the_recurrence() {
 /// output: how much f32 rounding of the sums q^T C and q . n can move h~ relative to the
 /// head's largest |h~| (large where those sums cancel, e.g. q nearly orthogonal to n).
 fn reference_with_conditioning(case: &Case) -> (Vec<f32>, Vec<f32>) {
-    let (nh, dh) = (case.heads, case.head_dim);
+    let (nh, dh) = (case.shape.heads, case.shape.qk_dim);
+    assert_eq!(dh, case.shape.v_dim, "a square cell");
     let di = nh * dh;
-    let mut states = vec![HeadState::zeros(dh); nh];
+    let mut states = vec![HeadState::zeros(dh, dh); nh];
     let (mut h, mut cond) = (Vec::new(), Vec::new());
     for t in 0..case.tokens {
         let x = &case.qkv[t * 3 * di..(t + 1) * 3 * di];
@@ -319,8 +330,8 @@ fn reference_with_conditioning(case: &Case) -> (Vec<f32>, Vec<f32>) {
             let part = |p: usize| &x[p * di + hd * dh..][..dh];
             let s = &mut states[hd];
             let g = &case.gates[t * 2 * nh..];
-            let out = reference_step(s, part(0), part(1), part(2), g[hd], g[nh + hd]);
-            let q = part(0);
+            let (q, k, v) = (part(0), part(1), part(2));
+            let out = reference_step(s, q, k, v, g[hd], g[nh + hd], 0.0, EPS);
             let qn: f64 = (0..dh).map(|a| q[a] as f64 * s.n[a]).sum();
             let qn_abs: f64 = (0..dh).map(|a| (q[a] as f64 * s.n[a]).abs()).sum();
             let den = qn.abs().max((-s.m).exp()) + EPS as f64;
@@ -344,7 +355,8 @@ fn long_sequences_with_extreme_gates_stay_finite() {
     // closed forget gates and of saturated input gates.
     let mut rng = Rng::new(8);
     let (heads, head_dim, tokens) = (2, 9, 4096);
-    let mut case = Case::random(&mut rng, 1, heads, head_dim, tokens, 1.0);
+    let shape = CellShape::square(heads, head_dim);
+    let mut case = Case::random(&mut rng, 1, shape, tokens, 1.0);
     for (r, row) in case.gates.chunks_mut(2 * heads).enumerate() {
         let phase = (r / 512) % 4;
         for (g, v) in row.iter_mut().enumerate() {
@@ -360,11 +372,11 @@ fn long_sequences_with_extreme_gates_stay_finite() {
         }
     }
     let (want, cond) = reference_with_conditioning(&case);
-    let zeros = vec![HeadState::zeros(head_dim); heads];
+    let zeros = vec![HeadState::zeros(head_dim, head_dim); heads];
     let mut states = zeros.clone();
     case.reference(&mut states);
     for kernel in CellKernel::ALL {
-        let gpu_side = Gpu::new(1, heads, head_dim, &zeros);
+        let gpu_side = Gpu::new(1, shape, &zeros);
         let got = gpu_side.run(kernel, &case);
         assert!(
             got.iter().all(|v| v.is_finite()),
@@ -428,10 +440,10 @@ fn all_kernels_match_the_package_fixtures() {
         let i = heads_to_rows(&f.f32_any("in.igate_preact").unwrap().0, &gate_shape);
         let fg = heads_to_rows(&f.f32_any("in.fgate_preact").unwrap().0, &gate_shape);
         let rows = seqs * tokens;
+        let cell = CellShape::square(heads, head_dim);
         let case = Case {
             seqs,
-            heads,
-            head_dim,
+            shape: cell,
             tokens,
             qkv: (0..rows)
                 .flat_map(|r| {
@@ -452,9 +464,9 @@ fn all_kernels_match_the_package_fixtures() {
                 .collect(),
         };
         let want = heads_to_rows(&f.f32_any("out.h_recurrent").unwrap().0, &shape);
-        let zeros = vec![HeadState::zeros(head_dim); seqs * heads];
+        let zeros = vec![HeadState::zeros(head_dim, head_dim); seqs * heads];
         for kernel in CellKernel::ALL {
-            let gpu_side = Gpu::new(seqs, heads, head_dim, &zeros);
+            let gpu_side = Gpu::new(seqs, cell, &zeros);
             let got = gpu_side.run(kernel, &case);
             let what = format!("{name} {kernel:?}");
             assert_close_rel_max(&got, &want, 1e-4, &format!("{what}: h"));
@@ -471,8 +483,9 @@ fn all_kernels_match_the_package_fixtures() {
 fn reset_clears_one_slot() {
     let ctx = gpu();
     let mut rng = Rng::new(9);
-    let init = warm_states(&mut rng, 2, 2, 5);
-    let gpu_side = Gpu::new(2, 2, 5, &init);
+    let shape = CellShape::square(2, 5);
+    let init = warm_states(&mut rng, 2, shape);
+    let gpu_side = Gpu::new(2, shape, &init);
     // Sequence 0 lives in slot 2, sequence 1 in slot 1.
     gpu_side.state.reset(ctx, 2).unwrap();
     let (c, n, m) = gpu_side.read();
@@ -493,17 +506,16 @@ fn reset_clears_one_slot() {
 #[test]
 fn bad_shapes_are_typed_errors() {
     let ctx = gpu();
-    let err = CellState::new(ctx, 1, 1, 513).err().unwrap().to_string();
+    let err = CellState::new(ctx, 1, 1, 513, 8).err().unwrap().to_string();
     assert!(err.contains("1..=512"), "{err}");
-    let state = CellState::new(ctx, 2, 2, 4).unwrap();
+    let err = CellState::new(ctx, 1, 1, 8, 0).err().unwrap().to_string();
+    assert!(err.contains("1..=512"), "{err}");
+    let state = CellState::new(ctx, 2, 2, 4, 4).unwrap();
     let qkv = Tensor::zeros(ctx, "qkv", &[3, 24], DType::F32).unwrap();
     let gates = Tensor::zeros(ctx, "gates", &[3, 4], DType::F32).unwrap();
     let h = Tensor::zeros(ctx, "h", &[3, 8], DType::F32).unwrap();
     let slots = Tensor::from_u32(ctx, "slots", &[3], &[0, 1, 0]).unwrap();
-    let inputs = CellInputs {
-        qkv: View::of(&qkv),
-        gates: View::of(&gates),
-    };
+    let inputs = CellInputs::new(View::of(&qkv), View::of(&gates));
     let mut g = Graph::new();
     let err = record(
         ctx,

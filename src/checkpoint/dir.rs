@@ -1,0 +1,195 @@
+//! A model directory, read and validated without touching the GPU: `config.json`, the
+//! weights (`model.safetensors`; or the shards of a Hugging Face snapshot named by
+//! `model.safetensors.index.json`; or the xlstm_large package's `model_0.safetensors`,
+//! `model_1.safetensors`, ..), and optionally `tokenizer.json`, `tokenizer_config.json`
+//! and `generation_config.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::generation::GenerationDefaults;
+use super::manifest::{Dim, Manifest};
+use super::weights::Weights;
+use crate::arch::ModelConfig;
+use crate::error::{Error, Result};
+
+/// A validated model directory (its weights memory-mapped).
+pub struct ModelDir {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub manifest: Manifest,
+    /// Latent ranks by shared-projection key (empty for dense experts).
+    pub ranks: BTreeMap<String, usize>,
+    /// `tokenizer.json`, when the directory has one.
+    pub tokenizer: Option<PathBuf>,
+    /// Special tokens and sampling defaults of the tokenizer and generation config files.
+    pub generation: GenerationDefaults,
+}
+
+impl ModelDir {
+    /// Reads `config.json` and the weights of `path` and checks every tensor against the
+    /// configuration.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::file(path, "model directory does not exist"));
+        }
+        if !path.is_dir() {
+            return Err(Error::file(
+                path,
+                "not a directory: a model is a directory with config.json, model.safetensors \
+                 (or a sharded checkpoint with model.safetensors.index.json) and tokenizer.json",
+            ));
+        }
+        let mut config = ModelConfig::from_file(&path.join("config.json"))?;
+        let weights = open_weights(path)?;
+        config.adapt_to(&weights);
+        let manifest = config.manifest();
+        let ranks = manifest.check(&weights)?;
+        let tokenizer = Some(path.join("tokenizer.json")).filter(|p| p.exists());
+        let generation = GenerationDefaults::read(path)?;
+        generation.check_ids(path, config.vocab_size)?;
+        Ok(ModelDir {
+            path: path.to_path_buf(),
+            config,
+            weights,
+            manifest,
+            ranks,
+            tokenizer,
+            generation,
+        })
+    }
+
+    /// Parameter counts.
+    pub fn parameters(&self) -> ParameterCounts {
+        ParameterCounts::of(&self.manifest, &self.ranks)
+    }
+}
+
+/// The weights of model directory `dir`, in whichever layout it has.
+pub fn open_weights(dir: &Path) -> Result<Weights> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        return Weights::open_index(&index);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Weights::open(&single);
+    }
+    let numbered: Vec<PathBuf> = (0..)
+        .map(|n| dir.join(format!("model_{n}.safetensors")))
+        .take_while(|p| p.exists())
+        .collect();
+    if !numbered.is_empty() {
+        return Weights::open_files(&numbered);
+    }
+    Err(Error::file(
+        dir,
+        "no weights: expected model.safetensors, a sharded checkpoint \
+         (model.safetensors.index.json and the model-*.safetensors shards it names), or \
+         model_0.safetensors, model_1.safetensors, ..",
+    ))
+}
+
+/// Parameter counts of a model.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterCounts {
+    pub total: usize,
+    /// In expert tensors (including shared latent projections).
+    pub experts: usize,
+    /// In tensors of rank >= 2 (stored as f16 in an f16 model; vectors stay f32).
+    pub in_matrices: usize,
+}
+
+impl ParameterCounts {
+    /// Counts of the tensors of `manifest` with latent `ranks` resolved.
+    pub fn of(manifest: &Manifest, ranks: &BTreeMap<String, usize>) -> Self {
+        let mut counts = ParameterCounts::default();
+        for t in &manifest.tensors {
+            let n: usize = t
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Rank(k) => ranks.get(k).copied().unwrap_or(0),
+                })
+                .product();
+            counts.total += n;
+            if t.name.contains(".experts.") {
+                counts.experts += n;
+            }
+            if t.shape.len() >= 2 {
+                counts.in_matrices += n;
+            }
+        }
+        counts
+    }
+
+    /// Parameters a token uses: everything outside the experts plus `k / E` of the experts
+    /// (the mean over experts; every token runs k of E).
+    pub fn active(&self, k: usize, e: usize) -> usize {
+        self.total - self.experts + self.experts * k / e.max(1)
+    }
+
+    /// Weight bytes when matrices are stored in `matrix_bytes` bytes per element.
+    pub fn bytes(&self, matrix_bytes: usize) -> usize {
+        self.in_matrices * matrix_bytes + (self.total - self.in_matrices) * 4
+    }
+}
+
+/// The bundled default model: `models/default` of the working directory, else of the
+/// source tree the binary was built from.
+pub fn default_model_dir() -> PathBuf {
+    let local = PathBuf::from("models/default");
+    if local.join("config.json").exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_directories_are_reported() {
+        let err = ModelDir::open(Path::new("/no/such/model"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("/no/such/model") && err.contains("does not exist"),
+            "{err}"
+        );
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let err = ModelDir::open(&file).err().unwrap().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let empty = std::env::temp_dir().join(format!("moxe-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = ModelDir::open(&empty).err().unwrap().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("file not found"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&empty).unwrap();
+    }
+
+    #[test]
+    fn counts_parameters_of_a_fixture() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/moxe_mlp_e8_k1_proportional_tied");
+        let m = ModelDir::open(&dir).unwrap();
+        let c = m.parameters();
+        // 8 SwiGLU experts of 3 * 2 * 26 * 26 per layer, 2 layers.
+        assert_eq!(c.experts, 2 * 8 * 3 * 2 * 26 * 26);
+        assert_eq!(
+            c.total,
+            m.weights
+                .names()
+                .iter()
+                .map(|n| m.weights.shape(n).unwrap().iter().product::<usize>())
+                .sum::<usize>()
+        );
+        assert_eq!(c.active(1, 8), c.total - c.experts + c.experts / 8);
+    }
+}

@@ -1,0 +1,956 @@
+//! The tensors of a checkpoint: one safetensors file, or the shards a Hugging Face index
+//! (`model.safetensors.index.json`) or the xlstm_large package (`model_0.safetensors`, ..)
+//! spread them over. Files are memory-mapped: a tensor's bytes go from the page cache straight
+//! into the GPU buffer that holds it ([`Scope::matrix`]), converted row by row, so loading
+//! needs no second copy of the checkpoint in memory.
+//!
+//! Every header field and tensor is validated before anything reaches the GPU, and every
+//! problem names the file, the tensor, and expected vs found. Float tensors may be stored as
+//! f32, f16 or bf16; values are checked to be finite as they are read (a NaN in a checkpoint
+//! would otherwise surface as silent garbage).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use safetensors::tensor::{Dtype, SafeTensorError};
+use safetensors::SafeTensors;
+
+use super::values::{convert_row, random_row, RandomInit};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// Called with the bytes of weight matrices written to the GPU so far and the total expected.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Where one file's bytes are.
+enum Storage {
+    Bytes(Vec<u8>),
+    Mapped(memmap2::Mmap),
+    /// Random values made on demand (benchmarks need no checkpoint).
+    Random(u64),
+}
+
+/// One safetensors file (or the random source).
+struct Shard {
+    path: PathBuf,
+    storage: Storage,
+    /// Offset of the data section (8 + header length).
+    data_start: usize,
+    metadata: HashMap<String, String>,
+}
+
+impl Shard {
+    fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Bytes(b) => b,
+            Storage::Mapped(m) => m,
+            Storage::Random(_) => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+    /// How a random source makes this tensor's values.
+    init: RandomInit,
+}
+
+/// A checkpoint's tensors (one or several files).
+pub struct Weights {
+    /// The file naming the checkpoint in errors (the index of a sharded one).
+    path: PathBuf,
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+    /// Upload progress: the callback and the total bytes expected.
+    progress: Mutex<Option<(ProgressFn, u64)>>,
+    uploaded: std::sync::atomic::AtomicU64,
+}
+
+fn header_error(e: SafeTensorError, file_len: usize) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => {
+            format!("not a safetensors file: {file_len} bytes is too short for the 8-byte header length")
+        }
+        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => format!(
+            "not a safetensors file or truncated: the header length field points past the end \
+             of the {file_len}-byte file"
+        ),
+        SafeTensorError::InvalidHeader(e) => format!("corrupt header: not UTF-8 ({e})"),
+        SafeTensorError::InvalidHeaderDeserialization(e) | SafeTensorError::JsonError(e) => {
+            format!("corrupt header: {e} (unknown dtype or malformed JSON)")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => format!(
+            "truncated or corrupt: the header's tensor offsets do not match the file size \
+             ({file_len} bytes)"
+        ),
+        SafeTensorError::InvalidOffset(name) => {
+            format!("corrupt header: tensor '{name}' has invalid data offsets")
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            "corrupt header: a tensor's byte size does not match its dtype and shape".into()
+        }
+        other => format!("invalid safetensors file: {other}"),
+    }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> Error {
+    Error::file(
+        path,
+        match e.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_string(),
+            _ => format!("cannot read: {e}"),
+        },
+    )
+}
+
+/// Parses a file's header: its tensors (shard index `shard`) and metadata.
+fn parse_shard(
+    path: PathBuf,
+    storage: Storage,
+    shard: usize,
+) -> Result<(Shard, Vec<(String, Entry)>)> {
+    let bytes = match &storage {
+        Storage::Bytes(b) => &b[..],
+        Storage::Mapped(m) => &m[..],
+        Storage::Random(_) => unreachable!("random sources have no header"),
+    };
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(&path, header_error(e, bytes.len())))?;
+    let entries = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let init = RandomInit::default_for(info.shape.len());
+            let entry = Entry {
+                shard,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: info.data_offsets.0,
+                end: info.data_offsets.1,
+                init,
+            };
+            (name, entry)
+        })
+        .collect();
+    let shard = Shard {
+        path,
+        data_start: 8 + header_len,
+        metadata: metadata.metadata().clone().unwrap_or_default(),
+        storage,
+    };
+    Ok((shard, entries))
+}
+
+fn map_file(path: &Path) -> Result<Storage> {
+    let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+    // SAFETY: the map is read-only; like every reader of memory-mapped checkpoints we assume
+    // that no other process truncates or rewrites the file while the model loads.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| read_error(path, e))?;
+    Ok(Storage::Mapped(map))
+}
+
+impl Weights {
+    fn new(path: PathBuf, shards: Vec<Shard>, entries: HashMap<String, Entry>) -> Self {
+        Weights {
+            path,
+            shards,
+            entries,
+            progress: Mutex::new(None),
+            uploaded: Default::default(),
+        }
+    }
+
+    /// Opens and validates one safetensors file (memory-mapped).
+    pub fn open(path: &Path) -> Result<Self> {
+        let storage = map_file(path)?;
+        let (shard, entries) = parse_shard(path.to_path_buf(), storage, 0)?;
+        Ok(Self::new(
+            path.to_path_buf(),
+            vec![shard],
+            entries.into_iter().collect(),
+        ))
+    }
+
+    /// Validates safetensors `bytes` held in memory; `path` names them in errors.
+    pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<Self> {
+        let (shard, entries) = parse_shard(path.clone(), Storage::Bytes(bytes), 0)?;
+        Ok(Self::new(path, vec![shard], entries.into_iter().collect()))
+    }
+
+    /// Opens the shards a Hugging Face `model.safetensors.index.json` names. A shard file
+    /// that is missing, an index entry whose shard lacks the tensor, or a malformed index is
+    /// an error naming the file.
+    pub fn open_index(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| read_error(index, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::file(
+                index,
+                format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                Error::file(
+                    index,
+                    "no \"weight_map\" object (tensor name -> shard file): not a safetensors index",
+                )
+            })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files: BTreeMap<String, usize> = BTreeMap::new();
+        let mut wanted: Vec<(String, usize)> = Vec::with_capacity(map.len());
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::file(
+                    index,
+                    format!("weight_map.\"{name}\": expected a shard file name, found {file}"),
+                )
+            })?;
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                return Err(Error::file(
+                    index,
+                    format!("weight_map.\"{name}\": shard '{file}' is not a file name in the model directory"),
+                ));
+            }
+            let n = files.len();
+            let shard = *files.entry(file.to_string()).or_insert(n);
+            wanted.push((name.clone(), shard));
+        }
+        let mut shards: Vec<Option<Shard>> = (0..files.len()).map(|_| None).collect();
+        let mut held: Vec<HashMap<String, Entry>> = vec![HashMap::new(); files.len()];
+        for (file, &i) in &files {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Err(Error::file(
+                    index,
+                    format!(
+                        "shard '{file}' is missing from {} (an incomplete download?)",
+                        dir.display()
+                    ),
+                ));
+            }
+            let (shard, entries) = parse_shard(path.clone(), map_file(&path)?, i)?;
+            shards[i] = Some(shard);
+            held[i] = entries.into_iter().collect();
+        }
+        let mut entries = HashMap::with_capacity(wanted.len());
+        for (name, shard) in wanted {
+            let entry = held[shard].remove(&name).ok_or_else(|| {
+                let file = files
+                    .iter()
+                    .find(|(_, &i)| i == shard)
+                    .map_or("?", |(f, _)| f.as_str());
+                Error::file(
+                    index,
+                    format!("names tensor '{name}' in shard '{file}', which does not hold it"),
+                )
+            })?;
+            entries.insert(name, entry);
+        }
+        let shards = shards
+            .into_iter()
+            .map(|s| s.expect("every shard opened"))
+            .collect();
+        Ok(Self::new(index.to_path_buf(), shards, entries))
+    }
+
+    /// Opens `files` together, as one checkpoint whose tensors they split between them (the
+    /// xlstm_large package's `model_0.safetensors`, `model_1.safetensors`, ..). A tensor in
+    /// two files is an error.
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut entries: HashMap<String, Entry> = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let (shard, list) = parse_shard(path.clone(), map_file(path)?, i)?;
+            for (name, entry) in list {
+                if let Some(first) = entries.get(&name) {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor '{name}' is also in '{}': shards must not overlap",
+                            files[first.shard].display()
+                        ),
+                    ));
+                }
+                entries.insert(name, entry);
+            }
+            shards.push(shard);
+        }
+        let path = files.first().cloned().unwrap_or_default();
+        Ok(Self::new(path, shards, entries))
+    }
+
+    /// Random weights with the names and shapes `tensors` lists (name, shape, stored dtype,
+    /// how to draw the values), made on demand from `seed` when read.
+    pub fn random(seed: u64, tensors: Vec<(String, Vec<usize>, Dtype, RandomInit)>) -> Self {
+        let shard = Shard {
+            path: PathBuf::from("<random weights>"),
+            storage: Storage::Random(seed),
+            data_start: 0,
+            metadata: HashMap::new(),
+        };
+        let mut entries = HashMap::new();
+        let mut at = 0;
+        for (name, shape, dtype, init) in tensors {
+            let bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+            entries.insert(
+                name,
+                Entry {
+                    shard: 0,
+                    dtype,
+                    shape,
+                    start: at,
+                    end: at + bytes,
+                    init,
+                },
+            );
+            at += bytes;
+        }
+        Self::new(PathBuf::from("<random weights>"), vec![shard], entries)
+    }
+
+    /// The checkpoint these weights came from (the index file of a sharded checkpoint).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file that holds `name` (for a sharded checkpoint, its shard).
+    pub fn file_of(&self, name: &str) -> &Path {
+        self.entries
+            .get(name)
+            .map_or(&self.path, |e| &self.shards[e.shard].path)
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Whether `name` is stored in a 16-bit float type (f16 or bf16).
+    pub fn is_half(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| matches!(e.dtype, Dtype::F16 | Dtype::BF16))
+    }
+
+    /// The stored dtype of a tensor.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// Bytes of the stored tensor `name`.
+    pub fn stored_bytes(&self, name: &str) -> u64 {
+        self.entries
+            .get(name)
+            .map_or(0, |e| (e.end - e.start) as u64)
+    }
+
+    /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged).
+    pub fn raw_tensor(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        let e = self.entry(name)?;
+        Ok((e.dtype, &e.shape, self.raw(name, e)?))
+    }
+
+    /// The `__metadata__` map of the (first) file's header.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.shards[0].metadata
+    }
+
+    /// Reports the bytes of matrices [`Weights::fill_rows`] writes from now on to
+    /// `progress`, out of `total`.
+    pub fn set_progress(&self, progress: Option<ProgressFn>, total: u64) {
+        *self.progress.lock().expect("progress poisoned") = progress.map(|p| (p, total));
+        self.uploaded.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn report(&self, bytes: u64) {
+        let done = self
+            .uploaded
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        if let Some((p, total)) = self.progress.lock().expect("progress poisoned").as_ref() {
+            p(done, *total);
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| Error::file(&self.path, format!("missing tensor '{name}'")))
+    }
+
+    fn raw(&self, name: &str, e: &Entry) -> Result<&[u8]> {
+        let shard = &self.shards[e.shard];
+        if let Storage::Random(_) = shard.storage {
+            return Err(Error::InvalidArgument(format!(
+                "tensor '{name}' of random weights has no stored bytes"
+            )));
+        }
+        Ok(&shard.bytes()[shard.data_start + e.start..shard.data_start + e.end])
+    }
+
+    fn float_dtype(&self, name: &str, e: &Entry) -> Result<()> {
+        match e.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+            other => Err(Error::file(
+                &self.shards[e.shard].path,
+                format!("tensor '{name}': expected dtype F32, F16 or BF16, found {other:?}"),
+            )),
+        }
+    }
+
+    /// Checks that `name` exists with `shape` and a float dtype.
+    pub fn check_float(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let e = self.entry(name)?;
+        if e.shape != shape {
+            return Err(Error::file(
+                &self.shards[e.shard].path,
+                format!(
+                    "tensor '{name}': expected shape {shape:?}, found {:?}",
+                    e.shape
+                ),
+            ));
+        }
+        self.float_dtype(name, e)
+    }
+
+    /// Writes rows `rows` of the float tensor `name` (rows x `cols` as stored, `cols` its last
+    /// dim) into `out` as `dtype` (F32, F16 or BF16), each row `stride` elements apart.
+    /// Values are checked to be finite, and within f16's range when converted to f16.
+    pub fn fill_rows(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+        dtype: DType,
+        stride: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let e = self.entry(name)?;
+        self.float_dtype(name, e)?;
+        let cols = *e.shape.last().unwrap_or(&1);
+        let shard = &self.shards[e.shard];
+        let esize = dtype.size();
+        let src_size = e.dtype.bitsize() / 8;
+        let row_bytes = stride * esize;
+        for (i, r) in rows.clone().enumerate() {
+            let dst = &mut out[i * row_bytes..i * row_bytes + cols * esize];
+            let res = match shard.storage {
+                Storage::Random(seed) => {
+                    random_row(seed, name, e.init, &e.shape, r, e.dtype, dst, dtype);
+                    Ok(())
+                }
+                _ => {
+                    let raw = self.raw(name, e)?;
+                    let src = &raw[r * cols * src_size..(r + 1) * cols * src_size];
+                    convert_row(src, e.dtype, dst, dtype)
+                }
+            };
+            res.map_err(|(col, what)| {
+                Error::file(
+                    &shard.path,
+                    format!("tensor '{name}': element {} {what}", r * cols + col),
+                )
+            })?;
+        }
+        self.report((rows.len() * cols * esize) as u64);
+        Ok(())
+    }
+
+    /// A float tensor as f32 with its shape, without a shape check.
+    pub fn f32_any(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let e = self.entry(name)?;
+        self.float_dtype(name, e)?;
+        let numel: usize = e.shape.iter().product();
+        let cols = (*e.shape.last().unwrap_or(&1)).max(1);
+        let rows = if numel == 0 { 0 } else { numel / cols };
+        let mut bytes = vec![0u8; numel * 4];
+        let progress = self.progress.lock().expect("progress poisoned").take();
+        let filled = self.fill_rows(name, 0..rows, DType::F32, cols, &mut bytes);
+        *self.progress.lock().expect("progress poisoned") = progress;
+        filled?;
+        Ok((bytemuck::pod_collect_to_vec(&bytes), e.shape.clone()))
+    }
+
+    /// A float tensor as f32, checked to have `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check_float(name, shape)?;
+        Ok(self.f32_any(name)?.0)
+    }
+
+    /// An integer tensor (I32, I64, U32) as i64 with its shape.
+    pub fn ints(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        let e = self.entry(name)?;
+        let raw = self.raw(name, e)?;
+        let values = match e.dtype {
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+            Dtype::U32 => raw
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            other => {
+                return Err(Error::file(
+                    &self.shards[e.shard].path,
+                    format!("tensor '{name}': expected an integer dtype, found {other:?}"),
+                ))
+            }
+        };
+        Ok((values, e.shape.clone()))
+    }
+
+    /// A view of the tensors under `prefix` (e.g. `"layers.0.mixer.blocks.0."`).
+    pub fn scope(&self, prefix: &str) -> Scope<'_> {
+        Scope {
+            weights: self,
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+/// Rows of a matrix made by stacking stored tensors: part `i` is the stored tensor
+/// `parts[i].0`, contributing its `parts[i].1` rows.
+fn fill_stacked(
+    weights: &Weights,
+    parts: &[(String, usize)],
+    rows: Range<usize>,
+    dtype: DType,
+    stride: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let row_bytes = stride * dtype.size();
+    let mut base = 0;
+    for (name, n) in parts {
+        let part = base..base + n;
+        let lo = rows.start.max(part.start);
+        let hi = rows.end.min(part.end);
+        if lo < hi {
+            let at = (lo - rows.start) * row_bytes;
+            weights.fill_rows(
+                name,
+                lo - base..hi - base,
+                dtype,
+                stride,
+                &mut out[at..(hi - rows.start) * row_bytes],
+            )?;
+        }
+        base += n;
+    }
+    Ok(())
+}
+
+/// The tensors of one module: names are relative to a prefix.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> Scope<'a> {
+    /// The full tensor name of `name`.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A nested scope.
+    pub fn scope(&self, prefix: &str) -> Scope<'a> {
+        Scope {
+            weights: self.weights,
+            prefix: self.name(prefix),
+        }
+    }
+
+    /// The underlying checkpoint.
+    pub fn weights(&self) -> &'a Weights {
+        self.weights
+    }
+
+    /// Whether `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.weights.contains(&self.name(name))
+    }
+
+    /// The stored shape of `name`.
+    pub fn shape(&self, name: &str) -> Option<&'a [usize]> {
+        self.weights.shape(&self.name(name))
+    }
+
+    /// f32 values of `name`, checked to have `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.weights.f32(&self.name(name), shape)
+    }
+
+    /// An f32 GPU vector (biases, norm weights) of `name` with shape `shape`.
+    pub fn vector(&self, ctx: &Context, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = self.name(name);
+        let values = self.weights.f32(&full, shape)?;
+        Tensor::from_f32(ctx, &full, shape, &values)
+    }
+
+    /// An f32 GPU vector made by concatenating the vectors `parts` (name and length); a
+    /// `None` name contributes zeros (e.g. the missing biases of a fused projection).
+    pub fn vectors(
+        &self,
+        ctx: &Context,
+        label: &str,
+        parts: &[(Option<&str>, usize)],
+    ) -> Result<Tensor> {
+        let mut values = Vec::new();
+        for (name, n) in parts {
+            match name {
+                Some(name) => values.extend(self.f32(name, &[*n])?),
+                None => values.extend(std::iter::repeat_n(0.0, *n)),
+            }
+        }
+        Tensor::from_f32(ctx, &self.name(label), &[values.len()], &values)
+    }
+
+    /// A GPU weight matrix of `name` with shape `shape`, stored as `dtype` (f32, f16 or
+    /// bf16), streamed from the checkpoint row by row. Values beyond f16's range are an error
+    /// when storing as f16.
+    pub fn matrix(
+        &self,
+        ctx: &Context,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let full = self.name(name);
+        self.weights.check_float(&full, shape)?;
+        Tensor::weight_with(ctx, &full, shape, dtype, &mut |rows, out| {
+            self.weights
+                .fill_rows(&full, rows, dtype, crate::tensor::weight_stride(shape), out)
+        })
+    }
+
+    /// A GPU weight matrix (rows, cols) made by stacking the 2-D tensors `parts` (name and
+    /// rows, each with `cols` columns) row-wise, e.g. separate q, k, v projections as one
+    /// fused matrix; streamed like [`Scope::matrix`].
+    pub fn stacked_matrix(
+        &self,
+        ctx: &Context,
+        label: &str,
+        parts: &[(&str, usize)],
+        cols: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let full: Vec<(String, usize)> = parts
+            .iter()
+            .map(|(name, rows)| (self.name(name), *rows))
+            .collect();
+        for (name, rows) in &full {
+            self.weights.check_float(name, &[*rows, cols])?;
+        }
+        let rows: usize = parts.iter().map(|p| p.1).sum();
+        let shape = [rows, cols];
+        let stride = crate::tensor::weight_stride(&shape);
+        Tensor::weight_with(ctx, &self.name(label), &shape, dtype, &mut |range, out| {
+            fill_stacked(self.weights, &full, range, dtype, stride, out)
+        })
+    }
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("path", &self.path)
+            .field("files", &self.shards.len())
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    n.to_string(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_f32_f16_and_bf16_as_f32() {
+        let h: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = [0.5f32, 3.0]
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect();
+        let bytes = file(&[
+            ("a", Dtype::F32, vec![2], f32_bytes(&[1.0, 2.0])),
+            ("h", Dtype::F16, vec![2], h),
+            ("b", Dtype::BF16, vec![1, 2], b),
+        ]);
+        let w = Weights::from_bytes("m.safetensors".into(), bytes).unwrap();
+        assert_eq!(w.f32("a", &[2]).unwrap(), vec![1.0, 2.0]);
+        assert_eq!(w.f32("h", &[2]).unwrap(), vec![1.5, -2.0]);
+        assert_eq!(w.f32("b", &[1, 2]).unwrap(), vec![0.5, 3.0]);
+    }
+
+    #[test]
+    fn bf16_matrices_stay_exact_on_the_gpu() {
+        // Values with bf16's full 8-bit exponent range, tiny to huge: f16 would lose them.
+        let vals = [1.0e-30f32, -3.5e20, 0.123, -7.0e-8, 65536.0, 1.0];
+        let b: Vec<u8> = vals
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect();
+        let w = Weights::from_bytes(
+            "m.safetensors".into(),
+            file(&[("w", Dtype::BF16, vec![2, 3], b)]),
+        )
+        .unwrap();
+        let ctx = crate::testing::gpu();
+        let t = w.scope("").matrix(ctx, "w", &[2, 3], DType::BF16).unwrap();
+        assert_eq!(t.dtype(), DType::BF16);
+        let want: Vec<f32> = vals.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(t.to_f32().unwrap(), want);
+        let err = w
+            .scope("")
+            .matrix(ctx, "w", &[2, 3], DType::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'w'") && err.contains("f16 range"), "{err}");
+    }
+
+    #[test]
+    fn values_beyond_f16_are_refused_when_storing_f16() {
+        let bytes = file(&[("w", Dtype::F32, vec![1, 2], f32_bytes(&[1.0, 70000.0]))]);
+        let w = Weights::from_bytes("m.safetensors".into(), bytes).unwrap();
+        let ctx = crate::testing::gpu();
+        let err = w
+            .scope("")
+            .matrix(ctx, "w", &[1, 2], DType::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'w'") && err.contains("70000") && err.contains("--dtype f32"),
+            "{err}"
+        );
+        assert!(w.scope("").matrix(ctx, "w", &[1, 2], DType::F32).is_ok());
+    }
+
+    #[test]
+    fn stacked_matrices_concatenate_rows_of_several_tensors() {
+        let bytes = file(&[
+            (
+                "a",
+                Dtype::F32,
+                vec![2, 3],
+                f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            ),
+            (
+                "b",
+                Dtype::BF16,
+                vec![1, 3],
+                [7.0f32, 8.0, 9.0]
+                    .iter()
+                    .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+                    .collect(),
+            ),
+        ]);
+        let w = Weights::from_bytes("m.safetensors".into(), bytes).unwrap();
+        let ctx = crate::testing::gpu();
+        let t = w
+            .scope("")
+            .stacked_matrix(ctx, "ab", &[("a", 2), ("b", 1)], 3, DType::F32)
+            .unwrap();
+        assert_eq!(t.shape(), &[3, 3]);
+        assert_eq!(
+            t.to_f32().unwrap(),
+            (1..=9).map(|v| v as f32).collect::<Vec<_>>()
+        );
+        let err = w
+            .scope("")
+            .stacked_matrix(ctx, "ab", &[("a", 2), ("b", 2)], 3, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'b'") && err.contains("expected shape [2, 3]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn problems_name_file_tensor_and_expectation() {
+        let bytes = file(&[
+            (
+                "w",
+                Dtype::F32,
+                vec![2, 2],
+                f32_bytes(&[1.0, 2.0, 3.0, 4.0]),
+            ),
+            ("nan", Dtype::F32, vec![2], f32_bytes(&[1.0, f32::NAN])),
+            ("i", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec()),
+        ]);
+        let w = Weights::from_bytes("m.safetensors".into(), bytes.clone()).unwrap();
+        let err = w.f32("w", &[4]).unwrap_err().to_string();
+        assert!(
+            err.contains("m.safetensors") && err.contains("expected shape [4], found [2, 2]"),
+            "{err}"
+        );
+        let err = w.f32("missing", &[1]).unwrap_err().to_string();
+        assert!(err.contains("missing tensor 'missing'"), "{err}");
+        let err = w.f32_any("nan").unwrap_err().to_string();
+        assert!(err.contains("'nan'") && err.contains("NaN"), "{err}");
+        let err = w.f32_any("i").unwrap_err().to_string();
+        assert!(
+            err.contains("expected dtype F32, F16 or BF16, found I64"),
+            "{err}"
+        );
+        assert_eq!(w.ints("i").unwrap().0, vec![7]);
+
+        let truncated = bytes[..bytes.len() - 3].to_vec();
+        let err = Weights::from_bytes("m.safetensors".into(), truncated)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("truncated"), "{err}");
+        let err = Weights::from_bytes("m.safetensors".into(), vec![1, 2, 3])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+        let mut garbage = bytes.clone();
+        garbage[8..16].copy_from_slice(b"not json");
+        let err = Weights::from_bytes("m.safetensors".into(), garbage)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("corrupt header"), "{err}");
+        let err = Weights::open(Path::new("/no/such/model.safetensors"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("/no/such/model.safetensors: file not found"),
+            "{err}"
+        );
+    }
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("moxe-weights-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn sharded_checkpoints_read_through_their_index() {
+        let dir = TempDir::new("index");
+        std::fs::write(
+            dir.0.join("s1.safetensors"),
+            file(&[("a", Dtype::F32, vec![2], f32_bytes(&[1.0, 2.0]))]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.0.join("s2.safetensors"),
+            file(&[("b", Dtype::F32, vec![1], f32_bytes(&[3.0]))]),
+        )
+        .unwrap();
+        let index = dir.0.join("model.safetensors.index.json");
+        let write_index = |map: &str| {
+            std::fs::write(
+                &index,
+                format!("{{\"metadata\": {{}}, \"weight_map\": {map}}}"),
+            )
+            .unwrap()
+        };
+        write_index(r#"{"a": "s1.safetensors", "b": "s2.safetensors"}"#);
+        let w = Weights::open_index(&index).unwrap();
+        assert_eq!(w.names(), vec!["a", "b"]);
+        assert_eq!(w.f32("b", &[1]).unwrap(), vec![3.0]);
+        assert!(w.file_of("b").ends_with("s2.safetensors"));
+
+        write_index(r#"{"a": "s1.safetensors", "c": "s2.safetensors"}"#);
+        let err = Weights::open_index(&index).unwrap_err().to_string();
+        assert!(
+            err.contains("index.json") && err.contains("'c'") && err.contains("does not hold it"),
+            "{err}"
+        );
+        write_index(r#"{"a": "s1.safetensors", "b": "s3.safetensors"}"#);
+        let err = Weights::open_index(&index).unwrap_err().to_string();
+        assert!(err.contains("shard 's3.safetensors' is missing"), "{err}");
+        write_index(r#"{"a": "../s1.safetensors"}"#);
+        let err = Weights::open_index(&index).unwrap_err().to_string();
+        assert!(err.contains("not a file name"), "{err}");
+        std::fs::write(&index, "{\"weights\": {}}").unwrap();
+        let err = Weights::open_index(&index).unwrap_err().to_string();
+        assert!(err.contains("weight_map"), "{err}");
+    }
+
+    #[test]
+    fn random_weights_are_deterministic_and_shaped() {
+        let w = Weights::random(
+            7,
+            vec![
+                ("m".into(), vec![4, 6], Dtype::BF16, RandomInit::Uniform),
+                ("g".into(), vec![6], Dtype::F32, RandomInit::One),
+            ],
+        );
+        let (a, shape) = w.f32_any("m").unwrap();
+        assert_eq!(shape, vec![4, 6]);
+        assert_eq!(a, w.f32_any("m").unwrap().0);
+        let bound = (3.0f32 / 6.0).sqrt();
+        assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|&v| v != a[0]));
+        assert_eq!(w.f32("g", &[6]).unwrap(), vec![1.0; 6]);
+        assert!(w.is_half("m"));
+    }
+}

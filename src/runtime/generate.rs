@@ -1,0 +1,298 @@
+//! Text generation: prompt prefill in one batched pass (chunked), then token-by-token decode
+//! with GPU sampling, streaming the text as it completes; stop strings, EOS and a token
+//! budget end it. Several prompts can be decoded together as one batch.
+
+use std::sync::Arc;
+
+use super::model::Model;
+use super::session::Session;
+use super::tokenizer::{TextStream, Tokenizer};
+use crate::error::{Error, Result};
+use crate::ops::sample::Sampling;
+
+/// How to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+    /// End at the tokenizer's end-of-sequence token.
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: Sampling::greedy(),
+            stop: Vec::new(),
+            stop_at_eos: true,
+        }
+    }
+}
+
+/// One generated token and the text it completes (possibly empty: text that may begin a
+/// stop string, or half a UTF-8 character, is held back until it is decided).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub id: u32,
+    pub text: String,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    MaxTokens,
+    Eos,
+    Stop,
+}
+
+/// The per-sequence bookkeeping of a generation: text stream, held-back text, budget.
+struct Emitter {
+    stream: TextStream,
+    pending: String,
+    produced: usize,
+    finish: Option<Finish>,
+}
+
+impl Emitter {
+    fn new(tokenizer: &Tokenizer) -> Self {
+        Emitter {
+            stream: tokenizer.stream(),
+            pending: String::new(),
+            produced: 0,
+            finish: None,
+        }
+    }
+
+    /// Takes the sampled `id`; returns its piece. Sets `finish` when generation must end.
+    fn accept(&mut self, tokenizer: &Tokenizer, opts: &GenerateOptions, id: u32) -> Result<Piece> {
+        self.produced += 1;
+        if opts.stop_at_eos && tokenizer.is_eos(id) {
+            self.finish = Some(Finish::Eos);
+            let text = std::mem::take(&mut self.pending) + &self.stream.finish(tokenizer)?;
+            return Ok(Piece { id, text });
+        }
+        self.pending += &self.stream.push(tokenizer, id)?;
+        if let Some(pos) = opts
+            .stop
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            self.finish = Some(Finish::Stop);
+            let text = self.pending[..pos].to_string();
+            self.pending.clear();
+            return Ok(Piece { id, text });
+        }
+        if self.produced >= opts.max_tokens {
+            self.finish = Some(Finish::MaxTokens);
+            let text = std::mem::take(&mut self.pending) + &self.stream.finish(tokenizer)?;
+            return Ok(Piece { id, text });
+        }
+        // Keep back the longest tail that could still grow into a stop string.
+        let hold = opts
+            .stop
+            .iter()
+            .map(|s| held_back(&self.pending, s))
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        let text = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        Ok(Piece { id, text })
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
+fn held_back(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+/// A streaming generation over one session. Iterate to get pieces as they are decoded.
+pub struct Generation<'s> {
+    session: &'s mut Session,
+    opts: GenerateOptions,
+    emitter: Emitter,
+    next: Option<u32>,
+    /// The last token handed out, not yet fed to the session (generation stopped).
+    unfed: Option<u32>,
+}
+
+impl Session {
+    /// Generates after `prompt` (text), streaming pieces. A fresh session reads the prompt
+    /// as the start of a sequence (with BOS where the tokenizer config asks for it), a
+    /// session that has read text before as its continuation.
+    pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_>> {
+        let tokenizer = self.model().require_tokenizer()?;
+        let ids = match self.position() {
+            0 => tokenizer.encode(prompt)?,
+            _ => tokenizer.encode_continuation(prompt)?,
+        };
+        self.generate_ids(&ids, opts)
+    }
+
+    /// Generates after the prompt token ids, streaming pieces.
+    pub fn generate_ids(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Generation<'_>> {
+        opts.sampling.validate()?;
+        let tokenizer = self.model().require_tokenizer()?;
+        let emitter = Emitter::new(tokenizer);
+        let next = if opts.max_tokens == 0 {
+            None
+        } else {
+            Some(self.feed(prompt, &opts.sampling)?)
+        };
+        Ok(Generation {
+            session: self,
+            opts: opts.clone(),
+            emitter,
+            next,
+            unfed: None,
+        })
+    }
+}
+
+impl Generation<'_> {
+    /// Why it ended (after the iterator returned `None`).
+    pub fn finish(&self) -> Option<Finish> {
+        self.emitter.finish
+    }
+
+    /// Feeds the last generated token to the session, so that its state covers all the
+    /// generated text (before saving it, or to continue with new input). Generation itself
+    /// stops after sampling that token without feeding it.
+    pub fn absorb_last(mut self) -> Result<()> {
+        match self.unfed.take() {
+            Some(id) => self.session.feed(&[id], &self.opts.sampling).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Piece>;
+
+    fn next(&mut self) -> Option<Result<Piece>> {
+        let id = self.next.take()?;
+        let model = self.session.model().clone();
+        let tokenizer = model.tokenizer()?;
+        let piece = match self.emitter.accept(tokenizer, &self.opts, id) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.emitter.finish.is_none() {
+            match self.session.feed(&[id], &self.opts.sampling) {
+                Ok(n) => self.next = Some(n),
+                Err(e) => return Some(Err(e)),
+            }
+        } else {
+            self.unfed = Some(id);
+        }
+        Some(Ok(piece))
+    }
+}
+
+/// The result of one sequence of a batch generation.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub finish: Finish,
+}
+
+/// Decodes several prompts together: each prompt is prefilled on its own, then all
+/// unfinished sequences advance in one batched step per token. `on_piece(i, piece)` streams
+/// sequence i's pieces.
+pub fn generate_batch(
+    model: &Arc<Model>,
+    prompts: &[&str],
+    opts: &GenerateOptions,
+    mut on_piece: impl FnMut(usize, &Piece),
+) -> Result<Vec<Generated>> {
+    opts.sampling.validate()?;
+    let tokenizer = model.require_tokenizer()?;
+    if prompts.len() > model.options().max_sequences {
+        return Err(Error::Limit {
+            what: format!("a batch of {} prompts", prompts.len()),
+            detail: format!(
+                "the model holds state for {} sequences (--max-sequences)",
+                model.options().max_sequences
+            ),
+        });
+    }
+    let mut sessions = Vec::new();
+    let mut emitters = Vec::new();
+    let mut next = Vec::new();
+    for p in prompts {
+        let ids = tokenizer.encode(p)?;
+        let mut s = Session::new(model)?;
+        next.push(if opts.max_tokens == 0 {
+            None
+        } else {
+            Some(s.feed(&ids, &opts.sampling)?)
+        });
+        emitters.push(Emitter::new(tokenizer));
+        sessions.push(s);
+    }
+    let mut out: Vec<Generated> = prompts
+        .iter()
+        .map(|_| Generated {
+            text: String::new(),
+            ids: Vec::new(),
+            finish: Finish::MaxTokens,
+        })
+        .collect();
+    loop {
+        let mut active = Vec::new();
+        for (i, n) in next.iter_mut().enumerate() {
+            let Some(id) = n.take() else { continue };
+            let piece = emitters[i].accept(tokenizer, opts, id)?;
+            out[i].text += &piece.text;
+            out[i].ids.push(id);
+            on_piece(i, &piece);
+            match emitters[i].finish {
+                Some(f) => out[i].finish = f,
+                None => active.push((i, id)),
+            }
+        }
+        if active.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<u32> = active.iter().map(|&(_, id)| id).collect();
+        let sampling = vec![opts.sampling; active.len()];
+        let mut batch: Vec<&mut Session> = sessions
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.iter().any(|&(a, _)| a == *i))
+            .map(|(_, s)| s)
+            .collect();
+        let sampled = model.step_batch(&mut batch, &ids, &sampling)?;
+        for (&(i, _), id) in active.iter().zip(sampled) {
+            next[i] = Some(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn holds_back_text_that_may_start_a_stop_string() {
+        assert_eq!(held_back("Hello wor", "world"), 3);
+        assert_eq!(held_back("Hello", "world"), 0);
+        assert_eq!(held_back("ab\n", "\n\n"), 1);
+        assert_eq!(held_back("naïve ", "é"), 0);
+    }
+}

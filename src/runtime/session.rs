@@ -1,0 +1,359 @@
+//! Sessions: one sequence's recurrent state, held in a slot of the model. The state has a
+//! constant size whatever the sequence's length, so a session can be saved to a file and
+//! resumed later, or forked into two continuations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use super::model::{Model, StateArray};
+use super::runner::{Output, StepKey, StepResult};
+use super::tokenizer::check_ids;
+use crate::arch::moxe::{MoeStep, RouterTelemetry};
+use crate::checkpoint::Weights;
+use crate::error::{Error, Result};
+use crate::ops::sample::{settings_words, Sampling};
+
+/// One sequence being read or generated.
+pub struct Session {
+    model: Arc<Model>,
+    slot: usize,
+    /// Tokens consumed so far.
+    position: usize,
+    /// Sampling draws so far (varies the random draw from step to step).
+    draws: u32,
+}
+
+impl Session {
+    /// A fresh session (zero state).
+    pub fn new(model: &Arc<Model>) -> Result<Self> {
+        let slot = model.take_slot()?;
+        Ok(Session {
+            model: model.clone(),
+            slot,
+            position: 0,
+            draws: 0,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Tokens consumed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Feeds `ids` and samples the token that follows them. Long inputs run in chunks of
+    /// at most `prefill_chunk` tokens (powers of two), each one submission.
+    pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument(
+                "nothing to feed: the input has no tokens".into(),
+            ));
+        }
+        check_ids(ids, self.model.vocab())?;
+        sampling.validate()?;
+        let chunks = chunks(ids, self.model.options.prefill_chunk);
+        let words = settings_words(sampling, self.draws);
+        let mut sampled = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let key = StepKey {
+                seqs: 1,
+                tokens: chunk.len(),
+                output: Output::Sample,
+            };
+            // Only the last chunk's sample is wanted: the others are submitted unread.
+            let last = i + 1 == chunks.len();
+            let r = run(&self.model, key, chunk, &[self.slot as u32], &words, last)?;
+            if last {
+                sampled = r.sampled[0];
+            }
+            self.position += chunk.len();
+        }
+        self.draws += 1;
+        Ok(sampled)
+    }
+
+    /// Feeds `ids` and returns the NLL of each `targets[i]` given `ids[..=i]` (for
+    /// perplexity: targets are the ids shifted by one).
+    pub fn score(&mut self, ids: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() != targets.len() {
+            return Err(Error::mismatch("scoring targets", ids.len(), targets.len()));
+        }
+        check_ids(ids, self.model.vocab())?;
+        check_ids(targets, self.model.vocab())?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        for chunk in chunks(ids, self.model.options.prefill_chunk) {
+            let key = StepKey {
+                seqs: 1,
+                tokens: chunk.len(),
+                output: Output::Score,
+            };
+            let t = &targets[start..start + chunk.len()];
+            let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
+            out.extend(r.nll);
+            start += chunk.len();
+            self.position += chunk.len();
+        }
+        Ok(out)
+    }
+
+    /// Feeds `ids` and returns the logits (ids.len(), V) after each of them.
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        check_ids(ids, self.model.vocab())?;
+        let mut out = Vec::with_capacity(ids.len() * self.model.vocab());
+        for chunk in chunks(ids, self.model.options.prefill_chunk) {
+            let key = StepKey {
+                seqs: 1,
+                tokens: chunk.len(),
+                output: Output::Score,
+            };
+            // Targets do not matter here: the NLL is computed but not read.
+            let targets = vec![0; chunk.len()];
+            let mut runner = self.model.runner.lock().expect("runner poisoned");
+            let g = runner.graph(&self.model, key)?;
+            g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
+            out.extend(g.logits.to_f32()?);
+            runner.last = Some(key);
+            self.position += chunk.len();
+        }
+        Ok(out)
+    }
+
+    /// A second session continuing from this one's state.
+    pub fn fork(&self) -> Result<Session> {
+        let slot = self.model.take_slot()?;
+        self.model.copy_slot(self.slot, slot)?;
+        Ok(Session {
+            model: self.model.clone(),
+            slot,
+            position: self.position,
+            draws: self.draws,
+        })
+    }
+
+    /// Saves the state to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let arrays = self.model.read_slot(self.slot)?;
+        let views = arrays
+            .iter()
+            .map(|a| {
+                TensorView::new(Dtype::F32, a.shape.clone(), bytemuck::cast_slice(&a.values))
+                    .map(|v| (a.name.clone(), v))
+                    .map_err(|e| {
+                        Error::file(path, format!("cannot encode state '{}': {e}", a.name))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta: HashMap<String, String> = [
+            ("format".to_string(), "moxe-session".to_string()),
+            ("model".to_string(), fingerprint(&self.model)),
+            ("position".to_string(), self.position.to_string()),
+            ("draws".to_string(), self.draws.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let data = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
+        std::fs::write(path, data).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+    }
+
+    /// Resumes a session saved with [`Session::save`] for the same model.
+    pub fn load(model: &Arc<Model>, path: &Path) -> Result<Session> {
+        let w = Weights::open(path)?;
+        let meta = w.metadata();
+        if meta.get("format").map(String::as_str) != Some("moxe-session") {
+            return Err(Error::file(
+                path,
+                "not a moxe session file (no format=moxe-session metadata)",
+            ));
+        }
+        let want = fingerprint(model);
+        if meta.get("model") != Some(&want) {
+            return Err(Error::file(
+                path,
+                "this session was saved from a different model",
+            ));
+        }
+        let number = |key: &str| -> Result<u64> {
+            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                Error::file(path, format!("metadata '{key}' is missing or not a number"))
+            })
+        };
+        let (position, draws) = (number("position")? as usize, number("draws")? as u32);
+        let mut arrays = BTreeMap::new();
+        for name in w.names() {
+            let (values, shape) = w.f32_any(name)?;
+            let name = name.to_string();
+            arrays.insert(
+                name.clone(),
+                StateArray {
+                    name,
+                    shape,
+                    values,
+                },
+            );
+        }
+        let slot = model.take_slot()?;
+        let session = Session {
+            model: model.clone(),
+            slot,
+            position,
+            draws,
+        };
+        model.write_slot(slot, &arrays)?;
+        Ok(session)
+    }
+
+    /// The router telemetry of the last step this model ran, per MoxE layer.
+    pub fn telemetry(&self) -> Result<Vec<RouterTelemetry>> {
+        self.model.last_telemetry()
+    }
+
+    pub(crate) fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub(crate) fn advance(&mut self, tokens: usize) {
+        self.position += tokens;
+        self.draws += 1;
+    }
+
+    pub(crate) fn draws(&self) -> u32 {
+        self.draws
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.model.release_slot(self.slot);
+    }
+}
+
+/// `ids` split into pieces of at most `max` tokens whose lengths are powers of two (so at
+/// most log2(max) + 1 distinct step graphs serve any prompt length).
+fn chunks(ids: &[u32], max: usize) -> Vec<&[u32]> {
+    let mut out = Vec::new();
+    let mut rest = ids;
+    while !rest.is_empty() {
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (a, b) = rest.split_at(n);
+        out.push(a);
+        rest = b;
+    }
+    out
+}
+
+/// Runs one step of shape `key` ([`StepGraph::run`](super::runner::StepGraph::run)).
+pub(crate) fn run(
+    model: &Model,
+    key: StepKey,
+    ids: &[u32],
+    slots: &[u32],
+    input: &[u32],
+    read: bool,
+) -> Result<StepResult> {
+    let mut runner = model.runner.lock().expect("runner poisoned");
+    let r = runner
+        .graph(model, key)?
+        .run(model, ids, slots, input, read)?;
+    runner.last = Some(key);
+    Ok(r)
+}
+
+/// Identifies a model for session files: its configuration and parameter count.
+fn fingerprint(model: &Model) -> String {
+    let text = format!("{:?}/{}", model.config, model.params.total);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Model {
+    /// Router telemetry of the most recent step, one entry per MoxE layer (empty for a
+    /// dense model). Reads GPU buffers: call it only when telemetry is wanted.
+    pub fn last_telemetry(&self) -> Result<Vec<RouterTelemetry>> {
+        let mut runner = self.runner.lock().expect("runner poisoned");
+        let Some(key) = runner.last else {
+            return Ok(Vec::new());
+        };
+        let g = runner.graph(self, key)?;
+        g.moe.iter().map(|m| m.read_telemetry()).collect()
+    }
+
+    /// Runs `f` on the MoE recordings of the most recent step, one per MoxE layer (empty for
+    /// a dense model): their GPU-written routing, group-stage counts and dispatch grids.
+    /// Reading them blocks until the device is idle.
+    pub fn with_last_moe_steps<R>(&self, f: impl FnOnce(&[MoeStep]) -> Result<R>) -> Result<R> {
+        let mut runner = self.runner.lock().expect("runner poisoned");
+        match runner.last {
+            None => f(&[]),
+            Some(key) => f(&runner.graph(self, key)?.moe),
+        }
+    }
+
+    /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and
+    /// returns the sampled next token of each.
+    pub fn step_batch(
+        &self,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+        sampling: &[Sampling],
+    ) -> Result<Vec<u32>> {
+        let b = sessions.len();
+        if tokens.len() != b || sampling.len() != b {
+            return Err(Error::mismatch(
+                "batch step inputs",
+                b,
+                format!("{} tokens, {} settings", tokens.len(), sampling.len()),
+            ));
+        }
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        check_ids(tokens, self.vocab())?;
+        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let words: Vec<u32> = sessions
+            .iter()
+            .zip(sampling)
+            .flat_map(|(s, p)| settings_words(p, s.draws()))
+            .collect();
+        let key = StepKey {
+            seqs: b,
+            tokens: 1,
+            output: Output::Sample,
+        };
+        let r = run(self, key, tokens, &slots, &words, true)?;
+        for s in sessions.iter_mut() {
+            s.advance(1);
+        }
+        Ok(r.sampled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn prompts_split_into_power_of_two_chunks() {
+        let ids: Vec<u32> = (0..100).collect();
+        let lens: Vec<usize> = chunks(&ids, 64).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, vec![64, 32, 4]);
+        assert_eq!(chunks(&ids[..1], 64).len(), 1);
+        let lens: Vec<usize> = chunks(&ids, 16).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, vec![16; 6].into_iter().chain([4]).collect::<Vec<_>>());
+    }
+}

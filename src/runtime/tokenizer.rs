@@ -1,0 +1,243 @@
+//! Text <-> token ids through the `tokenizers` crate (Hugging Face `tokenizer.json`), with
+//! the special tokens the model directory's files name (BOS prepended where
+//! `tokenizer_config.json` says `add_bos_token`, the end-of-sequence ids of
+//! `generation_config.json`), checks against the model's vocabulary, and an incremental
+//! decoder for streaming output.
+
+use std::path::Path;
+
+use crate::checkpoint::GenerationDefaults;
+use crate::error::{Error, Result};
+
+/// A tokenizer checked against a model's vocabulary size.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    vocab: usize,
+    /// End-of-sequence ids (any of them ends a generation).
+    eos: Vec<u32>,
+    /// Prepended to a sequence's text unless the post-processor already put it there.
+    bos: Option<u32>,
+    /// Appended to a sequence's text (`add_eos_token`).
+    append_eos: Option<u32>,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` for a model with `vocab` embeddings, with the special tokens of
+    /// `defaults` (the model directory's config files).
+    pub fn open(path: &Path, vocab: usize, defaults: &GenerationDefaults) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::file(path, "file not found"));
+        }
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
+        let size = inner.get_vocab_size(true);
+        if size > vocab {
+            return Err(Error::file(
+                path,
+                format!(
+                    "the tokenizer has {size} tokens but the model embeds only {vocab} \
+                     (tokenizer and model do not belong together)"
+                ),
+            ));
+        }
+        let named = |token: &Option<String>, what: &str| -> Result<Option<u32>> {
+            match token {
+                None => Ok(None),
+                Some(t) => inner.token_to_id(t).map(Some).ok_or_else(|| {
+                    Error::file(
+                        path,
+                        format!("tokenizer_config.json names {what} token '{t}', which this tokenizer does not have"),
+                    )
+                }),
+            }
+        };
+        let eos = match (
+            defaults.eos.as_slice(),
+            named(&defaults.eos_token, "the eos")?,
+        ) {
+            ([], Some(id)) => vec![id],
+            ([], None) => ["<|endoftext|>", "</s>", "<eos>", "<|eos|>"]
+                .iter()
+                .find_map(|t| inner.token_to_id(t))
+                .into_iter()
+                .collect(),
+            (ids, _) => ids.to_vec(),
+        };
+        let bos = defaults.bos.or(named(&defaults.bos_token, "the bos")?);
+        if defaults.add_bos && bos.is_none() {
+            return Err(Error::file(
+                path,
+                "tokenizer_config.json sets add_bos_token but no bos token or bos_token_id is \
+                 given",
+            ));
+        }
+        let append_eos = match defaults.add_eos {
+            true => Some(eos.first().copied().ok_or_else(|| {
+                Error::file(
+                    path,
+                    "tokenizer_config.json sets add_eos_token but there is no eos token",
+                )
+            })?),
+            false => None,
+        };
+        let t = Tokenizer {
+            inner,
+            vocab,
+            eos,
+            bos: bos.filter(|_| defaults.add_bos),
+            append_eos,
+        };
+        check_ids(&t.eos, vocab)?;
+        Ok(t)
+    }
+
+    /// Whether `id` ends a sequence.
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos.contains(&id)
+    }
+
+    /// The end-of-sequence ids.
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Token ids of `text` as the start of a sequence: the special tokens of the tokenizer's
+    /// post-processor, and BOS / EOS where the tokenizer config adds them.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.ids(text, true)?;
+        if let Some(bos) = self.bos {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        if let Some(eos) = self.append_eos {
+            if ids.last() != Some(&eos) {
+                ids.push(eos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of `text` continuing a sequence (no special tokens added).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        self.ids(text, false)
+    }
+
+    fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::InvalidArgument(format!("cannot tokenize the text: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        check_ids(&ids, self.vocab)?;
+        Ok(ids)
+    }
+
+    /// Text of `ids` (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        check_ids(ids, self.vocab)?;
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
+    }
+
+    /// A streaming decoder of the ids pushed to it.
+    pub fn stream(&self) -> TextStream {
+        TextStream::default()
+    }
+}
+
+/// Fails when an id is not below `vocab`.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!(
+            "token id {id} at position {i} is out of range: the vocabulary has {vocab} tokens \
+             (ids 0..{})",
+            vocab - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Incremental decoding: push ids, get the newly completed text. Text that ends in an
+/// incomplete UTF-8 sequence (byte-level BPE splits characters across tokens) is held back
+/// until the character completes. Each push decodes only the ids since the last emitted
+/// piece, with that piece as context, so a long generation costs linear time.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    /// Start of the last emitted piece (decoding context).
+    prefix: usize,
+    /// End of the emitted text.
+    read: usize,
+}
+
+impl TextStream {
+    /// Adds one id; returns the text it completes (possibly empty).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&before) || text.len() == before.len() {
+            return Ok(String::new());
+        }
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(text[before.len()..].to_string())
+    }
+
+    /// Text still held back (an incomplete character at the end), decoded lossily.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        Ok(text.get(before.len()..).unwrap_or("").to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_tokenizer() -> Tokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        Tokenizer::open(&path, 4096, &GenerationDefaults::default()).unwrap()
+    }
+
+    #[test]
+    fn round_trips_text_and_streams_it_piecewise() {
+        let t = default_tokenizer();
+        let text = "It was the best of times — naïve café, 1851. ".repeat(3);
+        let text = text.trim_end();
+        let ids = t.encode(text).unwrap();
+        assert_eq!(t.decode(&ids).unwrap(), text);
+        let mut s = t.stream();
+        let mut out = String::new();
+        for &id in &ids {
+            out += &s.push(&t, id).unwrap();
+        }
+        out += &s.finish(&t).unwrap();
+        assert_eq!(out, text);
+        assert_eq!(t.eos(), &[0]);
+    }
+
+    #[test]
+    fn out_of_range_ids_and_mismatched_vocabularies_are_errors() {
+        let t = default_tokenizer();
+        let err = t.decode(&[1, 5000]).unwrap_err().to_string();
+        assert!(err.contains("5000") && err.contains("4096"), "{err}");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let none = GenerationDefaults::default();
+        let err = Tokenizer::open(&path, 100, &none)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("4096 tokens") && err.contains("100"), "{err}");
+        let err = Tokenizer::open(Path::new("/nope/tokenizer.json"), 100, &none)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("file not found"), "{err}");
+    }
+}
