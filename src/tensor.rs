@@ -342,6 +342,7 @@ impl Tensor {
                     }
                 }
                 buffer.unmap();
+                ctx.note_staged(size)?;
             }
             bytes += size;
             chunks.push(Chunk {

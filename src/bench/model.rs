@@ -170,11 +170,15 @@ impl fmt::Display for ModelBenchReport {
             "GPU memory:  {:.1} MiB allocated (weights, state, buffers)",
             mib(self.gpu_bytes)
         )?;
-        writeln!(
-            f,
-            "state:       {:.1} KiB per sequence",
-            self.state_bytes_per_sequence as f64 / 1024.0
-        )?;
+        let state = self.state_bytes_per_sequence;
+        match state >= 1 << 20 {
+            true => writeln!(f, "state:       {:.1} MiB per sequence", mib(state))?,
+            false => writeln!(
+                f,
+                "state:       {:.1} KiB per sequence",
+                state as f64 / 1024.0
+            )?,
+        }
         writeln!(f, "prefill:     {:.1} tokens/s", self.prefill_tokens_per_s)?;
         writeln!(
             f,

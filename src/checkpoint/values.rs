@@ -120,14 +120,24 @@ fn name_seed(seed: u64, name: &str) -> u64 {
     })
 }
 
-/// Uniform in [0, 1) for element `i` (a multiply-xorshift hash: cheap enough to draw a 7B
-/// model's values while loading).
-fn unit(base: u64, i: u64) -> f32 {
-    let mut h = (base ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^= h >> 29;
+/// The state of row `row`'s generator (a splitmix64 finaliser of the tensor's base and the
+/// row), so any row is drawn without drawing the rows before it.
+fn row_state(base: u64, row: u64) -> u64 {
+    let mut h = (base ^ row).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 32;
-    (h >> 40) as f32 / (1u64 << 24) as f32
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) | 1
+}
+
+/// The next uniform value in [0, 1) of a row's xorshift64 generator: cheap enough to draw a
+/// 7B model's values while loading.
+fn next_unit(x: &mut u64) -> f32 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    (*x >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// Row `row` of the random tensor `name` (shape `shape`, drawn with `init`, stored as
@@ -144,20 +154,37 @@ pub(crate) fn random_row(
     to: DType,
 ) {
     let cols = *shape.last().unwrap_or(&1);
-    let base = name_seed(seed, name);
     let bound = (3.0 / cols.max(1) as f32).sqrt();
-    for c in 0..cols {
-        let v = match init {
-            RandomInit::Uniform => (2.0 * unit(base, (row * cols + c) as u64) - 1.0) * bound,
+    let mut x = row_state(name_seed(seed, name), row as u64);
+    let mut value = |_: usize| -> f32 {
+        match init {
+            RandomInit::Uniform => (2.0 * next_unit(&mut x) - 1.0) * bound,
             RandomInit::Zero => 0.0,
             RandomInit::One => 1.0,
-        };
-        let v = match stored {
-            Dtype::F16 => f16::from_f32(v).to_f32(),
-            Dtype::BF16 => bf16::from_f32(v).to_f32(),
-            _ => v,
-        };
-        encode(dst, to, c, v).expect("random values are small");
+        }
+    };
+    // Rounded to the stored type, then encoded as `to` (exactly, the values being small).
+    let round = |v: f32| match stored {
+        Dtype::F16 => f16::from_f32(v).to_f32(),
+        Dtype::BF16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    };
+    match to {
+        DType::F16 => {
+            for (c, out) in dst[..2 * cols].chunks_exact_mut(2).enumerate() {
+                out.copy_from_slice(&f16::from_f32(round(value(c))).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (c, out) in dst[..2 * cols].chunks_exact_mut(2).enumerate() {
+                out.copy_from_slice(&bf16::from_f32(round(value(c))).to_le_bytes());
+            }
+        }
+        _ => {
+            for (c, out) in dst[..4 * cols].chunks_exact_mut(4).enumerate() {
+                out.copy_from_slice(&round(value(c)).to_le_bytes());
+            }
+        }
     }
 }
 

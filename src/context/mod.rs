@@ -51,6 +51,9 @@ pub struct Context {
     inner: Arc<Inner>,
 }
 
+/// Staged upload bytes after which they are flushed ([`Context::note_staged`]).
+const STAGED_FLUSH_BYTES: u64 = 512 << 20;
+
 struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -61,6 +64,8 @@ struct Inner {
     shader_caps: naga::valid::Capabilities,
     wait_timeout: Duration,
     allocated: AtomicU64,
+    /// Bytes written to buffers mapped at creation since the last flush.
+    staged: AtomicU64,
     pub(crate) modules: Mutex<HashMap<&'static str, Arc<ShaderModule>>>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     profile: (AtomicBool, Mutex<Profile>),
@@ -174,6 +179,7 @@ impl Context {
                 shader_caps,
                 wait_timeout,
                 allocated: AtomicU64::new(0),
+                staged: AtomicU64::new(0),
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 profile: (
@@ -274,6 +280,20 @@ impl Context {
 
     pub(crate) fn track_free(&self, bytes: u64) {
         self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Notes `bytes` written into buffers mapped at creation. wgpu stages such writes and
+    /// frees the staging memory only after a submission completes, so a model loaded in one
+    /// go would briefly need twice its size in memory: past [`STAGED_FLUSH_BYTES`] the
+    /// staged writes are submitted and waited for.
+    pub(crate) fn note_staged(&self, bytes: u64) -> Result<()> {
+        let staged = self.inner.staged.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if staged >= STAGED_FLUSH_BYTES {
+            self.inner.staged.store(0, Ordering::Relaxed);
+            self.inner.queue.submit([]);
+            self.wait("uploading weights")?;
+        }
+        Ok(())
     }
 
     pub(crate) fn modules(&self) -> &Mutex<HashMap<&'static str, Arc<ShaderModule>>> {
