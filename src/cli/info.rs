@@ -21,5 +21,8 @@ pub fn run(gpu: &GpuArgs) -> Result<()> {
     }
     let chosen = select(gpu.backend, gpu.adapter.as_deref())?;
     println!("selected: {}", chosen.get_info().name);
+    if gpu.backend == moxe::Backend::Auto && chosen.get_info().backend != moxe::wgpu::Backend::Gl {
+        println!("(OpenGL adapters are probed only when no other exists: --backend gl lists them)");
+    }
     Ok(())
 }

@@ -84,18 +84,22 @@ pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 /// Lists the adapters of `backend`, in the order wgpu reports them. `Auto` lists the
-/// primary backends and then OpenGL.
+/// primary backends (Vulkan, Metal, DX12), and OpenGL only when they have none: probing
+/// OpenGL goes through EGL and the windowing system, which on a machine without a display
+/// prints errors of its own ("XDG_RUNTIME_DIR is invalid or not set").
 pub fn enumerate(backend: Backend) -> Vec<wgpu::Adapter> {
-    let sets: &[wgpu::Backends] = match backend {
-        Backend::Auto => &[wgpu::Backends::PRIMARY, wgpu::Backends::GL],
-        _ => &[backend.backends()],
-    };
-    let mut out = Vec::new();
-    for set in sets {
-        let inst = instance(*set);
-        out.extend(pollster::block_on(inst.enumerate_adapters(*set)));
+    let list = |set: wgpu::Backends| pollster::block_on(instance(set).enumerate_adapters(set));
+    match backend {
+        Backend::Auto => {
+            let primary = list(wgpu::Backends::PRIMARY);
+            if primary.is_empty() {
+                list(wgpu::Backends::GL)
+            } else {
+                primary
+            }
+        }
+        _ => list(backend.backends()),
     }
-    out
 }
 
 /// How much a device type is preferred when the user names no adapter.
