@@ -9,6 +9,13 @@
 // where each non-uniform load is a loop over the SIMD lanes and a broadcast from a constant
 // lane two instructions, loads bound a GEMV, and this reads f16 weights ~1.7x faster than
 // gemv. grid (ceil(M / (4 WG)), T).
+//
+// Quantised weights (WDT 3 = q8, 4 = q4) go through `quant_rows`: spans of 128 inputs, four
+// blocks of 32, lane l < 8 loading the 16 inputs at 16 l. Per row and span it loads one vec4
+// of four block scales and two (q8) or one (q4) vec4 of data per block, so q4 needs about a
+// third of the loads f16 does. Each block's integer weights are dotted with the inputs
+// before one multiply by the scale; q4's minimum adds `min * sum(inputs of the block)`,
+// which all four rows share.
 
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended).
 
@@ -30,6 +37,13 @@ fn main(
         return;
     }
     let r = rows4(gid.x);
+    if WDT >= 3u {
+        let acc = quant_rows(t, r, lane);
+        if gid.x * 4u < p.m {
+            store_rows(t, r, acc);
+        }
+        return;
+    }
     let mine = 8u * (lane % 8u);
     var acc = vec4<f32>(0.0);
     var k = 0u;
@@ -63,4 +77,164 @@ fn main(
     if gid.x * 4u < p.m {
         store_rows(t, r, acc);
     }
+}
+
+// The 32 inputs of one block as eight vec4, and their sum.
+struct Block {
+    x: array<vec4<f32>, 8>,
+    sum: f32,
+}
+
+// 2^(-8 i) for byte i of a q4 word (see nibbles_dot); powers of two, so exact.
+const NIBBLE_SCALE = vec4<f32>(1.0, 0.00390625, 0.0000152587890625, 0.000000059604644775390625);
+
+// The inputs lo (16) then hi (16) as a block; scaled by NIBBLE_SCALE for q4.
+fn block_of(lo: array<vec4<f32>, 4>, hi: array<vec4<f32>, 4>) -> Block {
+    var x = array<vec4<f32>, 8>(lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]);
+    let s = x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7];
+    if WDT == 4u {
+        for (var i = 0u; i < 8u; i++) {
+            x[i] *= NIBBLE_SCALE;
+        }
+    }
+    return Block(x, dot(s, vec4<f32>(1.0)));
+}
+
+// The 16 inputs of token t at column k (lanes' share of a span); zero past K.
+fn load_x16(t: u32, k: u32) -> array<vec4<f32>, 4> {
+    var a = array<vec4<f32>, 2>();
+    var b = array<vec4<f32>, 2>();
+    if k + 16u <= p.k {
+        a = load_x8(t, 0u, k);
+        b = load_x8(t, 0u, k + 8u);
+    } else {
+        if k < p.k {
+            a = load_x8_tail(t, 0u, k);
+        }
+        if k + 8u < p.k {
+            b = load_x8_tail(t, 0u, k + 8u);
+        }
+    }
+    return array<vec4<f32>, 4>(a[0], a[1], b[0], b[1]);
+}
+
+// The four int8 weights of `word` (element i in byte i).
+fn q8x4(word: u32) -> vec4<f32> {
+    let bytes = vec4<u32>(word << 24u, word << 16u, word << 8u, word);
+    return vec4<f32>(bitcast<vec4<i32>>(bytes) >> vec4<u32>(24u));
+}
+
+// The eight 4-bit weights of `word` (element i < 4 in the low nibble of byte i, 4 + i in its
+// high nibble) dotted with inputs lo (elements 0-3) and hi (4-7) that `block_of` scaled by
+// NIBBLE_SCALE: each nibble is masked in place, so byte i's nibble converts to q * 2^(8 i),
+// exactly, without a shift of its own. They convert as i32 (all below 2^28): CPU adapters
+// have a one-instruction signed conversion, and an unsigned one takes several.
+fn nibbles_dot(word: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let m = vec4<u32>(0xfu, 0xf00u, 0xf0000u, 0xf000000u);
+    let a = bitcast<vec4<i32>>(vec4<u32>(word) & m);
+    let b = bitcast<vec4<i32>>(vec4<u32>(word >> 4u) & m);
+    return dot(vec4<f32>(a), lo) + dot(vec4<f32>(b), hi);
+}
+
+// Row `row`'s block starting at element k (a multiple of 32) dotted with the block's inputs;
+// `s` is the block's scale word.
+fn quant_dot(row: u32, k: u32, s: u32, xb: Block) -> f32 {
+    let e = row * p.w_stride + k;
+    if WDT == 3u {
+        let a = w[e / 16u];
+        let b = w[e / 16u + 1u];
+        let q = dot(q8x4(a.x), xb.x[0]) + dot(q8x4(a.y), xb.x[1]) + dot(q8x4(a.z), xb.x[2])
+            + dot(q8x4(a.w), xb.x[3]) + dot(q8x4(b.x), xb.x[4]) + dot(q8x4(b.y), xb.x[5])
+            + dot(q8x4(b.z), xb.x[6]) + dot(q8x4(b.w), xb.x[7]);
+        return q * bitcast<f32>(s);
+    }
+    let d = w[e / 32u];
+    let q = nibbles_dot(d.x, xb.x[0], xb.x[1]) + nibbles_dot(d.y, xb.x[2], xb.x[3])
+        + nibbles_dot(d.z, xb.x[4], xb.x[5]) + nibbles_dot(d.w, xb.x[6], xb.x[7]);
+    return q * bitcast<f32>(s << 16u) + bitcast<f32>(s & 0xffff0000u) * xb.sum;
+}
+
+// The block at k for the four rows r, with their scale words s.
+fn quant_block4(r: vec4<u32>, k: u32, s: vec4<u32>, xb: Block) -> vec4<f32> {
+    return vec4<f32>(
+        quant_dot(r.x, k, s.x, xb),
+        quant_dot(r.y, k, s.y, xb),
+        quant_dot(r.z, k, s.z, xb),
+        quant_dot(r.w, k, s.w, xb),
+    );
+}
+
+// Lane j's 16 inputs, for a lane index known only at run time.
+fn shuffle16(v: array<vec4<f32>, 4>, j: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        subgroupShuffle(v[0], j), subgroupShuffle(v[1], j), subgroupShuffle(v[2], j), subgroupShuffle(v[3], j),
+    );
+}
+
+// Lane j's 16 inputs (j a constant: subgroupBroadcast takes one).
+fn lane0(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 0u), subgroupBroadcast(v[1], 0u), subgroupBroadcast(v[2], 0u), subgroupBroadcast(v[3], 0u));
+}
+fn lane1(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 1u), subgroupBroadcast(v[1], 1u), subgroupBroadcast(v[2], 1u), subgroupBroadcast(v[3], 1u));
+}
+fn lane2(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 2u), subgroupBroadcast(v[1], 2u), subgroupBroadcast(v[2], 2u), subgroupBroadcast(v[3], 2u));
+}
+fn lane3(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 3u), subgroupBroadcast(v[1], 3u), subgroupBroadcast(v[2], 3u), subgroupBroadcast(v[3], 3u));
+}
+fn lane4(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 4u), subgroupBroadcast(v[1], 4u), subgroupBroadcast(v[2], 4u), subgroupBroadcast(v[3], 4u));
+}
+fn lane5(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 5u), subgroupBroadcast(v[1], 5u), subgroupBroadcast(v[2], 5u), subgroupBroadcast(v[3], 5u));
+}
+fn lane6(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 6u), subgroupBroadcast(v[1], 6u), subgroupBroadcast(v[2], 6u), subgroupBroadcast(v[3], 6u));
+}
+fn lane7(v: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(subgroupBroadcast(v[0], 7u), subgroupBroadcast(v[1], 7u), subgroupBroadcast(v[2], 7u), subgroupBroadcast(v[3], 7u));
+}
+
+// Scale words of block b (a constant) for the four rows, from their vec4s of a span.
+fn pick(s: array<vec4<u32>, 4>, b: u32) -> vec4<u32> {
+    return vec4<u32>(s[0][b], s[1][b], s[2][b], s[3][b]);
+}
+
+// sum_k x[t, k] W[r, k] for the four rows r of a quantised W (every lane must call it).
+fn quant_rows(t: u32, r: vec4<u32>, lane: u32) -> vec4<f32> {
+    let mine = 16u * (lane % 8u);
+    var acc = vec4<f32>(0.0);
+    var k = 0u;
+    for (; k + 128u <= p.k; k += 128u) {
+        let xs = load_x16(t, k + mine);
+        let b = k / 32u;
+        let s = array<vec4<u32>, 4>(
+            ws[(r.x * p.s_stride + b) / 4u],
+            ws[(r.y * p.s_stride + b) / 4u],
+            ws[(r.z * p.s_stride + b) / 4u],
+            ws[(r.w * p.s_stride + b) / 4u],
+        );
+        acc += quant_block4(r, k, pick(s, 0u), block_of(lane0(xs), lane1(xs)));
+        acc += quant_block4(r, k + 32u, pick(s, 1u), block_of(lane2(xs), lane3(xs)));
+        acc += quant_block4(r, k + 64u, pick(s, 2u), block_of(lane4(xs), lane5(xs)));
+        acc += quant_block4(r, k + 96u, pick(s, 3u), block_of(lane6(xs), lane7(xs)));
+    }
+    // The last, partial span: its blocks are within the rows' padding to 32.
+    if k < p.k {
+        let xs = load_x16(t, k + mine);
+        let blocks = (p.k - k + 31u) / 32u;
+        for (var j = 0u; j < blocks; j++) {
+            let kb = k + 32u * j;
+            let s = vec4<u32>(
+                scale_word(r.x, kb / 32u),
+                scale_word(r.y, kb / 32u),
+                scale_word(r.z, kb / 32u),
+                scale_word(r.w, kb / 32u),
+            );
+            acc += quant_block4(r, kb, s, block_of(shuffle16(xs, 2u * j), shuffle16(xs, 2u * j + 1u)));
+        }
+    }
+    return acc;
 }

@@ -10,6 +10,7 @@
 //! - [`runtime`]: a loaded model, its step graphs, sessions and generation;
 //! - [`context`]: the GPU context (device, queue, caches) — new or around an existing device;
 //! - [`tensor`]: GPU tensors with shape and dtype, chunked past the storage-binding limit;
+//! - [`quant`]: the q8 and q4 weight formats and their CPU quantiser and reference;
 //! - [`shaders`] and [`pipeline`]: the kernel registry (plain `.wgsl` files) and the
 //!   pipeline cache;
 //! - [`graph`]: command graphs recorded once per layer and replayed each step;
@@ -27,6 +28,7 @@ pub mod graph;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod quant;
 pub mod runtime;
 pub mod shaders;
 pub mod tensor;

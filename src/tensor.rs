@@ -12,6 +12,10 @@
 //! `unpack2x16float` (so f16 weights work on adapters without the SHADER_F16 feature) and
 //! bf16 with a shift (`shaders/common/weights.wgsl`): bf16 checkpoints stay exact.
 //!
+//! Quantised weight matrices (q8, q4: [`crate::quant`]) keep each chunk's quantised data
+//! first and its block scales after it (at an offset aligned for a binding), so that a
+//! kernel binds the two regions of one buffer separately.
+//!
 //! A tensor whose bytes exceed [`Context::max_binding_bytes`] is split into chunks of whole
 //! rows, each its own buffer; ops that read such a tensor record one dispatch per chunk.
 
@@ -21,6 +25,7 @@ use half::{bf16, f16};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::quant::QuantFormat;
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,41 +35,95 @@ pub enum DType {
     F16,
     /// bfloat16 (the top half of an f32), stored as pairs packed in u32.
     BF16,
+    /// int8 weights with a scale per block of 32 ([`crate::quant`]); weight matrices only.
+    Q8,
+    /// 4-bit weights with a scale and minimum per block of 32; weight matrices only.
+    Q4,
     U32,
     I32,
 }
 
 impl DType {
-    /// Bytes per element.
+    /// Bytes per element (for q8 and q4: of the quantised data, rounded up; see
+    /// [`DType::bits`]).
     pub fn size(self) -> usize {
+        self.bits().div_ceil(8)
+    }
+
+    /// Bits per stored element (quantised formats: without their scales).
+    pub fn bits(self) -> usize {
         match self {
-            DType::F16 | DType::BF16 => 2,
-            _ => 4,
+            DType::F16 | DType::BF16 => 16,
+            DType::Q8 => 8,
+            DType::Q4 => 4,
+            _ => 32,
         }
     }
 
-    /// Lower-case name (`f32`, `f16`, `bf16`, `u32`, `i32`).
+    /// Lower-case name (`f32`, `f16`, `bf16`, `q8`, `q4`, `u32`, `i32`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
             DType::U32 => "u32",
             DType::I32 => "i32",
         }
     }
 
-    /// Whether this is a floating-point type.
+    /// Whether this holds real numbers (a float or quantised type).
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+        !matches!(self, DType::U32 | DType::I32)
+    }
+
+    /// The quantised format, for q8 and q4.
+    pub fn quant(self) -> Option<QuantFormat> {
+        match self {
+            DType::Q8 => Some(QuantFormat::Q8),
+            DType::Q4 => Some(QuantFormat::Q4),
+            _ => None,
+        }
+    }
+
+    /// The dtype of a quantised format.
+    pub fn of_quant(format: QuantFormat) -> Self {
+        match format {
+            QuantFormat::Q8 => DType::Q8,
+            QuantFormat::Q4 => DType::Q4,
+        }
+    }
+
+    /// The dtype a weight matrix with rows of `cols` elements is stored in when `self` is
+    /// asked for: rows shorter than a quantisation block (the 4x4 blocks of the NeurIPS
+    /// mLSTM's q/k/v projections) are not quantised ([`DType::unquantized`]).
+    pub fn for_rows(self, cols: usize) -> Self {
+        match self.quant() {
+            Some(_) if cols < crate::quant::BLOCK => self.unquantized(),
+            _ => self,
+        }
+    }
+
+    /// What stands in for a quantised format where a matrix is not quantised: f32, so that
+    /// a quantised model computes exactly what the float model does with the dequantised
+    /// weights (such matrices are small: sLSTM's R, 4x4 q/k/v blocks). Other dtypes are
+    /// themselves.
+    pub fn unquantized(self) -> Self {
+        match self.quant() {
+            Some(_) => DType::F32,
+            None => self,
+        }
     }
 
     /// The `WDT` override of kernels that read weight matrices
-    /// (`shaders/common/weights.wgsl`): 0 f32, 1 f16, 2 bf16.
+    /// (`shaders/common/weights.wgsl`): 0 f32, 1 f16, 2 bf16, 3 q8, 4 q4.
     pub fn weight_code(self) -> f64 {
         match self {
             DType::F16 => 1.0,
             DType::BF16 => 2.0,
+            DType::Q8 => 3.0,
+            DType::Q4 => 4.0,
             _ => 0.0,
         }
     }
@@ -102,12 +161,32 @@ pub struct Chunk {
     pub buffer: wgpu::Buffer,
     pub first_row: usize,
     pub rows: usize,
+    /// Quantised chunks: where the block scales start and their bytes (the data before).
+    scales: Option<(u64, u64)>,
 }
 
 impl Chunk {
-    /// The whole chunk as a binding.
+    /// The chunk as a binding: the whole buffer, or a quantised chunk's data.
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
-        self.buffer.as_entire_binding()
+        match self.scales {
+            None => self.buffer.as_entire_binding(),
+            Some((offset, _)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.buffer,
+                offset: 0,
+                size: std::num::NonZeroU64::new(offset),
+            }),
+        }
+    }
+
+    /// A quantised chunk's block scales as a binding; `None` for other chunks.
+    pub fn scales_binding(&self) -> Option<wgpu::BindingResource<'_>> {
+        self.scales.map(|(offset, size)| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.buffer,
+                offset,
+                size: std::num::NonZeroU64::new(size),
+            })
+        })
     }
 
     /// The row range this chunk holds.
@@ -136,6 +215,79 @@ impl std::fmt::Debug for Tensor {
             .field("stride", &self.stride)
             .field("chunks", &self.chunks.len())
             .finish()
+    }
+}
+
+/// How rows lie in a chunk's buffer: `data` bytes each, and for quantised tensors `scale`
+/// bytes each in a second region after the data (aligned to `align` for its binding).
+/// A fill writes each row as its data followed by its scales.
+struct RowLayout {
+    data: usize,
+    scale: usize,
+    align: u64,
+}
+
+impl RowLayout {
+    fn of(ctx: &Context, dtype: DType, stride: usize, cols: usize) -> Self {
+        match dtype.quant() {
+            None => RowLayout {
+                data: stride * dtype.size(),
+                scale: 0,
+                align: 0,
+            },
+            Some(q) => RowLayout {
+                data: q.data_row_bytes(cols),
+                scale: 4 * q.scale_row_words(cols),
+                align: ctx.limits().min_storage_buffer_offset_alignment.max(16) as u64,
+            },
+        }
+    }
+
+    /// Bytes of one row as a fill writes it.
+    fn row_bytes(&self) -> usize {
+        self.data + self.scale
+    }
+
+    /// The buffer size of a chunk of `n` rows (never empty, a multiple of 16) and, when
+    /// quantised, its scales' (offset, bytes).
+    fn chunk(&self, n: usize) -> (u64, Option<(u64, u64)>) {
+        let data = (n * self.data) as u64;
+        if self.scale == 0 {
+            return (data.max(16).div_ceil(16) * 16, None);
+        }
+        let offset = data.max(16).div_ceil(self.align) * self.align;
+        let scales = (n * self.scale) as u64;
+        (offset + scales.max(16), Some((offset, scales.max(16))))
+    }
+
+    /// Copies filled rows (data then scales of each) of a chunk from row `r0` on into the
+    /// mapped buffer.
+    fn copy_rows(
+        &self,
+        view: &mut wgpu::BufferViewMut,
+        scales: Option<(u64, u64)>,
+        r0: usize,
+        rows: &[u8],
+    ) {
+        match scales {
+            None => {
+                let at = r0 * self.data;
+                view.slice(at..at + rows.len()).copy_from_slice(rows);
+            }
+            Some((offset, _)) => {
+                let n = rows.len() / self.row_bytes();
+                let mut data = Vec::with_capacity(n * self.data);
+                let mut scale = Vec::with_capacity(n * self.scale);
+                for row in rows.chunks_exact(self.row_bytes()) {
+                    data.extend_from_slice(&row[..self.data]);
+                    scale.extend_from_slice(&row[self.data..]);
+                }
+                let at = r0 * self.data;
+                view.slice(at..at + data.len()).copy_from_slice(&data);
+                let at = offset as usize + r0 * self.scale;
+                view.slice(at..at + scale.len()).copy_from_slice(&scale);
+            }
+        }
     }
 }
 
@@ -210,8 +362,8 @@ impl Tensor {
         Self::from_host(ctx, label, shape, DType::U32, HostData::U32(data))
     }
 
-    /// A weight matrix (rows padded to a multiple of 8 elements) in `dtype` (F32, F16 or
-    /// BF16).
+    /// A weight matrix (rows padded to a multiple of 8 elements) in `dtype` (F32, F16, BF16,
+    /// or Q8 / Q4 where rows are a block long: [`DType::for_rows`]).
     pub fn weight(
         ctx: &Context,
         label: &str,
@@ -220,12 +372,22 @@ impl Tensor {
         data: HostData<'_>,
     ) -> Result<Self> {
         check_weight_dtype(label, dtype)?;
-        Self::with_host_data(ctx, label, shape, dtype, weight_stride(shape), USAGE, data)
+        let dtype = dtype.for_rows(rows_cols(shape).1);
+        Self::with_host_data(
+            ctx,
+            label,
+            shape,
+            dtype,
+            weight_stride(shape, dtype),
+            USAGE,
+            data,
+        )
     }
 
     /// A weight matrix like [`Tensor::weight`] whose bytes `fill(rows, out)` writes straight
     /// into the GPU buffer: rows `rows` of the matrix in `dtype`, each
-    /// [`weight_stride`]`(shape)` elements apart (the padding is already zero). Large
+    /// [`weight_stride`]`(shape, dtype)` elements apart (the padding is already zero; a
+    /// quantised row is its data then its scales, as [`crate::quant`] lays them out). Large
     /// matrices stream from a checkpoint this way without a host copy.
     pub fn weight_with(
         ctx: &Context,
@@ -235,7 +397,7 @@ impl Tensor {
         fill: Fill<'_>,
     ) -> Result<Self> {
         check_weight_dtype(label, dtype)?;
-        let stride = weight_stride(shape);
+        let stride = weight_stride(shape, dtype);
         Self::allocate(ctx, label, shape, dtype, stride, USAGE, Some(fill))
     }
 
@@ -288,17 +450,19 @@ impl Tensor {
         usage: wgpu::BufferUsages,
         mut fill: Option<Fill<'_>>,
     ) -> Result<Self> {
-        let (rows, _) = rows_cols(shape);
-        let row_bytes = (stride * dtype.size()) as u64;
+        let (rows, cols) = rows_cols(shape);
+        let layout = RowLayout::of(ctx, dtype, stride, cols);
         let limit = ctx.max_binding_bytes();
         let rows_per_chunk = limit
-            .checked_div(row_bytes)
+            .saturating_sub(layout.align)
+            .checked_div(layout.row_bytes() as u64)
             .map_or(rows.max(1), |r| r as usize);
         if rows_per_chunk == 0 {
             return Err(Error::Limit {
                 what: format!("tensor '{label}' of shape {shape:?} ({dtype})"),
                 detail: format!(
-                    "one row is {row_bytes} bytes but a storage binding holds at most {limit} bytes"
+                    "one row is {} bytes but a storage binding holds at most {limit} bytes",
+                    layout.row_bytes()
                 ),
             });
         }
@@ -308,8 +472,7 @@ impl Tensor {
         let operation = format!("allocating tensor '{label}' of shape {shape:?} ({dtype})");
         loop {
             let n = rows_per_chunk.min(rows - first);
-            // Buffers are never empty and always a multiple of 16 bytes.
-            let size = ((n as u64 * row_bytes).max(16)).div_ceil(16) * 16;
+            let (size, scales) = layout.chunk(n);
             let buffer = ctx.scoped(&operation, || {
                 ctx.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
@@ -330,15 +493,14 @@ impl Tensor {
                             })?;
                     // Mapped memory is write-only: rows are made in a bounded staging block
                     // and copied in, so a large matrix never has a second full copy.
-                    let block = (FILL_BLOCK_BYTES / row_bytes as usize).max(1);
+                    let block = (FILL_BLOCK_BYTES / layout.row_bytes()).max(1);
                     let mut staging = Vec::new();
                     for r0 in (0..n).step_by(block) {
                         let r1 = (r0 + block).min(n);
-                        let at = r0 * row_bytes as usize;
                         staging.clear();
-                        staging.resize((r1 - r0) * row_bytes as usize, 0u8);
+                        staging.resize((r1 - r0) * layout.row_bytes(), 0u8);
                         fill(first + r0..first + r1, &mut staging)?;
-                        view.slice(at..at + staging.len()).copy_from_slice(&staging);
+                        layout.copy_rows(&mut view, scales, r0, &staging);
                     }
                 }
                 buffer.unmap();
@@ -349,6 +511,7 @@ impl Tensor {
                 buffer,
                 first_row: first,
                 rows: n,
+                scales,
             });
             first += n;
             if first >= rows {
@@ -457,6 +620,12 @@ impl Tensor {
     /// elements), keeping the row padding.
     pub fn write_rows(&self, first_row: usize, data: HostData<'_>) -> Result<()> {
         check_kind(&self.label, self.dtype, &data)?;
+        if self.dtype.quant().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "tensor '{}' is quantised ({}): its rows are written when it is made",
+                self.label, self.dtype
+            )));
+        }
         let cols = self.cols();
         let n = data.len() / cols.max(1);
         if data.len() != n * cols || first_row + n > self.rows() {
@@ -504,9 +673,41 @@ impl Tensor {
         Ok(())
     }
 
-    /// Bytes between consecutive rows on the GPU.
+    /// Bytes between consecutive rows on the GPU (of a quantised tensor: of its data).
     pub fn row_bytes(&self) -> usize {
-        self.stride * self.dtype.size()
+        match self.dtype.quant() {
+            Some(q) => q.data_row_bytes(self.cols()),
+            None => self.stride * self.dtype.size(),
+        }
+    }
+
+    /// Rows `rows` of a quantised tensor, dequantised.
+    fn quantized_rows_to_f32(&self, q: QuantFormat, rows: Range<usize>) -> Result<Vec<f32>> {
+        let cols = self.cols();
+        let (db, sw) = (q.data_row_bytes(cols), q.scale_row_words(cols));
+        let operation = format!("reading back tensor '{}'", self.label);
+        let mut out = Vec::with_capacity(rows.len() * cols);
+        for c in &self.chunks {
+            let lo = rows.start.max(c.first_row);
+            let hi = rows.end.min(c.first_row + c.rows);
+            let Some((offset, _)) = c.scales.filter(|_| lo < hi) else {
+                continue;
+            };
+            let at = |row: usize, bytes: usize| ((row - c.first_row) * bytes) as u64;
+            let len = ((hi - lo) * db) as u64;
+            let data = read_buffer(&self.ctx, &c.buffer, at(lo, db), len, &operation)?;
+            let len = ((hi - lo) * 4 * sw) as u64;
+            let scales = read_buffer(
+                &self.ctx,
+                &c.buffer,
+                offset + at(lo, 4 * sw),
+                len,
+                &operation,
+            )?;
+            let scales: Vec<u32> = bytemuck::pod_collect_to_vec(&scales);
+            out.extend(crate::quant::dequantize(q, &data, &scales, cols));
+        }
+        Ok(out)
     }
 
     /// Reads rows `rows` back as raw element bytes, dense (padding dropped).
@@ -541,8 +742,11 @@ impl Tensor {
         self.rows_to_f32(0..self.rows())
     }
 
-    /// Reads rows `rows` back as f32 (f16 is widened).
+    /// Reads rows `rows` back as f32 (16-bit types are widened, quantised ones dequantised).
     pub fn rows_to_f32(&self, rows: Range<usize>) -> Result<Vec<f32>> {
+        if let Some(q) = self.dtype.quant() {
+            return self.quantized_rows_to_f32(q, rows);
+        }
         let bytes = self.read_bytes(rows)?;
         match self.dtype {
             DType::F32 => Ok(bytemuck::pod_collect_to_vec(&bytes)),
@@ -598,6 +802,26 @@ fn write_rows(
     stride: usize,
     dtype: DType,
 ) {
+    if let Some(q) = dtype.quant() {
+        // Each row as its quantised data then its scales (see `RowLayout`).
+        let (db, sw) = (q.data_row_bytes(cols), q.scale_row_words(cols));
+        let mut scales = vec![0u32; sw];
+        for (i, r) in rows.enumerate() {
+            let row: Vec<f32> = match data {
+                HostData::F32(d) => d[r * cols..(r + 1) * cols].to_vec(),
+                HostData::F16(d) => d[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect(),
+                _ => unreachable!("host data kind checked by check_kind"),
+            };
+            let out = &mut dst[i * (db + 4 * sw)..(i + 1) * (db + 4 * sw)];
+            let (d, s) = out.split_at_mut(db);
+            q.quantize_row(&row, d, &mut scales);
+            s.copy_from_slice(bytemuck::cast_slice(&scales));
+        }
+        return;
+    }
     let esize = dtype.size();
     for (i, r) in rows.enumerate() {
         let src = r * cols..(r + 1) * cols;
@@ -620,6 +844,11 @@ fn write_rows(
                     o.copy_from_slice(&x.to_f32().to_le_bytes());
                 }
             }
+            (HostData::F16(d), DType::BF16) => {
+                for (o, &x) in out.chunks_exact_mut(2).zip(&d[src]) {
+                    o.copy_from_slice(&bf16::from_f32(x.to_f32()).to_le_bytes());
+                }
+            }
             (HostData::U32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
             (HostData::I32(d), _) => out.copy_from_slice(bytemuck::cast_slice(&d[src])),
             // Kind mismatches are rejected before any write.
@@ -631,10 +860,24 @@ fn write_rows(
 /// Writes rows `rows` of a weight matrix into its buffer (see [`Tensor::weight_with`]).
 pub type Fill<'a> = &'a mut dyn FnMut(Range<usize>, &mut [u8]) -> Result<()>;
 
-/// Elements between the rows of a weight matrix of `shape`: the columns rounded
-/// up to a multiple of 8, so kernels read rows with aligned 16-byte vector loads.
-pub fn weight_stride(shape: &[usize]) -> usize {
-    round_up(rows_cols(shape).1, 8)
+/// Elements between the rows of a weight matrix of `shape` in `dtype`: the columns rounded
+/// up to a multiple of 8, so kernels read rows with aligned 16-byte vector loads (of 32 for
+/// quantised formats: whole blocks).
+pub fn weight_stride(shape: &[usize], dtype: DType) -> usize {
+    let cols = rows_cols(shape).1;
+    match dtype.quant() {
+        Some(q) => q.stride(cols),
+        None => round_up(cols, 8),
+    }
+}
+
+/// Bytes of one row of a weight matrix of `shape` in `dtype` as a [`Fill`] writes it:
+/// `weight_stride` elements, or for quantised formats the row's data then its scale words.
+pub fn fill_row_bytes(shape: &[usize], dtype: DType) -> usize {
+    match dtype.quant() {
+        Some(q) => q.row_bytes(rows_cols(shape).1),
+        None => weight_stride(shape, dtype) * dtype.size(),
+    }
 }
 
 fn check_weight_dtype(label: &str, dtype: DType) -> Result<()> {

@@ -75,15 +75,19 @@ pub fn round_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
-/// `v` as a tensor of `dtype` stores it (f16 and bf16 rounded, f32 unchanged).
-pub fn round_to(dtype: crate::DType, v: &[f32]) -> Vec<f32> {
-    match dtype {
+/// `v`, rows of `cols`, as a weight matrix of `dtype` stores it (f16 and bf16 rounded, q8
+/// and q4 quantised and dequantised, f32 unchanged).
+pub fn round_to(dtype: crate::DType, v: &[f32], cols: usize) -> Vec<f32> {
+    match dtype.for_rows(cols) {
         crate::DType::F16 => round_f16(v),
         crate::DType::BF16 => v
             .iter()
             .map(|&x| half::bf16::from_f32(x).to_f32())
             .collect(),
-        _ => v.to_vec(),
+        d => match d.quant() {
+            Some(q) => crate::quant::round_trip(q, v, cols),
+            None => v.to_vec(),
+        },
     }
 }
 

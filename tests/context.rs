@@ -112,8 +112,13 @@ fn wrong_bind_groups_are_typed_errors() {
         .bind_group(ctx, &[src.binding().unwrap()])
         .expect_err("must fail");
     assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
-    // A uniform buffer where a storage buffer belongs: wgpu rejects it, we report it.
-    let uniform = ctx.uniform("params", &[0u32; 4]).unwrap();
+    // A uniform-only buffer where a storage buffer belongs: wgpu rejects it, we report it.
+    let uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("uniform only"),
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
     let err = pipeline
         .bind_group(
             ctx,

@@ -191,7 +191,7 @@ fn full_rank_conversion_reproduces_the_dense_logits() {
     ] {
         let src = fixture(&format!("models/{name}"));
         let out = out_dir(&format!("full-{name}"));
-        let report = convert(&src, &out, RankChoice::Rank(d), 2).unwrap();
+        let report = convert(&src, &out, RankChoice::Rank(d), 2, false).unwrap();
         assert!(report.slots.iter().all(|s| s.rank == s.full_rank));
         let golden = Weights::open(&src.join("golden.safetensors")).unwrap();
         let model = load(&out);
@@ -299,7 +299,7 @@ fn conversion_agrees_with_the_reference_and_errors_grow_as_the_rank_falls() {
         for (c, case) in cases.iter().enumerate() {
             let what = format!("{name} case {c} ({:?})", case.choice);
             let out = out_dir(&format!("case{c}-{name}"));
-            let report = convert(&src, &out, case.choice, 2).unwrap();
+            let report = convert(&src, &out, case.choice, 2, false).unwrap();
             let slots = meta["slots"].as_array().unwrap();
             assert_eq!(report.slots.len(), slots.len(), "{what}");
             for (i, (s, m)) in report.slots.iter().zip(slots).enumerate() {
@@ -422,12 +422,13 @@ fn convert_cli_writes_a_loadable_model_and_prints_the_report() {
         assert!(!run.status.success() && err.contains("error:"), "{err}");
     }
     // Converting a latent model again, or with groups that do not divide E, is refused.
-    let again = moxe::convert::latent::convert(&out, &out_dir("again"), RankChoice::Rank(4), 2);
+    let again =
+        moxe::convert::latent::convert(&out, &out_dir("again"), RankChoice::Rank(4), 2, false);
     assert!(again
         .unwrap_err()
         .to_string()
         .contains("already has latent"));
-    let odd = moxe::convert::latent::convert(&src, &out_dir("odd"), RankChoice::Rank(4), 3);
+    let odd = moxe::convert::latent::convert(&src, &out_dir("odd"), RankChoice::Rank(4), 3, false);
     assert!(odd.unwrap_err().to_string().contains("must divide"));
     // Writing over the input model (here a copy of the fixture) is refused, leaving it intact.
     let copy = out_dir("in_place");
@@ -436,7 +437,7 @@ fn convert_cli_writes_a_loadable_model_and_prints_the_report() {
         std::fs::copy(src.join(f), copy.join(f)).unwrap();
     }
     let before = std::fs::read(copy.join("model.safetensors")).unwrap();
-    let in_place = moxe::convert::latent::convert(&copy, &copy, RankChoice::Rank(4), 2);
+    let in_place = moxe::convert::latent::convert(&copy, &copy, RankChoice::Rank(4), 2, true);
     assert!(in_place
         .unwrap_err()
         .to_string()
@@ -446,5 +447,13 @@ fn convert_cli_writes_a_loadable_model_and_prints_the_report() {
         before
     );
     std::fs::remove_dir_all(&copy).unwrap();
+    // Converting into a directory that holds a model is refused without --force.
+    let taken = moxe::convert::latent::convert(&src, &out, RankChoice::Rank(4), 2, false);
+    let err = taken.unwrap_err().to_string();
+    assert!(
+        err.contains("already holds") && err.contains("--force"),
+        "{err}"
+    );
+    moxe::convert::latent::convert(&src, &out, RankChoice::Rank(4), 2, true).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -19,6 +19,8 @@ struct Params {
     head_rows: u32,
     // c of a soft cap c * tanh(v / c) on each product (before beta * y is added); 0 = none.
     cap: f32,
+    // Quantised W (WDT 3, 4): scale words per row in ws.
+    s_stride: u32,
 }
 
 override HEADS: bool = false;
@@ -28,16 +30,43 @@ override WG: u32 = 64u;
 // vec4 through x4 (the same buffer), two loads per block of 8 instead of eight.
 override X4: bool = false;
 
-@group(0) @binding(0) var<uniform> p: Params;
+// The parameters live in a storage buffer, not a uniform one: lavapipe (Mesa 22.3) inlines
+// uniform values that bound loops into a fresh compile of the shader at every dispatch whose
+// uniforms change (its "inline uniforms"), which made a 256-row GEMV take 10 ms instead of
+// 20 us; storage loads are never inlined.
+@group(0) @binding(0) var<storage, read> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+// The block scales of a quantised W (row r, block b in word r * s_stride + b, s_stride a
+// multiple of 4 so that four blocks' scales are one vec4); any buffer else.
+@group(0) @binding(6) var<storage, read> ws: array<vec4<u32>>;
+
+// Scale word of block b of row `row`.
+fn scale_word(row: u32, b: u32) -> u32 {
+    let i = row * p.s_stride + b;
+    return ws[i / 4u][i % 4u];
+}
 
 // Eight consecutive weights of row `row` starting at element `k` (k a multiple of 8). Rows
-// are zero-padded to w_stride, so a block may run past K.
+// are zero-padded to w_stride, so a block may run past K. Quantised rows are w_stride
+// elements of data (one vec4 of w holds 16 q8 or 32 q4 weights) and s_stride scale words.
 fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
+    if WDT == 3u {
+        let e = row * p.w_stride + k;
+        let q = w[e / 16u];
+        let s = scale_word(row, k / 32u);
+        if (e / 8u) % 2u == 0u {
+            return array<vec4<f32>, 2>(dequant_q8(q.x, s), dequant_q8(q.y, s));
+        }
+        return array<vec4<f32>, 2>(dequant_q8(q.z, s), dequant_q8(q.w, s));
+    }
+    if WDT == 4u {
+        let e = row * p.w_stride + k;
+        return dequant_q4(w[e / 32u][(e / 8u) % 4u], scale_word(row, k / 32u));
+    }
     if WDT != 0u {
         let q = w[(row * p.w_stride + k) / 8u];
         return array<vec4<f32>, 2>(

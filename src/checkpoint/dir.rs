@@ -43,6 +43,7 @@ impl ModelDir {
         }
         let mut config = ModelConfig::from_file(&path.join("config.json"))?;
         let weights = open_weights(path)?;
+        super::quantized::check_config(&path.join("config.json"), &weights)?;
         config.adapt_to(&weights);
         let manifest = config.manifest();
         let ranks = manifest.check(&weights)?;
@@ -97,7 +98,7 @@ pub struct ParameterCounts {
     pub total: usize,
     /// In expert tensors (including shared latent projections).
     pub experts: usize,
-    /// In tensors of rank >= 2 (stored as f16 in an f16 model; vectors stay f32).
+    /// In weight matrices (stored in the load dtype; everything else keeps its own).
     pub in_matrices: usize,
 }
 
@@ -118,7 +119,7 @@ impl ParameterCounts {
             if t.name.contains(".experts.") {
                 counts.experts += n;
             }
-            if t.shape.len() >= 2 {
+            if t.matrix {
                 counts.in_matrices += n;
             }
         }
@@ -131,9 +132,10 @@ impl ParameterCounts {
         self.total - self.experts + self.experts * k / e.max(1)
     }
 
-    /// Weight bytes when matrices are stored in `matrix_bytes` bytes per element.
-    pub fn bytes(&self, matrix_bytes: usize) -> usize {
-        self.in_matrices * matrix_bytes + (self.total - self.in_matrices) * 4
+    /// Weight bytes when matrices are stored in `matrix_bits` bits per element (vectors
+    /// in f32).
+    pub fn bytes(&self, matrix_bits: usize) -> usize {
+        self.in_matrices * matrix_bits / 8 + (self.total - self.in_matrices) * 4
     }
 }
 

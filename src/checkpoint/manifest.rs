@@ -30,6 +30,11 @@ pub struct Expected {
     pub shape: Vec<Dim>,
     /// How random weights draw it.
     pub init: RandomInit,
+    /// A weight matrix: the model reads it with `Scope::matrix` or `Scope::stacked_matrix`,
+    /// in the load dtype (quantised with the rest by `--dtype q8|q4` and `moxe quantize`).
+    /// Everything else (norms, biases, convolutions, routers, sLSTM's R) keeps its own
+    /// storage.
+    pub matrix: bool,
 }
 
 /// Every tensor of a model, and the ones allowed but unused.
@@ -41,24 +46,40 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Expects `name` with a fixed `shape`.
+    /// Expects `name` with a fixed `shape` (not a weight matrix: [`Expected::matrix`]).
     pub(crate) fn add(&mut self, name: String, shape: &[usize]) {
         self.add_init(name, shape, RandomInit::default_for(shape.len()));
     }
 
     /// Expects `name` with a fixed `shape`, drawn with `init` in random weights.
     pub(crate) fn add_init(&mut self, name: String, shape: &[usize], init: RandomInit) {
+        let shape = shape.iter().map(|&d| Dim::Fixed(d)).collect();
+        self.push(name, shape, init, false);
+    }
+
+    /// Expects the weight matrix `name` with a fixed `shape`.
+    pub(crate) fn add_matrix(&mut self, name: String, shape: &[usize]) {
+        self.add_matrix_dims(name, shape.iter().map(|&d| Dim::Fixed(d)).collect());
+    }
+
+    /// Expects the weight matrix `name` with a shape that may name latent ranks.
+    pub(crate) fn add_matrix_dims(&mut self, name: String, shape: Vec<Dim>) {
+        let init = RandomInit::default_for(shape.len());
+        self.push(name, shape, init, true);
+    }
+
+    fn push(&mut self, name: String, shape: Vec<Dim>, init: RandomInit, matrix: bool) {
         self.tensors.push(Expected {
             name,
-            shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+            shape,
             init,
+            matrix,
         });
     }
 
-    /// Expects `name` with a shape that may name latent ranks.
-    pub(crate) fn add_dims(&mut self, name: String, shape: Vec<Dim>) {
-        let init = RandomInit::default_for(shape.len());
-        self.tensors.push(Expected { name, shape, init });
+    /// Whether `name` is one of the weight matrices.
+    pub fn is_matrix(&self, name: &str) -> bool {
+        self.tensors.iter().any(|t| t.matrix && t.name == name)
     }
 
     /// Checks every expected tensor in `w` (presence, shape, float dtype, finite values) and
@@ -121,14 +142,16 @@ impl Manifest {
                 }
             }
             // A float dtype (values are checked to be finite as they are read).
-            if !matches!(
+            let float = matches!(
                 w.dtype(&t.name),
                 Some(Dtype::F32 | Dtype::F16 | Dtype::BF16)
-            ) {
+            );
+            if !float && w.quant(&t.name).is_none() {
                 return Err(Error::file(
                     w.file_of(&t.name),
                     format!(
-                        "tensor '{}': expected dtype F32, F16 or BF16, found {:?}",
+                        "tensor '{}': expected dtype F32, F16 or BF16 (or a quantised matrix), \
+                         found {:?}",
                         t.name,
                         w.dtype(&t.name).expect("present")
                     ),
@@ -179,9 +202,9 @@ mod tests {
 
     fn manifest() -> Manifest {
         let mut m = Manifest::default();
-        m.add("w".into(), &[2, 3]);
-        m.add_dims("a.A".into(), vec![Dim::Fixed(4), Dim::Rank("r".into())]);
-        m.add_dims("b.A".into(), vec![Dim::Fixed(5), Dim::Rank("r".into())]);
+        m.add_matrix("w".into(), &[2, 3]);
+        m.add_matrix_dims("a.A".into(), vec![Dim::Fixed(4), Dim::Rank("r".into())]);
+        m.add_matrix_dims("b.A".into(), vec![Dim::Fixed(5), Dim::Rank("r".into())]);
         m.ignored.insert("extra".into());
         m
     }

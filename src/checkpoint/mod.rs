@@ -3,12 +3,14 @@
 //! downloaded, the xlstm_large package's state dicts), safetensors files and shards
 //! ([`weights`]), the tensors a configuration implies ([`manifest`]), the generation
 //! defaults and special tokens of the tokenizer and generation config files
-//! ([`generation`]), and random weights for any configuration ([`random`]).
+//! ([`generation`]), quantised checkpoints ([`quantized`]), and random weights for any
+//! configuration ([`random`]).
 
 pub mod dir;
 pub mod generation;
 pub(crate) mod json;
 pub mod manifest;
+pub mod quantized;
 pub mod random;
 pub mod values;
 pub mod weights;

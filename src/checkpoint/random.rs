@@ -30,11 +30,7 @@ pub fn random_weights(config: &ModelConfig, seed: u64, matrix_dtype: Dtype) -> W
                     Dim::Rank(_) => rank,
                 })
                 .collect();
-            let dtype = if shape.len() >= 2 {
-                matrix_dtype
-            } else {
-                Dtype::F32
-            };
+            let dtype = if t.matrix { matrix_dtype } else { Dtype::F32 };
             (t.name, shape, dtype, t.init)
         })
         .collect();

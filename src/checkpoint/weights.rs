@@ -20,6 +20,7 @@ use safetensors::SafeTensors;
 use super::values::{convert_row, random_row, RandomInit};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::quant::QuantFormat;
 use crate::tensor::{DType, Tensor};
 
 /// Called with the bytes of weight matrices written to the GPU so far and the total expected.
@@ -53,14 +54,18 @@ impl Shard {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
-    shard: usize,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
+pub(crate) struct Entry {
+    pub(crate) shard: usize,
+    pub(crate) dtype: Dtype,
+    /// The logical shape (of a quantised tensor: of its weights, not of its packed bytes).
+    pub(crate) shape: Vec<usize>,
+    /// The data's byte range in the shard's data section.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// How a random source makes this tensor's values.
-    init: RandomInit,
+    pub(crate) init: RandomInit,
+    /// A quantised tensor: its format and its scales' byte range.
+    pub(crate) quant: Option<(QuantFormat, usize, usize)>,
 }
 
 /// A checkpoint's tensors (one or several files).
@@ -136,6 +141,7 @@ fn parse_shard(
                 start: info.data_offsets.0,
                 end: info.data_offsets.1,
                 init,
+                quant: None,
             };
             (name, entry)
         })
@@ -146,6 +152,7 @@ fn parse_shard(
         metadata: metadata.metadata().clone().unwrap_or_default(),
         storage,
     };
+    let entries = super::quantized::join(&shard.path, &shard.metadata, entries)?;
     Ok((shard, entries))
 }
 
@@ -315,6 +322,7 @@ impl Weights {
                     start: at,
                     end: at + bytes,
                     init,
+                    quant: None,
                 },
             );
             at += bytes;
@@ -358,21 +366,44 @@ impl Weights {
             .is_some_and(|e| matches!(e.dtype, Dtype::F16 | Dtype::BF16))
     }
 
-    /// The stored dtype of a tensor.
+    /// The stored dtype of a tensor (of a quantised one: U8, its packed data's).
     pub fn dtype(&self, name: &str) -> Option<Dtype> {
         self.entries.get(name).map(|e| e.dtype)
     }
 
-    /// Bytes of the stored tensor `name`.
-    pub fn stored_bytes(&self, name: &str) -> u64 {
+    /// The format of a quantised tensor; `None` for float (or missing) tensors.
+    pub fn quant(&self, name: &str) -> Option<QuantFormat> {
+        self.entries.get(name).and_then(|e| e.quant.map(|q| q.0))
+    }
+
+    /// The quantisation formats of the tensors (empty for a float checkpoint).
+    pub fn quant_formats(&self) -> std::collections::BTreeSet<&'static str> {
         self.entries
-            .get(name)
-            .map_or(0, |e| (e.end - e.start) as u64)
+            .values()
+            .filter_map(|e| e.quant.map(|q| q.0.name()))
+            .collect()
+    }
+
+    /// Bytes of the stored tensor `name` (a quantised one's data and scales).
+    pub fn stored_bytes(&self, name: &str) -> u64 {
+        self.entries.get(name).map_or(0, |e| {
+            let scales = e.quant.map_or(0, |(_, start, end)| end - start);
+            (e.end - e.start + scales) as u64
+        })
     }
 
     /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged).
     pub fn raw_tensor(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
         let e = self.entry(name)?;
+        if let Some((format, ..)) = e.quant {
+            return Err(Error::file(
+                &self.shards[e.shard].path,
+                format!(
+                    "tensor '{name}' is quantised ({format}); this needs the float checkpoint \
+                     it was quantised from"
+                ),
+            ));
+        }
         Ok((e.dtype, &e.shape, self.raw(name, e)?))
     }
 
@@ -388,7 +419,9 @@ impl Weights {
         self.uploaded.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn report(&self, bytes: u64) {
+    /// Counts `bytes` more of work done towards the progress set by
+    /// [`Weights::set_progress`] ([`Weights::fill_rows`] counts the bytes it writes).
+    pub(crate) fn report(&self, bytes: u64) {
         let done = self
             .uploaded
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
@@ -415,6 +448,9 @@ impl Weights {
     }
 
     fn float_dtype(&self, name: &str, e: &Entry) -> Result<()> {
+        if e.quant.is_some() {
+            return Ok(());
+        }
         match e.dtype {
             Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
             other => Err(Error::file(
@@ -439,9 +475,11 @@ impl Weights {
         self.float_dtype(name, e)
     }
 
-    /// Writes rows `rows` of the float tensor `name` (rows x `cols` as stored, `cols` its last
-    /// dim) into `out` as `dtype` (F32, F16 or BF16), each row `stride` elements apart.
-    /// Values are checked to be finite, and within f16's range when converted to f16.
+    /// Writes rows `rows` of the float (or quantised) tensor `name` (rows x `cols` as stored,
+    /// `cols` its last dim) into `out` as `dtype`: F32, F16 or BF16 rows `stride` elements
+    /// apart, or for Q8 and Q4 each row's quantised data then its scales ([`crate::quant`];
+    /// `stride` unused). Values are checked to be finite, and within f16's range when
+    /// converted to f16. A quantised tensor loaded in its own format is copied as stored.
     pub fn fill_rows(
         &self,
         name: &str,
@@ -453,31 +491,90 @@ impl Weights {
         let e = self.entry(name)?;
         self.float_dtype(name, e)?;
         let cols = *e.shape.last().unwrap_or(&1);
-        let shard = &self.shards[e.shard];
+        let path = &self.shards[e.shard].path;
+        let element_error = |r: usize| {
+            move |(col, what): (usize, String)| {
+                Error::file(
+                    path,
+                    format!("tensor '{name}': element {} {what}", r * cols + col),
+                )
+            }
+        };
+        if let Some(target) = dtype.quant() {
+            let (row_bytes, data_bytes) = (target.row_bytes(cols), target.data_row_bytes(cols));
+            let mut scales = vec![0u32; target.scale_row_words(cols)];
+            let mut values = vec![0u8; 4 * cols];
+            for (i, r) in rows.clone().enumerate() {
+                let dst = &mut out[i * row_bytes..(i + 1) * row_bytes];
+                if e.quant.map(|q| q.0) == Some(target) {
+                    self.quantized_row(name, e, r, dst)?;
+                    continue;
+                }
+                self.row_as(name, e, r, DType::F32, &mut values)
+                    .map_err(element_error(r))?;
+                let (data, s) = dst.split_at_mut(data_bytes);
+                let row: Vec<f32> = bytemuck::pod_collect_to_vec(&values);
+                target.quantize_row(&row, data, &mut scales);
+                s.copy_from_slice(bytemuck::cast_slice(&scales));
+            }
+            self.report((rows.len() * row_bytes) as u64);
+            return Ok(());
+        }
         let esize = dtype.size();
-        let src_size = e.dtype.bitsize() / 8;
         let row_bytes = stride * esize;
         for (i, r) in rows.clone().enumerate() {
             let dst = &mut out[i * row_bytes..i * row_bytes + cols * esize];
-            let res = match shard.storage {
-                Storage::Random(seed) => {
-                    random_row(seed, name, e.init, &e.shape, r, e.dtype, dst, dtype);
-                    Ok(())
-                }
-                _ => {
-                    let raw = self.raw(name, e)?;
-                    let src = &raw[r * cols * src_size..(r + 1) * cols * src_size];
-                    convert_row(src, e.dtype, dst, dtype)
-                }
-            };
-            res.map_err(|(col, what)| {
-                Error::file(
-                    &shard.path,
-                    format!("tensor '{name}': element {} {what}", r * cols + col),
-                )
-            })?;
+            self.row_as(name, e, r, dtype, dst)
+                .map_err(element_error(r))?;
         }
         self.report((rows.len() * cols * esize) as u64);
+        Ok(())
+    }
+
+    /// Row `r` of tensor `name` converted into `dst` as the float type `dtype` (cols
+    /// elements).
+    fn row_as(
+        &self,
+        name: &str,
+        e: &Entry,
+        r: usize,
+        dtype: DType,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), super::values::Problem> {
+        let cols = *e.shape.last().unwrap_or(&1);
+        let shard = &self.shards[e.shard];
+        if let Storage::Random(seed) = shard.storage {
+            random_row(seed, name, e.init, &e.shape, r, e.dtype, dst, dtype);
+            return Ok(());
+        }
+        let bytes = &shard.bytes()[shard.data_start..];
+        match e.quant {
+            Some((q, s0, _)) => {
+                let (db, sw) = (q.data_row_bytes(cols), q.scale_row_words(cols));
+                let data = &bytes[e.start + r * db..e.start + (r + 1) * db];
+                let scales: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&bytes[s0 + r * 4 * sw..s0 + (r + 1) * 4 * sw]);
+                let values = q.dequantize_row(data, &scales, cols);
+                convert_row(bytemuck::cast_slice(&values), Dtype::F32, dst, dtype)
+            }
+            None => {
+                let size = e.dtype.bitsize() / 8;
+                let src = &bytes[e.start + r * cols * size..e.start + (r + 1) * cols * size];
+                convert_row(src, e.dtype, dst, dtype)
+            }
+        }
+    }
+
+    /// Row `r` of the quantised tensor `name` as stored: its data then its scales.
+    fn quantized_row(&self, name: &str, e: &Entry, r: usize, dst: &mut [u8]) -> Result<()> {
+        let (q, s0, _) = e.quant.expect("a quantised entry");
+        let cols = *e.shape.last().unwrap_or(&1);
+        let (db, sb) = (q.data_row_bytes(cols), 4 * q.scale_row_words(cols));
+        let bytes = self.raw(name, e)?;
+        let shard = &self.shards[e.shard];
+        let all = &shard.bytes()[shard.data_start..];
+        dst[..db].copy_from_slice(&bytes[r * db..(r + 1) * db]);
+        dst[db..].copy_from_slice(&all[s0 + r * sb..s0 + (r + 1) * sb]);
         Ok(())
     }
 
@@ -546,9 +643,9 @@ fn fill_stacked(
     rows: Range<usize>,
     dtype: DType,
     stride: usize,
+    row_bytes: usize,
     out: &mut [u8],
 ) -> Result<()> {
-    let row_bytes = stride * dtype.size();
     let mut base = 0;
     for (name, n) in parts {
         let part = base..base + n;
@@ -635,9 +732,10 @@ impl<'a> Scope<'a> {
         Tensor::from_f32(ctx, &self.name(label), &[values.len()], &values)
     }
 
-    /// A GPU weight matrix of `name` with shape `shape`, stored as `dtype` (f32, f16 or
-    /// bf16), streamed from the checkpoint row by row. Values beyond f16's range are an error
-    /// when storing as f16.
+    /// A GPU weight matrix of `name` with shape `shape`, stored as `dtype` (f32, f16, bf16,
+    /// or quantised as q8 or q4 where rows are a block long: [`DType::for_rows`]), streamed
+    /// from the checkpoint row by row. Values beyond f16's range are an error when storing
+    /// as f16.
     pub fn matrix(
         &self,
         ctx: &Context,
@@ -647,9 +745,15 @@ impl<'a> Scope<'a> {
     ) -> Result<Tensor> {
         let full = self.name(name);
         self.weights.check_float(&full, shape)?;
+        let dtype = dtype.for_rows(*shape.last().unwrap_or(&1));
         Tensor::weight_with(ctx, &full, shape, dtype, &mut |rows, out| {
-            self.weights
-                .fill_rows(&full, rows, dtype, crate::tensor::weight_stride(shape), out)
+            self.weights.fill_rows(
+                &full,
+                rows,
+                dtype,
+                crate::tensor::weight_stride(shape, dtype),
+                out,
+            )
         })
     }
 
@@ -673,9 +777,11 @@ impl<'a> Scope<'a> {
         }
         let rows: usize = parts.iter().map(|p| p.1).sum();
         let shape = [rows, cols];
-        let stride = crate::tensor::weight_stride(&shape);
+        let dtype = dtype.for_rows(cols);
+        let stride = crate::tensor::weight_stride(&shape, dtype);
+        let row_bytes = crate::tensor::fill_row_bytes(&shape, dtype);
         Tensor::weight_with(ctx, &self.name(label), &shape, dtype, &mut |range, out| {
-            fill_stacked(self.weights, &full, range, dtype, stride, out)
+            fill_stacked(self.weights, &full, range, dtype, stride, row_bytes, out)
         })
     }
 }

@@ -71,7 +71,7 @@ pub struct ModelBenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
-    /// GEMV bandwidth in f32 and f16 beside a read-bandwidth probe, and the cell kernels.
+    /// GEMV bandwidth in f32, f16, bf16, q8 and q4 beside a read-bandwidth probe, and the cell kernels.
     Kernels,
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
@@ -174,15 +174,16 @@ fn random_model(
         config = config.with_layers(n)?;
     }
     let dtype = dtype.map_or(DType::F16, DtypeArg::dtype);
+    // Quantised loads quantise random bf16 values, as they would a bf16 checkpoint's.
     let stored = match dtype {
         DType::F32 => Dtype::F32,
-        DType::BF16 => Dtype::BF16,
-        _ => Dtype::F16,
+        DType::F16 => Dtype::F16,
+        _ => Dtype::BF16,
     };
     let weights = random_weights(&config, 1, stored);
     let ranks = random_ranks(&config);
     let ctx = gpu.context()?;
-    let (bar, progress) = load_progress();
+    let (bar, progress) = load_progress("loading");
     let options = LoadOptions {
         dtype: Some(dtype),
         max_sequences: sequences,

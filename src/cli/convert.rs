@@ -38,10 +38,12 @@ pub struct LatentArgs {
     /// Dense-expert model directory; default: the bundled model.
     #[arg(long, default_value_os_t = moxe::checkpoint::default_model_dir())]
     pub model: PathBuf,
-    /// Output directory (created; its config.json, model.safetensors and tokenizer.json are
-    /// overwritten).
+    /// Output directory (created; a model already there is kept unless --force).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace config.json, model.safetensors and tokenizer.json already in --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
@@ -56,7 +58,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
                     ))
                 }
             };
-            let report = convert(&a.model, &a.out, choice, a.groups)?;
+            let report = convert(&a.model, &a.out, choice, a.groups, a.force)?;
             print!("{}", report.table());
             println!("wrote {}", a.out.display());
             Ok(())

@@ -136,10 +136,14 @@ pub fn run(model: &Path) -> Result<()> {
         let ranks: Vec<String> = dir.ranks.iter().map(|(k, r)| format!("{k}: {r}")).collect();
         println!("latent ranks: {}", ranks.join(", "));
     }
+    // q8 and q4 with their block scales: 9 and 5 bits per weight.
     println!(
-        "weights on the GPU: {} as f32, {} as f16 or bf16 (vectors stay f32)",
-        mib(c.bytes(4)),
-        mib(c.bytes(2))
+        "weights on the GPU: {} as f32, {} as f16 or bf16, {} as q8, {} as q4 (vectors stay \
+         f32)",
+        mib(c.bytes(32)),
+        mib(c.bytes(16)),
+        mib(c.bytes(9)),
+        mib(c.bytes(5))
     );
     println!(
         "state: {} per sequence (f32, whatever its length)",

@@ -8,6 +8,7 @@ mod inspect;
 mod logits;
 mod model_args;
 mod perplexity;
+mod quantize;
 mod threads;
 
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Convert checkpoints (on the CPU): `moxe convert latent` factors dense experts.
     Convert(convert::ConvertArgs),
+    /// Quantise a model's weight matrices to q8 or q4 into a new model directory (on the
+    /// CPU); it loads without re-quantising.
+    Quantize(quantize::QuantizeArgs),
     /// Show a model's configuration, parameter counts and memory, without the GPU.
     Inspect {
         /// Model directory (also accepted as --model); default: the bundled model.
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(args) => logits::run(&cli.gpu, &args),
         Command::Bench(args) => bench::run(&cli.gpu, &args),
         Command::Convert(args) => convert::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Inspect { dir, model } => inspect::run(dir.as_ref().unwrap_or(&model)),
     }
 }

@@ -20,6 +20,10 @@ pub enum DtypeArg {
     F32,
     F16,
     Bf16,
+    /// int8 with a scale per block of 32 weights (docs/QUANT_FORMAT.md).
+    Q8,
+    /// 4-bit with a scale and minimum per block of 32 weights.
+    Q4,
 }
 
 impl DtypeArg {
@@ -28,6 +32,8 @@ impl DtypeArg {
             DtypeArg::F32 => DType::F32,
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::Q8 => DType::Q8,
+            DtypeArg::Q4 => DType::Q4,
         }
     }
 }
@@ -38,7 +44,8 @@ pub struct ModelArgs {
     /// downloaded, sharded), optionally tokenizer.json; default: the bundled model.
     #[arg(long, default_value_os_t = moxe::checkpoint::default_model_dir())]
     pub model: PathBuf,
-    /// Convert weight matrices at load (default: as stored in the checkpoint).
+    /// Convert (or quantise) weight matrices at load (default: as stored in the
+    /// checkpoint).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
 }
@@ -46,14 +53,14 @@ pub struct ModelArgs {
 /// Loads shorter than this many bytes of weights show no progress bar or report.
 const REPORT_ABOVE: u64 = 256 << 20;
 
-/// A progress bar on stderr (hidden where stderr is not a terminal) for uploads above
+/// A progress bar on stderr ("{what} weights", hidden where stderr is not a terminal) for work above
 /// [`REPORT_ABOVE`] bytes.
-pub fn load_progress() -> (ProgressBar, ProgressFn) {
+pub fn load_progress(what: &str) -> (ProgressBar, ProgressFn) {
     let bar = ProgressBar::hidden();
     bar.set_style(
-        ProgressStyle::with_template(
-            "loading weights [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-        )
+        ProgressStyle::with_template(&format!(
+            "{what} weights [{{bar:40}}] {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, {{eta}} left)"
+        ))
         .expect("a valid template")
         .progress_chars("=> "),
     );
@@ -92,7 +99,7 @@ impl ModelArgs {
     /// Loads the model on the chosen GPU, holding state for `sequences` sequences.
     pub fn load(&self, gpu: &GpuArgs, sequences: usize) -> Result<Arc<Model>> {
         let ctx = gpu.context()?;
-        let (bar, progress) = load_progress();
+        let (bar, progress) = load_progress("loading");
         let options = LoadOptions {
             dtype: self.dtype.map(DtypeArg::dtype),
             max_sequences: sequences.max(1),

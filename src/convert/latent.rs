@@ -342,24 +342,23 @@ fn factorize(
 
 /// Converts the dense-expert model directory `input` into a latent one at `output`
 /// (config.json with `"latent": {"groups": G}`, model.safetensors, tokenizer.json copied when
-/// present), checks the result against its manifest, and returns the report.
+/// present), checks the result against its manifest, and returns the report. Files already
+/// in `output` are an error unless `overwrite`.
 pub fn convert(
     input: &Path,
     output: &Path,
     choice: RankChoice,
     groups: usize,
+    overwrite: bool,
 ) -> Result<ConversionReport> {
     choice.check()?;
     let dir = ModelDir::open(input)?;
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-        if a == b {
-            return Err(Error::InvalidArgument(format!(
-                "the output directory {} is the input model's: choose another, so that the \
-                 dense checkpoint is kept",
-                output.display()
-            )));
-        }
-    }
+    super::prepare_output(
+        input,
+        output,
+        &["config.json", "model.safetensors", "tokenizer.json"],
+        overwrite,
+    )?;
     let slots = slots(&dir.config, groups)?;
     let mut reports = Vec::with_capacity(slots.len());
     let mut new: BTreeMap<String, Written> = BTreeMap::new();
@@ -375,8 +374,6 @@ pub fn convert(
         new.extend(tensors);
         reports.push(report);
     }
-    std::fs::create_dir_all(output)
-        .map_err(|e| Error::file(output, format!("cannot create the directory: {e}")))?;
     write_config(
         &dir.path.join("config.json"),
         &output.join("config.json"),

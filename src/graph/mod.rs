@@ -206,7 +206,9 @@ impl Graph {
 }
 
 impl Context {
-    /// A uniform buffer holding `value` (kernel parameters fixed at record time).
+    /// A buffer holding `value` (kernel parameters fixed at record time), bindable as a
+    /// uniform or a read-only storage buffer (the matmul kernels read theirs as storage:
+    /// `shaders/common/matmul.wgsl` says why).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> Result<wgpu::Buffer> {
         let bytes = bytemuck::bytes_of(value);
         let size = (bytes.len() as u64).div_ceil(16) * 16;
@@ -214,7 +216,9 @@ impl Context {
             self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::UNIFORM
+                    | wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: true,
             })
         })?;

@@ -1,7 +1,7 @@
 //! Embedding lookup: one row of a (V, D) table per token id. Kernel:
 //! `shaders/embedding.wgsl`.
 //!
-//! Shapes: table (V, D) f32, f16 or bf16, possibly chunked by rows and padded (a
+//! Shapes: table (V, D) f32, f16, bf16, q8 or q4, possibly chunked by rows and padded (a
 //! [`Tensor::weight`] can serve both as embedding and as tied LM head); ids u32 (N);
 //! out an (N, D) view. Ids must be below V: the caller validates ids that come from the
 //! host, and sampled ids are below V by construction.
@@ -24,7 +24,7 @@ struct Params {
     chunk_rows: u32,
     out_stride: u32,
     out_offset: u32,
-    _pad: u32,
+    s_stride: u32,
 }
 
 /// Records `out[r] = table[ids[r]]` (one dispatch per table chunk).
@@ -38,7 +38,7 @@ pub fn embedding(
     if !table.dtype().is_float() || table.shape().len() != 2 {
         return Err(Error::mismatch(
             format!("embedding table '{}'", table.label()),
-            "an f32/f16/bf16 (vocab, dim) matrix",
+            "an f32/f16/bf16/q8/q4 (vocab, dim) matrix",
             format!("{} {:?}", table.dtype(), table.shape()),
         ));
     }
@@ -68,7 +68,13 @@ pub fn embedding(
             chunk_rows: u32_param("chunk rows", chunk.rows)?,
             out_stride: u32_param("stride", out.stride)?,
             out_offset: u32_param("offset", out.offset)?,
-            _pad: 0,
+            s_stride: u32_param(
+                "scale stride",
+                table
+                    .dtype()
+                    .quant()
+                    .map_or(0, |q| q.scale_row_words(table.cols())),
+            )?,
         };
         let uniform = ctx.uniform("embedding params", &params)?;
         graph.dispatch_rows(
@@ -79,6 +85,7 @@ pub fn embedding(
                 chunk.binding(),
                 ids.binding()?,
                 out.binding()?,
+                chunk.scales_binding().unwrap_or_else(|| chunk.binding()),
             ],
             RowGrid::YZ {
                 x: out.cols.div_ceil(64),
@@ -117,7 +124,7 @@ mod tests {
         embedding(ctx, &mut g, &tt, &it, View::of(&out)).unwrap();
         ctx.run(&[&g]).unwrap();
         let used = if dtype != DType::F32 {
-            round_to(dtype, &table)
+            round_to(dtype, &table, d)
         } else {
             table
         };
@@ -130,8 +137,8 @@ mod tests {
     }
 
     #[test]
-    fn looks_up_rows_in_f32_f16_and_bf16() {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+    fn looks_up_rows_in_every_weight_dtype() {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
             assert_eq!(check(gpu(), 97, 13, dtype), 1);
             assert_eq!(check(gpu(), 5, 64, dtype), 1);
         }
@@ -141,7 +148,7 @@ mod tests {
     fn looks_up_rows_across_table_chunks() {
         // 4 KiB bindings: the table spans several chunks, the output fits one.
         let ctx = gpu_with_binding_limit(4096);
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
             assert!(check(&ctx, 301, 20, dtype) > 1, "the table must be chunked");
         }
     }

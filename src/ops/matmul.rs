@@ -113,7 +113,8 @@ struct Params {
     groups_x: u32,
     head_rows: u32,
     cap: f32,
-    _pad: [u32; 2],
+    s_stride: u32,
+    _pad: [u32; 1],
 }
 
 /// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
@@ -238,7 +239,7 @@ fn record(
     if !w.dtype().is_float() || w.stride() % 8 != 0 {
         return Err(Error::mismatch(
             format!("matmul weight '{}'", w.label()),
-            "an f32/f16/bf16 matrix made with Tensor::weight (rows padded to 8)",
+            "an f32/f16/bf16/q8/q4 matrix made with Tensor::weight (rows padded to 8)",
             format!("{} with row stride {}", w.dtype(), w.stride()),
         ));
     }
@@ -328,7 +329,11 @@ fn record(
             groups_x: groups_x as u32,
             head_rows: heads.map_or(0, |(_, o, _)| o as u32),
             cap: epilogue.cap,
-            _pad: [0; 2],
+            s_stride: u32_param(
+                "scale stride",
+                w.dtype().quant().map_or(0, |q| q.scale_row_words(k)),
+            )?,
+            _pad: [0; 1],
         };
         let uniform = ctx.uniform("matmul params", &params)?;
         let bias_binding = match bias {
@@ -345,6 +350,7 @@ fn record(
                 bias_binding,
                 y.binding()?,
                 x.binding()?,
+                chunk.scales_binding().unwrap_or_else(|| chunk.binding()),
             ],
             grid,
             t,
@@ -425,7 +431,7 @@ mod tests {
         )
         .unwrap();
         ctx.run(&[&g]).unwrap();
-        let w_used = round_to(dtype, &w);
+        let w_used = round_to(dtype, &w, k);
         let mut want = reference(&w_used, k, &x, with_bias.then_some(&b[..]));
         for (v, y) in want.iter_mut().zip(&y0) {
             *v += beta * y;
@@ -449,7 +455,7 @@ mod tests {
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
-                for dtype in [DType::F32, DType::F16, DType::BF16] {
+                for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
                     let bias = i % 2 == 0;
                     let beta = if i % 3 == 0 { 1.0 } else { 0.0 };
                     check(ctx, kernel, dtype, m, k, t, bias, beta, 17 + i as u64);
@@ -463,7 +469,7 @@ mod tests {
         // A 1 KiB binding limit forces weights of a few hundred elements into many chunks.
         let ctx = crate::testing::gpu_with_binding_limit(1024);
         for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(&ctx)) {
-            for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
                 check(&ctx, kernel, dtype, 53, 24, 3, true, 0.0, 5);
             }
         }
@@ -524,7 +530,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
                 let mut rng = Rng::new(n as u64);
                 let w = rng.normal_vec(heads * o * i, 0.5);
                 let x = rng.normal_vec(t * heads * i, 1.0);
@@ -535,7 +541,7 @@ mod tests {
                 let mut g = Graph::new();
                 headwise(ctx, &mut g, &wt, None, View::of(&xt), View::of(&yt), 0.0).unwrap();
                 ctx.run(&[&g]).unwrap();
-                let want = headwise_reference(&round_to(dtype, &w), heads, o, &x);
+                let want = headwise_reference(&round_to(dtype, &w, i), heads, o, &x);
                 let what = format!("headwise {heads}x{o}x{i} t={t} {dtype}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
             }
@@ -552,7 +558,7 @@ mod tests {
         let x = rng.normal_vec(t * k, 1.0);
         let wt = Tensor::weight(ctx, "head", &[m, k], DType::BF16, HostData::F32(&w)).unwrap();
         let xt = Tensor::from_f32(ctx, "x", &[t, k], &x).unwrap();
-        let want: Vec<f32> = reference(&round_to(DType::BF16, &w), k, &x, None)
+        let want: Vec<f32> = reference(&round_to(DType::BF16, &w, k), k, &x, None)
             .iter()
             .map(|&v| (cap as f64 * (v as f64 / cap as f64).tanh()) as f32)
             .collect();

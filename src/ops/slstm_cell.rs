@@ -341,8 +341,8 @@ pub fn slstm_cell(
     let stride = w.r.stride();
     let units = dh.div_ceil(workgroup);
     let per_token = if rows {
-        // The row loop reads R as blocks of 8 (f16 pairs) or 4 (f32) of the padded stride.
-        let blocks = stride / if w.r.dtype() == DType::F16 { 8 } else { 4 };
+        // The row loop reads R as blocks of 8 (16-bit pairs) or 4 (f32) of the padded stride.
+        let blocks = stride / if w.r.dtype().size() == 2 { 8 } else { 4 };
         units * (blocks * 5 + 4)
     } else {
         units * (dh + 4)

@@ -136,8 +136,12 @@ impl Model {
         let dtype = options
             .dtype
             .unwrap_or_else(|| stored_matrix_dtype(weights));
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::mismatch("weight dtype", "f32, f16 or bf16", dtype));
+        if !dtype.is_float() {
+            return Err(Error::mismatch(
+                "weight dtype",
+                "f32, f16, bf16, q8 or q4",
+                dtype,
+            ));
         }
         if dtype == DType::F16 && !ctx.supports_f16_weights() {
             return Err(Error::Limit {
@@ -147,7 +151,7 @@ impl Model {
                     .into(),
             });
         }
-        let matrix_bytes = (params.in_matrices * dtype.size()) as u64;
+        let matrix_bytes = (params.in_matrices * dtype.bits() / 8) as u64;
         weights.set_progress(options.progress.clone(), matrix_bytes);
         let slots = options.max_sequences;
         let loaded = config.load(ctx, weights, ranks, dtype, slots);
@@ -239,7 +243,7 @@ impl Model {
         if self.lm_head.is_some() {
             matrices -= self.embedding.numel() - self.config.embedding_dim;
         }
-        (matrices * self.dtype.size() + vectors * 4) as u64
+        (matrices * self.dtype.bits() / 8 + vectors * 4) as u64
     }
 
     /// Takes a free state slot, zeroed.
@@ -399,14 +403,20 @@ impl Model {
     }
 }
 
-/// The dtype the checkpoint stores its matrices in (bf16 and f16 kept as they are; f32
-/// when it stores f32 or mixes dtypes).
+/// The dtype the checkpoint stores its matrices in: a quantised checkpoint's format (loaded
+/// without re-quantising), bf16 and f16 kept as they are; f32 when it stores f32 or mixes
+/// float types.
 fn stored_matrix_dtype(w: &Weights) -> DType {
     let names = w.names();
-    let mut stored = names
-        .iter()
-        .filter(|n| w.shape(n).is_some_and(|s| s.len() >= 2))
-        .filter_map(|n| w.dtype(n));
+    let matrices = || {
+        names
+            .iter()
+            .filter(|n| w.shape(n).is_some_and(|s| s.len() >= 2))
+    };
+    if let Some(q) = matrices().find_map(|n| w.quant(n)) {
+        return DType::of_quant(q);
+    }
+    let mut stored = matrices().filter_map(|n| w.dtype(n));
     match stored.next() {
         Some(first) if stored.all(|d| d == first) => match first {
             Dtype::F16 => DType::F16,
@@ -424,7 +434,7 @@ fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType) -> Error {
             operation: format!(
                 "{operation} (the model's weights need about {:.1} MiB as {dtype}; try \
                  a 16-bit --dtype or a smaller model)",
-                params.bytes(dtype.size()) as f64 / (1024.0 * 1024.0)
+                params.bytes(dtype.bits()) as f64 / (1024.0 * 1024.0)
             ),
         },
         other => other,

@@ -60,18 +60,12 @@ impl LatentMlpExpert {
         dtype: DType,
     ) -> Result<Self> {
         let hidden = 2 * d;
-        let a1 = scope.f32("w1.A", &[hidden, ranks.0])?;
-        let a3 = scope.f32("w3.A", &[hidden, ranks.1])?;
-        let w2 = scope.f32("w2.weight", &[d, hidden])?;
-        Self::from_host(
-            ctx,
-            &scope.name(""),
-            d,
+        Ok(LatentMlpExpert {
+            a1: scope.matrix(ctx, "w1.A", &[hidden, ranks.0], dtype)?,
+            a3: scope.matrix(ctx, "w3.A", &[hidden, ranks.1], dtype)?,
+            w2: scope.matrix(ctx, "w2.weight", &[d, hidden], dtype)?,
             hidden,
-            ranks,
-            [&a1, &a3, &w2],
-            dtype,
-        )
+        })
     }
 
     /// An expert from host weights `[A_1 (H, r1), A_3 (H, r3), w2 (D, H)]`, row-major.
@@ -181,14 +175,12 @@ pub fn load_mlp_stage(
     for g in 0..groups {
         let (k1, k3) = (shared_key(layer, g, "w1"), shared_key(layer, g, "w3"));
         let (r1, r3) = (rank_of(ranks, &k1)?, rank_of(ranks, &k3)?);
-        let mut stacked = root.f32(&format!("{k1}.B"), &[r1, d])?;
-        stacked.extend(root.f32(&format!("{k3}.B"), &[r3, d])?);
-        bases.push(Tensor::weight(
+        bases.push(root.stacked_matrix(
             ctx,
             &format!("layers.{layer}.experts.latent.{g}.w1|w3.B"),
-            &[r1 + r3, d],
+            &[(&format!("{k1}.B"), r1), (&format!("{k3}.B"), r3)],
+            d,
             dtype,
-            HostData::F32(&stacked),
         )?);
         group_ranks.push((r1, r3));
     }

@@ -77,7 +77,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, moxe: &MoxeConfig) -> Manifest {
 fn mlp(m: &mut Manifest, ep: &str, d: usize, latent: Option<&String>) {
     blocks::factored(m, ep, "w1", 2 * d, d, latent);
     blocks::factored(m, ep, "w3", 2 * d, d, latent);
-    m.add(format!("{ep}w2.weight"), &[d, 2 * d]);
+    m.add_matrix(format!("{ep}w2.weight"), &[d, 2 * d]);
 }
 
 /// The shared B (r, D) of every (group, factored kind) of latent layer `p`.
@@ -93,7 +93,7 @@ fn latent_bases(m: &mut Manifest, p: &str, d: usize) {
         })
         .collect();
     for key in kinds {
-        m.add_dims(
+        m.add_matrix_dims(
             format!("{key}.B"),
             vec![Dim::Rank(key.clone()), Dim::Fixed(d)],
         );

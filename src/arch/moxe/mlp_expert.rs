@@ -49,10 +49,18 @@ impl MlpExpert {
                 ))
             }
         };
-        let w1 = scope.f32("w1.weight", &[hidden, d])?;
-        let w2 = scope.f32("w2.weight", &[d, hidden])?;
-        let w3 = scope.f32("w3.weight", &[hidden, d])?;
-        Self::from_host(ctx, &scope.name(""), d, hidden, &w1, &w2, &w3, dtype)
+        Ok(MlpExpert {
+            w13: scope.stacked_matrix(
+                ctx,
+                "w1|w3",
+                &[("w1.weight", hidden), ("w3.weight", hidden)],
+                d,
+                dtype,
+            )?,
+            w2: scope.matrix(ctx, "w2.weight", &[d, hidden], dtype)?,
+            dim: d,
+            hidden,
+        })
     }
 
     /// An expert from host weights: w1, w3 (H, D) and w2 (D, H), row-major.

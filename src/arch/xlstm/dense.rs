@@ -41,11 +41,11 @@ pub(crate) fn manifest(cfg: &ModelConfig, dense: &DenseConfig) -> Manifest {
 /// `token_embedding.weight` and, unless tied, `lm_head.weight` (both (V, D)).
 pub(crate) fn embedding_and_head(m: &mut Manifest, cfg: &ModelConfig) {
     let (d, v) = (cfg.embedding_dim, cfg.vocab_size);
-    m.add("token_embedding.weight".into(), &[v, d]);
+    m.add_matrix("token_embedding.weight".into(), &[v, d]);
     if cfg.tie_weights {
         m.ignored.insert("lm_head.weight".into());
     } else {
-        m.add("lm_head.weight".into(), &[v, d]);
+        m.add_matrix("lm_head.weight".into(), &[v, d]);
     }
 }
 

@@ -8,7 +8,7 @@ use crate::checkpoint::{Dim, Manifest};
 pub(crate) fn slstm(m: &mut Manifest, p: &str, c: &SlstmConfig) {
     slstm_common(m, p, c);
     if let Some(ffn) = &c.ffn {
-        m.add(
+        m.add_matrix(
             format!("{p}ffn.proj_up.weight"),
             &[2 * ffn.hidden(c.embedding_dim), c.embedding_dim],
         );
@@ -35,7 +35,7 @@ fn slstm_common(m: &mut Manifest, p: &str, c: &SlstmConfig) {
         m.add(format!("{p}xlstm.conv1d.conv.bias"), &[d]);
     }
     for g in ["f", "i", "z", "o"] {
-        m.add(format!("{p}xlstm.{g}gate.weight"), &[nh, dh, dh]);
+        m.add_matrix(format!("{p}xlstm.{g}gate.weight"), &[nh, dh, dh]);
     }
     let r = match c.layout {
         SlstmLayout::Vanilla => [nh, 4 * dh, dh],
@@ -46,14 +46,14 @@ fn slstm_common(m: &mut Manifest, p: &str, c: &SlstmConfig) {
     m.add(format!("{p}xlstm.group_norm.weight"), &[d]);
     if let Some(ffn) = &c.ffn {
         m.add(format!("{p}ffn_norm.weight"), &[d]);
-        m.add(format!("{p}ffn.proj_down.weight"), &[d, ffn.hidden(d)]);
+        m.add_matrix(format!("{p}ffn.proj_down.weight"), &[d, ffn.hidden(d)]);
     }
 }
 
 /// An mLSTM block under prefix `p`.
 pub(crate) fn mlstm(m: &mut Manifest, p: &str, c: &MlstmConfig) {
     mlstm_common(m, p, c);
-    m.add(
+    m.add_matrix(
         format!("{p}xlstm.proj_up.weight"),
         &[2 * c.inner_dim(), c.embedding_dim],
     );
@@ -84,18 +84,18 @@ fn mlstm_common(m: &mut Manifest, p: &str, c: &MlstmConfig) {
     );
     m.add(format!("{p}xlstm.conv1d.conv.bias"), &[di]);
     for q in ["q", "k", "v"] {
-        m.add(format!("{p}xlstm.{q}_proj.weight"), &[di / bs, bs, bs]);
+        m.add_matrix(format!("{p}xlstm.{q}_proj.weight"), &[di / bs, bs, bs]);
         if c.bias {
             m.add(format!("{p}xlstm.{q}_proj.bias"), &[di]);
         }
     }
     for g in ["igate", "fgate"] {
-        m.add(format!("{p}xlstm.mlstm_cell.{g}.weight"), &[nh, 3 * di]);
+        m.add_matrix(format!("{p}xlstm.mlstm_cell.{g}.weight"), &[nh, 3 * di]);
         m.add(format!("{p}xlstm.mlstm_cell.{g}.bias"), &[nh]);
     }
     m.add(format!("{p}xlstm.mlstm_cell.outnorm.weight"), &[di]);
     m.add(format!("{p}xlstm.learnable_skip"), &[di]);
-    m.add(format!("{p}xlstm.proj_down.weight"), &[d, di]);
+    m.add_matrix(format!("{p}xlstm.proj_down.weight"), &[d, di]);
     if c.bias {
         m.add(format!("{p}xlstm.proj_down.bias"), &[d]);
     }
@@ -112,8 +112,8 @@ pub(crate) fn factored(
     latent: Option<&String>,
 ) {
     match latent {
-        None => m.add(format!("{ep}{kind}.weight"), &[out, d]),
-        Some(lp) => m.add_dims(
+        None => m.add_matrix(format!("{ep}{kind}.weight"), &[out, d]),
+        Some(lp) => m.add_matrix_dims(
             format!("{ep}{kind}.A"),
             vec![Dim::Fixed(out), Dim::Rank(format!("{lp}{kind}"))],
         ),

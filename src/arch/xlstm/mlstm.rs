@@ -34,7 +34,7 @@ use crate::ops::mlstm_expert::mlstm_expert;
 use crate::ops::skip_gate::skip_gate;
 use crate::ops::View;
 use crate::runtime::Scratch;
-use crate::tensor::{DType, HostData, Tensor};
+use crate::tensor::{DType, Tensor};
 
 /// A weight matrix and its optional bias.
 struct Linear {
@@ -142,8 +142,6 @@ impl MlstmBlock {
         let cell = x.scope("mlstm_cell.");
         let headwise =
             |name: &str| Linear::load(ctx, &x, name, &[di / bs, bs, bs], di, cfg.bias, dtype);
-        let mut gate_w = cell.f32("igate.weight", &[nh, 3 * di])?;
-        gate_w.extend(cell.f32("fgate.weight", &[nh, 3 * di])?);
         let mut gate_b = cell.f32("igate.bias", &[nh])?;
         gate_b.extend(cell.f32("fgate.bias", &[nh])?);
         let conv_weight = x.f32("conv1d.conv.weight", &[di, 1, k])?;
@@ -162,12 +160,12 @@ impl MlstmBlock {
             k_proj: headwise("k_proj")?,
             v_proj: headwise("v_proj")?,
             gates: Linear {
-                weight: Tensor::weight(
+                weight: cell.stacked_matrix(
                     ctx,
-                    &cell.name("{i,f}gate.weight"),
-                    &[2 * nh, 3 * di],
+                    "{i,f}gate.weight",
+                    &[("igate.weight", nh), ("fgate.weight", nh)],
+                    3 * di,
                     dtype,
-                    HostData::F32(&gate_w),
                 )?,
                 bias: Some(Tensor::from_f32(
                     ctx,

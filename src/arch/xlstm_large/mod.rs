@@ -31,7 +31,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
     let (d, v) = (cfg.embedding_dim, cfg.vocab_size);
     let (nh, qk, vd, f) = (l.num_heads, l.qk_dim, l.v_dim, l.ffn_dim);
     let mut m = Manifest::default();
-    m.add(l.naming.embedding.into(), &[v, d]);
+    m.add_matrix(l.naming.embedding.into(), &[v, d]);
     let norm = |m: &mut Manifest, name: String, n: usize, bias: bool| {
         m.add_init(format!("{name}.weight"), &[n], RandomInit::One);
         if bias {
@@ -39,7 +39,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
         }
     };
     let linear = |m: &mut Manifest, name: String, out: usize, inp: usize, bias: bool| {
-        m.add(format!("{name}.weight"), &[out, inp]);
+        m.add_matrix(format!("{name}.weight"), &[out, inp]);
         if bias {
             m.add(format!("{name}.bias"), &[out]);
         }
@@ -82,7 +82,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
     if cfg.tie_weights {
         m.ignored.insert("lm_head.weight".into());
     } else {
-        m.add("lm_head.weight".into(), &[v, d]);
+        m.add_matrix("lm_head.weight".into(), &[v, d]);
     }
     m
 }

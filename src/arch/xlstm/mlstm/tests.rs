@@ -5,6 +5,7 @@ use crate::arch::xlstm::config::UpProjection;
 use crate::checkpoint::Weights;
 use crate::graph::DynamicRows;
 use crate::testing::{assert_close, assert_close_rel_max, gpu, max_abs_diff};
+use crate::HostData;
 
 fn fixture(name: &str) -> Weights {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

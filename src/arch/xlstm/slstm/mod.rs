@@ -75,7 +75,8 @@ pub struct SlstmState {
 
 impl SlstmBlock {
     /// Loads a block from `scope` (the package's tensor names relative to the block) with
-    /// matrices (the gates, R, the FFN) stored as `dtype` (f32 or f16).
+    /// matrices (the gates, R, the FFN) stored as `dtype` (R in 16 bits when `dtype` is
+    /// quantised).
     pub fn load(ctx: &Context, scope: &Scope<'_>, cfg: &SlstmConfig, dtype: DType) -> Result<Self> {
         Self::load_expert(ctx, scope, cfg, dtype, None)
     }
@@ -98,7 +99,9 @@ impl SlstmBlock {
             ));
         }
         let dh = d / heads;
-        check_weight_dtype(ctx, &scope.name(""), dtype)?;
+        // The recurrent kernel R is read by the cell kernel itself, in 16 bits at least.
+        let r_dtype = dtype.unquantized();
+        check_weight_dtype(ctx, &scope.name(""), r_dtype)?;
         let conv = match cfg.conv_kernel {
             0 => None,
             k => {
@@ -135,7 +138,7 @@ impl SlstmBlock {
             &r,
             &bias,
             cfg.layout,
-            dtype,
+            r_dtype,
         )?;
         let gate_major = match cfg.layout {
             SlstmLayout::Vanilla => bias,
