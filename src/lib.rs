@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod quant;
 pub mod runtime;
+pub mod server;
 pub mod shaders;
 pub mod tensor;
 

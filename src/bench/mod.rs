@@ -4,6 +4,7 @@ pub mod kernels;
 pub mod mlstm;
 pub mod model;
 pub mod moe;
+pub mod serve;
 pub mod slstm;
 
 use std::time::Instant;

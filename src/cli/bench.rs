@@ -73,6 +73,16 @@ pub struct ModelBenchArgs {
 pub enum BenchWhat {
     /// GEMV bandwidth in f32, f16, bf16, q8 and q4 beside a read-bandwidth probe, and the cell kernels.
     Kernels,
+    /// The HTTP server under load: aggregate tokens/s at 1, 4 and 16 concurrent streams,
+    /// and time to first token with and without a cached 1,000-token prefix.
+    Serve {
+        /// Model directory; default: the bundled model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Tokens each stream generates.
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+    },
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
         /// Model width D (SwiGLU experts of hidden width 2 D).
@@ -112,6 +122,16 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
                 ..Default::default()
             };
             print!("{}", moxe::bench::moe::moe_layer(&ctx, &options)?);
+        }
+        Some(BenchWhat::Serve { model, tokens }) => {
+            let dir = model.as_ref().unwrap_or(&args.model.model.model);
+            super::threads::for_decode(&dir.join("config.json"));
+            let ctx = gpu.context()?;
+            let options = moxe::bench::serve::ServeBenchOptions {
+                tokens: *tokens,
+                ..Default::default()
+            };
+            print!("{}", moxe::bench::serve::run(&ctx, dir, &options)?);
         }
         None => model(gpu, &args.model)?,
     }

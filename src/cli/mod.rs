@@ -9,6 +9,7 @@ mod logits;
 mod model_args;
 mod perplexity;
 mod quantize;
+mod serve;
 mod threads;
 
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +51,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Convert checkpoints (on the CPU): `moxe convert latent` factors dense experts.
     Convert(convert::ConvertArgs),
+    /// Serve the model over HTTP with OpenAI's API (completions, chat, streaming),
+    /// continuous batching and a prefix-state cache.
+    Serve(serve::ServeArgs),
     /// Quantise a model's weight matrices to q8 or q4 into a new model directory (on the
     /// CPU); it loads without re-quantising.
     Quantize(quantize::QuantizeArgs),
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&cli.gpu, &args),
         Command::Convert(args) => convert::run(&args),
         Command::Quantize(args) => quantize::run(&args),
+        Command::Serve(args) => serve::run(&cli.gpu, &args),
         Command::Inspect { dir, model } => inspect::run(dir.as_ref().unwrap_or(&model)),
     }
 }

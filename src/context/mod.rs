@@ -80,22 +80,29 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The device the engine asks of `adapter`: the adapter's own limits and whichever of
+/// [`OPTIONAL_FEATURES`] it has. An application that creates the device itself (for its
+/// window) and shares it through [`Context::from_device`] passes this to `request_device`
+/// (adding what its renderer needs) so the engine gets its fast paths on that device too.
+pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("moxe"),
+        required_features: adapter.features() & OPTIONAL_FEATURES,
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }
+}
+
 impl Context {
     /// Creates an instance, picks an adapter and creates a device with the adapter's own
     /// limits and whichever of [`OPTIONAL_FEATURES`] it has.
     pub fn new(options: &ContextOptions) -> Result<Self> {
         let adapter = select(options.backend, options.adapter.as_deref())?;
         let info = adapter.get_info();
-        let features = adapter.features() & OPTIONAL_FEATURES;
-        let limits = adapter.limits();
-        let desc = wgpu::DeviceDescriptor {
-            label: Some("moxe"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        };
+        let desc = device_descriptor(&adapter);
+        let features = desc.required_features;
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
             Error::RequestDevice {
                 adapter: info.name.clone(),

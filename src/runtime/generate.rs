@@ -50,17 +50,18 @@ pub enum Finish {
 }
 
 /// The per-sequence bookkeeping of a generation: text stream, held-back text, budget.
-struct Emitter {
+pub(crate) struct Emitter {
     stream: TextStream,
     pending: String,
     produced: usize,
-    finish: Option<Finish>,
+    pub(crate) finish: Option<Finish>,
 }
 
 impl Emitter {
-    fn new(tokenizer: &Tokenizer) -> Self {
+    /// An emitter of the text generated after `prompt`.
+    pub(crate) fn new(tokenizer: &Tokenizer, prompt: &[u32]) -> Self {
         Emitter {
-            stream: tokenizer.stream(),
+            stream: tokenizer.stream_after(prompt),
             pending: String::new(),
             produced: 0,
             finish: None,
@@ -68,7 +69,12 @@ impl Emitter {
     }
 
     /// Takes the sampled `id`; returns its piece. Sets `finish` when generation must end.
-    fn accept(&mut self, tokenizer: &Tokenizer, opts: &GenerateOptions, id: u32) -> Result<Piece> {
+    pub(crate) fn accept(
+        &mut self,
+        tokenizer: &Tokenizer,
+        opts: &GenerateOptions,
+        id: u32,
+    ) -> Result<Piece> {
         self.produced += 1;
         if opts.stop_at_eos && tokenizer.is_eos(id) {
             self.finish = Some(Finish::Eos);
@@ -147,7 +153,7 @@ impl Session {
     ) -> Result<Generation<'_>> {
         opts.sampling.validate()?;
         let tokenizer = self.model().require_tokenizer()?;
-        let emitter = Emitter::new(tokenizer);
+        let emitter = Emitter::new(tokenizer, prompt);
         let next = if opts.max_tokens == 0 {
             None
         } else {
@@ -242,7 +248,7 @@ pub fn generate_batch(
         } else {
             Some(s.feed(&ids, &opts.sampling)?)
         });
-        emitters.push(Emitter::new(tokenizer));
+        emitters.push(Emitter::new(tokenizer, &ids));
         sessions.push(s);
     }
     let mut out: Vec<Generated> = prompts

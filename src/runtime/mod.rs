@@ -5,11 +5,12 @@
 pub mod generate;
 pub mod model;
 pub mod runner;
+pub mod sampler;
 pub mod scratch;
 pub mod session;
 pub mod tokenizer;
 
 pub use model::{LoadOptions, Model};
 pub use scratch::Scratch;
-pub use session::Session;
+pub use session::{Session, Snapshot};
 pub use tokenizer::Tokenizer;

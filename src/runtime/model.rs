@@ -60,6 +60,7 @@ impl Default for LoadOptions {
 }
 
 /// One named state array of one sequence (a state tensor without its slot dim).
+#[derive(Clone)]
 pub(crate) struct StateArray {
     pub(crate) name: String,
     pub(crate) shape: Vec<usize>,

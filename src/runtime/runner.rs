@@ -2,7 +2,7 @@
 //! logits) the whole model is recorded ONCE into one graph with its own input/output
 //! buffers and scratch, then replayed: per step the host writes the token ids, the state
 //! slots and the sampling settings, submits one command buffer, and reads back only the
-//! sampled ids (or the per-token NLL).
+//! sampled ids (or the per-token NLL, or the last tokens' logits for sampling on the host).
 
 use std::collections::HashMap;
 
@@ -25,6 +25,8 @@ pub enum Output {
     Sample,
     /// Logits of every token, and the NLL of given target ids.
     Score,
+    /// Logits of the last token of each sequence, read back (B, V) for the host to sample.
+    Logits,
 }
 
 /// The shape of a step.
@@ -42,9 +44,11 @@ pub(crate) struct StepGraph {
     ids: Tensor,
     slots: Tensor,
     pub(crate) logits: Tensor,
-    /// Sampling settings (B * 5 words, Sample) or target ids (B * N, Score).
+    /// Sampling settings (B * 5 words, Sample) or target ids (B * N, Score); unused by
+    /// Logits.
     input: Tensor,
-    /// Sampled ids (B, Sample) or token NLL (B * N, Score).
+    /// Sampled ids (B, Sample) or token NLL (B * N, Score); unused by Logits, which reads
+    /// back `logits`.
     result: Tensor,
     readback: wgpu::Buffer,
     /// The command buffer of the next run, encoded while the previous run executes.
@@ -62,6 +66,8 @@ pub struct StepResult {
     pub sampled: Vec<u32>,
     /// One NLL per token (Output::Score).
     pub nll: Vec<f32>,
+    /// The last token's logits of each sequence, (B, V) row-major (Output::Logits).
+    pub logits: Vec<f32>,
 }
 
 /// The step graphs recorded so far, and which one ran last (for telemetry and logits).
@@ -91,7 +97,7 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
     let x = Tensor::zeros(ctx, "residual stream", &[rows, d], DType::F32)?;
     let u = Tensor::zeros(ctx, "mixer output", &[rows, d], DType::F32)?;
     let logit_rows = match key.output {
-        Output::Sample => b,
+        Output::Sample | Output::Logits => b,
         Output::Score => rows,
     };
     let logits = Tensor::zeros(ctx, "logits", &[logit_rows, v], DType::F32)?;
@@ -103,6 +109,10 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
         Output::Score => (
             Tensor::zeros(ctx, "target ids", &[rows], DType::U32)?,
             Tensor::zeros(ctx, "token nll", &[rows], DType::F32)?,
+        ),
+        Output::Logits => (
+            Tensor::zeros(ctx, "no input", &[1], DType::U32)?,
+            Tensor::zeros(ctx, "no result", &[1], DType::U32)?,
         ),
     };
     let scratch = Scratch::new(ctx, rows);
@@ -117,18 +127,21 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
     let recorded = model.record_body(&mut graph, &ids, &batch, &u)?;
     let (hidden, moe) = (recorded.hidden, recorded.moe);
     let cap = model.logit_soft_cap;
+    // The last token of each sequence: rows n-1, 2n-1, ... (stride n rows).
+    let last = View {
+        tensor: hidden.tensor,
+        offset: hidden.offset + (n - 1) * hidden.stride,
+        stride: hidden.stride * n,
+        rows: b,
+        cols: d,
+    };
     match key.output {
         Output::Sample => {
-            // The last token of each sequence: rows n-1, 2n-1, ... (stride n rows).
-            let last = View {
-                tensor: hidden.tensor,
-                offset: hidden.offset + (n - 1) * hidden.stride,
-                stride: hidden.stride * n,
-                rows: b,
-                cols: d,
-            };
             matmul_soft_capped(ctx, &mut graph, model.head(), last, View::of(&logits), cap)?;
             sample(ctx, &mut graph, View::of(&logits), &input, &result, 0)?;
+        }
+        Output::Logits => {
+            matmul_soft_capped(ctx, &mut graph, model.head(), last, View::of(&logits), cap)?;
         }
         Output::Score => {
             matmul_soft_capped(
@@ -142,7 +155,11 @@ fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
             nll(ctx, &mut graph, View::of(&logits), &input, &result)?;
         }
     }
-    let read_bytes = (result.numel() * 4).div_ceil(16) * 16;
+    let read = match key.output {
+        Output::Logits => &logits,
+        _ => &result,
+    };
+    let read_bytes = (read.numel() * 4).div_ceil(16) * 16;
     let readback = ctx.scoped("allocating a read-back buffer", || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("step read-back"),
@@ -195,18 +212,29 @@ impl StepGraph {
                 format!("{} ids for {} sequences", ids.len(), slots.len()),
             ));
         }
-        if input.len() != self.input.numel() {
+        let want_input = match self.output {
+            Output::Logits => 0,
+            _ => self.input.numel(),
+        };
+        if input.len() != want_input {
             let what = match self.output {
                 Output::Sample => "sampling settings (words)",
                 Output::Score => "target ids",
+                Output::Logits => "inputs of a logits step (none)",
             };
-            return Err(Error::mismatch(what, self.input.numel(), input.len()));
+            return Err(Error::mismatch(what, want_input, input.len()));
         }
         self.ids.write(HostData::U32(ids))?;
         self.slots.write(HostData::U32(slots))?;
-        self.input.write(HostData::U32(input))?;
-        let bytes = (self.result.numel() * 4) as u64;
-        let src = self.result.buffer()?;
+        if !input.is_empty() {
+            self.input.write(HostData::U32(input))?;
+        }
+        let source = match self.output {
+            Output::Logits => &self.logits,
+            _ => &self.result,
+        };
+        let bytes = (source.numel() * 4) as u64;
+        let src = source.buffer()?;
         let copy = |enc: &mut wgpu::CommandEncoder| {
             enc.copy_buffer_to_buffer(src, 0, &self.readback, 0, bytes);
         };
@@ -229,6 +257,7 @@ impl StepGraph {
         match self.output {
             Output::Sample => out.sampled = bytemuck::pod_collect_to_vec(&raw),
             Output::Score => out.nll = bytemuck::pod_collect_to_vec(&raw),
+            Output::Logits => out.logits = bytemuck::pod_collect_to_vec(&raw),
         }
         Ok(out)
     }

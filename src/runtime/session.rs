@@ -51,32 +51,41 @@ impl Session {
     /// Feeds `ids` and samples the token that follows them. Long inputs run in chunks of
     /// at most `prefill_chunk` tokens (powers of two), each one submission.
     pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
+        sampling.validate()?;
+        let words = settings_words(sampling, self.draws);
+        let r = self.feed_chunks(ids, Output::Sample, &words)?;
+        self.draws += 1;
+        Ok(r.sampled[0])
+    }
+
+    /// Feeds `ids` (in chunks, as [`Session::feed`]) and returns the logits (V) after the
+    /// last of them, for sampling on the host.
+    pub fn feed_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        Ok(self.feed_chunks(ids, Output::Logits, &[])?.logits)
+    }
+
+    /// Runs `ids` through the model in chunks; only the last chunk's result is read.
+    fn feed_chunks(&mut self, ids: &[u32], output: Output, input: &[u32]) -> Result<StepResult> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "nothing to feed: the input has no tokens".into(),
             ));
         }
         check_ids(ids, self.model.vocab())?;
-        sampling.validate()?;
         let chunks = chunks(ids, self.model.options.prefill_chunk);
-        let words = settings_words(sampling, self.draws);
-        let mut sampled = 0;
+        let mut result = StepResult::default();
         for (i, chunk) in chunks.iter().enumerate() {
             let key = StepKey {
                 seqs: 1,
                 tokens: chunk.len(),
-                output: Output::Sample,
+                output,
             };
-            // Only the last chunk's sample is wanted: the others are submitted unread.
+            // The others are submitted unread: queue order keeps them before the last.
             let last = i + 1 == chunks.len();
-            let r = run(&self.model, key, chunk, &[self.slot as u32], &words, last)?;
-            if last {
-                sampled = r.sampled[0];
-            }
+            result = run(&self.model, key, chunk, &[self.slot as u32], input, last)?;
             self.position += chunk.len();
         }
-        self.draws += 1;
-        Ok(sampled)
+        Ok(result)
     }
 
     /// Feeds `ids` and returns the NLL of each `targets[i]` given `ids[..=i]` (for
@@ -138,10 +147,44 @@ impl Session {
         })
     }
 
+    /// A copy of the state in host memory, to continue from later with
+    /// [`Session::from_snapshot`] (any number of times).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            arrays: self.model.read_slot(self.slot)?,
+            position: self.position,
+            draws: self.draws,
+            model: fingerprint(&self.model),
+        })
+    }
+
+    /// A session continuing from `snapshot`, taken from a session of this model.
+    pub fn from_snapshot(model: &Arc<Model>, snapshot: &Snapshot) -> Result<Session> {
+        if snapshot.model != fingerprint(model) {
+            return Err(Error::InvalidArgument(
+                "this snapshot was taken from a different model".into(),
+            ));
+        }
+        let arrays: BTreeMap<String, StateArray> = snapshot
+            .arrays
+            .iter()
+            .map(|a| (a.name.clone(), a.clone()))
+            .collect();
+        let session = Session {
+            model: model.clone(),
+            slot: model.take_slot()?,
+            position: snapshot.position,
+            draws: snapshot.draws,
+        };
+        model.write_slot(session.slot, &arrays)?;
+        Ok(session)
+    }
+
     /// Saves the state to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let arrays = self.model.read_slot(self.slot)?;
-        let views = arrays
+        let snapshot = self.snapshot()?;
+        let views = snapshot
+            .arrays
             .iter()
             .map(|a| {
                 TensorView::new(Dtype::F32, a.shape.clone(), bytemuck::cast_slice(&a.values))
@@ -153,9 +196,9 @@ impl Session {
             .collect::<Result<Vec<_>>>()?;
         let meta: HashMap<String, String> = [
             ("format".to_string(), "moxe-session".to_string()),
-            ("model".to_string(), fingerprint(&self.model)),
-            ("position".to_string(), self.position.to_string()),
-            ("draws".to_string(), self.draws.to_string()),
+            ("model".to_string(), snapshot.model.clone()),
+            ("position".to_string(), snapshot.position.to_string()),
+            ("draws".to_string(), snapshot.draws.to_string()),
         ]
         .into_iter()
         .collect();
@@ -187,28 +230,23 @@ impl Session {
             })
         };
         let (position, draws) = (number("position")? as usize, number("draws")? as u32);
-        let mut arrays = BTreeMap::new();
+        let mut arrays = Vec::new();
         for name in w.names() {
             let (values, shape) = w.f32_any(name)?;
             let name = name.to_string();
-            arrays.insert(
-                name.clone(),
-                StateArray {
-                    name,
-                    shape,
-                    values,
-                },
-            );
+            arrays.push(StateArray {
+                name,
+                shape,
+                values,
+            });
         }
-        let slot = model.take_slot()?;
-        let session = Session {
-            model: model.clone(),
-            slot,
+        let snapshot = Snapshot {
+            arrays,
             position,
             draws,
+            model: want,
         };
-        model.write_slot(slot, &arrays)?;
-        Ok(session)
+        Session::from_snapshot(model, &snapshot)
     }
 
     /// The router telemetry of the last step this model ran, per MoxE layer.
@@ -227,6 +265,27 @@ impl Session {
 
     pub(crate) fn draws(&self) -> u32 {
         self.draws
+    }
+}
+
+/// A session's state copied to host memory ([`Session::snapshot`]).
+#[derive(Clone)]
+pub struct Snapshot {
+    arrays: Vec<StateArray>,
+    position: usize,
+    draws: u32,
+    model: String,
+}
+
+impl Snapshot {
+    /// Host bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.arrays.iter().map(|a| 4 * a.values.len()).sum()
+    }
+
+    /// Tokens consumed by the session it was taken from.
+    pub fn position(&self) -> usize {
+        self.position
     }
 }
 
@@ -302,6 +361,33 @@ impl Model {
             None => f(&[]),
             Some(key) => f(&runner.graph(self, key)?.moe),
         }
+    }
+
+    /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and
+    /// returns the logits (V) after it of each, concatenated (B, V), for sampling on the host.
+    pub fn step_logits(&self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.len() != sessions.len() {
+            return Err(Error::mismatch(
+                "batch step tokens",
+                sessions.len(),
+                tokens.len(),
+            ));
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        check_ids(tokens, self.vocab())?;
+        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let key = StepKey {
+            seqs: tokens.len(),
+            tokens: 1,
+            output: Output::Logits,
+        };
+        let r = run(self, key, tokens, &slots, &[], true)?;
+        for s in sessions.iter_mut() {
+            s.advance(1);
+        }
+        Ok(r.logits)
     }
 
     /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and

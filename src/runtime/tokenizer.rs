@@ -141,11 +141,21 @@ impl Tokenizer {
             .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
     }
 
-    /// A streaming decoder of the ids pushed to it.
-    pub fn stream(&self) -> TextStream {
-        TextStream::default()
+    /// A streaming decoder of the ids pushed to it, which continue `context` (the prompt):
+    /// its last few ids are the decoding context of the first piece, so that piece keeps
+    /// the leading space a Metaspace (SentencePiece) tokenizer drops at the start of a text.
+    pub fn stream_after(&self, context: &[u32]) -> TextStream {
+        let tail = context[context.len().saturating_sub(STREAM_CONTEXT)..].to_vec();
+        TextStream {
+            read: tail.len(),
+            ids: tail,
+            prefix: 0,
+        }
     }
 }
+
+/// Prompt ids kept as the decoding context of a stream's first piece.
+const STREAM_CONTEXT: usize = 4;
 
 /// Fails when an id is not below `vocab`.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
@@ -212,13 +222,22 @@ mod tests {
         let text = text.trim_end();
         let ids = t.encode(text).unwrap();
         assert_eq!(t.decode(&ids).unwrap(), text);
-        let mut s = t.stream();
+        let mut s = t.stream_after(&[]);
         let mut out = String::new();
         for &id in &ids {
             out += &s.push(&t, id).unwrap();
         }
         out += &s.finish(&t).unwrap();
         assert_eq!(out, text);
+        // Continuing a prompt, the pieces add up to the text the whole decodes to.
+        let (prompt, rest) = ids.split_at(5);
+        let mut s = t.stream_after(prompt);
+        let pieces: String = rest.iter().map(|&id| s.push(&t, id).unwrap()).collect();
+        let whole = t.decode(&ids).unwrap();
+        assert_eq!(
+            t.decode(prompt).unwrap() + &pieces + &s.finish(&t).unwrap(),
+            whole
+        );
         assert_eq!(t.eos(), &[0]);
     }
 

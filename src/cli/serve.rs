@@ -1,0 +1,81 @@
+//! `moxe serve`: the OpenAI-compatible HTTP server (see `moxe::server`).
+
+use std::time::Duration;
+
+use clap::Args;
+
+use moxe::runtime::LoadOptions;
+use moxe::server::{ServeOptions, Server};
+use moxe::Result;
+
+use super::model_args::{load_progress, DtypeArg, ModelArgs};
+use super::GpuArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences decoded together: each choice of each running request takes one.
+    #[arg(long, default_value_t = 4)]
+    pub slots: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "MOXE_API_KEY")]
+    pub api_key: Option<String>,
+    /// Requests that may wait for a slot; beyond them requests get 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// MiB of host memory for the prefix-state cache (0 turns it off).
+    #[arg(long, default_value_t = 1024)]
+    pub cache_mib: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest prompt in tokens.
+    #[arg(long, default_value_t = 32768)]
+    pub max_prompt_tokens: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// Seconds running requests may go on after SIGTERM before they are ended.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
+    super::threads::for_decode(&args.model.model.join("config.json"));
+    let ctx = gpu.context()?;
+    let (bar, progress) = load_progress("loading");
+    let options = ServeOptions {
+        model_dir: args.model.model.clone(),
+        load: LoadOptions {
+            dtype: args.model.dtype.map(DtypeArg::dtype),
+            progress: Some(progress),
+            ..Default::default()
+        },
+        host: args.host.clone(),
+        port: args.port,
+        slots: args.slots,
+        api_key: args.api_key.clone(),
+        queue: args.queue,
+        cache_bytes: args.cache_mib << 20,
+        max_body_bytes: args.max_body_bytes,
+        max_prompt_tokens: args.max_prompt_tokens,
+        max_tokens: args.max_tokens,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let server = Server::start(ctx, options)?;
+    eprintln!(
+        "moxe serve: http://{} (model {}; loading, GET /health says when ready)",
+        server.addr(),
+        args.model.model.display()
+    );
+    let result = server.wait();
+    bar.finish_and_clear();
+    result
+}

@@ -1,0 +1,338 @@
+//! The OpenAI-compatible request bodies, their validation, and the JSON errors. Every
+//! problem with a request is an [`ApiError`] naming the field (`param`), answered as
+//! `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::runtime::sampler::SamplerSettings;
+
+/// A request the server refuses, and why.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: &'static str,
+}
+
+impl ApiError {
+    /// 400: the request is malformed or out of range.
+    pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: param.map(str::to_string),
+            code: "invalid_request_error",
+        }
+    }
+
+    /// Another status with a code.
+    pub fn status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            code,
+        }
+    }
+
+    /// The error's JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": if self.status.is_server_error() { "server_error" } else { "invalid_request_error" },
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// Parses a JSON body into `T`, naming the field of the first problem.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        let param = (path != "." && path != "?" && !syntax).then_some(path);
+        let message = match &param {
+            _ if syntax => format!("the body is not valid JSON: {inner}"),
+            Some(p) => format!("field '{p}': {inner}"),
+            None => format!("invalid request body: {inner}"),
+        };
+        ApiError {
+            param,
+            ..ApiError::invalid(None, message)
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(None, format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// A prompt: text, texts, token ids, or lists of token ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and length fields shared by both completion endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub stop: Option<StopInput>,
+    pub seed: Option<u64>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Generate past the end-of-sequence token (vLLM's extension).
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+/// `POST /v1/completions`: the fields beside [`Common`] (a body is read as both, so that
+/// an error names its field).
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: PromptInput,
+    /// Log probabilities of the `logprobs` most likely tokens at each step (0 to 20).
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: bool,
+    pub suffix: Option<String>,
+    pub best_of: Option<i64>,
+}
+
+/// One chat message; `content` is text or a list of parts of which the text ones count.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// `POST /v1/chat/completions`: the fields beside [`Common`].
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<i64>,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub prompt: String,
+    /// Add BOS/EOS as a sequence start does (default true).
+    pub add_special_tokens: Option<bool>,
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<u32>,
+}
+
+/// The server's limits on what a request may ask.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub max_n: usize,
+}
+
+/// What a completion asks for, checked: choices, length, stop strings, sampling.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub n: usize,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_at_eos: bool,
+    pub settings: SamplerSettings,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Common {
+    /// Checks every field against its range, `limits` and the vocabulary.
+    pub fn plan(
+        &self,
+        default_max_tokens: usize,
+        max_tokens: Option<i64>,
+        top_logprobs: usize,
+        limits: &Limits,
+        vocab: usize,
+    ) -> Result<Plan, ApiError> {
+        let max_tokens = match max_tokens {
+            None => default_max_tokens.min(limits.max_tokens),
+            Some(m) if m < 0 => {
+                return Err(ApiError::invalid(
+                    Some("max_tokens"),
+                    format!("max_tokens must be >= 0, got {m}"),
+                ))
+            }
+            Some(m) if m as usize > limits.max_tokens => {
+                return Err(ApiError::invalid(
+                    Some("max_tokens"),
+                    format!(
+                        "max_tokens {m} exceeds this server's limit of {} (--max-tokens)",
+                        limits.max_tokens
+                    ),
+                ))
+            }
+            Some(m) => m as usize,
+        };
+        let n = match self.n {
+            None => 1,
+            Some(n) if n < 1 || n as usize > limits.max_n => {
+                return Err(ApiError::invalid(
+                    Some("n"),
+                    format!(
+                        "n must be in 1..={} (the server's slots), got {n}",
+                        limits.max_n
+                    ),
+                ))
+            }
+            Some(n) => n as usize,
+        };
+        let top_k = match self.top_k {
+            None | Some(-1) => 0,
+            Some(k) if k < 0 => {
+                return Err(ApiError::invalid(
+                    Some("top_k"),
+                    format!("top_k must be >= 0 (or -1 for none), got {k}"),
+                ))
+            }
+            Some(k) => k as usize,
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopInput::One(s)) => vec![s.clone()],
+            Some(StopInput::Many(v)) => v.clone(),
+        };
+        if stop.iter().any(String::is_empty) || stop.len() > 16 {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                "stop must be up to 16 non-empty strings",
+            ));
+        }
+        let mut logit_bias = Vec::new();
+        for (key, &bias) in self.logit_bias.iter().flatten() {
+            let id: u32 = key.parse().map_err(|_| {
+                ApiError::invalid(
+                    Some("logit_bias"),
+                    format!("logit_bias keys must be token ids, got '{key}'"),
+                )
+            })?;
+            logit_bias.push((id, bias));
+        }
+        logit_bias.sort_by_key(|b| b.0);
+        let settings = SamplerSettings {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k,
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias,
+            seed: self.seed,
+            top_logprobs,
+        };
+        settings.validate(vocab).map_err(|e| {
+            let message = e.to_string();
+            let param = message
+                .split_whitespace()
+                .next()
+                .map(|w| w.split('[').next().unwrap_or(w).to_string());
+            ApiError {
+                param,
+                ..ApiError::invalid(None, message)
+            }
+        })?;
+        Ok(Plan {
+            n,
+            max_tokens,
+            stop,
+            stop_at_eos: !self.ignore_eos,
+            settings,
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+impl Message {
+    /// The message's text (the text parts of a list, joined).
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter(|p| p.kind == "text")
+                .filter_map(|p| p.text.clone())
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+}

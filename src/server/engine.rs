@@ -1,0 +1,536 @@
+//! The engine thread: continuous batching over the model's sequence slots.
+//!
+//! Each turn of its loop: take the requests that arrived; drop those whose client went
+//! away (their slots are free again within one step); admit waiting requests while slots
+//! are free, starting each from the longest cached prefix of its prompt; prefill ONE chunk
+//! of one admitted prompt (round robin), so a long prompt never stalls the running streams
+//! for more than a chunk; then one batched decode step for every running sequence. Tokens
+//! are sampled on the host from the step's logits, each sequence with its own random
+//! stream, so a seeded request draws the same tokens whoever it is batched with.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::cache::PrefixCache;
+use super::metrics::Metrics;
+use crate::error::Result;
+use crate::runtime::generate::{Emitter, Finish, GenerateOptions, Piece};
+use crate::runtime::sampler::{Sampled, Sampler, SamplerSettings};
+use crate::runtime::{Model, Session};
+
+/// One request for the engine: a tokenized prompt and how to continue it.
+pub(crate) struct Job {
+    pub prompt: Vec<u32>,
+    /// Choices (independent continuations).
+    pub n: usize,
+    pub max_tokens: usize,
+    pub settings: SamplerSettings,
+    pub stop: Vec<String>,
+    pub stop_at_eos: bool,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+}
+
+/// What the engine reports about a job, in order.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The prompt has been read; `cached` of its tokens came from the prefix cache.
+    Prefilled { cached: usize },
+    /// A generated token of one choice and the text it completes.
+    Token {
+        choice: usize,
+        piece: Piece,
+        sampled: Sampled,
+    },
+    /// A choice ended.
+    Finished { choice: usize, reason: Finish },
+    /// The job failed (every choice ends).
+    Failed(String),
+}
+
+/// Messages to the engine thread.
+pub(crate) enum Command {
+    Submit(Job),
+    /// Stop admitting; end running jobs with an error at the deadline.
+    Drain {
+        deadline: Instant,
+    },
+}
+
+/// The handlers' side of the engine: submission with a bounded queue.
+#[derive(Clone)]
+pub(crate) struct EngineHandle {
+    tx: Sender<Command>,
+    queued: Arc<AtomicUsize>,
+    queue_limit: usize,
+}
+
+/// Why a job was not accepted.
+pub(crate) enum Rejected {
+    /// The queue is full.
+    Busy { waiting: usize },
+    /// The engine has stopped (shutting down).
+    Closed,
+}
+
+impl EngineHandle {
+    /// Queues `job`; refused when `queue_limit` jobs already wait.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.queue_limit {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Rejected::Busy { waiting });
+        }
+        self.tx.send(Command::Submit(job)).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            Rejected::Closed
+        })
+    }
+
+    /// Asks the engine to drain (see [`Command::Drain`]).
+    pub fn drain(&self, deadline: Instant) {
+        let _ = self.tx.send(Command::Drain { deadline });
+    }
+}
+
+/// A continuation being generated.
+struct Choice {
+    session: Session,
+    sampler: Sampler,
+    emitter: Emitter,
+    /// The sampled token to feed next (None once finished).
+    next: Option<u32>,
+    /// Tokens fed after the prompt.
+    fed: Vec<u32>,
+    last_token: Instant,
+}
+
+/// An admitted job.
+struct Running {
+    job: Job,
+    /// Reading the prompt: the session and how many prompt ids it has consumed.
+    prefill: Option<(Session, usize)>,
+    /// Prompt ids that came from the prefix cache.
+    cached: usize,
+    choices: Vec<Choice>,
+    first_token: bool,
+}
+
+/// Engine settings.
+pub(crate) struct EngineOptions {
+    /// Sequence slots (the model's `max_sequences`).
+    pub slots: usize,
+    /// Jobs that may wait for a slot.
+    pub queue_limit: usize,
+    /// Host bytes of the prefix cache (0 = off).
+    pub cache_bytes: usize,
+}
+
+/// Starts the engine thread for `model`.
+pub(crate) fn start(
+    model: Arc<Model>,
+    options: EngineOptions,
+    metrics: Arc<Metrics>,
+) -> (EngineHandle, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let handle = EngineHandle {
+        tx,
+        queued: queued.clone(),
+        queue_limit: options.queue_limit,
+    };
+    let engine = Engine {
+        cache: PrefixCache::new(options.cache_bytes),
+        model,
+        rx,
+        queued,
+        metrics,
+        options,
+        queue: VecDeque::new(),
+        running: Vec::new(),
+        next_prefill: 0,
+        draining: None,
+        closed: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("moxe-engine".into())
+        .spawn(move || engine.run())
+        .expect("spawning the engine thread");
+    (handle, thread)
+}
+
+struct Engine {
+    model: Arc<Model>,
+    rx: Receiver<Command>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    options: EngineOptions,
+    cache: PrefixCache,
+    queue: VecDeque<Job>,
+    running: Vec<Running>,
+    next_prefill: usize,
+    draining: Option<Instant>,
+    /// No more commands can arrive.
+    closed: bool,
+}
+
+impl Engine {
+    fn run(mut self) {
+        loop {
+            self.receive();
+            self.drop_cancelled();
+            if let Some(deadline) = self.draining {
+                if Instant::now() >= deadline {
+                    for r in self.running.drain(..) {
+                        let _ = r
+                            .job
+                            .events
+                            .send(Event::Failed("the server is shutting down".into()));
+                    }
+                }
+            }
+            self.admit();
+            self.metrics.busy_slots.set(self.busy_slots() as i64);
+            if self.running.is_empty() && self.queue.is_empty() {
+                if self.closed || self.draining.is_some() {
+                    return;
+                }
+                continue;
+            }
+            if let Err(e) = self.turn() {
+                // A device error ends every running job: report it to each.
+                log::error!("engine step failed: {e}");
+                for r in self.running.drain(..) {
+                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                }
+            }
+            self.metrics.busy_slots.set(self.busy_slots() as i64);
+        }
+    }
+
+    /// Takes the commands that arrived; waits for one when there is nothing to do.
+    fn receive(&mut self) {
+        let idle = self.running.is_empty() && self.queue.is_empty();
+        if idle && !self.closed && self.draining.is_none() {
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(c) => self.command(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(c) => self.command(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Submit(job) => {
+                if self.draining.is_some() {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job
+                        .events
+                        .send(Event::Failed("the server is shutting down".into()));
+                } else {
+                    self.queue.push_back(job);
+                }
+            }
+            Command::Drain { deadline } => {
+                self.draining = Some(deadline);
+                for job in self.queue.drain(..) {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job
+                        .events
+                        .send(Event::Failed("the server is shutting down".into()));
+                }
+            }
+        }
+        self.metrics.queue_depth.set(self.queue.len() as i64);
+    }
+
+    /// Forgets the jobs whose client has gone (their sessions, and slots, are dropped).
+    fn drop_cancelled(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|j| !j.events.is_closed());
+        self.queued
+            .fetch_sub(before - self.queue.len(), Ordering::SeqCst);
+        self.running.retain(|r| !r.job.events.is_closed());
+        self.metrics.queue_depth.set(self.queue.len() as i64);
+    }
+
+    fn busy_slots(&self) -> usize {
+        self.running.iter().map(|r| r.job.n).sum()
+    }
+
+    /// Starts waiting jobs while their choices fit the free slots (in arrival order).
+    fn admit(&mut self) {
+        while let Some(job) = self.queue.front() {
+            if self.busy_slots() + job.n > self.options.slots {
+                break;
+            }
+            let job = self.queue.pop_front().expect("front exists");
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.queue_depth.set(self.queue.len() as i64);
+            self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
+            let mut running = Running {
+                job,
+                prefill: None,
+                cached: 0,
+                choices: Vec::new(),
+                first_token: false,
+            };
+            match self.start(&mut running) {
+                Ok(()) => self.running.push(running),
+                Err(e) => {
+                    let _ = running.job.events.send(Event::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// A job's session, from the longest cached prefix of its prompt when there is one.
+    fn start(&mut self, running: &mut Running) -> Result<()> {
+        let hit = self.cache.lookup(&running.job.prompt).map(|h| {
+            (
+                h.len,
+                Session::from_snapshot(&self.model, h.snapshot),
+                h.logits.map(<[f32]>::to_vec),
+            )
+        });
+        match hit {
+            Some((len, session, logits)) => {
+                let session = session?;
+                self.metrics.cache_hits.inc();
+                self.metrics.cached_tokens.inc_by(len as u64);
+                running.cached = len;
+                if len == running.job.prompt.len() {
+                    let _ = running.job.events.send(Event::Prefilled { cached: len });
+                    let logits = logits.unwrap_or_default();
+                    begin_choices(&self.model, &self.metrics, running, session, &logits)?;
+                } else {
+                    running.prefill = Some((session, len));
+                }
+            }
+            None => {
+                self.metrics.cache_misses.inc();
+                running.prefill = Some((Session::new(&self.model)?, 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// One turn: a prefill chunk of one job, then one decode step of all.
+    fn turn(&mut self) -> Result<()> {
+        self.prefill_one()?;
+        self.decode()?;
+        // Finished jobs leave; the state of the first choice is cached for continuations.
+        let mut i = 0;
+        while i < self.running.len() {
+            let done = self.running[i].prefill.is_none()
+                && self.running[i].choices.iter().all(|c| c.next.is_none());
+            if done {
+                let r = self.running.swap_remove(i);
+                self.cache_after(&r);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefills the next chunk of the next job (round robin) that is reading its prompt.
+    /// Chunks are the model's `prefill_chunk` tokens, and the last one the rest, so a
+    /// prompt is cut as [`Session::feed`] cuts it whatever else runs.
+    fn prefill_one(&mut self) -> Result<()> {
+        let n = self.running.len();
+        let Some(i) = (0..n)
+            .map(|k| (self.next_prefill + k) % n)
+            .find(|&i| self.running[i].prefill.is_some())
+        else {
+            return Ok(());
+        };
+        self.next_prefill = i + 1;
+        let chunk = self.model.options().prefill_chunk;
+        let r = &mut self.running[i];
+        let (mut session, fed) = r.prefill.take().expect("found above");
+        let len = r.job.prompt.len();
+        let end = if len - fed > chunk { fed + chunk } else { len };
+        let logits = match session.feed_logits(&r.job.prompt[fed..end]) {
+            Ok(l) => l,
+            Err(e) => {
+                let r = self.running.swap_remove(i);
+                let _ = r.job.events.send(Event::Failed(e.to_string()));
+                return Ok(());
+            }
+        };
+        if end < len {
+            r.prefill = Some((session, end));
+            return Ok(());
+        }
+        let mut r = self.running.swap_remove(i);
+        if self
+            .cache
+            .admits(self.model.state_bytes_per_sequence() as usize)
+        {
+            self.cache.insert(
+                r.job.prompt.clone(),
+                session.snapshot()?,
+                Some(logits.clone()),
+            );
+        }
+        let _ = r.job.events.send(Event::Prefilled { cached: r.cached });
+        match begin_choices(&self.model, &self.metrics, &mut r, session, &logits) {
+            Ok(()) => self.running.push(r),
+            Err(e) => {
+                let _ = r.job.events.send(Event::Failed(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One batched step for every choice with a token to feed.
+    fn decode(&mut self) -> Result<()> {
+        let mut who = Vec::new();
+        let mut tokens = Vec::new();
+        for (ri, r) in self.running.iter().enumerate() {
+            for (ci, c) in r.choices.iter().enumerate() {
+                if let Some(id) = c.next {
+                    who.push((ri, ci));
+                    tokens.push(id);
+                }
+            }
+        }
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let logits = {
+            let mut sessions: Vec<&mut Session> = Vec::with_capacity(who.len());
+            for (ri, r) in self.running.iter_mut().enumerate() {
+                for (ci, c) in r.choices.iter_mut().enumerate() {
+                    if who.contains(&(ri, ci)) {
+                        sessions.push(&mut c.session);
+                    }
+                }
+            }
+            self.model.step_logits(&mut sessions, &tokens)?
+        };
+        let v = self.model.vocab();
+        for (k, &(ri, ci)) in who.iter().enumerate() {
+            let r = &mut self.running[ri];
+            r.choices[ci].fed.push(tokens[k]);
+            let sampled = r.choices[ci].sampler.sample(&logits[k * v..(k + 1) * v]);
+            accept(&self.model, &self.metrics, r, ci, sampled)?;
+        }
+        Ok(())
+    }
+
+    /// Caches the state of a finished job's first choice: the prompt and the tokens fed
+    /// after it (all but the last generated one).
+    fn cache_after(&mut self, r: &Running) {
+        let Some(c) = r.choices.first() else { return };
+        if c.fed.is_empty()
+            || !self
+                .cache
+                .admits(self.model.state_bytes_per_sequence() as usize)
+        {
+            return;
+        }
+        let mut ids = r.job.prompt.clone();
+        ids.extend(&c.fed);
+        // Without the logits after the last fed token (the last generated token was drawn
+        // from them), this entry serves only strictly longer prompts.
+        if let Ok(snapshot) = c.session.snapshot() {
+            self.cache.insert(ids, snapshot, None);
+        }
+    }
+}
+
+/// The job's choices after its prompt: the first continues `session`, the others forks
+/// of it; each draws its first token from `logits`.
+fn begin_choices(
+    model: &Model,
+    metrics: &Metrics,
+    r: &mut Running,
+    session: Session,
+    logits: &[f32],
+) -> Result<()> {
+    let tokenizer = model.require_tokenizer()?;
+    let mut sessions = Vec::with_capacity(r.job.n);
+    for _ in 1..r.job.n {
+        sessions.push(session.fork()?);
+    }
+    sessions.insert(0, session);
+    for (i, session) in sessions.into_iter().enumerate() {
+        r.choices.push(Choice {
+            session,
+            sampler: Sampler::new(r.job.settings.clone(), i as u64),
+            emitter: Emitter::new(tokenizer, &r.job.prompt),
+            next: None,
+            fed: Vec::new(),
+            last_token: Instant::now(),
+        });
+    }
+    for i in 0..r.choices.len() {
+        let sampled = r.choices[i].sampler.sample(logits);
+        accept(model, metrics, r, i, sampled)?;
+    }
+    Ok(())
+}
+
+/// Emits choice `i`'s sampled token; sets `next` unless the choice has ended.
+fn accept(
+    model: &Model,
+    metrics: &Metrics,
+    r: &mut Running,
+    i: usize,
+    sampled: Sampled,
+) -> Result<()> {
+    let tokenizer = model.require_tokenizer()?;
+    let opts = GenerateOptions {
+        max_tokens: r.job.max_tokens,
+        stop: r.job.stop.clone(),
+        stop_at_eos: r.job.stop_at_eos,
+        ..GenerateOptions::default()
+    };
+    let now = Instant::now();
+    if !r.first_token {
+        r.first_token = true;
+        metrics
+            .time_to_first_token
+            .observe((now - r.job.arrived).as_secs_f64());
+    } else {
+        metrics
+            .token_latency
+            .observe((now - r.choices[i].last_token).as_secs_f64());
+    }
+    metrics.generated_tokens.inc();
+    let c = &mut r.choices[i];
+    c.last_token = now;
+    let piece = c.emitter.accept(tokenizer, &opts, sampled.id)?;
+    let id = sampled.id;
+    let _ = r.job.events.send(Event::Token {
+        choice: i,
+        piece,
+        sampled,
+    });
+    match c.emitter.finish {
+        Some(reason) => {
+            c.next = None;
+            let _ = r.job.events.send(Event::Finished { choice: i, reason });
+        }
+        None => c.next = Some(id),
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! `moxe serve`: an OpenAI-compatible HTTP server (axum on tokio) over one model, with
+//! continuous batching and a prefix-state cache.
+//!
+//! - [`api`]: request bodies, validation and JSON errors;
+//! - `routes`: the endpoints (`/health`, `/v1/models`, `/v1/completions`,
+//!   `/v1/chat/completions`, `/tokenize`, `/detokenize`, `/metrics`);
+//! - `engine`: the thread that owns the model's slots and runs the steps;
+//! - `cache`: prompt-prefix states under a byte budget;
+//! - `chat`: chat templates; `metrics`: the Prometheus metrics.
+//!
+//! The server binds first and loads the model in the background (`/health` answers 503
+//! until it is ready). SIGTERM or Ctrl-C stops it gracefully: no new requests, running ones
+//! finish or are ended at the deadline, then it exits.
+
+pub mod api;
+mod cache;
+mod chat;
+pub mod client;
+mod engine;
+mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::oneshot;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runtime::{LoadOptions, Model};
+use api::{ApiError, Limits};
+use chat::ChatTemplate;
+use engine::{EngineHandle, EngineOptions};
+use metrics::Metrics;
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub model_dir: PathBuf,
+    /// Weight dtype and prefill chunk (`max_sequences` is set to `slots`).
+    pub load: LoadOptions,
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Sequences decoded together (each choice of each running request takes one).
+    pub slots: usize,
+    /// Required as `Authorization: Bearer KEY` when set.
+    pub api_key: Option<String>,
+    /// Requests that may wait for a slot; more get 429.
+    pub queue: usize,
+    /// Host bytes of the prefix-state cache (0 turns it off).
+    pub cache_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_prompt_tokens: usize,
+    pub max_tokens: usize,
+    /// How long running requests may go on after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            model_dir: crate::checkpoint::default_model_dir(),
+            load: LoadOptions::default(),
+            host: "127.0.0.1".into(),
+            port: 8080,
+            slots: 4,
+            api_key: None,
+            queue: 64,
+            cache_bytes: 1 << 30,
+            max_body_bytes: 1 << 20,
+            max_prompt_tokens: 32768,
+            max_tokens: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The loaded model and what serves it.
+pub(crate) struct Ready {
+    pub model: Arc<Model>,
+    pub engine: EngineHandle,
+    pub chat: Option<ChatTemplate>,
+}
+
+/// The server's shared state.
+pub(crate) struct AppState {
+    phase: RwLock<Phase>,
+    pub api_key: Option<String>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub model_id: String,
+    pub max_body: usize,
+    pub started: u64,
+}
+
+enum Phase {
+    Loading,
+    Ready(Arc<Ready>),
+    Failed(String),
+}
+
+impl AppState {
+    /// The ready model, or the 503 that says why there is none.
+    pub fn phase(&self) -> std::result::Result<Arc<Ready>, ApiError> {
+        match &*self.phase.read().expect("phase poisoned") {
+            Phase::Ready(r) => Ok(r.clone()),
+            Phase::Loading => Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "loading",
+                "the model is still loading",
+            )),
+            Phase::Failed(e) => Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "load_failed",
+                format!("the model failed to load: {e}"),
+            )),
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    /// Binds `options.host:port` and starts serving on a thread of its own; the model loads
+    /// in the background on `ctx`.
+    pub fn start(ctx: Context, options: ServeOptions) -> Result<Server> {
+        if options.slots == 0 {
+            return Err(Error::InvalidArgument("--slots must be at least 1".into()));
+        }
+        let addr = format!("{}:{}", options.host, options.port);
+        let listener = std::net::TcpListener::bind(&addr)
+            .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
+        let model_id = options
+            .model_dir
+            .canonicalize()
+            .unwrap_or_else(|_| options.model_dir.clone())
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+        let state = Arc::new(AppState {
+            phase: RwLock::new(Phase::Loading),
+            api_key: options.api_key.clone(),
+            limits: Limits {
+                max_prompt_tokens: options.max_prompt_tokens,
+                max_tokens: options.max_tokens,
+                max_n: options.slots,
+            },
+            metrics: Arc::new(Metrics::new()),
+            model_id,
+            max_body: options.max_body_bytes,
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("moxe-server".into())
+            .spawn(move || serve(ctx, options, state, listener, stop_rx))
+            .map_err(|e| Error::InvalidArgument(format!("cannot start the server thread: {e}")))?;
+        Ok(Server {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops gracefully (as SIGTERM does) and waits for the server to exit.
+    pub fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait_inner()
+    }
+
+    /// Waits until the server exits (after SIGTERM or Ctrl-C, or a failed model load).
+    pub fn wait(mut self) -> Result<()> {
+        self.wait_inner()
+    }
+
+    fn wait_inner(&mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument("the server thread panicked".into()))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.wait_inner();
+    }
+}
+
+/// The router over `state`.
+fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::count,
+        ))
+        .with_state(state)
+}
+
+/// The server thread: a tokio runtime serving `listener` until stopped.
+fn serve(
+    ctx: Context,
+    options: ServeOptions,
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    stop: oneshot::Receiver<()>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("cannot start the async runtime: {e}")))?;
+    // A failed load ends the server with its error.
+    let (failed_tx, failed_rx) = oneshot::channel::<Error>();
+    let loader = {
+        let state = state.clone();
+        let options = options.clone();
+        std::thread::Builder::new()
+            .name("moxe-load".into())
+            .spawn(move || match load(&ctx, &options, &state) {
+                Ok(engine) => Some(engine),
+                Err(e) => {
+                    log::error!("{e}");
+                    *state.phase.write().expect("phase poisoned") = Phase::Failed(e.to_string());
+                    let _ = failed_tx.send(e);
+                    None
+                }
+            })
+            .map_err(|e| Error::InvalidArgument(format!("cannot start the loader: {e}")))?
+    };
+    let failure = Arc::new(Mutex::new(None));
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::InvalidArgument(format!("cannot listen: {e}")))?;
+        let app = router(state.clone());
+        let grace = options.shutdown_grace;
+        let signal_state = state.clone();
+        let failure_slot = failure.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = terminate() => log::info!("stopping: finishing running requests"),
+                Ok(e) = failed_rx => { *failure_slot.lock().expect("failure poisoned") = Some(e); }
+            }
+            if let Ok(ready) = signal_state.phase() {
+                ready.engine.drain(Instant::now() + grace);
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("the HTTP server failed: {e}")))
+    });
+    // Dropping the state's engine handle lets the engine thread finish.
+    let engine = loader.join().ok().flatten();
+    *state.phase.write().expect("phase poisoned") = Phase::Failed("stopped".into());
+    if let Some(thread) = engine {
+        let _ = thread.join();
+    }
+    if let Some(e) = failure.lock().expect("failure poisoned").take() {
+        return Err(e);
+    }
+    result
+}
+
+/// Loads the model and starts the engine; returns the engine thread.
+fn load(
+    ctx: &Context,
+    options: &ServeOptions,
+    state: &AppState,
+) -> Result<std::thread::JoinHandle<()>> {
+    let load = LoadOptions {
+        max_sequences: options.slots,
+        ..options.load.clone()
+    };
+    let model = Arc::new(Model::load(ctx, &options.model_dir, &load)?);
+    model.require_tokenizer()?;
+    let chat = ChatTemplate::of_model(&options.model_dir)?;
+    let (engine, thread) = engine::start(
+        model.clone(),
+        EngineOptions {
+            slots: options.slots,
+            queue_limit: options.queue,
+            cache_bytes: options.cache_bytes,
+        },
+        state.metrics.clone(),
+    );
+    *state.phase.write().expect("phase poisoned") = Phase::Ready(Arc::new(Ready {
+        model,
+        engine,
+        chat,
+    }));
+    Ok(thread)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminate() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

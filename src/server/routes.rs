@@ -1,0 +1,752 @@
+//! The HTTP endpoints: health, models, completions, chat completions (plain and streamed as
+//! server-sent events), tokenize, detokenize and metrics; API-key checking and per-request
+//! metrics around them.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::{StreamExt, StreamMap};
+
+use super::api::{
+    parse, ApiError, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Plan, PromptInput,
+    TokenizeRequest,
+};
+use super::engine::{Event, Job, Rejected};
+use super::{AppState, Ready};
+use crate::runtime::generate::Finish;
+use crate::runtime::sampler::Sampled;
+use crate::runtime::Tokenizer;
+
+/// The endpoints metrics are counted under (others count as "other").
+const ENDPOINTS: [&str; 8] = [
+    "/health",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/tokenize",
+    "/detokenize",
+    "/metrics",
+    "/v1/models/",
+];
+
+/// Counts every response by endpoint and status.
+pub(crate) async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let endpoint = ENDPOINTS
+        .iter()
+        .find(|e| **e == path)
+        .copied()
+        .unwrap_or("other");
+    let response = next.run(req).await;
+    s.metrics.request(endpoint, response.status().as_u16());
+    response
+}
+
+/// Requires `Authorization: Bearer KEY` when the server has a key (not for /health).
+pub(crate) async fn authorize(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &s.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(key.as_str()) {
+                return ApiError::status(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+pub(crate) async fn not_found(req: Request) -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no endpoint {} {} (see GET /v1/models, POST /v1/completions, POST \
+             /v1/chat/completions, POST /tokenize, POST /detokenize, GET /health, GET /metrics)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+pub(crate) async fn wrong_method() -> ApiError {
+    ApiError::status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that HTTP method",
+    )
+}
+
+pub(crate) async fn health(State(s): State<Arc<AppState>>) -> Response {
+    match s.phase() {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": if e.code == "loading" { "loading" } else { "error" }, "message": e.message})),
+        )
+            .into_response(),
+    }
+}
+
+pub(crate) async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": s.model_id,
+        "object": "model",
+        "created": s.started,
+        "owned_by": "moxe",
+    }]}))
+}
+
+pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.text(),
+    )
+        .into_response()
+}
+
+/// The body, or a JSON error when it is too large or unreadable.
+fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body exceeds {} bytes (--max-body-bytes)",
+                state.max_body
+            ),
+        ),
+        status => ApiError::status(status, "invalid_request_error", e.body_text()),
+    })
+}
+
+fn tokenizer(ready: &Ready) -> &Tokenizer {
+    ready
+        .model
+        .tokenizer()
+        .expect("checked when the server started")
+}
+
+pub(crate) async fn tokenize(
+    State(s): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ready = s.phase()?;
+    let req: TokenizeRequest = parse(&body(&s, raw)?)?;
+    let t = tokenizer(&ready);
+    let ids = match req.add_special_tokens.unwrap_or(true) {
+        true => t.encode(&req.prompt),
+        false => t.encode_continuation(&req.prompt),
+    }
+    .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
+    Ok(Json(json!({"tokens": ids, "count": ids.len()})))
+}
+
+pub(crate) async fn detokenize(
+    State(s): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ready = s.phase()?;
+    let req: DetokenizeRequest = parse(&body(&s, raw)?)?;
+    let text = tokenizer(&ready)
+        .decode(&req.tokens)
+        .map_err(|e| ApiError::invalid(Some("tokens"), e.to_string()))?;
+    Ok(Json(json!({"prompt": text})))
+}
+
+/// Checks the requested model name against the one served.
+fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if *m != s.model_id => Err(ApiError {
+            code: "model_not_found",
+            ..ApiError::invalid(
+                Some("model"),
+                format!(
+                    "model '{m}' is not served here; this server serves '{}'",
+                    s.model_id
+                ),
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a prompt's length against the limit.
+fn check_prompt(s: &AppState, ids: &[u32]) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            "the prompt has no tokens",
+        ));
+    }
+    if ids.len() > s.limits.max_prompt_tokens {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            format!(
+                "the prompt has {} tokens, more than this server's limit of {} \
+                 (--max-prompt-tokens)",
+                ids.len(),
+                s.limits.max_prompt_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Which endpoint's format a response takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+pub(crate) async fn completions(
+    State(s): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ready = s.phase()?;
+    let raw = body(&s, raw)?;
+    let req: CompletionRequest = parse(&raw)?;
+    let common: Common = parse(&raw)?;
+    check_model(&s, &common.model)?;
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid(
+            Some("suffix"),
+            "suffix (insertion) is not supported",
+        ));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid(
+            Some("best_of"),
+            "best_of other than 1 is not supported",
+        ));
+    }
+    let top = match req.logprobs {
+        None => None,
+        Some(l) if !(0..=20).contains(&l) => {
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                format!("logprobs must be in 0..=20, got {l}"),
+            ))
+        }
+        Some(l) => Some(l as usize),
+    };
+    if req.echo && top.is_some() {
+        return Err(ApiError::invalid(
+            Some("echo"),
+            "echo together with logprobs (the prompt's log probabilities) is not supported",
+        ));
+    }
+    let t = tokenizer(&ready);
+    let plan = common.plan(
+        16,
+        common.max_tokens,
+        top.unwrap_or(0),
+        &s.limits,
+        ready.model.vocab(),
+    )?;
+    let encode = |text: &str| {
+        t.encode(text)
+            .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))
+    };
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        PromptInput::Text(p) => vec![encode(&p)?],
+        PromptInput::Texts(ps) => ps.iter().map(|p| encode(p)).collect::<Result<_, _>>()?,
+        PromptInput::Ids(ids) => vec![ids],
+        PromptInput::IdLists(lists) => lists,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            "the prompt list is empty",
+        ));
+    }
+    for p in &prompts {
+        check_prompt(&s, p)?;
+        crate::runtime::tokenizer::check_ids(p, ready.model.vocab())
+            .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
+    }
+    let echo: Vec<String> = match req.echo {
+        true => prompts
+            .iter()
+            .map(|p| t.decode(p).unwrap_or_default())
+            .collect(),
+        false => vec![String::new(); prompts.len()],
+    };
+    let logprobs = top.is_some();
+    run(&s, &ready, Kind::Completion, prompts, plan, echo, logprobs).await
+}
+
+pub(crate) async fn chat(
+    State(s): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ready = s.phase()?;
+    let raw = body(&s, raw)?;
+    let req: ChatRequest = parse(&raw)?;
+    let common: Common = parse(&raw)?;
+    check_model(&s, &common.model)?;
+    let Some(template) = &ready.chat else {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "this model has no chat template (tokenizer_config.json has no chat_template): \
+             use /v1/completions with a prompt",
+        ));
+    };
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(Some("messages"), "messages is empty"));
+    }
+    let top = match (req.logprobs, req.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                format!("top_logprobs must be in 0..=20, got {k}"),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            ))
+        }
+        (true, k) => k.unwrap_or(0) as usize,
+        (false, None) => 0,
+    };
+    let max_tokens = req.max_completion_tokens.or(common.max_tokens);
+    let plan = common.plan(
+        s.limits.max_tokens,
+        max_tokens,
+        top,
+        &s.limits,
+        ready.model.vocab(),
+    )?;
+    let messages: Vec<(String, String)> = req
+        .messages
+        .iter()
+        .map(|m| (m.role.clone(), m.text()))
+        .collect();
+    let text = template
+        .render(&messages)
+        .map_err(|e| ApiError::invalid(Some("messages"), format!("the chat template says: {e}")))?;
+    let ids = tokenizer(&ready)
+        .encode_continuation(&text)
+        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+    check_prompt(&s, &ids)?;
+    run(
+        &s,
+        &ready,
+        Kind::Chat,
+        vec![ids],
+        plan,
+        vec![String::new()],
+        req.logprobs,
+    )
+    .await
+}
+
+/// A response's identity: id, creation time, object names.
+struct Identity {
+    id: String,
+    created: u64,
+    kind: Kind,
+    model: String,
+}
+
+impl Identity {
+    fn new(kind: Kind, model: &str) -> Self {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let prefix = match kind {
+            Kind::Completion => "cmpl",
+            Kind::Chat => "chatcmpl",
+        };
+        Identity {
+            id: format!("{prefix}-{created:x}{nanos:08x}"),
+            created,
+            kind,
+            model: model.to_string(),
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+}
+
+/// One choice's accumulated output.
+#[derive(Default)]
+struct ChoiceOut {
+    text: String,
+    tokens: Vec<(Sampled, String)>,
+    finish: Option<&'static str>,
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::MaxTokens => "length",
+        Finish::Eos | Finish::Stop => "stop",
+    }
+}
+
+/// Submits one job per prompt and answers plainly or as a stream.
+async fn run(
+    s: &Arc<AppState>,
+    ready: &Arc<Ready>,
+    kind: Kind,
+    prompts: Vec<Vec<u32>>,
+    plan: Plan,
+    echo: Vec<String>,
+    logprobs: bool,
+) -> Result<Response, ApiError> {
+    let mut receivers = Vec::with_capacity(prompts.len());
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    for prompt in prompts {
+        let (tx, rx) = unbounded_channel();
+        let job = Job {
+            prompt,
+            n: plan.n,
+            max_tokens: plan.max_tokens,
+            settings: plan.settings.clone(),
+            stop: plan.stop.clone(),
+            stop_at_eos: plan.stop_at_eos,
+            events: tx,
+            arrived: Instant::now(),
+        };
+        match ready.engine.submit(job) {
+            Ok(()) => receivers.push(rx),
+            Err(Rejected::Busy { waiting }) => {
+                return Err(ApiError::status(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "server_busy",
+                    format!(
+                        "{waiting} requests are already waiting for a slot (--queue): retry later"
+                    ),
+                ))
+            }
+            Err(Rejected::Closed) => {
+                return Err(ApiError::status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down",
+                ))
+            }
+        }
+    }
+    let id = Identity::new(kind, &s.model_id);
+    let out = Output {
+        id,
+        n: plan.n,
+        logprobs,
+        echo,
+        prompt_tokens,
+        include_usage: plan.include_usage,
+        tokenizer_ready: ready.clone(),
+    };
+    if plan.stream {
+        Ok(out.stream(receivers).into_response())
+    } else {
+        // A client that goes away drops this future, and with it the receivers: the
+        // engine cancels the jobs.
+        Ok(Json(out.collect(receivers).await?).into_response())
+    }
+}
+
+/// How the events of a request's jobs become a response.
+struct Output {
+    id: Identity,
+    n: usize,
+    logprobs: bool,
+    echo: Vec<String>,
+    prompt_tokens: usize,
+    include_usage: bool,
+    tokenizer_ready: Arc<Ready>,
+}
+
+impl Output {
+    fn tokenizer(&self) -> &Tokenizer {
+        tokenizer(&self.tokenizer_ready)
+    }
+
+    /// Waits for every choice and builds the plain response.
+    async fn collect(self, receivers: Vec<UnboundedReceiver<Event>>) -> Result<Value, ApiError> {
+        let mut choices: Vec<ChoiceOut> = (0..receivers.len() * self.n)
+            .map(|_| ChoiceOut::default())
+            .collect();
+        let mut cached = 0;
+        for (p, mut rx) in receivers.into_iter().enumerate() {
+            choices[p * self.n].text = self.echo[p].clone();
+            for c in 1..self.n {
+                choices[p * self.n + c].text = self.echo[p].clone();
+            }
+            let mut open = self.n;
+            while open > 0 {
+                let Some(event) = rx.recv().await else {
+                    return Err(engine_gone());
+                };
+                match event {
+                    Event::Prefilled { cached: c } => cached += c,
+                    Event::Token {
+                        choice,
+                        piece,
+                        sampled,
+                    } => {
+                        let out = &mut choices[p * self.n + choice];
+                        out.text += &piece.text;
+                        let text = self.tokenizer().decode(&[sampled.id]).unwrap_or_default();
+                        out.tokens.push((sampled, text));
+                    }
+                    Event::Finished { choice, reason } => {
+                        choices[p * self.n + choice].finish = Some(finish_reason(reason));
+                        open -= 1;
+                    }
+                    Event::Failed(message) => return Err(failed(message)),
+                }
+            }
+        }
+        let completion_tokens: usize = choices.iter().map(|c| c.tokens.len()).sum();
+        let list: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.choice_json(i, c))
+            .collect();
+        Ok(json!({
+            "id": self.id.id,
+            "object": self.id.object(false),
+            "created": self.id.created,
+            "model": self.id.model,
+            "choices": list,
+            "usage": usage(self.prompt_tokens, completion_tokens, cached),
+        }))
+    }
+
+    fn choice_json(&self, index: usize, c: &ChoiceOut) -> Value {
+        let logprobs = self.logprobs_json(&c.tokens, 0);
+        match self.id.kind {
+            Kind::Completion => json!({
+                "index": index,
+                "text": c.text,
+                "logprobs": logprobs,
+                "finish_reason": c.finish,
+            }),
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs,
+                "finish_reason": c.finish,
+            }),
+        }
+    }
+
+    /// The `logprobs` object of `tokens` (null unless asked for); `offset` is the text
+    /// offset of the first token (completions' `text_offset`).
+    fn logprobs_json(&self, tokens: &[(Sampled, String)], offset: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let t = self.tokenizer();
+        let text_of = |id: u32| t.decode(&[id]).unwrap_or_default();
+        match self.id.kind {
+            Kind::Completion => {
+                let mut at = offset;
+                let mut offsets = Vec::new();
+                for (_, text) in tokens {
+                    offsets.push(at);
+                    at += text.len();
+                }
+                json!({
+                    "tokens": tokens.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.0.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|(s, _)| {
+                        s.top.iter().map(|&(id, lp)| (text_of(id), json!(lp))).collect::<BTreeMap<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => json!({"content": tokens.iter().map(|(s, text)| json!({
+                "token": text,
+                "logprob": s.logprob,
+                "bytes": text.as_bytes(),
+                "top_logprobs": s.top.iter().map(|&(id, lp)| {
+                    let tt = text_of(id);
+                    json!({"token": tt, "logprob": lp, "bytes": tt.as_bytes()})
+                }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>()}),
+        }
+    }
+
+    /// A chunk of the stream for choice `index`: `text` (and `role` first for chat).
+    fn chunk(
+        &self,
+        index: usize,
+        text: &str,
+        token: Option<&(Sampled, String)>,
+        finish: Option<&str>,
+        first: bool,
+    ) -> Value {
+        let logprobs = match token {
+            Some(t) => self.logprobs_json(std::slice::from_ref(t), 0),
+            None => Value::Null,
+        };
+        let choice = match self.id.kind {
+            Kind::Completion => json!({
+                "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
+            }),
+            Kind::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if !text.is_empty() || first {
+                    delta.insert("content".into(), json!(text));
+                }
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+            }
+        };
+        json!({
+            "id": self.id.id,
+            "object": self.id.object(true),
+            "created": self.id.created,
+            "model": self.id.model,
+            "choices": [choice],
+        })
+    }
+
+    /// Streams the events as server-sent events, ending with `[DONE]`. A client that goes
+    /// away drops the stream, and with it the jobs' receivers: the engine cancels them.
+    fn stream(self, receivers: Vec<UnboundedReceiver<Event>>) -> impl IntoResponse {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+        tokio::spawn(async move {
+            let send = |v: Value| SseEvent::default().data(v.to_string());
+            let mut map = StreamMap::new();
+            let jobs = receivers.len();
+            for (p, r) in receivers.into_iter().enumerate() {
+                map.insert(p, UnboundedReceiverStream::new(r));
+            }
+            let mut first = vec![true; jobs * self.n];
+            let mut open = jobs * self.n;
+            let (mut completion_tokens, mut cached) = (0, 0);
+            while open > 0 {
+                let Some((p, event)) = map.next().await else {
+                    let e = engine_gone();
+                    let _ = tx.send(Ok(send(e.body()))).await;
+                    return;
+                };
+                let message = match event {
+                    Event::Prefilled { cached: c } => {
+                        cached += c;
+                        continue;
+                    }
+                    Event::Token {
+                        choice,
+                        piece,
+                        sampled,
+                    } => {
+                        let i = p * self.n + choice;
+                        completion_tokens += 1;
+                        let mut text = String::new();
+                        if first[i] {
+                            text += &self.echo[p];
+                        }
+                        text += &piece.text;
+                        let token_text = self.tokenizer().decode(&[sampled.id]).unwrap_or_default();
+                        let v = self.chunk(i, &text, Some(&(sampled, token_text)), None, first[i]);
+                        first[i] = false;
+                        v
+                    }
+                    Event::Finished { choice, reason } => {
+                        open -= 1;
+                        self.chunk(
+                            p * self.n + choice,
+                            "",
+                            None,
+                            Some(finish_reason(reason)),
+                            false,
+                        )
+                    }
+                    Event::Failed(message) => {
+                        let _ = tx.send(Ok(send(failed(message).body()))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(send(message))).await.is_err() {
+                    return; // the client has gone: dropping `map` cancels the jobs
+                }
+            }
+            if self.include_usage {
+                let v = json!({
+                    "id": self.id.id,
+                    "object": self.id.object(true),
+                    "created": self.id.created,
+                    "model": self.id.model,
+                    "choices": [],
+                    "usage": usage(self.prompt_tokens, completion_tokens, cached),
+                });
+                let _ = tx.send(Ok(send(v))).await;
+            }
+            let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+        });
+        Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+    }
+}
+
+fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+fn failed(message: String) -> ApiError {
+    let status = if message.contains("shutting down") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    ApiError::status(status, "engine_error", message)
+}
+
+fn engine_gone() -> ApiError {
+    ApiError::status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the engine stopped before the request finished",
+    )
+}

@@ -1,0 +1,664 @@
+//! `moxe serve` end to end: the server on an ephemeral loopback port, talked to over real
+//! HTTP (hyper's client in `moxe::server::client`, and raw TCP to hang up mid-stream): every endpoint, streaming,
+//! batched runs equal to solo runs, cancellation, the queue, bad requests, the API key, the
+//! prefix cache, chat templates and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use moxe::runtime::LoadOptions;
+use moxe::server::{client, ServeOptions, Server};
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")
+}
+
+fn start(options: ServeOptions) -> Server {
+    let ctx = moxe::testing::gpu().clone();
+    let server = Server::start(
+        ctx,
+        ServeOptions {
+            port: 0,
+            load: LoadOptions::default(),
+            ..options
+        },
+    )
+    .unwrap();
+    let addr = server.addr();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rt = runtime();
+    while rt.block_on(call(addr, "GET", "/health", None, None)).0 != 200 {
+        assert!(Instant::now() < deadline, "the server never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+fn options() -> ServeOptions {
+    ServeOptions {
+        model_dir: bundled(),
+        slots: 4,
+        ..ServeOptions::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One request over HTTP; returns the status and the body text.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> (u16, String) {
+    client::call(addr, method, path, body.unwrap_or(""), key)
+        .await
+        .unwrap()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = call(addr, "POST", path, Some(&body.to_string()), None).await;
+    (status, parse(&text))
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A streamed completion's text per choice, and its finish reasons.
+fn streamed(text: &str) -> (Vec<String>, Vec<String>) {
+    let ev = client::events(text);
+    assert_eq!(ev.last().copied(), Some("[DONE]"), "{text}");
+    let mut texts = vec![String::new(); 4];
+    let mut finish = Vec::new();
+    for e in &ev[..ev.len() - 1] {
+        let v = parse(e);
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            let piece = c["text"]
+                .as_str()
+                .or(c["delta"]["content"].as_str())
+                .unwrap_or("");
+            texts[i] += piece;
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish.push(f.to_string());
+            }
+        }
+    }
+    (texts, finish)
+}
+
+#[test]
+fn every_endpoint_answers() {
+    let server = start(options());
+    let addr = server.addr();
+    runtime().block_on(async {
+        let (s, body) = call(addr, "GET", "/health", None, None).await;
+        assert_eq!((s, parse(&body)["status"].clone()), (200, json!("ok")));
+        let (s, body) = call(addr, "GET", "/v1/models", None, None).await;
+        assert_eq!(s, 200);
+        assert_eq!(parse(&body)["data"][0]["id"], "default");
+        let (s, t) = post(
+            addr,
+            "/tokenize",
+            json!({"prompt": "It was the best of times"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+        let ids = t["tokens"].clone();
+        assert_eq!(
+            t["count"].as_u64().unwrap() as usize,
+            ids.as_array().unwrap().len()
+        );
+        let (s, d) = post(addr, "/detokenize", json!({"tokens": ids})).await;
+        assert_eq!(
+            (s, d["prompt"].clone()),
+            (200, json!("It was the best of times"))
+        );
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"model": "default", "prompt": "It was the best of times", "max_tokens": 12,
+                   "temperature": 0, "logprobs": 2}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["object"], "text_completion");
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert_eq!(c["usage"]["completion_tokens"], 12);
+        let lp = &c["choices"][0]["logprobs"];
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 12);
+        assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+        // Token ids as the prompt, several prompts, n choices, echo.
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": [[5, 6, 7], [8, 9]], "max_tokens": 3, "n": 2, "seed": 1,
+                   "temperature": 1.0}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["choices"].as_array().unwrap().len(), 4);
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Once", "max_tokens": 2, "echo": true, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert!(c["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Once"));
+        let (s, text) = call(addr, "GET", "/metrics", None, None).await;
+        assert_eq!(s, 200);
+        for name in [
+            "moxe_requests_total",
+            "moxe_prompt_tokens_total",
+            "moxe_generated_tokens_total",
+            "moxe_queue_depth",
+            "moxe_busy_slots",
+            "moxe_time_to_first_token_seconds_bucket",
+            "moxe_token_latency_seconds_bucket",
+            "moxe_prefix_cache_hits_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+        }
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn streams_equal_plain_responses_and_batched_runs_equal_solo_runs() {
+    let server = start(options());
+    let addr = server.addr();
+    let prompts = [
+        "The sea was calm",
+        "She opened the letter",
+        "In the morning the",
+        "He said nothing, but",
+    ];
+    let request = |p: &str, seed: u64, stream: bool| {
+        json!({"prompt": p, "max_tokens": 24, "temperature": 0.9, "top_p": 0.95, "top_k": 50,
+               "seed": seed, "stream": stream, "ignore_eos": true})
+    };
+    runtime().block_on(async {
+        // Solo, one after another, plain.
+        let mut solo = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let (s, c) = post(addr, "/v1/completions", request(p, i as u64, false)).await;
+            assert_eq!(s, 200, "{c}");
+            solo.push(c["choices"][0]["text"].as_str().unwrap().to_string());
+        }
+        // All at once, streamed: batched together by the engine.
+        let tasks: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let body = request(p, i as u64, true).to_string();
+                tokio::spawn(async move {
+                    call(addr, "POST", "/v1/completions", Some(&body), None).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (s, text) = t.await.unwrap();
+            assert_eq!(s, 200, "{text}");
+            let (texts, finish) = streamed(&text);
+            assert_eq!(
+                texts[0], solo[i],
+                "prompt {i}: batched stream differs from solo"
+            );
+            assert_eq!(finish, vec!["length"]);
+        }
+    });
+    server.shutdown().unwrap();
+}
+
+/// Sends a streaming request over raw TCP, reads its first event, and hangs up.
+/// Sends a streamed completion over a raw connection and returns it once the first event
+/// has arrived (the request is running): dropping the connection hangs up.
+async fn running_stream(addr: SocketAddr, body: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = String::new();
+    while !got.contains("data: ") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first event: {got}");
+        got += &String::from_utf8_lossy(&buf[..n]);
+    }
+    tcp
+}
+
+async fn busy_slots(addr: SocketAddr) -> u64 {
+    gauge(addr, "moxe_busy_slots ").await
+}
+
+async fn gauge(addr: SocketAddr, name: &str) -> u64 {
+    let (_, text) = call(addr, "GET", "/metrics", None, None).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slots_and_a_full_queue_is_429() {
+    let server = start(ServeOptions {
+        slots: 2,
+        queue: 1,
+        ..options()
+    });
+    let addr = server.addr();
+    let long = json!({"prompt": "Long ago", "max_tokens": 4000, "ignore_eos": true,
+                      "stream": true, "n": 2})
+    .to_string();
+    runtime().block_on(async {
+        drop(running_stream(addr, &long).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while busy_slots(addr).await != 0 {
+            assert!(Instant::now() < deadline, "the slots were never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Both slots are free again: a request needing both runs.
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Hi", "max_tokens": 2, "n": 2}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+
+        // One request holds both slots, one waits, the next finds the queue full.
+        let first = running_stream(addr, &long).await;
+        let waiting = tokio::spawn({
+            let long = long.clone();
+            async move { call(addr, "POST", "/v1/completions", Some(&long), None).await }
+        });
+        while gauge(addr, "moxe_queue_depth ").await != 1 {
+            if waiting.is_finished() {
+                let (s, body) = waiting.await.unwrap();
+                panic!("the second request did not wait: {s} {body:.300}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(s, 429, "{e}");
+        assert_eq!(e["error"]["code"], "server_busy");
+        drop(first);
+        waiting.abort();
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn bad_requests_get_4xx_errors_naming_the_problem() {
+    let server = start(ServeOptions {
+        max_prompt_tokens: 50,
+        max_tokens: 100,
+        max_body_bytes: 4096,
+        ..options()
+    });
+    let addr = server.addr();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\",".into(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "temperature": "hot"}).to_string(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "temperature": -1}).to_string(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": -5}).to_string(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 101}).to_string(),
+            400,
+            "--max-tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "top_p": 0}).to_string(),
+            400,
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "n": 0}).to_string(),
+            400,
+            "\"n\"",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "n": 5}).to_string(),
+            400,
+            "\"n\"",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "min_p": 2}).to_string(),
+            400,
+            "min_p",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "presence_penalty": 9}).to_string(),
+            400,
+            "presence_penalty",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logit_bias": {"99999": 1}}).to_string(),
+            400,
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logit_bias": {"a": 1}}).to_string(),
+            400,
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": 30}).to_string(),
+            400,
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "model": "gpt-4"}).to_string(),
+            400,
+            "model_not_found",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 99999]}).to_string(),
+            400,
+            "out of range",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ""}).to_string(),
+            400,
+            "no tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "word ".repeat(80)}).to_string(),
+            400,
+            "--max-prompt-tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x".repeat(5000)}).to_string(),
+            413,
+            "--max-body-bytes",
+        ),
+        (
+            "/v1/completions",
+            json!({"max_tokens": 3}).to_string(),
+            400,
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "stop": ["", "a"]}).to_string(),
+            400,
+            "stop",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(),
+            400,
+            "chat template",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [1, -2]}).to_string(),
+            400,
+            "tokens",
+        ),
+        ("/v1/nothing", "{}".into(), 404, "no endpoint"),
+    ];
+    runtime().block_on(async {
+        for (path, body, status, needle) in cases {
+            let (s, text) = call(addr, "POST", path, Some(&body), None).await;
+            let v = parse(&text);
+            assert_eq!(s, status, "{path} {body}: {text}");
+            assert!(v["error"]["message"].is_string(), "{text}");
+            assert!(
+                text.contains(needle),
+                "{path} {body}: expected {needle:?} in {text}"
+            );
+        }
+        let (s, text) = call(addr, "GET", "/v1/completions", None, None).await;
+        assert_eq!(s, 405, "{text}");
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn an_api_key_is_required_when_set() {
+    let server = start(ServeOptions {
+        api_key: Some("sesame".into()),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        assert_eq!(call(addr, "GET", "/health", None, None).await.0, 200);
+        let (s, text) = call(addr, "GET", "/v1/models", None, None).await;
+        assert_eq!(s, 401, "{text}");
+        assert!(text.contains("API key"));
+        assert_eq!(
+            call(addr, "GET", "/v1/models", None, Some("wrong")).await.0,
+            401
+        );
+        assert_eq!(
+            call(addr, "GET", "/v1/models", None, Some("sesame"))
+                .await
+                .0,
+            200
+        );
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_cached_prefix_continues_exactly() {
+    let cached = start(options());
+    let fresh = start(ServeOptions {
+        cache_bytes: 0,
+        ..options()
+    });
+    // 150 prompt ids (not a multiple of the 64-token prefill chunk), then 20 more.
+    let head: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 4000 + 50).collect();
+    let mut whole = head.clone();
+    whole.extend((0..20u32).map(|i| (i * 13 + 7) % 4000 + 50));
+    let ask =
+        |ids: &[u32]| json!({"prompt": ids, "max_tokens": 8, "temperature": 0, "logprobs": 1});
+    runtime().block_on(async {
+        let (s, first) = post(cached.addr(), "/v1/completions", ask(&head)).await;
+        assert_eq!(s, 200, "{first}");
+        assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let (s, hit) = post(cached.addr(), "/v1/completions", ask(&whole)).await;
+        assert_eq!(s, 200, "{hit}");
+        assert_eq!(hit["usage"]["prompt_tokens_details"]["cached_tokens"], 150);
+        let (_, miss) = post(fresh.addr(), "/v1/completions", ask(&whole)).await;
+        assert_eq!(miss["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        // The same greedy tokens, and log probabilities equal to f32 rounding.
+        let c = |v: &Value| v["choices"][0].clone();
+        assert_eq!(c(&hit)["text"], c(&miss)["text"]);
+        let lp = |v: &Value| -> Vec<f64> {
+            c(v)["logprobs"]["token_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        for (a, b) in lp(&hit).iter().zip(lp(&miss)) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        // The whole prompt again: all of it from the cache, the same answer.
+        let (_, again) = post(cached.addr(), "/v1/completions", ask(&whole)).await;
+        assert_eq!(
+            again["usage"]["prompt_tokens_details"]["cached_tokens"],
+            170
+        );
+        assert_eq!(c(&again)["text"], c(&hit)["text"]);
+        let (_, text) = call(cached.addr(), "GET", "/metrics", None, None).await;
+        assert!(text.contains("moxe_prefix_cache_hits_total 2"), "{text}");
+    });
+    cached.shutdown().unwrap();
+    fresh.shutdown().unwrap();
+}
+
+#[test]
+fn chat_completions_follow_the_models_template() {
+    let dir = std::env::temp_dir().join(format!("moxe-serve-chat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(bundled().join(f), dir.join(f)).unwrap();
+    }
+    let template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first message \
+                    must be the user\\'s') }}{% endif %}{% for m in messages %}{{ m['role'] | upper \
+                    }}: {{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt \
+                    %}ASSISTANT:{% endif %}";
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template, "eos_token": "<|endoftext|>"}).to_string(),
+    )
+    .unwrap();
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        let ask = |stream: bool| {
+            json!({"messages": [{"role": "user", "content": "  Tell me of the sea. "}],
+                   "max_tokens": 10, "temperature": 0, "stream": stream, "logprobs": true,
+                   "top_logprobs": 2})
+        };
+        let (s, c) = post(addr, "/v1/chat/completions", ask(false)).await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["object"], "chat.completion");
+        assert_eq!(c["choices"][0]["message"]["role"], "assistant");
+        let text = c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .len(),
+            10
+        );
+        // The template's rendering is the prompt.
+        let (_, t) = post(
+            addr,
+            "/tokenize",
+            json!({"prompt": "USER: Tell me of the sea.\nASSISTANT:", "add_special_tokens": false}),
+        )
+        .await;
+        assert_eq!(c["usage"]["prompt_tokens"], t["count"]);
+        let (s, body) = call(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&ask(true).to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (texts, finish) = streamed(&body);
+        assert_eq!(texts[0], text);
+        assert_eq!(finish, vec!["length"]);
+        assert!(body.contains("\"role\":\"assistant\""));
+        // The template's own exception is the error.
+        let bad = json!({"messages": [{"role": "system", "content": "x"}]});
+        let (s, e) = post(addr, "/v1/chat/completions", bad).await;
+        assert_eq!(s, 400, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be the user's"),
+            "{e}"
+        );
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn shutdown_finishes_running_requests_then_stops() {
+    let server = start(ServeOptions {
+        shutdown_grace: Duration::from_secs(60),
+        ..options()
+    });
+    let addr = server.addr();
+    let rt = runtime();
+    let running = rt.spawn(async move {
+        post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Far away", "max_tokens": 200, "ignore_eos": true}),
+        )
+        .await
+    });
+    rt.block_on(async {
+        while busy_slots(addr).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    server.shutdown().unwrap();
+    let (s, c) = rt.block_on(running).unwrap();
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["usage"]["completion_tokens"], 200);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening"
+    );
+}
