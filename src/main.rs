@@ -13,14 +13,8 @@ fn main() -> ExitCode {
     )
     .format_timestamp(None)
     .init();
-    // Mesa's implicit Vulkan layer VK_LAYER_MESA_device_select connects to the Wayland or X
-    // display while listing GPUs, and on a machine without one libwayland prints "error:
-    // XDG_RUNTIME_DIR is invalid or not set" to stderr. The engine chooses its adapter
-    // itself, so the layer is skipped unless the user set NODEVICE_SELECT. Set before any
-    // thread or Vulkan instance exists.
-    if std::env::var_os("NODEVICE_SELECT").is_none() {
-        std::env::set_var("NODEVICE_SELECT", "1");
-    }
+    // Before any thread or Vulkan instance exists.
+    moxe::context::skip_mesa_device_select();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,12 +75,39 @@ impl fmt::Display for Backend {
 pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
+    desc.flags = instance_flags(backends);
+    wgpu::Instance::new(desc)
+}
+
+/// The instance flags the engine runs best with on `backends` (see [`instance`]): an
+/// application that creates the instance for its window uses them too.
+pub fn instance_flags(backends: wgpu::Backends) -> wgpu::InstanceFlags {
     let mut flags = wgpu::InstanceFlags::from_build_config();
     if !backends.contains(wgpu::Backends::DX12) {
         flags.remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
     }
-    desc.flags = flags.with_env();
-    wgpu::Instance::new(desc)
+    flags.with_env()
+}
+
+/// Mesa's implicit Vulkan layer VK_LAYER_MESA_device_select connects to the Wayland or X
+/// display while listing GPUs, and where there is none libwayland prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set" to stderr. The engine chooses its adapter itself,
+/// so programs skip the layer (unless the user set NODEVICE_SELECT) by calling this at the
+/// start of `main`, before any thread or Vulkan instance exists: it sets an environment
+/// variable, which is not safe while other threads read the environment.
+pub fn skip_mesa_device_select() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
+/// The backends `Auto` stands for on this machine: the primary ones, or OpenGL when they
+/// have no adapter (probing OpenGL only then, see [`enumerate`]).
+pub fn auto_backends() -> wgpu::Backends {
+    match enumerate(Backend::Auto).first() {
+        Some(a) if a.get_info().backend == wgpu::Backend::Gl => wgpu::Backends::GL,
+        _ => wgpu::Backends::PRIMARY,
+    }
 }
 
 /// Lists the adapters of `backend`, in the order wgpu reports them. `Auto` lists the

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use adapter::{enumerate, report, select, Backend, OPTIONAL_FEATURES};
+pub use adapter::{
+    auto_backends, enumerate, instance_flags, report, select, skip_mesa_device_select, Backend,
+    OPTIONAL_FEATURES,
+};
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, PipelineKey};
