@@ -88,3 +88,26 @@ fn the_window_keeps_drawing_while_the_model_generates_and_screenshots_the_result
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_engine_error_is_reported_not_a_crash() {
+    let dir = std::env::temp_dir().join(format!("moxe-chat-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"moxe\"").unwrap();
+    let shot = dir.join("never.png");
+    let out = Command::new(xvfb_run())
+        .args(["-a", "-s", "-screen 0 1024x700x24"])
+        .arg(env!("CARGO_BIN_EXE_moxe-chat"))
+        .arg("--model")
+        .arg(&dir)
+        .args(["--prompt", "x", "--max-tokens", "4", "--screenshot"])
+        .arg(&shot)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("config.json"), "the error names the file: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!shot.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
