@@ -106,7 +106,10 @@ fn an_engine_error_is_reported_not_a_crash() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("config.json"), "the error names the file: {stderr}");
+    assert!(
+        stderr.contains("config.json"),
+        "the error names the file: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!shot.exists());
     std::fs::remove_dir_all(&dir).unwrap();
