@@ -4,6 +4,10 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
+
+/// `xvfb-run -a` picks a free display number racily: one X server at a time.
+static XVFB: Mutex<()> = Mutex::new(());
 
 fn xvfb_run() -> &'static str {
     let found = Command::new("sh")
@@ -41,6 +45,7 @@ fn number(report: &str, label: &str) -> f64 {
 
 #[test]
 fn the_window_keeps_drawing_while_the_model_generates_and_screenshots_the_result() {
+    let _x = XVFB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("moxe-chat-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shot = dir.join("chat.png");
@@ -91,6 +96,7 @@ fn the_window_keeps_drawing_while_the_model_generates_and_screenshots_the_result
 
 #[test]
 fn an_engine_error_is_reported_not_a_crash() {
+    let _x = XVFB.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("moxe-chat-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"moxe\"").unwrap();
