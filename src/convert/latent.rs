@@ -401,17 +401,12 @@ pub fn convert(
 
 /// config.json with `"latent": {"groups": G}` added, every other field kept.
 fn write_config(input: &Path, output: &Path, groups: usize) -> Result<()> {
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| Error::file(input, format!("cannot read: {e}")))?;
-    let mut value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(input, format!("invalid JSON: {e}")))?;
-    let Some(obj) = value.as_object_mut() else {
-        return Err(Error::file(input, "the config is not a JSON object"));
-    };
-    obj.insert("latent".into(), serde_json::json!({ "groups": groups }));
-    let text = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
-    std::fs::write(output, text + "\n")
-        .map_err(|e| Error::file(output, format!("cannot write: {e}")))
+    super::write_config_with(
+        input,
+        output,
+        "latent",
+        serde_json::json!({ "groups": groups }),
+    )
 }
 
 /// model.safetensors: every tensor of `dir` but the `replaced` ones, byte for byte, plus `new`.

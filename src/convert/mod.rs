@@ -74,3 +74,24 @@ pub(crate) fn prepare_output(
     }
     Ok(())
 }
+
+/// Writes `input`'s config.json to `output` with the field `key` set to `value`, every other
+/// field kept.
+fn write_config_with(
+    input: &Path,
+    output: &Path,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<()> {
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| Error::file(input, format!("cannot read: {e}")))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(input, format!("invalid JSON: {e}")))?;
+    let Some(obj) = config.as_object_mut() else {
+        return Err(Error::file(input, "the config is not a JSON object"));
+    };
+    obj.insert(key.into(), value);
+    let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
+    std::fs::write(output, text + "\n")
+        .map_err(|e| Error::file(output, format!("cannot write: {e}")))
+}

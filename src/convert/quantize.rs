@@ -215,18 +215,10 @@ fn tensor_bytes(dir: &ModelDir, name: &str, shape: &[usize], dtype: DType) -> Re
 /// config.json with `"quantization": {"format", "version", "block"}` added, every other
 /// field kept.
 fn write_config(input: &Path, output: &Path, format: QuantFormat) -> Result<()> {
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| Error::file(input, format!("cannot read: {e}")))?;
-    let mut value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(input, format!("invalid JSON: {e}")))?;
-    let Some(obj) = value.as_object_mut() else {
-        return Err(Error::file(input, "the config is not a JSON object"));
-    };
-    obj.insert(
-        quantized::CONFIG_KEY.into(),
+    super::write_config_with(
+        input,
+        output,
+        quantized::CONFIG_KEY,
         quantized::config_entry(format),
-    );
-    let text = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
-    std::fs::write(output, text + "\n")
-        .map_err(|e| Error::file(output, format!("cannot write: {e}")))
+    )
 }

@@ -402,30 +402,24 @@ impl Engine {
 
     /// One batched step for every choice with a token to feed.
     fn decode(&mut self) -> Result<()> {
+        // Every choice with a token to feed, in one pass: (job, choice), token, session.
         let mut who = Vec::new();
         let mut tokens = Vec::new();
-        for (ri, r) in self.running.iter().enumerate() {
-            for (ci, c) in r.choices.iter().enumerate() {
+        let mut sessions: Vec<&mut Session> = Vec::new();
+        for (ri, r) in self.running.iter_mut().enumerate() {
+            for (ci, c) in r.choices.iter_mut().enumerate() {
                 if let Some(id) = c.next {
                     who.push((ri, ci));
                     tokens.push(id);
+                    sessions.push(&mut c.session);
                 }
             }
         }
         if tokens.is_empty() {
             return Ok(());
         }
-        let logits = {
-            let mut sessions: Vec<&mut Session> = Vec::with_capacity(who.len());
-            for (ri, r) in self.running.iter_mut().enumerate() {
-                for (ci, c) in r.choices.iter_mut().enumerate() {
-                    if who.contains(&(ri, ci)) {
-                        sessions.push(&mut c.session);
-                    }
-                }
-            }
-            self.model.step_logits(&mut sessions, &tokens)?
-        };
+        let logits = self.model.step_logits(&mut sessions, &tokens)?;
+        drop(sessions);
         let v = self.model.vocab();
         for (k, &(ri, ci)) in who.iter().enumerate() {
             let r = &mut self.running[ri];
