@@ -241,6 +241,81 @@ mod tests {
         assert_eq!(t.eos(), &[0]);
     }
 
+    /// Streams `rest` after `prompt` and checks the pieces add up to what decoding the whole
+    /// adds to the prompt's text (the first piece keeping its leading space).
+    fn streams_exactly(t: &Tokenizer, text: &str, split: usize) -> Vec<String> {
+        let ids = t.encode(text).unwrap();
+        let (prompt, rest) = ids.split_at(split);
+        let mut s = t.stream_after(prompt);
+        let mut pieces: Vec<String> = rest.iter().map(|&id| s.push(t, id).unwrap()).collect();
+        pieces.push(s.finish(t).unwrap());
+        let whole = t.decode(&ids).unwrap();
+        assert_eq!(
+            t.decode(prompt).unwrap() + &pieces.concat(),
+            whole,
+            "{pieces:?}"
+        );
+        pieces
+    }
+
+    fn tokenizer_from_json(name: &str, json: serde_json::Value, vocab: usize) -> Tokenizer {
+        let dir = std::env::temp_dir().join(format!("moxe-tok-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let t = Tokenizer::open(&path, vocab, &GenerationDefaults::default()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    fn skeleton(
+        model: serde_json::Value,
+        pre: serde_json::Value,
+        decoder: serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": pre, "post_processor": null,
+            "decoder": decoder, "model": model,
+        })
+    }
+
+    #[test]
+    fn streaming_is_exact_for_metaspace_and_wordpiece_tokenizers() {
+        let metaspace = serde_json::json!({
+            "type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true,
+        });
+        let sp = tokenizer_from_json(
+            "metaspace",
+            skeleton(
+                serde_json::json!({"type": "WordLevel", "unk_token": "<unk>", "vocab": {
+                    "<unk>": 0, "\u{2581}Once": 1, "\u{2581}upon": 2, "\u{2581}a": 3, "\u{2581}time": 4,
+                }}),
+                metaspace.clone(),
+                metaspace,
+            ),
+            5,
+        );
+        // The first generated piece keeps its space (decoded alone it would lose it).
+        let pieces = streams_exactly(&sp, "Once upon a time", 1);
+        assert_eq!(pieces[0], " upon");
+        let wp = tokenizer_from_json(
+            "wordpiece",
+            skeleton(
+                serde_json::json!({"type": "WordPiece", "unk_token": "[UNK]",
+                    "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {
+                    "[UNK]": 0, "hello": 1, "world": 2, "##s": 3, "!": 4,
+                }}),
+                serde_json::json!({"type": "Whitespace"}),
+                serde_json::json!({"type": "WordPiece", "prefix": "##", "cleanup": true}),
+            ),
+            5,
+        );
+        // A continuation piece (##s) joins its word; a new word starts with a space.
+        let pieces = streams_exactly(&wp, "hello worlds hello!", 1);
+        assert_eq!(pieces[..2], [" world".to_string(), "s".to_string()]);
+    }
+
     #[test]
     fn out_of_range_ids_and_mismatched_vocabularies_are_errors() {
         let t = default_tokenizer();
