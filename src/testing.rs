@@ -148,3 +148,11 @@ pub fn product(a: &[f32], b: &[f32], r: usize, d: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The integer tensor `name` of a golden file as token ids.
+pub fn golden_ids(w: &crate::checkpoint::Weights, name: &str) -> Vec<u32> {
+    let (values, _) = w
+        .ints(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    values.into_iter().map(|v| v as u32).collect()
+}

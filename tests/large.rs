@@ -13,7 +13,7 @@ use moxe::checkpoint::{ModelDir, Weights};
 use moxe::ops::sample::Sampling;
 use moxe::runtime::generate::GenerateOptions;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close_rel_max, gpu, max_abs_diff};
+use moxe::testing::{assert_close_rel_max, golden_ids, gpu, max_abs_diff};
 use moxe::DType;
 
 fn root() -> PathBuf {
@@ -41,8 +41,7 @@ struct Golden {
 
 fn golden(dir: &Path) -> Golden {
     let w = Weights::open(&dir.join("golden.safetensors")).unwrap();
-    let ids =
-        |n: &str| -> Vec<u32> { w.ints(n).unwrap().0.into_iter().map(|v| v as u32).collect() };
+    let ids = |n: &str| golden_ids(&w, n);
     Golden {
         prompt: ids("prompt_ids"),
         decode: ids("decode_ids"),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use moxe::checkpoint::Weights;
 use moxe::convert::latent::{convert, ConversionReport, RankChoice};
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close, assert_close_rel_max, gpu};
+use moxe::testing::{assert_close, assert_close_rel_max, golden_ids, gpu};
 use moxe::DType;
 
 fn fixture(name: &str) -> PathBuf {
@@ -28,15 +28,6 @@ fn load(dir: &Path) -> Arc<Model> {
         ..Default::default()
     };
     Arc::new(Model::load(gpu(), dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
-}
-
-fn ids(w: &Weights, name: &str) -> Vec<u32> {
-    w.ints(name)
-        .unwrap()
-        .0
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
 }
 
 /// Per group: (distinct tokens that chose an expert of the group, (token, expert) pairs).
@@ -59,7 +50,7 @@ fn group_hits(topk: &[u32], k: usize, experts: usize, groups: usize) -> Vec<(u32
 fn prefill(model: &Arc<Model>, golden: &Weights) -> usize {
     let n = 32;
     let mut s = Session::new(model).unwrap();
-    s.logits(&ids(golden, "prompt_ids")[..n]).unwrap();
+    s.logits(&golden_ids(golden, "prompt_ids")[..n]).unwrap();
     n
 }
 
@@ -196,11 +187,11 @@ fn full_rank_conversion_reproduces_the_dense_logits() {
         let golden = Weights::open(&src.join("golden.safetensors")).unwrap();
         let model = load(&out);
         let mut s = Session::new(&model).unwrap();
-        let prompt = s.logits(&ids(&golden, "prompt_ids")).unwrap();
+        let prompt = s.logits(&golden_ids(&golden, "prompt_ids")).unwrap();
         let want = golden.f32_any("prompt_logits").unwrap().0;
         assert_close_rel_max(&prompt, &want, 1e-4, &format!("{name}: full-rank latent"));
         let mut decode = Vec::new();
-        for id in ids(&golden, "decode_ids") {
+        for id in golden_ids(&golden, "decode_ids") {
             decode.extend(s.logits(&[id]).unwrap());
         }
         let want = golden.f32_any("decode_logits").unwrap().0;
@@ -235,7 +226,7 @@ fn cases(w: &Weights) -> (Vec<Case>, serde_json::Value) {
                 Some(r) => RankChoice::Rank(r.as_u64().unwrap() as usize),
                 None => RankChoice::Energy(m["energy"].as_f64().unwrap()),
             },
-            rank: ids(w, &format!("case.{c}.rank")),
+            rank: golden_ids(w, &format!("case.{c}.rank")),
             rel_err: w.f32_any(&format!("case.{c}.rel_err")).unwrap().0,
             expert_rel_err: w.f32_any(&format!("case.{c}.expert_rel_err")).unwrap().0,
             params: (

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use moxe::checkpoint::Weights;
 use moxe::ops::sample::Sampling;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close_rel_max, gpu, max_abs_diff};
+use moxe::testing::{assert_close_rel_max, golden_ids, gpu, max_abs_diff};
 use moxe::DType;
 
 fn fixtures() -> Vec<PathBuf> {
@@ -34,8 +34,7 @@ struct Golden {
 
 fn golden(dir: &Path) -> Golden {
     let w = Weights::open(&dir.join("golden.safetensors")).unwrap();
-    let ids =
-        |n: &str| -> Vec<u32> { w.ints(n).unwrap().0.into_iter().map(|v| v as u32).collect() };
+    let ids = |n: &str| golden_ids(&w, n);
     let (prompt_logits, shape) = w.f32_any("prompt_logits").unwrap();
     Golden {
         prompt: ids("prompt_ids"),

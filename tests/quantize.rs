@@ -10,7 +10,7 @@ use moxe::checkpoint::Weights;
 use moxe::convert::quantize::quantize;
 use moxe::quant::QuantFormat;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{gpu, max_abs_diff};
+use moxe::testing::{golden_ids, gpu, max_abs_diff};
 use moxe::DType;
 use serde_json::Value;
 
@@ -68,15 +68,6 @@ fn logits(model: &Arc<Model>, prompt: &[u32]) -> Vec<f32> {
 fn prompt(model: &Model) -> Vec<u32> {
     let v = model.config().vocab_size as u32;
     (0..23u32).map(|i| (i * 37 + 5) % v).collect()
-}
-
-fn ids(w: &Weights, name: &str) -> Vec<u32> {
-    w.ints(name)
-        .unwrap()
-        .0
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
 }
 
 #[test]
@@ -137,7 +128,7 @@ fn quantised_logits_stay_near_the_official_codes() {
     for dir in models().into_iter().skip(1) {
         let golden = Weights::open(&dir.join("golden.safetensors")).unwrap();
         let want = golden.f32_any("prompt_logits").unwrap().0;
-        let p = ids(&golden, "prompt_ids");
+        let p = golden_ids(&golden, "prompt_ids");
         let err = |dtype| {
             let mut s = Session::new(&load(&dir, Some(dtype))).unwrap();
             position_errors(&s.logits(&p).unwrap(), &want, p.len())
