@@ -29,11 +29,16 @@ struct Params {
     has_bias: u32,
     total: u32,
     first: u32,
+    // With has_pass, each input is also written to y at pass_offset + row * y_stride + c.
+    has_pass: u32,
+    pass_offset: u32,
 }
 
 override ACT: u32 = 0u;
 
-@group(0) @binding(0) var<uniform> p: Params;
+// Storage, not uniform: see shaders/common/matmul.wgsl (lavapipe recompiles shaders whose
+// loop bounds are uniforms).
+@group(0) @binding(0) var<storage, read> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -96,6 +101,9 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
             hist[k1 - 1u] = xv;
         }
         y[p.y_offset + row * p.y_stride + c] = activate(acc);
+        if p.has_pass != 0u {
+            y[p.pass_offset + row * p.y_stride + c] = xv;
+        }
     }
     if p.has_state != 0u && p.first + p.tokens == p.total {
         for (var j = 0u; j < k1; j++) {

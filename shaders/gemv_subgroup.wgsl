@@ -26,8 +26,9 @@ fn shuffle8(v: array<vec4<f32>, 2>, j: u32) -> array<vec4<f32>, 2> {
 
 @compute @workgroup_size(WG)
 fn main(
-    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     let t = wid.y;
@@ -36,10 +37,19 @@ fn main(
     if t >= p.t {
         return;
     }
-    let r = rows4(gid.x);
+    // Each workgroup walks row groups wid.x, wid.x + nwg.x, ... (the host sizes the grid so
+    // that a workgroup's work outweighs its start-up cost on CPU adapters).
+    for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
+        rows_of(t, base + lid, lane);
+    }
+}
+
+// Rows 4 q .. 4 q + 3 of token t (every lane of the subgroup calls it together).
+fn rows_of(t: u32, q: u32, lane: u32) {
+    let r = rows4(q);
     if WDT >= 3u {
         let acc = quant_rows(t, r, lane);
-        if gid.x * 4u < p.m {
+        if q * 4u < p.m {
             store_rows(t, r, acc);
         }
         return;
@@ -74,7 +84,7 @@ fn main(
             acc += block4(r, k + 8u * j, shuffle8(xs, j));
         }
     }
-    if gid.x * 4u < p.m {
+    if q * 4u < p.m {
         store_rows(t, r, acc);
     }
 }

@@ -1,4 +1,4 @@
-// y[t, o] = beta * y[t, o] + bias[o] + sum_k x[t, head(o) * K + k] * W[o, k]
+// y[t, o] = beta * y[t, o] + bias[o] + sum_k x[t, col(o) + k] * W[o, k]
 //
 // W: (M, K) rows padded to w_stride (a multiple of 8) elements, f32 or f16 / bf16 pairs
 //    packed in u32; bound as array<vec4<u32>> and reinterpreted per the WDT override
@@ -6,9 +6,12 @@
 // With cap > 0 each product (plus bias) is soft-capped, cap * tanh(v / cap), before beta * y
 // is added (xLSTM-Large's logits).
 // x: element x[t, c] at x[x_offset + t * x_stride + c] (f32).
-// head(o) = o / head_rows when the HEADS override is set (block-diagonal "headwise"
-//    weights: each block of head_rows output rows reads its own K inputs), else 0 (a dense
-//    matrix). An override, so that dense kernels index x uniformly across invocations.
+// col(o) = 0 for a dense matrix; with the HEADS override (block-diagonal "headwise"
+//    weights: each block of head_rows output rows reads its own K inputs, and proj_rows
+//    rows form one of up to four stacked projections, each reading from its own column)
+//    col(o) = proj_cols[o / proj_rows] + ((o % proj_rows) / head_rows) * K, and output row
+//    o reads weight row w_row0 + o (a stack's later projections alone). An override, so
+//    that dense kernels index x uniformly across invocations.
 // y: element y[t, o] at y[y_offset + t * y_stride + row_base + o] (f32).
 // The dispatch covers one row chunk of W: rows row_base .. row_base + M of the full matrix.
 //
@@ -24,44 +27,60 @@
 
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended).
 
-// Inputs of token t for row `row`'s block at k (the tail block zero-filled past K).
-fn x8(t: u32, row: u32, k: u32, tail: bool) -> array<vec4<f32>, 2> {
+// Inputs of token t at column c + k (the tail block zero-filled past K).
+fn x8(t: u32, c: u32, k: u32, tail: bool) -> array<vec4<f32>, 2> {
     if tail {
-        return load_x8_tail(t, x_col(row), k);
+        return load_x8_tail(t, c, k);
     }
-    return load_x8(t, x_col(row), k);
+    return load_x8(t, c, k);
 }
 
-// acc[j] += W[r[j], k..k+8] . x[t, ...]; dense rows share one load of x.
-fn fma4(acc: ptr<function, vec4<f32>>, r: vec4<u32>, t: u32, k: u32, tail: bool) {
+// The first input columns of the four rows r (computed once per row group, not per block).
+fn cols4(r: vec4<u32>) -> vec4<u32> {
+    if HEADS {
+        return vec4<u32>(x_col(r.x), x_col(r.y), x_col(r.z), x_col(r.w));
+    }
+    return vec4<u32>(0u);
+}
+
+// acc[j] += W[r[j], k..k+8] . x[t, c[j] + k ..]; dense rows share one load of x.
+fn fma4(acc: ptr<function, vec4<f32>>, r: vec4<u32>, c: vec4<u32>, t: u32, k: u32, tail: bool) {
     if HEADS {
         *acc += vec4<f32>(
-            dot8(load_w8(r.x, k), x8(t, r.x, k, tail)),
-            dot8(load_w8(r.y, k), x8(t, r.y, k, tail)),
-            dot8(load_w8(r.z, k), x8(t, r.z, k, tail)),
-            dot8(load_w8(r.w, k), x8(t, r.w, k, tail)),
+            dot8(load_w8(w_row(r.x), k), x8(t, c.x, k, tail)),
+            dot8(load_w8(w_row(r.y), k), x8(t, c.y, k, tail)),
+            dot8(load_w8(w_row(r.z), k), x8(t, c.z, k, tail)),
+            dot8(load_w8(w_row(r.w), k), x8(t, c.w, k, tail)),
         );
     } else {
-        *acc += block4(r, k, x8(t, r.x, k, tail));
+        *acc += block4(r, k, x8(t, 0u, k, tail));
     }
 }
 
 @compute @workgroup_size(WG)
-fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn gemv(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
     let t = wid.y;
-    if gid.x * 4u >= p.m || t >= p.t {
+    if t >= p.t {
         return;
     }
-    let r = rows4(gid.x);
-    var acc = vec4<f32>(0.0);
-    let kf = k_full();
-    for (var k = 0u; k < kf; k += 8u) {
-        fma4(&acc, r, t, k, false);
+    // Row groups gid.x, gid.x + nwg.x WG, ... (see gemv_subgroup.wgsl).
+    for (var q = gid.x; q * 4u < p.m; q += nwg.x * WG) {
+        let r = rows4(q);
+        let c = cols4(r);
+        var acc = vec4<f32>(0.0);
+        let kf = k_full();
+        for (var k = 0u; k < kf; k += 8u) {
+            fma4(&acc, r, c, t, k, false);
+        }
+        if kf < p.k {
+            fma4(&acc, r, c, t, kf, true);
+        }
+        store_rows(t, r, acc);
     }
-    if kf < p.k {
-        fma4(&acc, r, t, kf, true);
-    }
-    store_rows(t, r, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -71,6 +90,7 @@ fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
         return;
     }
     let r = rows4(gid.x);
+    let c = cols4(r);
     // Tokens past T re-read the last token; their results are never stored.
     let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
     var a0 = vec4<f32>(0.0);
@@ -79,16 +99,16 @@ fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
     var a3 = vec4<f32>(0.0);
     let kf = k_full();
     for (var k = 0u; k < kf; k += 8u) {
-        fma4(&a0, r, t.x, k, false);
-        fma4(&a1, r, t.y, k, false);
-        fma4(&a2, r, t.z, k, false);
-        fma4(&a3, r, t.w, k, false);
+        fma4(&a0, r, c, t.x, k, false);
+        fma4(&a1, r, c, t.y, k, false);
+        fma4(&a2, r, c, t.z, k, false);
+        fma4(&a3, r, c, t.w, k, false);
     }
     if kf < p.k {
-        fma4(&a0, r, t.x, kf, true);
-        fma4(&a1, r, t.y, kf, true);
-        fma4(&a2, r, t.z, kf, true);
-        fma4(&a3, r, t.w, kf, true);
+        fma4(&a0, r, c, t.x, kf, true);
+        fma4(&a1, r, c, t.y, kf, true);
+        fma4(&a2, r, c, t.z, kf, true);
+        fma4(&a3, r, c, t.w, kf, true);
     }
     store_rows(t0, r, a0);
     if t0 + 1u < p.t {
@@ -119,7 +139,7 @@ fn coop4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     if live {
         let kf = k_full();
         for (var k = lid * 8u; k < p.k; k += 512u) {
-            let wv = load_w8(r, k);
+            let wv = load_w8(w_row(r), k);
             if k < kf {
                 acc += vec4<f32>(
                     dot8(wv, load_x8(t0, c, k)),

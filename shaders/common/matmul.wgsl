@@ -21,6 +21,11 @@ struct Params {
     cap: f32,
     // Quantised W (WDT 3, 4): scale words per row in ws.
     s_stride: u32,
+    // HEADS: rows per stacked projection, and the first input column of each projection.
+    proj_rows: u32,
+    proj_cols: vec4<u32>,
+    // HEADS: the weight row of output row 0 (a stacked weight's later projections).
+    w_row0: u32,
 }
 
 override HEADS: bool = false;
@@ -43,6 +48,14 @@ override X4: bool = false;
 // The block scales of a quantised W (row r, block b in word r * s_stride + b, s_stride a
 // multiple of 4 so that four blocks' scales are one vec4); any buffer else.
 @group(0) @binding(6) var<storage, read> ws: array<vec4<u32>>;
+
+// The weight row of output row `row`.
+fn w_row(row: u32) -> u32 {
+    if HEADS {
+        return row + p.w_row0;
+    }
+    return row;
+}
 
 // Scale word of block b of row `row`.
 fn scale_word(row: u32, b: u32) -> u32 {
@@ -78,10 +91,21 @@ fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(bitcast<vec4<f32>>(w[i]), bitcast<vec4<f32>>(w[i + 1u]));
 }
 
-// First input column read by chunk row `row`.
+// floor(a / b) for a < 2^22 (the host checks the row count): (a + 0.5) / b lies at least
+// 0.5 / b from the integers around it, and the f32 quotient errs by under a / b * 2^-24,
+// less than that, so it truncates to the right integer. CPU adapters divide floats in SIMD
+// lanes; integer division runs lane by lane.
+fn div_small(a: u32, b: u32) -> u32 {
+    return u32((f32(a) + 0.5) / f32(b));
+}
+
+// First input column read by chunk row `row`: its projection's first column plus its
+// head's offset within the projection.
 fn x_col(row: u32) -> u32 {
     if HEADS {
-        return ((p.row_base + row) / p.head_rows) * p.k;
+        let r = p.row_base + row;
+        let j = div_small(r, p.proj_rows);
+        return p.proj_cols[j] + div_small(r - j * p.proj_rows, p.head_rows) * p.k;
     }
     return 0u;
 }
@@ -98,13 +122,23 @@ fn load_x8(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
     );
 }
 
-// The same for the last, partial block: zero past K.
+// The same for the last, partial block: zero past K. Whole loads and a select, not a loop
+// into a private array (which CPU adapters spill to memory); loads past K read whatever
+// the buffer holds there (bounds-checked) and are discarded.
 fn load_x8_tail(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
-    var v = array<f32, 8>();
-    for (var j = 0u; k + j < p.k; j++) {
-        v[j] = x[p.x_offset + t * p.x_stride + c + k + j];
+    let b = p.x_offset + t * p.x_stride + c + k;
+    let n = vec4<u32>(p.k - k);
+    let i = vec4<u32>(0u, 1u, 2u, 3u);
+    var v = array<vec4<f32>, 2>();
+    if X4 {
+        v = array<vec4<f32>, 2>(x4[b / 4u], x4[b / 4u + 1u]);
+    } else {
+        v = array<vec4<f32>, 2>(
+            vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]),
+            vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]),
+        );
     }
-    return array<vec4<f32>, 2>(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
+    return array<vec4<f32>, 2>(select(vec4<f32>(0.0), v[0], i < n), select(vec4<f32>(0.0), v[1], i + 4u < n));
 }
 
 // Where the unguarded blocks end.

@@ -42,6 +42,8 @@ pub struct ModelBenchReport {
     pub state_bytes_per_sequence: u64,
     /// Bytes of weights one decode step reads.
     pub decode_weight_bytes: u64,
+    /// Kernel dispatches in one decode step.
+    pub decode_dispatches: usize,
     /// The read probe's GB/s, when measured.
     pub probe_gbps: Option<f64>,
     /// Per-kernel table of the profiled decode steps, and the steps it covers.
@@ -150,6 +152,7 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
         gpu_bytes: ctx.allocated_bytes(),
         state_bytes_per_sequence: model.state_bytes_per_sequence(),
         decode_weight_bytes: model.decode_weight_bytes(),
+        decode_dispatches: model.decode_dispatches()?,
         probe_gbps,
         profile,
     })
@@ -182,8 +185,8 @@ impl fmt::Display for ModelBenchReport {
         writeln!(f, "prefill:     {:.1} tokens/s", self.prefill_tokens_per_s)?;
         writeln!(
             f,
-            "decode:      {:.1} tokens/s (one sequence)",
-            self.decode_tokens_per_s
+            "decode:      {:.1} tokens/s (one sequence; {} dispatches per step)",
+            self.decode_tokens_per_s, self.decode_dispatches
         )?;
         let weight_gbps = self.decode_weight_bytes as f64 * self.decode_tokens_per_s / 1e9;
         let share = match self.probe_gbps {

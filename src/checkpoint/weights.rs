@@ -768,20 +768,54 @@ impl<'a> Scope<'a> {
         cols: usize,
         dtype: DType,
     ) -> Result<Tensor> {
-        let full: Vec<(String, usize)> = parts
+        let full: Vec<(String, Vec<usize>)> = parts
             .iter()
-            .map(|(name, rows)| (self.name(name), *rows))
+            .map(|(name, rows)| (self.name(name), vec![*rows, cols]))
             .collect();
-        for (name, rows) in &full {
-            self.weights.check_float(name, &[*rows, cols])?;
-        }
         let rows: usize = parts.iter().map(|p| p.1).sum();
-        let shape = [rows, cols];
-        let dtype = dtype.for_rows(cols);
-        let stride = crate::tensor::weight_stride(&shape, dtype);
-        let row_bytes = crate::tensor::fill_row_bytes(&shape, dtype);
-        Tensor::weight_with(ctx, &self.name(label), &shape, dtype, &mut |range, out| {
-            fill_stacked(self.weights, &full, range, dtype, stride, row_bytes, out)
+        self.stacked(ctx, label, &full, &[rows, cols], dtype)
+    }
+
+    /// A headwise weight (P NH, O, I) made by stacking the P headwise tensors `names`, each
+    /// (NH, O, I) = `shape` (for [`crate::ops::matmul::headwise_stacked`]).
+    pub fn stacked_headwise(
+        &self,
+        ctx: &Context,
+        label: &str,
+        names: &[&str],
+        shape: [usize; 3],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let full: Vec<(String, Vec<usize>)> = names
+            .iter()
+            .map(|name| (self.name(name), shape.to_vec()))
+            .collect();
+        let [heads, o, i] = shape;
+        self.stacked(ctx, label, &full, &[names.len() * heads, o, i], dtype)
+    }
+
+    /// Stacks the tensors `parts` (full name, stored shape) along their rows (all dims but
+    /// the last) into one GPU weight of `shape`.
+    fn stacked(
+        &self,
+        ctx: &Context,
+        label: &str,
+        parts: &[(String, Vec<usize>)],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        for (name, part_shape) in parts {
+            self.weights.check_float(name, part_shape)?;
+        }
+        let rows: Vec<(String, usize)> = parts
+            .iter()
+            .map(|(name, s)| (name.clone(), s[..s.len() - 1].iter().product()))
+            .collect();
+        let dtype = dtype.for_rows(*shape.last().unwrap_or(&1));
+        let stride = crate::tensor::weight_stride(shape, dtype);
+        let row_bytes = crate::tensor::fill_row_bytes(shape, dtype);
+        Tensor::weight_with(ctx, &self.name(label), shape, dtype, &mut |range, out| {
+            fill_stacked(self.weights, &rows, range, dtype, stride, row_bytes, out)
         })
     }
 }

@@ -5,7 +5,9 @@
 //! Shapes: x and y (B * N, C) views (row `b * N + n`); weight (C, K) f32 (the package's
 //! Conv1d weight (C, 1, K)); bias (C) f32; state (slots, K-1, C) f32 with a u32 slot tensor
 //! (B) naming each sequence's slot. Without a state the history is zero: with N = 1 that is
-//! the expert form `y = w[:, K-1] * x + bias`.
+//! the expert form `y = w[:, K-1] * x + bias`. With a `pass` view (other columns of y's
+//! tensor) the conv also copies its input there, so that a consumer reading both the input
+//! and the conv output (the mLSTM's q, k, v; the sLSTM's gates) finds them in one buffer.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -41,10 +43,13 @@ struct Params {
     has_bias: u32,
     total: u32,
     first: u32,
+    has_pass: u32,
+    pass_offset: u32,
+    _pad: [u32; 2],
 }
 
-/// Records `y = act(conv(x))` for `seqs` sequences of `x.rows / seqs` tokens. `act` must be
-/// identity or silu.
+/// Records `y = act(conv(x))` for `seqs` sequences of `x.rows / seqs` tokens, and `pass = x`
+/// when given (a view of y's tensor with y's stride). `act` must be identity or silu.
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d(
     ctx: &Context,
@@ -53,6 +58,7 @@ pub fn conv1d(
     bias: Option<&Tensor>,
     x: View<'_>,
     y: View<'_>,
+    pass: Option<View<'_>>,
     seqs: usize,
     state: Option<ConvState<'_>>,
     act: Activation,
@@ -100,6 +106,29 @@ pub fn conv1d(
         }
     };
     distinct("conv", x.tensor, y.tensor)?;
+    if let Some(v) = pass {
+        v.check("conv input copy")?;
+        if v.tensor.buffer()? != y.tensor.buffer()?
+            || v.stride != y.stride
+            || v.cols != c
+            || v.rows != x.rows
+        {
+            return Err(Error::mismatch(
+                "conv input copy",
+                format!(
+                    "a ({}, {c}) view of the output's tensor with its stride {}",
+                    x.rows, y.stride
+                ),
+                format!(
+                    "a ({}, {}) view of '{}' with stride {}",
+                    v.rows,
+                    v.cols,
+                    v.tensor.label(),
+                    v.stride
+                ),
+            ));
+        }
+    }
     // Without a state, the weight fills the (read-only) slots binding and a small placeholder
     // the (writable) state binding; neither is accessed.
     let placeholder;
@@ -140,6 +169,9 @@ pub fn conv1d(
         has_bias: bias.is_some() as u32,
         total: u32_param("conv tokens", total)?,
         first: 0,
+        has_pass: pass.is_some() as u32,
+        pass_offset: u32_param("offset", pass.map_or(0, |v| v.offset))?,
+        _pad: [0; 2],
     };
     let pipeline = ctx.pipeline("conv1d", "conv", &[("ACT", act_code)])?;
     // Long inputs run as several dispatches over token segments (llvmpipe's loop limit).
@@ -266,6 +298,7 @@ mod tests {
             bt.as_ref(),
             View::of(&xt),
             View::of(&yt),
+            None,
             seqs,
             conv_state,
             act,
@@ -436,6 +469,72 @@ mod tests {
     }
 
     #[test]
+    fn copies_its_input_beside_the_output() {
+        let ctx = gpu();
+        let (c, k, seqs, n) = (6, 4, 2, 5);
+        let mut rng = Rng::new(13);
+        let w = rng.normal_vec(c * k, 0.5);
+        let x = rng.normal_vec(seqs * n * c, 1.0);
+        let (want, _) = reference(&w, k, None, &x, seqs, None, Activation::Silu);
+        let wt = Tensor::from_f32(ctx, "w", &[c, k], &w).unwrap();
+        let xt = Tensor::from_f32(ctx, "x", &[seqs * n, c], &x).unwrap();
+        // y = [pad | copy | conv | pad]: 1 + c + c + 1 columns.
+        let yt = Tensor::zeros(ctx, "y", &[seqs * n, 2 * c + 2], DType::F32).unwrap();
+        let (copy, out) = (
+            View::of(&yt).select_cols(1..1 + c),
+            View::of(&yt).select_cols(1 + c..1 + 2 * c),
+        );
+        let mut g = Graph::new();
+        conv1d(
+            ctx,
+            &mut g,
+            &wt,
+            None,
+            View::of(&xt),
+            out,
+            Some(copy),
+            seqs,
+            None,
+            Activation::Silu,
+        )
+        .unwrap();
+        ctx.run(&[&g]).unwrap();
+        let got = yt.to_f32().unwrap();
+        for r in 0..seqs * n {
+            let row = &got[r * (2 * c + 2)..(r + 1) * (2 * c + 2)];
+            assert_eq!(&row[1..1 + c], &x[r * c..(r + 1) * c], "copy of row {r}");
+            assert_close(
+                &row[1 + c..1 + 2 * c],
+                &want[r * c..(r + 1) * c],
+                1e-5,
+                1e-5,
+                "conv",
+            );
+            assert_eq!(
+                (row[0], row[2 * c + 1]),
+                (0.0, 0.0),
+                "wrote outside the views"
+            );
+        }
+        // A copy view elsewhere than the output's tensor is refused.
+        let other = Tensor::zeros(ctx, "other", &[seqs * n, c], DType::F32).unwrap();
+        let err = conv1d(
+            ctx,
+            &mut Graph::new(),
+            &wt,
+            None,
+            View::of(&xt),
+            out,
+            Some(View::of(&other)),
+            seqs,
+            None,
+            Activation::Silu,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("conv input copy"), "{err}");
+    }
+
+    #[test]
     fn bad_shapes_are_errors() {
         let ctx = gpu();
         let w = Tensor::from_f32(ctx, "w", &[4, 20], &[0.0; 80]).unwrap();
@@ -448,6 +547,7 @@ mod tests {
             None,
             View::of(&x),
             View::of(&y),
+            None,
             1,
             None,
             Activation::Identity,
@@ -463,6 +563,7 @@ mod tests {
             None,
             View::of(&x),
             View::of(&y),
+            None,
             3,
             None,
             Activation::Identity,

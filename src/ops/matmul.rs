@@ -114,7 +114,10 @@ struct Params {
     head_rows: u32,
     cap: f32,
     s_stride: u32,
-    _pad: [u32; 1],
+    proj_rows: u32,
+    proj_cols: [u32; 4],
+    w_row0: u32,
+    _pad: [u32; 3],
 }
 
 /// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
@@ -178,16 +181,128 @@ pub fn headwise(
     y: View<'_>,
     beta: f32,
 ) -> Result<()> {
-    let &[heads, o, i] = w.shape() else {
+    let parts = Projections {
+        parts: 1,
+        first: 0,
+        sources: &[0],
+    };
+    headwise_stacked(ctx, graph, w, &parts, bias, x, y, beta)
+}
+
+/// Which projections of a stacked headwise weight (P NH, O, I) a product computes, and where
+/// their inputs are.
+pub struct Projections<'a> {
+    /// P: how many headwise weights of NH heads the tensor stacks.
+    pub parts: usize,
+    /// The first projection computed.
+    pub first: usize,
+    /// The first input column of each projection computed (at most 4).
+    pub sources: &'a [usize],
+}
+
+/// Several headwise projections in one dispatch: projections `first .. first + S` (S =
+/// `sources.len()`, at most 4) of W (P NH, O, I), which stacks P block-diagonal weights of NH
+/// heads each. Projection `first + s` reads the NH I input columns that start at column
+/// `sources[s]` of x, and y (T, S NH O) receives the products side by side:
+/// `y[t, s NH O + h O + o] = sum_i W[(first + s) NH + h, o, i] x[t, sources[s] + h I + i]`
+/// (+ bias (S NH O), + beta y). How the mLSTM block computes q, k and v, and the sLSTM block
+/// its four gates, with one kernel launch.
+#[allow(clippy::too_many_arguments)]
+pub fn headwise_stacked(
+    ctx: &Context,
+    graph: &mut Graph,
+    w: &Tensor,
+    parts: &Projections<'_>,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let kernel = MatmulKernel::choose_headwise(ctx, x.rows);
+    record_headwise(ctx, graph, kernel, w, parts, bias, x, y, beta)
+}
+
+/// [`headwise_stacked`] with an explicit kernel variant.
+#[allow(clippy::too_many_arguments)]
+fn record_headwise(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: MatmulKernel,
+    w: &Tensor,
+    parts: &Projections<'_>,
+    bias: Option<&Tensor>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let &[blocks, o, i] = w.shape() else {
         return Err(Error::mismatch(
             format!("headwise weight '{}' rank", w.label()),
             "3 dims (heads, out, in)",
             format!("{:?}", w.shape()),
         ));
     };
-    let kernel = MatmulKernel::choose_headwise(ctx, x.rows);
+    let (p, sources) = (parts.parts, parts.sources);
+    if p == 0
+        || blocks % p != 0
+        || !(1..=4).contains(&sources.len())
+        || parts.first + sources.len() > p
+    {
+        return Err(Error::mismatch(
+            format!("stacked headwise weight '{}' {:?}", w.label(), w.shape()),
+            format!("{p} projections dividing its first dim, of which at most 4 computed"),
+            format!(
+                "projections {} .. {}",
+                parts.first,
+                parts.first + sources.len()
+            ),
+        ));
+    }
+    let heads = blocks / p;
+    // The shader finds each row's head with a float division, exact below 2^22 rows.
+    if blocks * o >= 1 << 22 {
+        return Err(Error::Limit {
+            what: format!("headwise weight '{}' with {} rows", w.label(), blocks * o),
+            detail: "at most 2^22 rows".into(),
+        });
+    }
+    for &c in sources {
+        if c + heads * i > x.cols {
+            return Err(Error::mismatch(
+                format!("headwise input columns for weight '{}'", w.label()),
+                format!("at least {} (source at column {c})", c + heads * i),
+                x.cols,
+            ));
+        }
+    }
+    let mut cols = [0u32; 4];
+    for (dst, &c) in cols.iter_mut().zip(sources) {
+        *dst = u32_param("headwise source column", c)?;
+    }
+    let layout = Heads {
+        head_rows: o,
+        proj_rows: heads * o,
+        first_row: parts.first * heads * o,
+        rows: sources.len() * heads * o,
+        cols,
+        aligned: i % 4 == 0 && sources.iter().all(|c| c % 4 == 0),
+    };
     let epilogue = Epilogue::new(bias, beta);
-    record(ctx, graph, kernel, w, x, y, &epilogue, Some((heads, o, i)))
+    record(ctx, graph, kernel, w, x, y, &epilogue, Some(&layout))
+}
+
+/// How a block-diagonal weight reads its inputs: row r belongs to projection
+/// `r / proj_rows` and, within it, head `(r % proj_rows) / head_rows`, whose I inputs start
+/// at column `cols[projection] + head * I`.
+struct Heads {
+    head_rows: usize,
+    proj_rows: usize,
+    /// The first weight row read, and the rows computed from there.
+    first_row: usize,
+    rows: usize,
+    cols: [u32; 4],
+    /// Every head's inputs start at a multiple of 4 columns.
+    aligned: bool,
 }
 
 /// [`matmul`] with an explicit kernel variant.
@@ -214,7 +329,7 @@ pub fn matmul_with(
     )
 }
 
-/// Shared recorder; `heads` = Some((NH, O, I)) for a block-diagonal weight.
+/// Shared recorder; `heads` = Some for a block-diagonal weight.
 #[allow(clippy::too_many_arguments)]
 fn record(
     ctx: &Context,
@@ -224,7 +339,7 @@ fn record(
     x: View<'_>,
     y: View<'_>,
     epilogue: &Epilogue<'_>,
-    heads: Option<(usize, usize, usize)>,
+    heads: Option<&Heads>,
 ) -> Result<()> {
     let (bias, beta) = (epilogue.bias, epilogue.beta);
     if !(epilogue.cap >= 0.0 && epilogue.cap.is_finite()) {
@@ -234,8 +349,9 @@ fn record(
             epilogue.cap
         )));
     }
-    let (m, k) = (w.rows(), w.cols());
-    let x_cols = heads.map_or(k, |(h, _, i)| h * i);
+    let (m, k) = (heads.map_or(w.rows(), |h| h.rows), w.cols());
+    // Headwise inputs were checked against their sources by the caller.
+    let x_cols = heads.map_or(k, |_| x.cols);
     if !w.dtype().is_float() || w.stride() % 8 != 0 {
         return Err(Error::mismatch(
             format!("matmul weight '{}'", w.label()),
@@ -283,7 +399,7 @@ fn record(
     let wg = kernel.workgroup(ctx);
     // Block starts are c + k with k a multiple of 8 and c = head * K: aligned when the
     // view's offset and stride are, and K too for headwise weights.
-    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && (heads.is_none() || k % 4 == 0);
+    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && heads.is_none_or(|h| h.aligned);
     let constants = [
         ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
@@ -293,11 +409,11 @@ fn record(
     let (shader, entry) = kernel.entry();
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
     for chunk in w.chunks() {
-        let rows = chunk.rows;
+        let rows = heads.map_or(chunk.rows, |h| h.rows);
         let (grid, groups_x) = match kernel {
             MatmulKernel::Gemv | MatmulKernel::GemvSubgroup | MatmulKernel::Gemm4 => (
                 RowGrid::Y {
-                    x: rows.div_ceil(4 * wg),
+                    x: row_groups(kernel, rows, k, wg),
                     per: kernel.tokens_per_workgroup(),
                 },
                 0,
@@ -327,13 +443,16 @@ fn record(
             beta,
             has_bias: bias.is_some() as u32,
             groups_x: groups_x as u32,
-            head_rows: heads.map_or(0, |(_, o, _)| o as u32),
+            head_rows: u32_param("head rows", heads.map_or(0, |h| h.head_rows))?,
             cap: epilogue.cap,
             s_stride: u32_param(
                 "scale stride",
                 w.dtype().quant().map_or(0, |q| q.scale_row_words(k)),
             )?,
-            _pad: [0; 1],
+            proj_rows: u32_param("projection rows", heads.map_or(0, |h| h.proj_rows))?,
+            proj_cols: heads.map_or([0; 4], |h| h.cols),
+            w_row0: u32_param("first weight row", heads.map_or(0, |h| h.first_row))?,
+            _pad: [0; 3],
         };
         let uniform = ctx.uniform("matmul params", &params)?;
         let bias_binding = match bias {
@@ -357,6 +476,20 @@ fn record(
         )?;
     }
     Ok(())
+}
+
+/// Workgroups along the rows of a streaming kernel. GemvSubgroup's workgroups loop over
+/// row groups, so on CPU adapters (where a workgroup's start-up costs microseconds) short
+/// rows go several groups to a workgroup: each gets at least MIN_WORK weights.
+fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize) -> usize {
+    const MIN_WORK: usize = 4096 * 32;
+    let groups = rows.div_ceil(4 * wg);
+    match kernel {
+        MatmulKernel::GemvSubgroup | MatmulKernel::Gemv => {
+            groups.min((rows * k).div_ceil(MIN_WORK)).max(1)
+        }
+        _ => groups,
+    }
 }
 
 /// CPU reference, accumulated in f64: `x (T, K) W (M, K)^T + bias`, returned as (T, M).
@@ -545,6 +678,95 @@ mod tests {
                 let what = format!("headwise {heads}x{o}x{i} t={t} {dtype}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
             }
+        }
+    }
+
+    #[test]
+    fn stacked_headwise_projections_match_the_reference_on_every_kernel() {
+        let ctx = gpu();
+        // (parts, heads, out, in, first, sources): q/k/v-like (aligned), odd shapes, and the
+        // sLSTM expert's last two of four.
+        type Case = (usize, usize, usize, usize, usize, &'static [usize]);
+        let cases: [Case; 3] = [
+            (3, 4, 4, 4, 0, &[16, 16, 0]),
+            (4, 3, 5, 7, 1, &[2, 30, 9]),
+            (4, 2, 32, 32, 2, &[0, 0]),
+        ];
+        for (n, &(parts, heads, o, i, first, sources)) in cases.iter().enumerate() {
+            let cols = sources.iter().max().unwrap() + heads * i + 3;
+            let out = sources.len() * heads * o;
+            for dtype in [DType::F32, DType::F16, DType::Q8] {
+                for t in [1, 5] {
+                    let mut rng = Rng::new(100 + n as u64);
+                    let w = rng.normal_vec(parts * heads * o * i, 0.5);
+                    let x = rng.normal_vec(t * cols, 1.0);
+                    let bias = rng.normal_vec(out, 1.0);
+                    let shape = [parts * heads, o, i];
+                    let wt = Tensor::weight(ctx, "hw", &shape, dtype, HostData::F32(&w)).unwrap();
+                    let xt = Tensor::from_f32(ctx, "x", &[t, cols], &x).unwrap();
+                    let bt = Tensor::from_f32(ctx, "b", &[out], &bias).unwrap();
+                    let wr = round_to(dtype, &w, i);
+                    let block = heads * o * i;
+                    let mut want = vec![0.0f32; t * out];
+                    for (s, &c) in sources.iter().enumerate() {
+                        let ws = &wr[(first + s) * block..(first + s + 1) * block];
+                        let xs: Vec<f32> = (0..t)
+                            .flat_map(|r| x[r * cols + c..r * cols + c + heads * i].to_vec())
+                            .collect();
+                        let part = headwise_reference(ws, heads, o, &xs);
+                        for r in 0..t {
+                            for j in 0..heads * o {
+                                let b = s * heads * o + j;
+                                want[r * out + b] = part[r * heads * o + j] + bias[b];
+                            }
+                        }
+                    }
+                    let projections = Projections {
+                        parts,
+                        first,
+                        sources,
+                    };
+                    let what = format!("stacked headwise case {n} {dtype} t={t}");
+                    for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
+                        if kernel == MatmulKernel::GemvSubgroup {
+                            continue; // dense weights only
+                        }
+                        let yt = Tensor::zeros(ctx, "y", &[t, out], DType::F32).unwrap();
+                        let mut g = Graph::new();
+                        let (xv, yv) = (View::of(&xt), View::of(&yt));
+                        let b = Some(&bt);
+                        record_headwise(ctx, &mut g, kernel, &wt, &projections, b, xv, yv, 0.0)
+                            .unwrap();
+                        ctx.run(&[&g]).unwrap();
+                        let w = format!("{what} {kernel:?}");
+                        assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &w);
+                    }
+                }
+            }
+        }
+        // Bad stacks are errors naming the weight.
+        let wt = Tensor::weight(
+            ctx,
+            "qkv",
+            &[6, 4, 4],
+            DType::F32,
+            HostData::F32(&[0.0; 96]),
+        )
+        .unwrap();
+        let xt = Tensor::zeros(ctx, "x", &[1, 8], DType::F32).unwrap();
+        let yt = Tensor::zeros(ctx, "y", &[1, 48], DType::F32).unwrap();
+        for (parts, first, sources) in [(4, 0, &[0usize][..]), (3, 2, &[0, 0]), (3, 0, &[0, 0, 8])]
+        {
+            let p = Projections {
+                parts,
+                first,
+                sources,
+            };
+            let (xv, yv) = (View::of(&xt), View::of(&yt));
+            let err = headwise_stacked(ctx, &mut Graph::new(), &wt, &p, None, xv, yv, 0.0)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("'qkv'"), "{err}");
         }
     }
 

@@ -234,6 +234,17 @@ impl Model {
             .sum()
     }
 
+    /// Kernel dispatches in one decode step of one sequence (sampling included; a MoE
+    /// layer's experts all count, those without tokens running zero workgroups).
+    pub fn decode_dispatches(&self) -> Result<usize> {
+        let key = super::runner::StepKey {
+            seqs: 1,
+            tokens: 1,
+            output: super::runner::Output::Sample,
+        };
+        super::runner::dispatches(self, key)
+    }
+
     /// Bytes of weights one decode step reads: every matrix (the experts' k of E), the
     /// embedding's one row unless it is also the LM head, and the f32 vectors.
     pub fn decode_weight_bytes(&self) -> u64 {

@@ -87,6 +87,11 @@ impl Runner {
     }
 }
 
+/// How many dispatches one step of shape `key` records (the graph is recorded and dropped).
+pub(crate) fn dispatches(model: &Model, key: StepKey) -> Result<usize> {
+    Ok(record(model, key)?.graph.len())
+}
+
 fn record(model: &Model, key: StepKey) -> Result<StepGraph> {
     let ctx = &model.ctx;
     let (b, n) = (key.seqs, key.tokens);

@@ -6,6 +6,7 @@
 //! xn = LayerNorm(x);  [xm | z] = proj_up(xn)            (rows, 2 Di)
 //! xc = silu(CausalConv1d(xm))                            per-slot conv state (slots, K-1, Di)
 //! q, k = headwise(q_proj | k_proj, xc);  v = headwise(v_proj, xm)      -> qkv (rows, 3 Di)
+//!                          (one stacked dispatch over [xm | xc], which the conv writes)
 //! [i | f] = [igate; fgate](qkv)                          (rows, 2 NH)
 //! h~ = cell(q, k, v, i, f)                               per-slot state C, n, m
 //! h  = (MultiHeadLayerNorm(h~) + learnable_skip * xc) * silu(z)
@@ -28,7 +29,7 @@ use crate::graph::Graph;
 use crate::ops::conv1d::{conv1d, ConvState};
 use crate::ops::elementwise::{unary, Activation};
 use crate::ops::layer_norm::{layer_norm, Norm};
-use crate::ops::matmul::{headwise, matmul};
+use crate::ops::matmul::{headwise_stacked, matmul, Projections};
 use crate::ops::mlstm_cell::{self, CellInputs, CellKernel, CellState};
 use crate::ops::mlstm_expert::mlstm_expert;
 use crate::ops::skip_gate::skip_gate;
@@ -71,9 +72,8 @@ pub struct MlstmBlock {
     proj_up: Projection,
     conv_weight: Tensor,
     conv_bias: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj and v_proj stacked: (3 Di / bs, bs, bs), biases (3 Di).
+    qkv: Linear,
     /// `[igate; fgate]` weights (2 NH, 3 Di) and biases (2 NH).
     gates: Linear,
     outnorm: Tensor,
@@ -140,8 +140,32 @@ impl MlstmBlock {
         let (bs, k) = (cfg.qkv_blocksize, cfg.conv_kernel);
         let x = scope.scope("xlstm.");
         let cell = x.scope("mlstm_cell.");
-        let headwise =
-            |name: &str| Linear::load(ctx, &x, name, &[di / bs, bs, bs], di, cfg.bias, dtype);
+        let qkv = ["q_proj", "k_proj", "v_proj"];
+        let qkv = Linear {
+            weight: x.stacked_headwise(
+                ctx,
+                "{q,k,v}_proj.weight",
+                &qkv.map(|p| format!("{p}.weight"))
+                    .each_ref()
+                    .map(String::as_str),
+                [di / bs, bs, bs],
+                dtype,
+            )?,
+            bias: if cfg.bias {
+                let mut b = Vec::with_capacity(3 * di);
+                for p in qkv {
+                    b.extend(x.f32(&format!("{p}.bias"), &[di])?);
+                }
+                Some(Tensor::from_f32(
+                    ctx,
+                    &x.name("{q,k,v}_proj.bias"),
+                    &[3 * di],
+                    &b,
+                )?)
+            } else {
+                None
+            },
+        };
         let mut gate_b = cell.f32("igate.bias", &[nh])?;
         gate_b.extend(cell.f32("fgate.bias", &[nh])?);
         let conv_weight = x.f32("conv1d.conv.weight", &[di, 1, k])?;
@@ -156,9 +180,7 @@ impl MlstmBlock {
                 &conv_weight,
             )?,
             conv_bias: x.vector(ctx, "conv1d.conv.bias", &[di])?,
-            q_proj: headwise("q_proj")?,
-            k_proj: headwise("k_proj")?,
-            v_proj: headwise("v_proj")?,
+            qkv,
             gates: Linear {
                 weight: cell.stacked_matrix(
                     ctx,
@@ -232,6 +254,7 @@ impl MlstmBlock {
                 Some(&self.conv_bias),
                 b.xm,
                 b.xc,
+                Some(b.xmc.select_cols(0..b.xm.cols)),
                 batch.seqs,
                 state.conv.as_ref().map(|conv| ConvState {
                     state: conv,
@@ -277,10 +300,10 @@ impl MlstmBlock {
         }
         let (d, di, nh) = (cfg.embedding_dim, cfg.inner_dim(), cfg.num_heads);
         let get = |name, cols| -> Result<_> { scratch.get(name, cols) };
-        let (xn, up, xc) = (
+        let (xn, up, xmc) = (
             get("mlstm.xn", d)?,
             get("mlstm.up", 2 * di)?,
-            get("mlstm.xc", di)?,
+            get("mlstm.xmc", 2 * di)?,
         );
         let (qkv, gates, h, hn) = (
             get("mlstm.qkv", 3 * di)?,
@@ -294,8 +317,9 @@ impl MlstmBlock {
         let up_v = view(&up, rows);
         let b = Buffers {
             block: self,
+            xmc: view(&xmc, rows),
             xm: up_v.select_cols(0..di),
-            xc: view(&xc, rows),
+            xc: view(&xmc, rows).select_cols(di..2 * di),
             qkv: view(&qkv, rows),
             gates: view(&gates, rows),
             h: view(&h, rows),
@@ -323,6 +347,8 @@ impl MlstmBlock {
 /// The scratch views of one recording.
 struct Buffers<'a> {
     block: &'a MlstmBlock,
+    /// [xm | xc] (rows, 2 Di): the conv's input copy and output, q/k/v's input.
+    xmc: View<'a>,
     /// The first half of the up-projection (rows, Di).
     xm: View<'a>,
     /// silu(conv(xm)) (rows, Di).
@@ -336,18 +362,28 @@ struct Buffers<'a> {
 }
 
 impl Buffers<'_> {
-    /// q, k and v from xc and xm, then the gate pre-activations from them.
+    /// q, k and v from xc and xm (one stacked headwise product), then the gate
+    /// pre-activations from them.
     fn record_qkv(&self, ctx: &Context, graph: &mut Graph) -> Result<()> {
         let blk = self.block;
         let di = blk.cfg.inner_dim();
-        for (p, lin, src) in [
-            (0, &blk.q_proj, self.xc),
-            (1, &blk.k_proj, self.xc),
-            (2, &blk.v_proj, self.xm),
-        ] {
-            let dst = self.qkv.select_cols(p * di..(p + 1) * di);
-            headwise(ctx, graph, &lin.weight, lin.bias.as_ref(), src, dst, 0.0)?;
-        }
+        let qkv = &blk.qkv;
+        let parts = Projections {
+            parts: 3,
+            first: 0,
+            sources: &[di, di, 0],
+        };
+        let bias = qkv.bias.as_ref();
+        headwise_stacked(
+            ctx,
+            graph,
+            &qkv.weight,
+            &parts,
+            bias,
+            self.xmc,
+            self.qkv,
+            0.0,
+        )?;
         let g = &blk.gates;
         matmul(
             ctx,
@@ -395,6 +431,7 @@ impl Expert for MlstmBlock {
                 Some(&self.conv_bias),
                 b.xm,
                 b.xc,
+                Some(b.xmc.select_cols(0..b.xm.cols)),
                 b.xm.rows,
                 None,
                 Activation::Silu,

@@ -5,6 +5,7 @@
 //! ```text
 //! xn = LayerNorm(x);  xc = silu(conv(xn)) (xc = xn without a conv)
 //! pre = [headwise(fgate, xc) | headwise(igate, xc) | headwise(zgate, xn) | headwise(ogate, xn)]
+//!       (one stacked dispatch over [xn | xc])
 //! h = sLSTMCell(pre);  x += GroupNorm(h);  x += GatedFFN(LayerNorm_ffn(x))
 //! ```
 //! (the parameter NAMED fgate drives the input gate and igate the forget gate).
@@ -27,7 +28,7 @@ use crate::graph::Graph;
 use crate::ops::conv1d::{conv1d, ConvState};
 use crate::ops::elementwise::{binary, unary, Activation, Binary};
 use crate::ops::layer_norm::{layer_norm, Norm};
-use crate::ops::matmul::headwise;
+use crate::ops::matmul::{headwise_stacked, Projections};
 use crate::ops::slstm_cell::{
     bias_cuda_to_vanilla, check_weight_dtype, slstm_cell, CellState, CellWeights,
 };
@@ -54,12 +55,12 @@ pub struct SlstmBlock {
     conv_kernel: usize,
     norm: Tensor,
     conv: Option<Conv>,
-    /// Headwise (NH, DH, DH) weights producing the i, f, z, o pre-activations.
-    gates: [Tensor; 4],
+    /// The headwise (NH, DH, DH) weights of fgate, igate, zgate and ogate stacked:
+    /// (4 NH, DH, DH), producing the pre-activations in the cell's order.
+    gates: Tensor,
     cell: CellWeights,
-    /// Cell bias of the z and o gates (D each), for the expert form.
-    bias_z: Tensor,
-    bias_o: Tensor,
+    /// Cell bias of the z and o gates (2 D), for the expert form.
+    bias_zo: Tensor,
     group_norm: Tensor,
     ffn: Option<Ffn>,
 }
@@ -117,13 +118,18 @@ impl SlstmBlock {
                 })
             }
         };
-        let gate = |name: &str| scope.matrix(ctx, name, &[heads, dh, dh], dtype);
-        let gates = [
-            gate("xlstm.fgate.weight")?,
-            gate("xlstm.igate.weight")?,
-            gate("xlstm.zgate.weight")?,
-            gate("xlstm.ogate.weight")?,
-        ];
+        let gates = scope.stacked_headwise(
+            ctx,
+            "xlstm.{f,i,z,o}gate.weight",
+            &[
+                "xlstm.fgate.weight",
+                "xlstm.igate.weight",
+                "xlstm.zgate.weight",
+                "xlstm.ogate.weight",
+            ],
+            [heads, dh, dh],
+            dtype,
+        )?;
         let r_shape = match cfg.layout {
             SlstmLayout::Vanilla => [heads, 4 * dh, dh],
             SlstmLayout::Cuda => [heads, dh, 4 * dh],
@@ -160,8 +166,7 @@ impl SlstmBlock {
             conv,
             gates,
             cell,
-            bias_z: Tensor::from_f32(ctx, &bias_name, &[d], &gate_major[2 * d..3 * d])?,
-            bias_o: Tensor::from_f32(ctx, &bias_name, &[d], &gate_major[3 * d..])?,
+            bias_zo: Tensor::from_f32(ctx, &bias_name, &[2 * d], &gate_major[2 * d..])?,
             group_norm: scope.vector(ctx, "xlstm.group_norm.weight", &[d])?,
             ffn,
         })
@@ -212,9 +217,9 @@ impl SlstmBlock {
         }
         let scratch = batch.scratch;
         let buf = |name: &'static str, cols: usize| scratch.get(name, cols);
-        let (xn_buf, xc_buf, pre_buf, h_buf) = (
+        let (xn_buf, xnc_buf, pre_buf, h_buf) = (
             buf("slstm.xn", d)?,
-            buf("slstm.xc", d)?,
+            buf("slstm.xnc", 2 * d)?,
             buf("slstm.pre", 4 * d)?,
             buf("slstm.h", d)?,
         );
@@ -224,10 +229,12 @@ impl SlstmBlock {
             first_rows(&h_buf, rows),
         );
         layer_norm(ctx, graph, &Norm::xlstm(&self.norm), x, xn, 0.0)?;
-        let xc = match &self.conv {
-            None => xn,
+        // The gates read xc (i, f) and xn (z, o) in one dispatch: the conv writes
+        // [xn | xc] side by side.
+        let (gate_in, xc_col) = match &self.conv {
+            None => (xn, 0),
             Some(conv) => {
-                let xc = first_rows(&xc_buf, rows);
+                let xnc = first_rows(&xnc_buf, rows);
                 // A kernel of 1 has no history.
                 let conv_state = match (&state.conv, self.conv_kernel) {
                     (_, 1) => None,
@@ -247,18 +254,21 @@ impl SlstmBlock {
                     &conv.weight,
                     Some(&conv.bias),
                     xn,
-                    xc,
+                    xnc.select_cols(d..2 * d),
+                    Some(xnc.select_cols(0..d)),
                     batch.seqs,
                     conv_state,
                     Activation::Silu,
                 )?;
-                xc
+                (xnc, d)
             }
         };
-        for (g, (w, input)) in self.gates.iter().zip([xc, xc, xn, xn]).enumerate() {
-            let out = pre.select_cols(g * d..(g + 1) * d);
-            headwise(ctx, graph, w, None, input, out, 0.0)?;
-        }
+        let parts = Projections {
+            parts: 4,
+            first: 0,
+            sources: &[xc_col, xc_col, 0, 0],
+        };
+        headwise_stacked(ctx, graph, &self.gates, &parts, None, gate_in, pre, 0.0)?;
         let cell_state = CellState {
             state: &state.cell,
             slots: batch.slots,
@@ -326,8 +336,14 @@ impl Expert for SlstmBlock {
         );
         let (z, o) = (zo.select_cols(0..d), zo.select_cols(d..2 * d));
         layer_norm(ctx, graph, &Norm::xlstm(&self.norm), input, xn, 0.0)?;
-        headwise(ctx, graph, &self.gates[2], Some(&self.bias_z), xn, z, 0.0)?;
-        headwise(ctx, graph, &self.gates[3], Some(&self.bias_o), xn, o, 0.0)?;
+        // zgate and ogate, the stack's last two projections.
+        let parts = Projections {
+            parts: 4,
+            first: 2,
+            sources: &[0, 0],
+        };
+        let bias = Some(&self.bias_zo);
+        headwise_stacked(ctx, graph, &self.gates, &parts, bias, xn, zo, 0.0)?;
         unary(ctx, graph, Activation::Tanh, z, tz)?;
         binary(ctx, graph, Binary::Glu(Activation::Sigmoid), o, tz, h)?;
         // output = input + GroupNorm(h)
