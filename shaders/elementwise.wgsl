@@ -8,6 +8,7 @@
 //   binary: y = a + b      (OP 0)
 //           y = a * b      (OP 1)
 //           y = act(a) * b (OP 2, gated linear unit)
+//           y = act(a) * act_b(b) (OP 3, e.g. sigmoid(o) * tanh(z))
 //
 // ACT: 0 identity, 1 silu, 2 gelu (exact, erf form), 3 relu, 4 relu^2, 5 sigmoid, 6 selu,
 //      7 tanh.
@@ -24,6 +25,8 @@ struct Params {
 }
 
 override ACT: u32 = 0u;
+// The activation of b in OP 3 (codes as ACT).
+override ACT_B: u32 = 0u;
 override OP: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -57,7 +60,12 @@ fn gelu(x: f32) -> f32 {
 }
 
 fn act(x: f32) -> f32 {
-    switch ACT {
+    return activate(ACT, x);
+}
+
+// Activation `code` (a pipeline constant at every call, so the switch folds away).
+fn activate(code: u32, x: f32) -> f32 {
+    switch code {
         case 1u: { return x * sigmoid(x); }
         case 2u: { return gelu(x); }
         case 3u: { return max(x, 0.0); }
@@ -104,6 +112,7 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) 
     switch OP {
         case 1u: { r = va * vb; }
         case 2u: { r = act(va) * vb; }
+        case 3u: { r = act(va) * activate(ACT_B, vb); }
         default: { r = va + vb; }
     }
     y[p.y_offset + rc.y * p.y_stride + rc.x] = r;

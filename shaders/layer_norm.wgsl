@@ -8,7 +8,9 @@
 // (plus beta * y[c] when beta != 0, to fuse a residual add), where gamma = 1 + weight (the xlstm package stores offsets) when weight_offset != 0, else
 // weight; gamma = 1 without weight; beta = bias or 0.
 //
-// x element (r, c) at x_offset + r * x_stride + c; y likewise.
+// x element (r, c) at x_offset + r * x_stride + c; y likewise. With has_copy, x is also
+// copied to `copy` at copy_offset + r * copy_stride + c (a residual stream's start, e.g. an
+// expert's output = input + ..., without a dispatch of its own).
 //
 //   norm_coop:  one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
 //               grid (groups, rows split over y/z).
@@ -35,6 +37,9 @@ struct Params {
     has_bias: u32,
     beta: f32,
     center: u32,
+    has_copy: u32,
+    copy_offset: u32,
+    copy_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,6 +48,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> copy: array<f32>;
 
 override X4: bool = false;
 
@@ -112,8 +118,13 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         sq += d * d;
     }
     let inv = inverseSqrt(workgroup_sum(lid, sq) / n + p.eps);
+    let cb = p.copy_offset + row * p.copy_stride + c0;
     for (var c = lid; c < p.group; c += 64u) {
-        emit(yb + c, c0 + c, (x[xb + c] - mean) * inv);
+        let v = x[xb + c];
+        emit(yb + c, c0 + c, (v - mean) * inv);
+        if p.has_copy != 0u {
+            copy[cb + c] = v;
+        }
     }
 }
 
@@ -170,11 +181,16 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
         sq += dot(d, d);
     }
     let inv = inverseSqrt(lanes_sum(lane, sq) / n + p.eps);
+    let cb = p.copy_offset + row * p.copy_stride + c0;
     for (var e = 4u * lane; e < p.group; e += 32u) {
         let len = p.group - e;
-        let v = (x_quad(xb + e, len) - mean) * inv;
+        let xq = x_quad(xb + e, len);
+        let v = (xq - mean) * inv;
         for (var j = 0u; j < min(len, 4u); j++) {
             emit(yb + e + j, c0 + e + j, v[j]);
+            if p.has_copy != 0u {
+                copy[cb + e + j] = xq[j];
+            }
         }
     }
 }

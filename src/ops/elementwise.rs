@@ -90,6 +90,8 @@ pub enum Binary {
     Mul,
     /// act(a) * b (gated linear unit)
     Glu(Activation),
+    /// f(a) * g(b), e.g. the stateless sLSTM cell's sigmoid(o) * tanh(z)
+    Gate(Activation, Activation),
 }
 
 impl Binary {
@@ -99,6 +101,7 @@ impl Binary {
             Binary::Add => a + b,
             Binary::Mul => a * b,
             Binary::Glu(act) => act.apply(a) * b,
+            Binary::Gate(f, g) => f.apply(a) * g.apply(b),
         }
     }
 }
@@ -199,16 +202,18 @@ pub fn binary(
     same_shape("elementwise output shape", &a, &y)?;
     distinct("elementwise", a.tensor, y.tensor)?;
     distinct("elementwise", b.tensor, y.tensor)?;
-    let (code, act) = match op {
-        Binary::Add => (0.0, Activation::Identity),
-        Binary::Mul => (1.0, Activation::Identity),
-        Binary::Glu(act) => (2.0, act),
+    let id = Activation::Identity;
+    let (code, act, act_b) = match op {
+        Binary::Add => (0.0, id, id),
+        Binary::Mul => (1.0, id, id),
+        Binary::Glu(act) => (2.0, act, id),
+        Binary::Gate(f, g) => (3.0, f, g),
     };
     record(
         ctx,
         graph,
         "binary",
-        &[("OP", code), ("ACT", act.code())],
+        &[("OP", code), ("ACT", act.code()), ("ACT_B", act_b.code())],
         a,
         b,
         y,
@@ -287,6 +292,8 @@ mod tests {
             Binary::Mul,
             Binary::Glu(Activation::Gelu),
             Binary::Glu(Activation::Silu),
+            Binary::Gate(Activation::Sigmoid, Activation::Tanh),
+            Binary::Gate(Activation::Identity, Activation::Gelu),
         ] {
             let yt = Tensor::zeros(ctx, "y", &[rows, cols], DType::F32).unwrap();
             let mut g = Graph::new();

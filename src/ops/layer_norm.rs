@@ -88,7 +88,9 @@ struct Params {
     has_bias: u32,
     beta: f32,
     center: u32,
-    _pad: [u32; 3],
+    has_copy: u32,
+    copy_offset: u32,
+    copy_stride: u32,
 }
 
 /// The normalisation kernels (entry points of `layer_norm.wgsl`).
@@ -126,6 +128,20 @@ pub fn layer_norm(
     layer_norm_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, beta)
 }
 
+/// Records `y = norm(x)` and `copy = x` in one dispatch (an expert's residual stream starts
+/// as its input while the input is normed for the block).
+pub fn layer_norm_copying(
+    ctx: &Context,
+    graph: &mut Graph,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    copy: View<'_>,
+) -> Result<()> {
+    let kernel = NormKernel::choose(ctx);
+    record(ctx, graph, kernel, norm, x, y, 0.0, Some(copy))
+}
+
 /// [`layer_norm`] with an explicit kernel.
 pub fn layer_norm_with(
     ctx: &Context,
@@ -135,6 +151,20 @@ pub fn layer_norm_with(
     x: View<'_>,
     y: View<'_>,
     beta: f32,
+) -> Result<()> {
+    record(ctx, graph, kernel, norm, x, y, beta, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: NormKernel,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+    copy: Option<View<'_>>,
 ) -> Result<()> {
     x.check("norm input")?;
     y.check("norm output")?;
@@ -158,6 +188,17 @@ pub fn layer_norm_with(
         }
     }
     distinct("norm", x.tensor, y.tensor)?;
+    if let Some(c) = copy {
+        c.check("norm input copy")?;
+        if (c.rows, c.cols) != (x.rows, x.cols) {
+            return Err(Error::mismatch(
+                "norm input copy shape",
+                format!("{} x {}", x.rows, x.cols),
+                format!("{} x {}", c.rows, c.cols),
+            ));
+        }
+        distinct("norm copy", x.tensor, c.tensor)?;
+    }
     let groups = x.cols / norm.group;
     let (entry, groups_x) = match kernel {
         NormKernel::Coop => ("norm_coop", groups),
@@ -178,7 +219,9 @@ pub fn layer_norm_with(
         has_bias: norm.bias.is_some() as u32,
         beta,
         center: norm.center as u32,
-        _pad: [0; 3],
+        has_copy: copy.is_some() as u32,
+        copy_offset: u32_param("offset", copy.map_or(0, |c| c.offset))?,
+        copy_stride: u32_param("stride", copy.map_or(0, |c| c.stride))?,
     };
     let pipeline = ctx.pipeline("layer_norm", entry, &[("X4", x4 as u8 as f64)])?;
     let uniform = ctx.uniform("norm params", &params)?;
@@ -200,6 +243,8 @@ pub fn layer_norm_with(
             bias,
             y.binding()?,
             x.binding()?,
+            // Without a copy, y again (never written through this binding).
+            copy.unwrap_or(y).binding()?,
         ],
         RowGrid::YZ { x: groups_x },
         x.rows,
@@ -315,6 +360,45 @@ mod tests {
         check(3, 37, 37, true, false, 0.0);
         check(7, 1024, 1024, false, true, 1.0);
         check(2, 130, 130, true, true, 0.0);
+    }
+
+    #[test]
+    fn norm_copies_its_input_on_every_kernel() {
+        let ctx = gpu();
+        // Odd and vec4-aligned shapes; the copy lands in a window of a wider buffer.
+        for (rows, cols, group) in [(3, 37, 37), (4, 128, 32)] {
+            let mut rng = Rng::new(cols as u64);
+            let x = rng.normal_vec(rows * cols, 2.0);
+            let w = rng.normal_vec(cols, 0.3);
+            let xt = Tensor::from_f32(ctx, "x", &[rows, cols], &x).unwrap();
+            let wt = Tensor::from_f32(ctx, "w", &[cols], &w).unwrap();
+            let want = reference(&x, cols, group, Some(&w), true, None, 1e-5, true);
+            for kernel in NormKernel::ALL {
+                let yt = Tensor::zeros(ctx, "y", &[rows, cols], DType::F32).unwrap();
+                let ct = Tensor::zeros(ctx, "copy", &[rows, cols + 3], DType::F32).unwrap();
+                let norm = Norm {
+                    group,
+                    ..Norm::xlstm(&wt)
+                };
+                let copy = View::of(&ct).select_cols(2..2 + cols);
+                let mut g = Graph::new();
+                let (xv, yv) = (View::of(&xt), View::of(&yt));
+                record(ctx, &mut g, kernel, &norm, xv, yv, 0.0, Some(copy)).unwrap();
+                ctx.run(&[&g]).unwrap();
+                let what = format!("{kernel:?} {rows}x{cols}/{group}");
+                assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+                let got = ct.to_f32().unwrap();
+                for r in 0..rows {
+                    let row = &got[r * (cols + 3)..(r + 1) * (cols + 3)];
+                    assert_eq!(
+                        &row[2..2 + cols],
+                        &x[r * cols..(r + 1) * cols],
+                        "{what} copy"
+                    );
+                    assert_eq!((row[0], row[1], row[cols + 2]), (0.0, 0.0, 0.0), "{what}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::conv1d::{conv1d, ConvState};
-use crate::ops::elementwise::{unary, Activation};
-use crate::ops::layer_norm::{layer_norm, Norm};
+use crate::ops::elementwise::Activation;
+use crate::ops::layer_norm::{layer_norm, layer_norm_copying, Norm};
 use crate::ops::matmul::{headwise_stacked, matmul, Projections};
 use crate::ops::mlstm_cell::{self, CellInputs, CellKernel, CellState};
 use crate::ops::mlstm_expert::mlstm_expert;
@@ -280,6 +280,8 @@ impl MlstmBlock {
 
     /// Records the parts shared by the block and the expert over the rows of `input`,
     /// ending with `output += proj_down(h)`; `middle` records the conv, q/k/v and cell.
+    /// When `output` is not `input` (the expert), the input norm also copies input to
+    /// output, so that `output = input + proj_down(h)`.
     fn record_rows(
         &self,
         ctx: &Context,
@@ -324,14 +326,11 @@ impl MlstmBlock {
             gates: view(&gates, rows),
             h: view(&h, rows),
         };
-        layer_norm(
-            ctx,
-            graph,
-            &Norm::xlstm(&self.norm),
-            input,
-            view(&xn, rows),
-            0.0,
-        )?;
+        let norm = Norm::xlstm(&self.norm);
+        match input.tensor.buffer()? != output.tensor.buffer()? {
+            true => layer_norm_copying(ctx, graph, &norm, input, view(&xn, rows), output)?,
+            false => layer_norm(ctx, graph, &norm, input, view(&xn, rows), 0.0)?,
+        }
         self.proj_up
             .record(ctx, graph, view(&xn, rows), up_v, 0.0, scratch)?;
         middle(graph, &b)?;
@@ -421,7 +420,6 @@ impl Expert for MlstmBlock {
                 ));
             }
         }
-        unary(ctx, graph, Activation::Identity, input, output)?;
         let nh = self.cfg.num_heads;
         self.record_rows(ctx, graph, input, output, scratch, |graph, b| {
             conv1d(

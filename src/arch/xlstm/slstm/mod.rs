@@ -26,8 +26,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::ops::conv1d::{conv1d, ConvState};
-use crate::ops::elementwise::{binary, unary, Activation, Binary};
-use crate::ops::layer_norm::{layer_norm, Norm};
+use crate::ops::elementwise::{binary, Activation, Binary};
+use crate::ops::layer_norm::{layer_norm, layer_norm_copying, Norm};
 use crate::ops::matmul::{headwise_stacked, Projections};
 use crate::ops::slstm_cell::{
     bias_cuda_to_vanilla, check_weight_dtype, slstm_cell, CellState, CellWeights,
@@ -322,20 +322,19 @@ impl Expert for SlstmBlock {
             ));
         }
         let rows = input.rows;
-        let (xn_buf, zo_buf, tz_buf, h_buf) = (
+        let (xn_buf, zo_buf, h_buf) = (
             scratch.get("slstm.xn", d)?,
             scratch.get("slstm.pre", 2 * d)?,
-            scratch.get("slstm.xc", d)?,
             scratch.get("slstm.h", d)?,
         );
-        let (xn, zo, tz, h) = (
+        let (xn, zo, h) = (
             first_rows(&xn_buf, rows),
             first_rows(&zo_buf, rows),
-            first_rows(&tz_buf, rows),
             first_rows(&h_buf, rows),
         );
         let (z, o) = (zo.select_cols(0..d), zo.select_cols(d..2 * d));
-        layer_norm(ctx, graph, &Norm::xlstm(&self.norm), input, xn, 0.0)?;
+        // output = input + GroupNorm(h): the norm of the input also copies it to output.
+        layer_norm_copying(ctx, graph, &Norm::xlstm(&self.norm), input, xn, output)?;
         // zgate and ogate, the stack's last two projections.
         let parts = Projections {
             parts: 4,
@@ -344,10 +343,14 @@ impl Expert for SlstmBlock {
         };
         let bias = Some(&self.bias_zo);
         headwise_stacked(ctx, graph, &self.gates, &parts, bias, xn, zo, 0.0)?;
-        unary(ctx, graph, Activation::Tanh, z, tz)?;
-        binary(ctx, graph, Binary::Glu(Activation::Sigmoid), o, tz, h)?;
-        // output = input + GroupNorm(h)
-        unary(ctx, graph, Activation::Identity, input, output)?;
+        binary(
+            ctx,
+            graph,
+            Binary::Gate(Activation::Sigmoid, Activation::Tanh),
+            o,
+            z,
+            h,
+        )?;
         let group_norm = Norm::xlstm_heads(&self.group_norm, self.heads);
         layer_norm(ctx, graph, &group_norm, h, output, 1.0)?;
         self.record_ffn(ctx, graph, output, xn, scratch)
