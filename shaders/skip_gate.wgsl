@@ -1,5 +1,9 @@
 // The mLSTM block's output gate with its learnable skip (MODEL.md section 5):
 //   y = (h + w * xc) * silu(z)
+// and, in norm_skip_gate, the same with h first normalised in groups of `group` columns
+// (the cell output's MultiHeadLayerNorm: mean and biased variance per group, then
+// * gamma, gamma = norm_w or 1 + norm_w with weight_offset): one workgroup of WG per
+// (row, group), grid (cols / group, rows split over y and z).
 // over (rows, cols) views of f32 buffers: element (r, c) of view v at v_offset + r * v_stride
 // + c; w is (cols). Grid: (ceil(cols / 64), rows split over y and z: row = wid.y + wid.z *
 // 65535).
@@ -15,14 +19,25 @@ struct Params {
     z_stride: u32,
     y_offset: u32,
     y_stride: u32,
+    group: u32,
+    eps: f32,
+    has_weight: u32,
+    weight_offset: u32,
+    center: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+// Invocations per workgroup of norm_skip_gate: one SIMD group on CPU adapters, 64 on GPUs.
+override WG: u32 = 64u;
+
+// Storage, not uniform: lavapipe recompiles shaders whose loop bounds are uniforms
+// (shaders/common/matmul.wgsl).
+@group(0) @binding(0) var<storage, read> p: Params;
 @group(0) @binding(1) var<storage, read> h: array<f32>;
 @group(0) @binding(2) var<storage, read> xc: array<f32>;
 @group(0) @binding(3) var<storage, read> z: array<f32>;
 @group(0) @binding(4) var<storage, read> w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> norm_w: array<f32>;
 
 // x * sigmoid(x) without overflow for either sign.
 fn silu(x: f32) -> f32 {
@@ -38,7 +53,60 @@ fn skip_gate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
         return;
     }
     let hv = h[p.h_offset + r * p.h_stride + c];
+    y[p.y_offset + r * p.y_stride + c] = gate(r, c, hv);
+}
+
+// The skip and gate of element (r, c) whose (normalised) h is hv.
+fn gate(r: u32, c: u32, hv: f32) -> f32 {
     let xv = xc[p.xc_offset + r * p.xc_stride + c];
     let zv = z[p.z_offset + r * p.z_stride + c];
-    y[p.y_offset + r * p.y_stride + c] = (hv + w[c] * xv) * silu(zv);
+    return (hv + w[c] * xv) * silu(zv);
+}
+
+var<workgroup> partial: array<f32, 64>;
+
+// Sum of v over the workgroup (every invocation gets it).
+fn group_sum(lid: u32, v: f32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < WG; i++) {
+        total += partial[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(WG)
+fn norm_skip_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y + wid.z * 65535u;
+    // Uniform per workgroup, so returning here keeps the barriers uniform.
+    if r >= p.rows {
+        return;
+    }
+    let c0 = wid.x * p.group;
+    let hb = p.h_offset + r * p.h_stride + c0;
+    let n = f32(p.group);
+    var mean = 0.0;
+    if p.center != 0u {
+        var sum = 0.0;
+        for (var c = lid; c < p.group; c += WG) {
+            sum += h[hb + c];
+        }
+        mean = group_sum(lid, sum) / n;
+    }
+    var sq = 0.0;
+    for (var c = lid; c < p.group; c += WG) {
+        let d = h[hb + c] - mean;
+        sq += d * d;
+    }
+    let inv = inverseSqrt(group_sum(lid, sq) / n + p.eps);
+    for (var c = lid; c < p.group; c += WG) {
+        var g = 1.0;
+        if p.has_weight != 0u {
+            g = norm_w[c0 + c] + select(0.0, 1.0, p.weight_offset != 0u);
+        }
+        let hv = (h[hb + c] - mean) * inv * g;
+        y[p.y_offset + r * p.y_stride + c0 + c] = gate(r, c0 + c, hv);
+    }
 }

@@ -1,10 +1,13 @@
 //! The mLSTM block's output gate with its learnable skip, `y = (h + w * xc) * silu(z)`
-//! (MODEL.md section 5). Kernel: `shaders/skip_gate.wgsl`.
+//! (MODEL.md section 5), optionally with h first normalised per head (the cell output's
+//! MultiHeadLayerNorm, [`norm_skip_gate`]: one dispatch for both). Kernel:
+//! `shaders/skip_gate.wgsl`.
 //!
 //! Shapes: h, xc, z and y are (rows, cols) views; w is (cols) f32.
 
 use bytemuck::{Pod, Zeroable};
 
+use super::layer_norm::Norm;
 use super::{distinct, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -24,13 +27,48 @@ struct Params {
     z_stride: u32,
     y_offset: u32,
     y_stride: u32,
-    _pad: [u32; 2],
+    group: u32,
+    eps: f32,
+    has_weight: u32,
+    weight_offset: u32,
+    center: u32,
+    _pad: [u32; 1],
 }
 
 /// Records `y = (h + w * xc) * silu(z)`.
 pub fn skip_gate(
     ctx: &Context,
     graph: &mut Graph,
+    h: View<'_>,
+    w: &Tensor,
+    xc: View<'_>,
+    z: View<'_>,
+    y: View<'_>,
+) -> Result<()> {
+    record(ctx, graph, None, h, w, xc, z, y)
+}
+
+/// Records `y = (norm(h) + w * xc) * silu(z)` with `norm` a group norm without bias (the
+/// mLSTM cell output's MultiHeadLayerNorm, [`Norm::xlstm_heads`]).
+#[allow(clippy::too_many_arguments)]
+pub fn norm_skip_gate(
+    ctx: &Context,
+    graph: &mut Graph,
+    norm: &Norm<'_>,
+    h: View<'_>,
+    w: &Tensor,
+    xc: View<'_>,
+    z: View<'_>,
+    y: View<'_>,
+) -> Result<()> {
+    record(ctx, graph, Some(norm), h, w, xc, z, y)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    graph: &mut Graph,
+    norm: Option<&Norm<'_>>,
     h: View<'_>,
     w: &Tensor,
     xc: View<'_>,
@@ -56,6 +94,18 @@ pub fn skip_gate(
         }
     }
     w.expect("skip gate weight", &[h.cols], DType::F32)?;
+    if let Some(n) = norm {
+        if n.group == 0 || h.cols % n.group != 0 || n.bias.is_some() {
+            return Err(Error::mismatch(
+                "skip gate norm",
+                format!("groups dividing {} columns, no bias", h.cols),
+                format!("groups of {} with bias {}", n.group, n.bias.is_some()),
+            ));
+        }
+        if let Some(nw) = n.weight {
+            nw.expect("skip gate norm weight", &[h.cols], DType::F32)?;
+        }
+    }
     if h.cols == 0 {
         return Ok(());
     }
@@ -70,21 +120,42 @@ pub fn skip_gate(
         z_stride: u32_param("stride", z.stride)?,
         y_offset: u32_param("offset", y.offset)?,
         y_stride: u32_param("stride", y.stride)?,
-        _pad: [0; 2],
+        group: u32_param("norm group", norm.map_or(0, |n| n.group))?,
+        eps: norm.map_or(0.0, |n| n.eps),
+        has_weight: norm.is_some_and(|n| n.weight.is_some()) as u32,
+        weight_offset: norm.is_some_and(|n| n.weight_offset) as u32,
+        center: norm.is_some_and(|n| n.center) as u32,
+        _pad: [0; 1],
     };
-    let pipeline = ctx.pipeline("skip_gate", "skip_gate", &[])?;
     let uniform = ctx.uniform("skip gate params", &params)?;
+    let norm_weight = match norm.and_then(|n| n.weight) {
+        Some(nw) => nw.binding()?,
+        None => w.binding()?,
+    };
+    let resources = [
+        uniform.as_entire_binding(),
+        h.binding()?,
+        xc.binding()?,
+        z.binding()?,
+        w.binding()?,
+        y.binding()?,
+        norm_weight,
+    ];
+    if let Some(n) = norm {
+        // One SIMD group per (row, head) on CPU adapters, where every load loops over the
+        // lanes; 64 invocations on GPUs.
+        let wg = if ctx.is_cpu() { 8.0 } else { 64.0 };
+        let pipeline = ctx.pipeline("skip_gate", "norm_skip_gate", &[("WG", wg)])?;
+        let grid = RowGrid::YZ {
+            x: h.cols / n.group,
+        };
+        return graph.dispatch_rows(ctx, &pipeline, &resources, grid, h.rows);
+    }
+    let pipeline = ctx.pipeline("skip_gate", "skip_gate", &[])?;
     graph.dispatch_rows(
         ctx,
         &pipeline,
-        &[
-            uniform.as_entire_binding(),
-            h.binding()?,
-            xc.binding()?,
-            z.binding()?,
-            w.binding()?,
-            y.binding()?,
-        ],
+        &resources,
         RowGrid::YZ {
             x: h.cols.div_ceil(64),
         },
@@ -148,6 +219,43 @@ mod tests {
     }
 
     #[test]
+    fn the_head_norm_fused_before_the_gate_matches_the_references() {
+        let ctx = gpu();
+        let mut rng = Rng::new(32);
+        // (rows, cols, group): the bundled model's heads, odd groups, one wide head.
+        for &(rows, cols, group) in &[(1, 256, 64), (5, 30, 10), (2, 512, 512)] {
+            let h = rng.normal_vec(rows * cols, 3.0);
+            let xc = rng.normal_vec(rows * cols, 1.0);
+            let z = rng.normal_vec(rows * cols, 2.0);
+            let w = rng.uniform_vec(cols, 0.5, 1.5);
+            let nw = rng.normal_vec(cols, 0.2);
+            let t = |name, v: &[f32]| Tensor::from_f32(ctx, name, &[rows, cols], v).unwrap();
+            let (ht, xt, zt) = (t("h", &h), t("xc", &xc), t("z", &z));
+            let wt = Tensor::from_f32(ctx, "w", &[cols], &w).unwrap();
+            let nwt = Tensor::from_f32(ctx, "norm", &[cols], &nw).unwrap();
+            let yt = Tensor::zeros(ctx, "y", &[rows, cols], DType::F32).unwrap();
+            let norm = Norm::xlstm_heads(&nwt, cols / group);
+            let mut g = Graph::new();
+            let v = View::of;
+            norm_skip_gate(ctx, &mut g, &norm, v(&ht), &wt, v(&xt), v(&zt), v(&yt)).unwrap();
+            ctx.run(&[&g]).unwrap();
+            let hn = crate::ops::layer_norm::reference(
+                &h,
+                cols,
+                group,
+                Some(&nw),
+                true,
+                None,
+                norm.eps,
+                true,
+            );
+            let want = reference(&hn, &w, &xc, &z);
+            let what = format!("norm skip gate {rows}x{cols}/{group}");
+            assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+        }
+    }
+
+    #[test]
     fn bad_shapes_are_typed_errors() {
         let ctx = gpu();
         let a = Tensor::zeros(ctx, "a", &[2, 4], DType::F32).unwrap();
@@ -170,5 +278,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("share a buffer"), "{err}");
+        let w4 = Tensor::zeros(ctx, "w4", &[4], DType::F32).unwrap();
+        let norm = Norm {
+            group: 3,
+            ..Norm::xlstm(&w4)
+        };
+        let err = norm_skip_gate(ctx, &mut g, &norm, v, &w4, v, v, View::of(&y))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("skip gate norm") && err.contains("groups of 3"),
+            "{err}"
+        );
     }
 }

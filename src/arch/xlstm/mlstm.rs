@@ -32,7 +32,7 @@ use crate::ops::layer_norm::{layer_norm, layer_norm_copying, Norm};
 use crate::ops::matmul::{headwise_stacked, matmul, Projections};
 use crate::ops::mlstm_cell::{self, CellInputs, CellKernel, CellState};
 use crate::ops::mlstm_expert::mlstm_expert;
-use crate::ops::skip_gate::skip_gate;
+use crate::ops::skip_gate::norm_skip_gate;
 use crate::ops::View;
 use crate::runtime::Scratch;
 use crate::tensor::{DType, Tensor};
@@ -334,12 +334,12 @@ impl MlstmBlock {
         self.proj_up
             .record(ctx, graph, view(&xn, rows), up_v, 0.0, scratch)?;
         middle(graph, &b)?;
+        // h = (MultiHeadLayerNorm(h~) + skip * xc) * silu(z), one dispatch, into hn.
         let norm = Norm::xlstm_heads(&self.outnorm, nh);
-        layer_norm(ctx, graph, &norm, b.h, view(&hn, rows), 0.0)?;
-        let z = up_v.select_cols(di..2 * di);
-        skip_gate(ctx, graph, view(&hn, rows), &self.skip, b.xc, z, b.h)?;
+        let (z, hn) = (up_v.select_cols(di..2 * di), view(&hn, rows));
+        norm_skip_gate(ctx, graph, &norm, b.h, &self.skip, b.xc, z, hn)?;
         let bias = self.proj_down.bias.as_ref();
-        matmul(ctx, graph, &self.proj_down.weight, bias, b.h, output, 1.0)
+        matmul(ctx, graph, &self.proj_down.weight, bias, hn, output, 1.0)
     }
 }
 
@@ -356,7 +356,7 @@ struct Buffers<'a> {
     qkv: View<'a>,
     /// [i | f] pre-activations (rows, 2 NH).
     gates: View<'a>,
-    /// The cell output, then the gated output (rows, Di).
+    /// The cell output h~ (rows, Di).
     h: View<'a>,
 }
 
