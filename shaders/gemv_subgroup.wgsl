@@ -89,6 +89,160 @@ fn rows_of(t: u32, q: u32, lane: u32) {
     }
 }
 
+// gemm: rows 4 q .. 4 q + 3 for tokens t0 .. t0 + 3 per invocation (grid (ceil(M / (4 WG)),
+// ceil(T / 4))), for prompts. Per span of 64 inputs lane l < 8 loads the 8 inputs at 8 l of
+// each of the four tokens, and broadcasts hand block j to all lanes as in `main`; each block
+// of a row's weights is loaded once and dotted with all four tokens' inputs. So a span costs
+// an invocation 8 input and 32 weight loads (f16) for 1024 products, where gemm4 issues 12
+// loads per 128. Any WDT (quantised blocks are dequantised 8 at a time). Written out for
+// four tokens: loops over the tokens (or eight tokens) compiled ~2 s slower on llvmpipe and
+// ran no faster.
+alias Inputs8 = array<vec4<f32>, 2>;
+alias Tokens4 = array<Inputs8, 4>;
+
+@compute @workgroup_size(WG)
+fn gemm(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let t0 = wid.y * 4u;
+    // Uniform per workgroup; invocations past M go on with clamped rows (see `main`).
+    if t0 >= p.t {
+        return;
+    }
+    let q = wid.x * WG + lid;
+    let r = rows4(q);
+    // Tokens past T re-read the last token; their results are never stored.
+    let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
+    let mine = 8u * (lane % 8u);
+    var acc = array<vec4<f32>, 4>();
+    var k = 0u;
+    for (; k + 64u <= p.k; k += 64u) {
+        let kl = k + mine;
+        let xs = Tokens4(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl), load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
+        acc = tokens_block(acc, r, k, tokens_lane0(xs));
+        acc = tokens_block(acc, r, k + 8u, tokens_lane1(xs));
+        acc = tokens_block(acc, r, k + 16u, tokens_lane2(xs));
+        acc = tokens_block(acc, r, k + 24u, tokens_lane3(xs));
+        acc = tokens_block(acc, r, k + 32u, tokens_lane4(xs));
+        acc = tokens_block(acc, r, k + 40u, tokens_lane5(xs));
+        acc = tokens_block(acc, r, k + 48u, tokens_lane6(xs));
+        acc = tokens_block(acc, r, k + 56u, tokens_lane7(xs));
+    }
+    // The last, partial span, as in `main`.
+    if k < p.k {
+        let kl = k + mine;
+        var xs = Tokens4();
+        if kl + 8u <= p.k {
+            xs = Tokens4(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl), load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
+        } else if kl < p.k {
+            xs = Tokens4(
+                load_x8_tail(t.x, 0u, kl),
+                load_x8_tail(t.y, 0u, kl),
+                load_x8_tail(t.z, 0u, kl),
+                load_x8_tail(t.w, 0u, kl),
+            );
+        }
+        let blocks = (p.k - k + 7u) / 8u;
+        for (var j = 0u; j < blocks; j++) {
+            let b = Tokens4(shuffle8(xs[0], j), shuffle8(xs[1], j), shuffle8(xs[2], j), shuffle8(xs[3], j));
+            acc = tokens_block(acc, r, k + 8u * j, b);
+        }
+    }
+    if q * 4u < p.m {
+        store_rows(t0, r, acc[0]);
+        if t0 + 1u < p.t {
+            store_rows(t0 + 1u, r, acc[1]);
+        }
+        if t0 + 2u < p.t {
+            store_rows(t0 + 2u, r, acc[2]);
+        }
+        if t0 + 3u < p.t {
+            store_rows(t0 + 3u, r, acc[3]);
+        }
+    }
+}
+
+// acc[i] += the block at k of the four rows r dotted with token i's inputs xs[i]: each
+// row's weights loaded once for the four tokens.
+fn tokens_block(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, xs: Tokens4) -> array<vec4<f32>, 4> {
+    let wq = weights4(r, k);
+    return array<vec4<f32>, 4>(
+        acc[0] + vec4<f32>(dot8(wq[0], xs[0]), dot8(wq[1], xs[0]), dot8(wq[2], xs[0]), dot8(wq[3], xs[0])),
+        acc[1] + vec4<f32>(dot8(wq[0], xs[1]), dot8(wq[1], xs[1]), dot8(wq[2], xs[1]), dot8(wq[3], xs[1])),
+        acc[2] + vec4<f32>(dot8(wq[0], xs[2]), dot8(wq[1], xs[2]), dot8(wq[2], xs[2]), dot8(wq[3], xs[2])),
+        acc[3] + vec4<f32>(dot8(wq[0], xs[3]), dot8(wq[1], xs[3]), dot8(wq[2], xs[3]), dot8(wq[3], xs[3])),
+    );
+}
+
+// Block j of the span (held by lane j) for each of the four tokens: subgroupBroadcast takes
+// a constant lane, so one function per lane.
+fn tokens_lane0(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 0u), subgroupBroadcast(v[0][1], 0u)),
+        Inputs8(subgroupBroadcast(v[1][0], 0u), subgroupBroadcast(v[1][1], 0u)),
+        Inputs8(subgroupBroadcast(v[2][0], 0u), subgroupBroadcast(v[2][1], 0u)),
+        Inputs8(subgroupBroadcast(v[3][0], 0u), subgroupBroadcast(v[3][1], 0u)),
+    );
+}
+fn tokens_lane1(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 1u), subgroupBroadcast(v[0][1], 1u)),
+        Inputs8(subgroupBroadcast(v[1][0], 1u), subgroupBroadcast(v[1][1], 1u)),
+        Inputs8(subgroupBroadcast(v[2][0], 1u), subgroupBroadcast(v[2][1], 1u)),
+        Inputs8(subgroupBroadcast(v[3][0], 1u), subgroupBroadcast(v[3][1], 1u)),
+    );
+}
+fn tokens_lane2(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 2u), subgroupBroadcast(v[0][1], 2u)),
+        Inputs8(subgroupBroadcast(v[1][0], 2u), subgroupBroadcast(v[1][1], 2u)),
+        Inputs8(subgroupBroadcast(v[2][0], 2u), subgroupBroadcast(v[2][1], 2u)),
+        Inputs8(subgroupBroadcast(v[3][0], 2u), subgroupBroadcast(v[3][1], 2u)),
+    );
+}
+fn tokens_lane3(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 3u), subgroupBroadcast(v[0][1], 3u)),
+        Inputs8(subgroupBroadcast(v[1][0], 3u), subgroupBroadcast(v[1][1], 3u)),
+        Inputs8(subgroupBroadcast(v[2][0], 3u), subgroupBroadcast(v[2][1], 3u)),
+        Inputs8(subgroupBroadcast(v[3][0], 3u), subgroupBroadcast(v[3][1], 3u)),
+    );
+}
+fn tokens_lane4(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 4u), subgroupBroadcast(v[0][1], 4u)),
+        Inputs8(subgroupBroadcast(v[1][0], 4u), subgroupBroadcast(v[1][1], 4u)),
+        Inputs8(subgroupBroadcast(v[2][0], 4u), subgroupBroadcast(v[2][1], 4u)),
+        Inputs8(subgroupBroadcast(v[3][0], 4u), subgroupBroadcast(v[3][1], 4u)),
+    );
+}
+fn tokens_lane5(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 5u), subgroupBroadcast(v[0][1], 5u)),
+        Inputs8(subgroupBroadcast(v[1][0], 5u), subgroupBroadcast(v[1][1], 5u)),
+        Inputs8(subgroupBroadcast(v[2][0], 5u), subgroupBroadcast(v[2][1], 5u)),
+        Inputs8(subgroupBroadcast(v[3][0], 5u), subgroupBroadcast(v[3][1], 5u)),
+    );
+}
+fn tokens_lane6(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 6u), subgroupBroadcast(v[0][1], 6u)),
+        Inputs8(subgroupBroadcast(v[1][0], 6u), subgroupBroadcast(v[1][1], 6u)),
+        Inputs8(subgroupBroadcast(v[2][0], 6u), subgroupBroadcast(v[2][1], 6u)),
+        Inputs8(subgroupBroadcast(v[3][0], 6u), subgroupBroadcast(v[3][1], 6u)),
+    );
+}
+fn tokens_lane7(v: Tokens4) -> Tokens4 {
+    return Tokens4(
+        Inputs8(subgroupBroadcast(v[0][0], 7u), subgroupBroadcast(v[0][1], 7u)),
+        Inputs8(subgroupBroadcast(v[1][0], 7u), subgroupBroadcast(v[1][1], 7u)),
+        Inputs8(subgroupBroadcast(v[2][0], 7u), subgroupBroadcast(v[2][1], 7u)),
+        Inputs8(subgroupBroadcast(v[3][0], 7u), subgroupBroadcast(v[3][1], 7u)),
+    );
+}
+
 // The 32 inputs of one block as eight vec4, and their sum.
 struct Block {
     x: array<vec4<f32>, 8>,

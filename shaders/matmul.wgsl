@@ -35,26 +35,31 @@ fn x8(t: u32, c: u32, k: u32, tail: bool) -> array<vec4<f32>, 2> {
     return load_x8(t, c, k);
 }
 
-// The first input columns of the four rows r (computed once per row group, not per block).
+// The first input columns of the four rows r (computed once per row group, not per block):
+// one column for all four unless ROW_COLS.
 fn cols4(r: vec4<u32>) -> vec4<u32> {
-    if HEADS {
+    if HEADS && ROW_COLS {
         return vec4<u32>(x_col(r.x), x_col(r.y), x_col(r.z), x_col(r.w));
+    }
+    if HEADS {
+        return vec4<u32>(x_col(r.x));
     }
     return vec4<u32>(0u);
 }
 
-// acc[j] += W[r[j], k..k+8] . x[t, c[j] + k ..]; dense rows share one load of x.
-fn fma4(acc: ptr<function, vec4<f32>>, r: vec4<u32>, c: vec4<u32>, t: u32, k: u32, tail: bool) {
-    if HEADS {
-        *acc += vec4<f32>(
-            dot8(load_w8(w_row(r.x), k), x8(t, c.x, k, tail)),
-            dot8(load_w8(w_row(r.y), k), x8(t, c.y, k, tail)),
-            dot8(load_w8(w_row(r.z), k), x8(t, c.z, k, tail)),
-            dot8(load_w8(w_row(r.w), k), x8(t, c.w, k, tail)),
+// The four rows' weight blocks wq (at k) dotted with token t's inputs at columns c + k: one
+// load of the inputs for the four rows unless ROW_COLS.
+fn dot_rows(wq: array<array<vec4<f32>, 2>, 4>, c: vec4<u32>, t: u32, k: u32, tail: bool) -> vec4<f32> {
+    if ROW_COLS {
+        return vec4<f32>(
+            dot8(wq[0], x8(t, c.x, k, tail)),
+            dot8(wq[1], x8(t, c.y, k, tail)),
+            dot8(wq[2], x8(t, c.z, k, tail)),
+            dot8(wq[3], x8(t, c.w, k, tail)),
         );
-    } else {
-        *acc += block4(r, k, x8(t, 0u, k, tail));
     }
+    let xs = x8(t, c.x, k, tail);
+    return vec4<f32>(dot8(wq[0], xs), dot8(wq[1], xs), dot8(wq[2], xs), dot8(wq[3], xs));
 }
 
 @compute @workgroup_size(WG)
@@ -74,10 +79,10 @@ fn gemv(
         var acc = vec4<f32>(0.0);
         let kf = k_full();
         for (var k = 0u; k < kf; k += 8u) {
-            fma4(&acc, r, c, t, k, false);
+            acc += dot_rows(weights4(r, k), c, t, k, false);
         }
         if kf < p.k {
-            fma4(&acc, r, c, t, kf, true);
+            acc += dot_rows(weights4(r, kf), c, t, kf, true);
         }
         store_rows(t, r, acc);
     }
@@ -98,17 +103,20 @@ fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
     let kf = k_full();
+    // Each block of the rows' weights is loaded once for the four tokens.
     for (var k = 0u; k < kf; k += 8u) {
-        fma4(&a0, r, c, t.x, k, false);
-        fma4(&a1, r, c, t.y, k, false);
-        fma4(&a2, r, c, t.z, k, false);
-        fma4(&a3, r, c, t.w, k, false);
+        let wq = weights4(r, k);
+        a0 += dot_rows(wq, c, t.x, k, false);
+        a1 += dot_rows(wq, c, t.y, k, false);
+        a2 += dot_rows(wq, c, t.z, k, false);
+        a3 += dot_rows(wq, c, t.w, k, false);
     }
     if kf < p.k {
-        fma4(&a0, r, c, t.x, kf, true);
-        fma4(&a1, r, c, t.y, kf, true);
-        fma4(&a2, r, c, t.z, kf, true);
-        fma4(&a3, r, c, t.w, kf, true);
+        let wq = weights4(r, kf);
+        a0 += dot_rows(wq, c, t.x, kf, true);
+        a1 += dot_rows(wq, c, t.y, kf, true);
+        a2 += dot_rows(wq, c, t.z, kf, true);
+        a3 += dot_rows(wq, c, t.w, kf, true);
     }
     store_rows(t0, r, a0);
     if t0 + 1u < p.t {

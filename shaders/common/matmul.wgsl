@@ -29,6 +29,9 @@ struct Params {
 }
 
 override HEADS: bool = false;
+// HEADS: the four rows of a row group may read different input columns (heads whose rows
+// are not a multiple of 4); otherwise they share one load of their inputs.
+override ROW_COLS: bool = false;
 // Invocations per workgroup of gemv and gemm4: 8 (one SIMD subgroup) serves llvmpipe best.
 override WG: u32 = 64u;
 // x rows start on 16-byte boundaries (x_offset and x_stride multiples of 4): x is read as
@@ -180,12 +183,18 @@ fn store_rows(t: u32, r: vec4<u32>, acc: vec4<f32>) {
     }
 }
 
+// The block at k (eight weights) of the four output rows r.
+fn weights4(r: vec4<u32>, k: u32) -> array<array<vec4<f32>, 2>, 4> {
+    return array<array<vec4<f32>, 2>, 4>(
+        load_w8(w_row(r.x), k),
+        load_w8(w_row(r.y), k),
+        load_w8(w_row(r.z), k),
+        load_w8(w_row(r.w), k),
+    );
+}
+
 // W[r[j], k..k+8] . xs for the four rows r.
 fn block4(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
-    return vec4<f32>(
-        dot8(load_w8(r.x, k), xs),
-        dot8(load_w8(r.y, k), xs),
-        dot8(load_w8(r.z, k), xs),
-        dot8(load_w8(r.w, k), xs),
-    );
+    let wq = weights4(r, k);
+    return vec4<f32>(dot8(wq[0], xs), dot8(wq[1], xs), dot8(wq[2], xs), dot8(wq[3], xs));
 }

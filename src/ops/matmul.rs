@@ -26,6 +26,10 @@ pub enum MatmulKernel {
     GemvSubgroup,
     /// One invocation per (4 rows, 4 tokens): CPU adapters, many tokens.
     Gemm4,
+    /// Gemm4 with the inputs loaded once per subgroup and shared by broadcasts, and each
+    /// weight block loaded once for the four tokens (`shaders/gemv_subgroup.wgsl`): CPU
+    /// adapters as for GemvSubgroup, dense weights, many tokens.
+    GemmSubgroup,
     /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
     Coop4,
 }
@@ -38,23 +42,31 @@ impl MatmulKernel {
                 MatmulKernel::GemvSubgroup
             }
             (true, 0..=2) => MatmulKernel::Gemv,
+            (true, _) if MatmulKernel::GemmSubgroup.available(ctx) => MatmulKernel::GemmSubgroup,
             (true, _) => MatmulKernel::Gemm4,
             (false, _) => MatmulKernel::Coop4,
         }
     }
 
     /// The variant for a block-diagonal weight, whose rows read different inputs (so
-    /// GemvSubgroup, which shares one input row across its subgroup, does not apply).
+    /// the subgroup kernels, which share one input row across their subgroup, do not apply).
     fn choose_headwise(ctx: &Context, tokens: usize) -> Self {
         match Self::choose(ctx, tokens) {
             MatmulKernel::GemvSubgroup => MatmulKernel::Gemv,
+            MatmulKernel::GemmSubgroup => MatmulKernel::Gemm4,
             kernel => kernel,
         }
     }
 
+    /// Whether the variant shares its inputs across a subgroup (dense weights only, and the
+    /// SUBGROUP feature).
+    pub fn is_subgroup(self) -> bool {
+        matches!(self, MatmulKernel::GemvSubgroup | MatmulKernel::GemmSubgroup)
+    }
+
     /// Whether the device can run this variant.
     pub fn available(self, ctx: &Context) -> bool {
-        self != MatmulKernel::GemvSubgroup || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
+        !self.is_subgroup() || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
     }
 
     /// Tokens one workgroup covers (the row grid's `per`).
@@ -62,15 +74,17 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Gemv | MatmulKernel::GemvSubgroup => 1,
             MatmulKernel::Gemm4 | MatmulKernel::Coop4 => 4,
+            // GT in shaders/gemv_subgroup.wgsl.
+            MatmulKernel::GemmSubgroup => 4,
         }
     }
 
     /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup on CPU
     /// adapters (8 on llvmpipe, where it read fastest), exactly one subgroup for
-    /// GemvSubgroup, 64 elsewhere. (Coop4 is always 64.)
+    /// the subgroup kernels, 64 elsewhere. (Coop4 is always 64.)
     fn workgroup(self, ctx: &Context) -> usize {
         match (self, ctx.fixed_subgroup_size()) {
-            (MatmulKernel::GemvSubgroup, Some(size)) => size as usize,
+            (kernel, Some(size)) if kernel.is_subgroup() => size as usize,
             (MatmulKernel::Coop4, _) => 64,
             _ if ctx.is_cpu() => 8,
             _ => 64,
@@ -83,15 +97,17 @@ impl MatmulKernel {
             MatmulKernel::Gemv => ("matmul", "gemv"),
             MatmulKernel::GemvSubgroup => ("gemv_subgroup", "main"),
             MatmulKernel::Gemm4 => ("matmul", "gemm4"),
+            MatmulKernel::GemmSubgroup => ("gemv_subgroup", "gemm"),
             MatmulKernel::Coop4 => ("matmul", "coop4"),
         }
     }
 
     /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
-    pub const ALL: [MatmulKernel; 4] = [
+    pub const ALL: [MatmulKernel; 5] = [
         MatmulKernel::Gemv,
         MatmulKernel::GemvSubgroup,
         MatmulKernel::Gemm4,
+        MatmulKernel::GemmSubgroup,
         MatmulKernel::Coop4,
     ];
 }
@@ -403,6 +419,10 @@ fn record(
     let constants = [
         ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
+        (
+            "ROW_COLS",
+            heads.is_some_and(|h| h.head_rows % 4 != 0) as u8 as f64,
+        ),
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
     ];
@@ -411,7 +431,10 @@ fn record(
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
         let (grid, groups_x) = match kernel {
-            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup | MatmulKernel::Gemm4 => (
+            MatmulKernel::Gemv
+            | MatmulKernel::GemvSubgroup
+            | MatmulKernel::Gemm4
+            | MatmulKernel::GemmSubgroup => (
                 RowGrid::Y {
                     x: row_groups(kernel, rows, k, wg),
                     per: kernel.tokens_per_workgroup(),
@@ -659,7 +682,7 @@ mod tests {
     fn headwise_matches_reference() {
         let ctx = gpu();
         // (heads, out, in, tokens): the xlstm shapes (qkv blocks of 4, sLSTM heads) and odd ones.
-        for (n, &(heads, o, i, t)) in [(4, 4, 4, 3), (2, 9, 9, 1), (3, 5, 7, 6), (8, 4, 4, 9)]
+        for (n, &(heads, o, i, t)) in [(4, 4, 4, 3), (2, 9, 9, 1), (3, 5, 7, 6), (8, 4, 4, 9), (3, 8, 13, 5)]
             .iter()
             .enumerate()
         {
@@ -728,7 +751,7 @@ mod tests {
                     };
                     let what = format!("stacked headwise case {n} {dtype} t={t}");
                     for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
-                        if kernel == MatmulKernel::GemvSubgroup {
+                        if kernel.is_subgroup() {
                             continue; // dense weights only
                         }
                         let yt = Tensor::zeros(ctx, "y", &[t, out], DType::F32).unwrap();
