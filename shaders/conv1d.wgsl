@@ -36,9 +36,10 @@ struct Params {
 
 override ACT: u32 = 0u;
 
-// Storage, not uniform: see shaders/common/matmul.wgsl (lavapipe recompiles shaders whose
-// loop bounds are uniforms).
-@group(0) @binding(0) var<storage, read> p: Params;
+// Storage, not uniform, and copied to `p` once per invocation: see shaders/common/matmul.wgsl
+// (lavapipe recompiles shaders whose loop bounds are uniforms, and loads storage lane by lane).
+@group(0) @binding(0) var<storage, read> params: Params;
+var<private> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -60,6 +61,7 @@ fn activate(v: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
     let c = gid.x;
     let b = wid.y + wid.z * 65535u;
     if c >= p.channels || b >= p.seqs {

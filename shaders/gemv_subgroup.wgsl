@@ -31,6 +31,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
+    p = params;
     let t = wid.y;
     // Uniform per workgroup. Invocations past M go on with clamped rows and store nothing:
     // the broadcasts need every lane's inputs.
@@ -106,6 +107,7 @@ fn gemm(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
+    p = params;
     let t0 = wid.y * 4u;
     // Uniform per workgroup; invocations past M go on with clamped rows (see `main`).
     if t0 >= p.t {

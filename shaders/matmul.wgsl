@@ -68,6 +68,7 @@ fn gemv(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    p = params;
     let t = wid.y;
     if t >= p.t {
         return;
@@ -90,6 +91,7 @@ fn gemv(
 
 @compute @workgroup_size(WG)
 fn gemm4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
     let t0 = wid.y * 4u;
     if gid.x * 4u >= p.m || t0 >= p.t {
         return;
@@ -134,6 +136,7 @@ var<workgroup> partial: array<vec4<f32>, 64>;
 
 @compute @workgroup_size(64)
 fn coop4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
     let row = wid.x + wid.y * p.groups_x;
     let t0 = wid.z * 4u;
     // No early return before the barriers: out-of-range workgroups compute zeros.

@@ -29,9 +29,10 @@ struct Params {
 // Invocations per workgroup of norm_skip_gate: one SIMD group on CPU adapters, 64 on GPUs.
 override WG: u32 = 64u;
 
-// Storage, not uniform: lavapipe recompiles shaders whose loop bounds are uniforms
-// (shaders/common/matmul.wgsl).
-@group(0) @binding(0) var<storage, read> p: Params;
+// Storage, not uniform, and copied to `p` once per invocation: see shaders/common/matmul.wgsl
+// (lavapipe recompiles shaders whose loop bounds are uniforms, and loads storage lane by lane).
+@group(0) @binding(0) var<storage, read> params: Params;
+var<private> p: Params;
 @group(0) @binding(1) var<storage, read> h: array<f32>;
 @group(0) @binding(2) var<storage, read> xc: array<f32>;
 @group(0) @binding(3) var<storage, read> z: array<f32>;
@@ -47,6 +48,7 @@ fn silu(x: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn skip_gate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
     let c = gid.x;
     let r = wid.y + wid.z * 65535u;
     if c >= p.cols || r >= p.rows {
@@ -79,6 +81,7 @@ fn group_sum(lid: u32, v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn norm_skip_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
     let r = wid.y + wid.z * 65535u;
     // Uniform per workgroup, so returning here keeps the barriers uniform.
     if r >= p.rows {

@@ -42,7 +42,11 @@ override X4: bool = false;
 // uniform values that bound loops into a fresh compile of the shader at every dispatch whose
 // uniforms change (its "inline uniforms"), which made a 256-row GEMV take 10 ms instead of
 // 20 us; storage loads are never inlined.
-@group(0) @binding(0) var<storage, read> p: Params;
+@group(0) @binding(0) var<storage, read> params: Params;
+// The parameters, copied once per invocation by each entry point (`p = params;`): on CPU
+// adapters every storage load is a loop over the SIMD lanes, so loading a field at each use
+// in an inner loop would cost as much as loading a weight.
+var<private> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
