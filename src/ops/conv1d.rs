@@ -32,7 +32,6 @@ pub struct ConvState<'a> {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     channels: u32,
-    kernel: u32,
     tokens: u32,
     seqs: u32,
     x_stride: u32,
@@ -45,7 +44,7 @@ struct Params {
     first: u32,
     has_pass: u32,
     pass_offset: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 /// Records `y = act(conv(x))` for `seqs` sequences of `x.rows / seqs` tokens, and `pass = x`
@@ -158,7 +157,6 @@ pub fn conv1d(
     let total = x.rows / seqs;
     let base = Params {
         channels: u32_param("conv channels", c)?,
-        kernel: k as u32,
         tokens: 0,
         seqs: u32_param("conv sequences", seqs)?,
         x_stride: u32_param("stride", x.stride)?,
@@ -171,9 +169,18 @@ pub fn conv1d(
         first: 0,
         has_pass: pass.is_some() as u32,
         pass_offset: u32_param("offset", pass.map_or(0, |v| v.offset))?,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
-    let pipeline = ctx.pipeline("conv1d", "conv", &[("ACT", act_code)])?;
+    // Four channels per invocation move as one vec4 when every row start is aligned.
+    let aligned = c % 4 == 0
+        && [x.offset, x.stride, y.offset, y.stride].iter().all(|v| v % 4 == 0)
+        && pass.is_none_or(|v| v.offset % 4 == 0);
+    let constants = [
+        ("ACT", act_code),
+        ("TAPS", k as f64),
+        ("VEC4", aligned as u8 as f64),
+    ];
+    let pipeline = ctx.pipeline("conv1d", "conv", &constants)?;
     // Long inputs run as several dispatches over token segments (llvmpipe's loop limit).
     for range in segments(total, 1, 2 * k, 2 * k) {
         let params = Params {
@@ -197,8 +204,11 @@ pub fn conv1d(
                 slots_t.binding()?,
                 state_t.binding()?,
                 y.binding()?,
+                x.binding()?,
+                y.binding()?,
+                state_t.binding()?,
             ],
-            RowGrid::YZ { x: c.div_ceil(64) },
+            RowGrid::YZ { x: c.div_ceil(256) },
             seqs,
         )?;
     }
@@ -322,6 +332,11 @@ mod tests {
             (5, 1, 2, 4, true, Activation::Identity),
             (70, 3, 1, 33, false, Activation::Silu),
             (13, 7, 4, 2, true, Activation::Identity),
+            // Channels in aligned fours (the vec4 path), the largest kernel, no history.
+            (64, 4, 2, 5, true, Activation::Silu),
+            (16, 16, 2, 20, true, Activation::Identity),
+            (8, 1, 3, 3, true, Activation::Silu),
+            (24, 2, 1, 7, false, Activation::Identity),
         ] {
             let w = rng.normal_vec(c * k, 0.5);
             let b = rng.normal_vec(c, 0.5);
