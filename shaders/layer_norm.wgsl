@@ -21,7 +21,9 @@
 //               grid (groups, rows split over y/z).
 //
 // X4 (override): x_offset, x_stride and group are multiples of 4, so x is read as vec4
-// through x4 (the same buffer).
+// through x4 (the same buffer). Y4 (override, norm_lanes): so are y's and the copy's offsets
+// and strides, and the outputs, weights and biases of a quad move as vec4 through y4,
+// copy4, weight4 and bias4 (on CPU adapters a quarter of the storage accesses).
 
 struct Params {
     rows: u32,
@@ -49,8 +51,32 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> copy: array<f32>;
+@group(0) @binding(7) var<storage, read> weight4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> copy4: array<vec4<f32>>;
 
 override X4: bool = false;
+override Y4: bool = false;
+
+// emit for the four outputs at i (a multiple of 4) of columns c .. c + 3 (Y4).
+fn emit4(i: u32, c: u32, normed: vec4<f32>) {
+    var g = vec4<f32>(1.0);
+    if p.has_weight != 0u {
+        g = weight4[c / 4u];
+        if p.weight_offset != 0u {
+            g += 1.0;
+        }
+    }
+    var v = normed * g;
+    if p.has_bias != 0u {
+        v += bias4[c / 4u];
+    }
+    if p.beta != 0.0 {
+        v += p.beta * y4[i / 4u];
+    }
+    y4[i / 4u] = v;
+}
 
 fn emit(i: u32, c: u32, normed: f32) {
     let gb = scale_shift(c);
@@ -186,6 +212,13 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
         let len = p.group - e;
         let xq = x_quad(xb + e, len);
         let v = (xq - mean) * inv;
+        if Y4 {
+            emit4(yb + e, c0 + e, v);
+            if p.has_copy != 0u {
+                copy4[(cb + e) / 4u] = xq;
+            }
+            continue;
+        }
         for (var j = 0u; j < min(len, 4u); j++) {
             emit(yb + e + j, c0 + e + j, v[j]);
             if p.has_copy != 0u {

@@ -223,27 +223,30 @@ fn record(
         copy_offset: u32_param("offset", copy.map_or(0, |c| c.offset))?,
         copy_stride: u32_param("stride", copy.map_or(0, |c| c.stride))?,
     };
-    let pipeline = ctx.pipeline("layer_norm", entry, &[("X4", x4 as u8 as f64)])?;
+    let y4 = x4
+        && y.offset % 4 == 0
+        && y.stride % 4 == 0
+        && copy.is_none_or(|c| c.offset % 4 == 0 && c.stride % 4 == 0);
+    let constants = [("X4", x4 as u8 as f64), ("Y4", y4 as u8 as f64)];
+    let pipeline = ctx.pipeline("layer_norm", entry, &constants)?;
     let uniform = ctx.uniform("norm params", &params)?;
-    let weight = match norm.weight {
-        Some(w) => w.binding()?,
-        None => x.binding()?,
-    };
-    let bias = match norm.bias {
-        Some(b) => b.binding()?,
-        None => x.binding()?,
-    };
+    let weight = norm.weight.map_or(x.tensor, |w| w);
+    let bias = norm.bias.map_or(x.tensor, |b| b);
     graph.dispatch_rows(
         ctx,
         &pipeline,
         &[
             uniform.as_entire_binding(),
             x.binding()?,
-            weight,
-            bias,
+            weight.binding()?,
+            bias.binding()?,
             y.binding()?,
             x.binding()?,
             // Without a copy, y again (never written through this binding).
+            copy.unwrap_or(y).binding()?,
+            weight.binding()?,
+            bias.binding()?,
+            y.binding()?,
             copy.unwrap_or(y).binding()?,
         ],
         RowGrid::YZ { x: groups_x },
