@@ -128,10 +128,8 @@ fn record(
         _pad: [0; 1],
     };
     let uniform = ctx.uniform("skip gate params", &params)?;
-    let norm_weight = match norm.and_then(|n| n.weight) {
-        Some(nw) => nw.binding()?,
-        None => w.binding()?,
-    };
+    let norm_weight = norm.and_then(|n| n.weight).unwrap_or(w);
+    // Scalar bindings 1-6, then the same buffers as vec4 arrays (7-12).
     let resources = [
         uniform.as_entire_binding(),
         h.binding()?,
@@ -139,13 +137,24 @@ fn record(
         z.binding()?,
         w.binding()?,
         y.binding()?,
-        norm_weight,
+        norm_weight.binding()?,
+        h.binding()?,
+        xc.binding()?,
+        z.binding()?,
+        w.binding()?,
+        y.binding()?,
+        norm_weight.binding()?,
     ];
     if let Some(n) = norm {
         // One SIMD group per (row, head) on CPU adapters, where every load loops over the
         // lanes; 64 invocations on GPUs.
         let wg = if ctx.is_cpu() { 8.0 } else { 64.0 };
-        let pipeline = ctx.pipeline("skip_gate", "norm_skip_gate", &[("WG", wg)])?;
+        let q4 = n.group % 4 == 0
+            && [h, xc, z, y]
+                .iter()
+                .all(|v| v.offset % 4 == 0 && v.stride % 4 == 0);
+        let constants = [("WG", wg), ("Q4", q4 as u8 as f64)];
+        let pipeline = ctx.pipeline("skip_gate", "norm_skip_gate", &constants)?;
         let grid = RowGrid::YZ {
             x: h.cols / n.group,
         };
