@@ -61,7 +61,10 @@ impl MatmulKernel {
     /// Whether the variant shares its inputs across a subgroup (dense weights only, and the
     /// SUBGROUP feature).
     pub fn is_subgroup(self) -> bool {
-        matches!(self, MatmulKernel::GemvSubgroup | MatmulKernel::GemmSubgroup)
+        matches!(
+            self,
+            MatmulKernel::GemvSubgroup | MatmulKernel::GemmSubgroup
+        )
     }
 
     /// Whether the device can run this variant.
@@ -682,9 +685,15 @@ mod tests {
     fn headwise_matches_reference() {
         let ctx = gpu();
         // (heads, out, in, tokens): the xlstm shapes (qkv blocks of 4, sLSTM heads) and odd ones.
-        for (n, &(heads, o, i, t)) in [(4, 4, 4, 3), (2, 9, 9, 1), (3, 5, 7, 6), (8, 4, 4, 9), (3, 8, 13, 5)]
-            .iter()
-            .enumerate()
+        for (n, &(heads, o, i, t)) in [
+            (4, 4, 4, 3),
+            (2, 9, 9, 1),
+            (3, 5, 7, 6),
+            (8, 4, 4, 9),
+            (3, 8, 13, 5),
+        ]
+        .iter()
+        .enumerate()
         {
             for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
                 let mut rng = Rng::new(n as u64);
