@@ -20,7 +20,9 @@ struct Params {
     has_predictor: u32,
 }
 
-const THREADS: u32 = 256u;
+// Invocations (a power of two): one SIMD group (8) on CPU adapters, where each workgroup
+// barrier switches every SIMD group's coroutine, 256 on GPUs.
+override WG: u32 = 256u;
 const STATS: u32 = 8u;
 const HEAD: u32 = 8u;
 
@@ -31,14 +33,14 @@ const HEAD: u32 = 8u;
 @group(0) @binding(4) var<storage, read_write> summary: array<f32>;
 @group(0) @binding(5) var<storage, read_write> counts: array<u32>;
 
-var<workgroup> partial: array<vec4<f32>, THREADS>;
+var<workgroup> partial: array<vec4<f32>, WG>;
 var<workgroup> loads: array<f32, 64>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     // Per-token terms: (d - H~)^2, P_m(t), P_s(t), logsumexp(zc)^2.
     var acc = vec4<f32>(0.0);
-    for (var t = lid; t < p.n; t += THREADS) {
+    for (var t = lid; t < p.n; t += WG) {
         let s = t * STATS;
         let dh = stats[s] - stats[s + 2u];
         let lse = stats[s + 3u];
@@ -46,20 +48,20 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     partial[lid] = acc;
 
-    if lid < p.experts {
+    for (var e = lid; e < p.experts; e += WG) {
         var count = 0u;
         var load = 0.0;
         for (var b = 0u; b < p.blocks; b++) {
-            count += block_counts[b * p.experts + lid];
-            load += block_loads[b * p.experts + lid];
+            count += block_counts[b * p.experts + e];
+            load += block_loads[b * p.experts + e];
         }
         let u = load / f32(p.n * p.top_k);
-        counts[lid] = count;
-        summary[HEAD + lid] = u;
-        loads[lid] = u;
+        counts[e] = count;
+        summary[HEAD + e] = u;
+        loads[e] = u;
     }
     workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
             partial[lid] += partial[lid + s];
         }

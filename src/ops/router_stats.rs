@@ -86,7 +86,9 @@ pub fn router_stats(
         has_predictor: has_predictor as u32,
         _pad: [0; 3],
     };
-    let pipeline = ctx.pipeline("router_stats", "main", &[])?;
+    // One SIMD group on CPU adapters (its barriers are cheap there), 256 invocations on GPUs.
+    let wg = if ctx.is_cpu() { 8.0 } else { 256.0 };
+    let pipeline = ctx.pipeline("router_stats", "main", &[("WG", wg)])?;
     let uniform = ctx.uniform("router stats params", &params)?;
     graph.dispatch(
         ctx,
