@@ -19,11 +19,16 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
         "matmul" => vec![
             vec![],
             vec![("WDT", 1.0), ("HEADS", 1.0), ("WG", 8.0), ("X4", 1.0)],
-            vec![("WDT", 2.0)],
+            vec![("WDT", 2.0), ("HEADS", 1.0), ("ROW_COLS", 1.0)],
         ],
         "gemv_subgroup" => vec![vec![], vec![("WDT", 1.0)], vec![("WDT", 2.0)]],
         "bandwidth_probe" => vec![vec![], vec![("WG", 8.0)]],
-        "conv1d" => vec![vec![], vec![("ACT", 1.0)]],
+        "conv1d" => vec![
+            vec![],
+            vec![("ACT", 1.0), ("VEC4", 1.0)],
+            vec![("TAPS", 1.0)],
+            vec![("TAPS", 16.0), ("VEC4", 1.0)],
+        ],
         "slstm_cell" => {
             let rows = [("ROWS", 1.0), ("HS_LEN", 1.0), ("HS4_LEN", 4.0)];
             vec![
@@ -36,7 +41,9 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
             ]
         }
         "embedding" => vec![vec![], vec![("WDT", 1.0)], vec![("WDT", 2.0)]],
-        "layer_norm" => vec![vec![], vec![("X4", 1.0)]],
+        "layer_norm" => vec![vec![], vec![("X4", 1.0)], vec![("X4", 1.0), ("Y4", 1.0)]],
+        "skip_gate" => vec![vec![], vec![("WG", 8.0), ("Q4", 1.0)]],
+        "router_stats" => vec![vec![], vec![("WG", 8.0)]],
         "sample" => vec![vec![], vec![("THREADS", 8.0)]],
         "mlstm_step_simd" => vec![vec![], vec![("VEC4", 1.0)]],
         "elementwise" => (0..8)
