@@ -18,7 +18,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<vec4<u32>>;
+// The buffer, read through w_words (shaders/common/words32.wgsl, or words64.wgsl in the
+// bandwidth_probe64 module: 64-bit loads where the matmul kernels use them too).
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> sink: array<u32>;
 
 fn index(gid: vec3<u32>) -> u32 {
@@ -40,13 +42,13 @@ fn stream(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a3 = vec4<u32>(0u);
     var j = begin;
     for (; j + 4u <= end; j += 4u) {
-        a0 ^= src[j];
-        a1 ^= src[j + 1u];
-        a2 ^= src[j + 2u];
-        a3 ^= src[j + 3u];
+        a0 ^= w_words(j);
+        a1 ^= w_words(j + 1u);
+        a2 ^= w_words(j + 2u);
+        a3 ^= w_words(j + 3u);
     }
     for (; j < end; j++) {
-        a0 ^= src[j];
+        a0 ^= w_words(j);
     }
     let acc = a0 ^ a1 ^ a2 ^ a3;
     sink[i] = acc.x ^ acc.y ^ acc.z ^ acc.w;
@@ -60,7 +62,7 @@ fn coalesced(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var acc = vec4<u32>(0u);
     for (var j = i; j < p.n; j += p.threads) {
-        acc ^= src[j];
+        acc ^= w_words(j);
     }
     sink[i] = acc.x ^ acc.y ^ acc.z ^ acc.w;
 }

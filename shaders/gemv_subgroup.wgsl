@@ -307,14 +307,14 @@ fn nibbles_dot(word: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 fn quant_dot(row: u32, k: u32, s: u32, xb: Block) -> f32 {
     let e = row * p.w_stride + k;
     if WDT == 3u {
-        let a = w[e / 16u];
-        let b = w[e / 16u + 1u];
+        let a = w_words(e / 16u);
+        let b = w_words(e / 16u + 1u);
         let q = dot(q8x4(a.x), xb.x[0]) + dot(q8x4(a.y), xb.x[1]) + dot(q8x4(a.z), xb.x[2])
             + dot(q8x4(a.w), xb.x[3]) + dot(q8x4(b.x), xb.x[4]) + dot(q8x4(b.y), xb.x[5])
             + dot(q8x4(b.z), xb.x[6]) + dot(q8x4(b.w), xb.x[7]);
         return q * bitcast<f32>(s);
     }
-    let d = w[e / 32u];
+    let d = w_words(e / 32u);
     let q = nibbles_dot(d.x, xb.x[0], xb.x[1]) + nibbles_dot(d.y, xb.x[2], xb.x[3])
         + nibbles_dot(d.z, xb.x[4], xb.x[5]) + nibbles_dot(d.w, xb.x[6], xb.x[7]);
     return q * bitcast<f32>(s << 16u) + bitcast<f32>(s & 0xffff0000u) * xb.sum;

@@ -10,44 +10,61 @@ use std::sync::Arc;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
-/// One WGSL file of `shaders/`.
+/// One kernel module: a WGSL file of `shaders/` with the common files appended to it.
 #[derive(Debug, Clone, Copy)]
 pub struct ShaderSource {
-    /// File stem: `shaders/<name>.wgsl`.
+    /// The registry name (the file stem, or the alias of a second variant of a file).
     pub name: &'static str,
+    /// File stem: `shaders/<file>.wgsl`.
+    pub file: &'static str,
     /// WGSL text.
     pub source: &'static str,
-    /// Whether the file needs the SUBGROUP feature.
+    /// Whether the module needs the SUBGROUP feature.
     pub subgroups: bool,
+    /// Whether the module needs the SHADER_INT64 feature.
+    pub int64: bool,
 }
 
-/// `"name"`, optionally `: subgroups`, then any `+ "common"`: each file
-/// `shaders/common/<common>.wgsl` (declarations several kernels share; WGSL has no
-/// includes) is appended to `shaders/<name>.wgsl`, in order.
+/// `"file"`, optionally `as "alias"` (a second module of the same file, named `alias`),
+/// optionally `:` and the features it needs (`subgroups`, `int64`), then any `+ "common"`:
+/// each file `shaders/common/<common>.wgsl` (declarations several kernels share; WGSL has
+/// no includes) is appended to `shaders/<file>.wgsl`, in order.
 macro_rules! registry {
-    ($( $name:literal $(: $flag:ident)? $(+ $common:literal)* ),* $(,)?) => {
+    ($( $file:literal $(as $alias:literal)? $(: $($flag:ident)+)? $(+ $common:literal)* ),* $(,)?) => {
         &[$(ShaderSource {
-            name: $name,
+            name: registry!(@name $file $($alias)?),
+            file: $file,
             source: concat!(
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file, ".wgsl")),
                 $("\n", include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"), "/shaders/common/", $common, ".wgsl"
                 )),)*
             ),
-            subgroups: registry!(@flag $($flag)?),
+            subgroups: registry!(@subgroups $($($flag)+)?),
+            int64: registry!(@int64 $($($flag)+)?),
         }),*]
     };
-    (@flag subgroups) => { true };
-    (@flag) => { false };
+    (@name $file:literal) => { $file };
+    (@name $file:literal $alias:literal) => { $alias };
+    (@subgroups) => { false };
+    (@subgroups subgroups $($rest:ident)*) => { true };
+    (@subgroups $other:ident $($rest:ident)*) => { registry!(@subgroups $($rest)*) };
+    (@int64) => { false };
+    (@int64 int64 $($rest:ident)*) => { true };
+    (@int64 $other:ident $($rest:ident)*) => { registry!(@int64 $($rest)*) };
 }
 
-/// Every kernel of the engine. A test checks that this list and `shaders/` agree.
+/// Every kernel of the engine. A test checks that the files of this list and `shaders/`
+/// agree.
 pub const SHADERS: &[ShaderSource] = registry![
-    "matmul" + "weights" + "soft_cap" + "matmul",
-    "gemv_subgroup": subgroups + "weights" + "soft_cap" + "matmul",
+    "matmul" + "weights" + "soft_cap" + "matmul" + "words32",
+    "gemv_subgroup": subgroups + "weights" + "soft_cap" + "matmul" + "words32",
+    "gemv_subgroup" as "gemv_subgroup64": subgroups int64
+        + "weights" + "soft_cap" + "matmul" + "words64",
     "layer_norm",
     "elementwise",
-    "bandwidth_probe",
+    "bandwidth_probe" + "words32",
+    "bandwidth_probe" as "bandwidth_probe64": int64 + "words64",
     "indirect_args",
     "gate",
     "route",
@@ -87,6 +104,9 @@ pub fn capabilities(features: wgpu::Features, f16_in_f32: bool) -> naga::valid::
     }
     if features.contains(wgpu::Features::SUBGROUP) {
         caps |= C::SUBGROUP;
+    }
+    if features.contains(wgpu::Features::SHADER_INT64) {
+        caps |= C::SHADER_INT64;
     }
     caps
 }
@@ -210,11 +230,16 @@ impl Context {
             shader: name.to_string(),
             entry: String::new(),
         })?;
-        if src.subgroups && !self.features().contains(wgpu::Features::SUBGROUP) {
-            return Err(Error::Limit {
-                what: format!("shader '{name}'"),
-                detail: "it needs the SUBGROUP feature, which this device lacks".into(),
-            });
+        for (needs, feature, what) in [
+            (src.subgroups, wgpu::Features::SUBGROUP, "SUBGROUP"),
+            (src.int64, wgpu::Features::SHADER_INT64, "SHADER_INT64"),
+        ] {
+            if needs && !self.features().contains(feature) {
+                return Err(Error::Limit {
+                    what: format!("shader '{name}'"),
+                    detail: format!("it needs the {what} feature, which this device lacks"),
+                });
+            }
         }
         let module = Arc::new(ShaderModule::compile(self, name, src.source)?);
         self.modules()

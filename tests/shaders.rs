@@ -1,5 +1,6 @@
 //! Every WGSL file of `shaders/` parses, validates, and translates with naga to SPIR-V
-//! (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES (OpenGL). This is how the kernels are
+//! (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES (OpenGL; not the 64-bit-integer modules,
+//! which the GL backend never gets). This is how the kernels are
 //! checked for Metal and DX12 without those machines. Needs no GPU.
 
 use std::collections::BTreeSet;
@@ -7,9 +8,10 @@ use std::collections::BTreeSet;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::Capabilities;
 
-/// What the engine's shaders may use: `unpack2x16float` and subgroup operations.
+/// What the engine's shaders may use: `unpack2x16float`, subgroup operations and (the 64-bit
+/// weight-word variants) 64-bit integers.
 fn capabilities() -> Capabilities {
-    Capabilities::SHADER_FLOAT16_IN_FLOAT32 | Capabilities::SUBGROUP
+    Capabilities::SHADER_FLOAT16_IN_FLOAT32 | Capabilities::SUBGROUP | Capabilities::SHADER_INT64
 }
 
 /// Override values each shader is translated with besides its defaults, so every branch
@@ -21,7 +23,9 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
             vec![("WDT", 1.0), ("HEADS", 1.0), ("WG", 8.0), ("X4", 1.0)],
             vec![("WDT", 2.0), ("HEADS", 1.0), ("ROW_COLS", 1.0)],
         ],
-        "gemv_subgroup" => vec![vec![], vec![("WDT", 1.0)], vec![("WDT", 2.0)]],
+        "gemv_subgroup" | "gemv_subgroup64" => {
+            (0..5).map(|wdt| vec![("WDT", wdt as f64)]).collect()
+        }
         "bandwidth_probe" => vec![vec![], vec![("WG", 8.0)]],
         "conv1d" => vec![
             vec![],
@@ -64,7 +68,7 @@ fn registry_lists_exactly_the_files_in_shaders_dir() {
         .collect();
     let registered: BTreeSet<String> = moxe::shaders::SHADERS
         .iter()
-        .map(|s| s.name.to_string())
+        .map(|s| s.file.to_string())
         .collect();
     assert_eq!(
         on_disk, registered,
@@ -79,7 +83,9 @@ fn every_shader_translates_to_every_backend() {
             .unwrap_or_else(|e| panic!("{e}"));
         for entry in &module.entry_points {
             for constants in override_sets(shader.name) {
-                translate(shader.name, &module, &info, &entry.name, &constants);
+                // GLSL has no 64-bit integers, and wgpu's GL backend no SHADER_INT64.
+                let glsl = !shader.int64;
+                translate(shader.name, &module, &info, &entry.name, &constants, glsl);
             }
         }
     }
@@ -91,6 +97,7 @@ fn translate(
     info: &naga::valid::ModuleInfo,
     entry: &str,
     constants: &[(&str, f64)],
+    glsl: bool,
 ) {
     let what = format!("{name}::{entry} {constants:?}");
     let mut pc = naga::back::PipelineConstants::default();
@@ -139,6 +146,9 @@ fn translate(
         "{what}: HLSL has no compute entry"
     );
 
+    if !glsl {
+        return;
+    }
     let glsl_options = glsl::Options {
         version: glsl::Version::new_gles(310),
         ..Default::default()

@@ -76,7 +76,7 @@ fn scale_word(row: u32, b: u32) -> u32 {
 fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
     if WDT == 3u {
         let e = row * p.w_stride + k;
-        let q = w[e / 16u];
+        let q = w_words(e / 16u);
         let s = scale_word(row, k / 32u);
         if (e / 8u) % 2u == 0u {
             return array<vec4<f32>, 2>(dequant_q8(q.x, s), dequant_q8(q.y, s));
@@ -85,17 +85,17 @@ fn load_w8(row: u32, k: u32) -> array<vec4<f32>, 2> {
     }
     if WDT == 4u {
         let e = row * p.w_stride + k;
-        return dequant_q4(w[e / 32u][(e / 8u) % 4u], scale_word(row, k / 32u));
+        return dequant_q4(w_word(e / 32u, (e / 8u) % 4u), scale_word(row, k / 32u));
     }
     if WDT != 0u {
-        let q = w[(row * p.w_stride + k) / 8u];
+        let q = w_words((row * p.w_stride + k) / 8u);
         return array<vec4<f32>, 2>(
             vec4<f32>(unpack_pair(q.x), unpack_pair(q.y)),
             vec4<f32>(unpack_pair(q.z), unpack_pair(q.w)),
         );
     }
     let i = (row * p.w_stride + k) / 4u;
-    return array<vec4<f32>, 2>(bitcast<vec4<f32>>(w[i]), bitcast<vec4<f32>>(w[i + 1u]));
+    return array<vec4<f32>, 2>(bitcast<vec4<f32>>(w_words(i)), bitcast<vec4<f32>>(w_words(i + 1u)));
 }
 
 // floor(a / b) for a < 2^22 (the host checks the row count): (a + 0.5) / b lies at least

@@ -73,16 +73,20 @@ pub fn gemv(
 pub fn probe_bandwidth(
     ctx: &Context,
     bytes: usize,
-    pattern: Pattern,
-    workgroup: usize,
-    threads: usize,
+    probe_config: ProbeConfig,
     budget_secs: f64,
 ) -> Result<f64> {
+    let ProbeConfig {
+        pattern,
+        workgroup,
+        threads,
+        wide,
+    } = probe_config;
     let words = bytes / 4 / 4 * 4;
     let src = Tensor::from_u32(ctx, "probe src", &[words], &vec![1u32; words])?;
     let sink = Tensor::zeros(ctx, "probe sink", &[threads], DType::U32)?;
     let mut g = Graph::new();
-    probe(ctx, &mut g, pattern, workgroup, &src, &sink)?;
+    probe(ctx, &mut g, pattern, workgroup, wide, &src, &sink)?;
     let seconds = time_graph(ctx, &g, budget_secs, 3)?;
     Ok((words * 4) as f64 / seconds / 1e9)
 }
@@ -90,8 +94,8 @@ pub fn probe_bandwidth(
 /// Bytes the read probe streams.
 const PROBE_BYTES: usize = 64 << 20;
 
-/// The probe's configurations (access pattern, workgroup size, invocations): the fastest
-/// on CPU adapters and on GPUs are among them.
+/// The probe's layouts (access pattern, workgroup size, invocations): the fastest on CPU
+/// adapters and on GPUs are among them.
 const PROBES: [(Pattern, usize, usize); 4] = [
     (Pattern::Stream, 8, 256),
     (Pattern::Stream, 8, 1024),
@@ -99,15 +103,41 @@ const PROBES: [(Pattern, usize, usize); 4] = [
     (Pattern::Coalesced, 64, 1 << 16),
 ];
 
+/// One configuration of the read probe.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeConfig {
+    pub pattern: Pattern,
+    pub workgroup: usize,
+    pub threads: usize,
+    /// 64-bit loads (SHADER_INT64), as the CPU adapters' matmul kernels read weights.
+    pub wide: bool,
+}
+
+/// Every probe layout, with 32-bit and (where the device has SHADER_INT64) 64-bit loads.
+pub fn probe_configs(ctx: &Context) -> Vec<ProbeConfig> {
+    let int64 = ctx.features().contains(wgpu::Features::SHADER_INT64);
+    let widths: &[bool] = if int64 { &[false, true] } else { &[false] };
+    widths
+        .iter()
+        .flat_map(|&wide| {
+            PROBES
+                .iter()
+                .map(move |&(pattern, workgroup, threads)| ProbeConfig {
+                    pattern,
+                    workgroup,
+                    threads,
+                    wide,
+                })
+        })
+        .collect()
+}
+
 /// The read bandwidth (GB/s) of the probe's best configuration: the yardstick of every
 /// bandwidth figure.
 pub fn best_probe_bandwidth(ctx: &Context, budget_secs: f64) -> Result<f64> {
-    PROBES
-        .iter()
-        .try_fold(0.0f64, |best, &(pattern, workgroup, threads)| {
-            let gbps = probe_bandwidth(ctx, PROBE_BYTES, pattern, workgroup, threads, budget_secs)?;
-            Ok(best.max(gbps))
-        })
+    probe_configs(ctx).into_iter().try_fold(0.0f64, |best, c| {
+        Ok(best.max(probe_bandwidth(ctx, PROBE_BYTES, c, budget_secs)?))
+    })
 }
 
 /// Rounds of the probe and GEMV measurements; each figure is its best round. Interleaving
@@ -125,7 +155,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
         "adapter: {} ({:?}, {:?})",
         info.name, info.backend, info.device_type
     );
-    let probes = PROBES;
+    let probes = probe_configs(ctx);
     // The engine's decode kernel (marked *), and plain gemv beside it where that differs.
     let chosen = MatmulKernel::choose(ctx, 1);
     let mut kernels = vec![chosen];
@@ -146,9 +176,8 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
     let mut probe_gbps = vec![0.0f64; probes.len()];
     let mut gemv_best: Vec<Option<GemvResult>> = vec![None; gemvs.len()];
     for _ in 0..ROUNDS {
-        for (best, &(pattern, workgroup, threads)) in probe_gbps.iter_mut().zip(&probes) {
-            let gbps = probe_bandwidth(ctx, PROBE_BYTES, pattern, workgroup, threads, budget_secs)?;
-            *best = best.max(gbps);
+        for (best, &c) in probe_gbps.iter_mut().zip(&probes) {
+            *best = best.max(probe_bandwidth(ctx, PROBE_BYTES, c, budget_secs)?);
         }
         for (best, &(rows, cols, dtype, kernel)) in gemv_best.iter_mut().zip(&gemvs) {
             let r = gemv(ctx, rows, cols, dtype, kernel, budget_secs)?;
@@ -159,10 +188,12 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
     }
     // The probe's best configuration is the yardstick.
     let best_probe = probe_gbps.iter().copied().fold(0.0, f64::max);
-    for (gbps, (pattern, workgroup, threads)) in probe_gbps.iter().zip(probes) {
+    for (gbps, c) in probe_gbps.iter().zip(probes) {
+        let words = if c.wide { 64 } else { 32 };
         let _ = writeln!(
             s,
-            "read probe ({pattern:?}, workgroup {workgroup}, {threads} invocations, 64 MiB): {gbps:6.2} GB/s"
+            "read probe ({:?}, workgroup {}, {} invocations, {words}-bit loads, 64 MiB): {gbps:6.2} GB/s",
+            c.pattern, c.workgroup, c.threads
         );
     }
     let _ = writeln!(

@@ -199,6 +199,7 @@ fn list_names(adapters: &[wgpu::Adapter]) -> String {
 /// The features the engine asks for when the adapter has them. None is required.
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::SHADER_INT64)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
 

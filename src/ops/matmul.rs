@@ -30,6 +30,11 @@ pub enum MatmulKernel {
     /// weight block loaded once for the four tokens (`shaders/gemv_subgroup.wgsl`): CPU
     /// adapters as for GemvSubgroup, dense weights, many tokens.
     GemmSubgroup,
+    /// GemvSubgroup and GemmSubgroup reading their weights as 64-bit words
+    /// (`shaders/common/words64.wgsl`, SHADER_INT64): CPU adapters, where every storage load
+    /// costs per vector component.
+    GemvSubgroup64,
+    GemmSubgroup64,
     /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
     Coop4,
 }
@@ -37,23 +42,22 @@ pub enum MatmulKernel {
 impl MatmulKernel {
     /// The variant suited to this adapter and token count for a dense weight.
     pub fn choose(ctx: &Context, tokens: usize) -> Self {
-        match (ctx.is_cpu(), tokens) {
-            (true, 0..=2) if MatmulKernel::GemvSubgroup.available(ctx) => {
-                MatmulKernel::GemvSubgroup
-            }
-            (true, 0..=2) => MatmulKernel::Gemv,
-            (true, _) if MatmulKernel::GemmSubgroup.available(ctx) => MatmulKernel::GemmSubgroup,
-            (true, _) => MatmulKernel::Gemm4,
-            (false, _) => MatmulKernel::Coop4,
-        }
+        use MatmulKernel::*;
+        let preferred: &[MatmulKernel] = match (ctx.is_cpu(), tokens) {
+            (true, 0..=2) => &[GemvSubgroup64, GemvSubgroup, Gemv],
+            (true, _) => &[GemmSubgroup64, GemmSubgroup, Gemm4],
+            (false, _) => &[Coop4],
+        };
+        let first = preferred.iter().find(|k| k.available(ctx));
+        *first.unwrap_or(&preferred[preferred.len() - 1])
     }
 
     /// The variant for a block-diagonal weight, whose rows read different inputs (so
     /// the subgroup kernels, which share one input row across their subgroup, do not apply).
     fn choose_headwise(ctx: &Context, tokens: usize) -> Self {
         match Self::choose(ctx, tokens) {
-            MatmulKernel::GemvSubgroup => MatmulKernel::Gemv,
-            MatmulKernel::GemmSubgroup => MatmulKernel::Gemm4,
+            MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 => MatmulKernel::Gemv,
+            MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => MatmulKernel::Gemm4,
             kernel => kernel,
         }
     }
@@ -63,22 +67,35 @@ impl MatmulKernel {
     pub fn is_subgroup(self) -> bool {
         matches!(
             self,
-            MatmulKernel::GemvSubgroup | MatmulKernel::GemmSubgroup
+            MatmulKernel::GemvSubgroup
+                | MatmulKernel::GemmSubgroup
+                | MatmulKernel::GemvSubgroup64
+                | MatmulKernel::GemmSubgroup64
+        )
+    }
+
+    /// Whether the variant reads its weights as 64-bit words (SHADER_INT64).
+    fn is_wide(self) -> bool {
+        matches!(
+            self,
+            MatmulKernel::GemvSubgroup64 | MatmulKernel::GemmSubgroup64
         )
     }
 
     /// Whether the device can run this variant.
     pub fn available(self, ctx: &Context) -> bool {
-        !self.is_subgroup() || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
+        (!self.is_subgroup() || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8))
+            && (!self.is_wide() || ctx.features().contains(wgpu::Features::SHADER_INT64))
     }
 
     /// Tokens one workgroup covers (the row grid's `per`).
     pub fn tokens_per_workgroup(self) -> usize {
         match self {
-            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup => 1,
-            MatmulKernel::Gemm4 | MatmulKernel::Coop4 => 4,
-            // GT in shaders/gemv_subgroup.wgsl.
-            MatmulKernel::GemmSubgroup => 4,
+            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 => 1,
+            MatmulKernel::Gemm4
+            | MatmulKernel::GemmSubgroup
+            | MatmulKernel::GemmSubgroup64
+            | MatmulKernel::Coop4 => 4,
         }
     }
 
@@ -101,16 +118,20 @@ impl MatmulKernel {
             MatmulKernel::GemvSubgroup => ("gemv_subgroup", "main"),
             MatmulKernel::Gemm4 => ("matmul", "gemm4"),
             MatmulKernel::GemmSubgroup => ("gemv_subgroup", "gemm"),
+            MatmulKernel::GemvSubgroup64 => ("gemv_subgroup64", "main"),
+            MatmulKernel::GemmSubgroup64 => ("gemv_subgroup64", "gemm"),
             MatmulKernel::Coop4 => ("matmul", "coop4"),
         }
     }
 
     /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
-    pub const ALL: [MatmulKernel; 5] = [
+    pub const ALL: [MatmulKernel; 7] = [
         MatmulKernel::Gemv,
         MatmulKernel::GemvSubgroup,
         MatmulKernel::Gemm4,
         MatmulKernel::GemmSubgroup,
+        MatmulKernel::GemvSubgroup64,
+        MatmulKernel::GemmSubgroup64,
         MatmulKernel::Coop4,
     ];
 }
@@ -411,7 +432,9 @@ fn record(
     if !kernel.available(ctx) {
         return Err(Error::Limit {
             what: format!("matmul kernel {kernel:?} for weight '{}'", w.label()),
-            detail: "it needs the SUBGROUP feature and one subgroup size of at least 8".into(),
+            detail: "it needs the SUBGROUP feature with one subgroup size of at least 8 \
+                     (and SHADER_INT64 for the 64-bit variants)"
+                .into(),
         });
     }
     let t = x.rows;
@@ -437,7 +460,9 @@ fn record(
             MatmulKernel::Gemv
             | MatmulKernel::GemvSubgroup
             | MatmulKernel::Gemm4
-            | MatmulKernel::GemmSubgroup => (
+            | MatmulKernel::GemmSubgroup
+            | MatmulKernel::GemvSubgroup64
+            | MatmulKernel::GemmSubgroup64 => (
                 RowGrid::Y {
                     x: row_groups(kernel, rows, k, wg),
                     per: kernel.tokens_per_workgroup(),
@@ -485,21 +510,20 @@ fn record(
             Some(b) => b.binding()?,
             None => x.binding()?,
         };
-        graph.dispatch_rows(
-            ctx,
-            &pipeline,
-            &[
-                uniform.as_entire_binding(),
-                chunk.binding(),
-                x.binding()?,
-                bias_binding,
-                y.binding()?,
-                x.binding()?,
-                chunk.scales_binding().unwrap_or_else(|| chunk.binding()),
-            ],
-            grid,
-            t,
-        )?;
+        let mut resources = vec![
+            uniform.as_entire_binding(),
+            chunk.binding(),
+            x.binding()?,
+            bias_binding,
+            y.binding()?,
+            x.binding()?,
+            chunk.scales_binding().unwrap_or_else(|| chunk.binding()),
+        ];
+        if kernel.is_wide() {
+            // The weights again, as 64-bit words.
+            resources.push(chunk.binding());
+        }
+        graph.dispatch_rows(ctx, &pipeline, &resources, grid, t)?;
     }
     Ok(())
 }
@@ -511,7 +535,7 @@ fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize) -> usize {
     const MIN_WORK: usize = 4096 * 32;
     let groups = rows.div_ceil(4 * wg);
     match kernel {
-        MatmulKernel::GemvSubgroup | MatmulKernel::Gemv => {
+        MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => {
             groups.min((rows * k).div_ceil(MIN_WORK)).max(1)
         }
         _ => groups,

@@ -1,8 +1,9 @@
 //! Read-bandwidth probe: the plainest possible read of a buffer, as a yardstick for the
 //! throughput of real kernels on the same adapter. Kernel: `shaders/bandwidth_probe.wgsl`.
 //!
-//! Shapes: src is any tensor whose byte size is a multiple of 16 (read as `vec4<u32>`);
-//! sink is (threads) u32 and receives each invocation's XOR of what it read.
+//! Shapes: src is any tensor whose byte size is a multiple of 16 (read as `vec4<u32>`, or as
+//! `vec2<u64>` with SHADER_INT64, as the CPU adapters' matmul kernels read weights); sink is
+//! (threads) u32 and receives each invocation's XOR of what it read.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -31,12 +32,13 @@ struct Params {
 }
 
 /// Records one probe pass over `src` with `sink.numel()` invocations in workgroups of
-/// `workgroup` (8 or 64).
+/// `workgroup` (8 or 64), loading 64-bit words when `wide` (SHADER_INT64).
 pub fn probe(
     ctx: &Context,
     graph: &mut Graph,
     pattern: Pattern,
     workgroup: usize,
+    wide: bool,
     src: &Tensor,
     sink: &Tensor,
 ) -> Result<()> {
@@ -56,6 +58,12 @@ pub fn probe(
     if sink.dtype() != DType::U32 {
         return Err(Error::mismatch("probe sink dtype", "u32", sink.dtype()));
     }
+    if wide && !ctx.features().contains(wgpu::Features::SHADER_INT64) {
+        return Err(Error::Limit {
+            what: "the 64-bit read probe".into(),
+            detail: "it needs the SHADER_INT64 feature, which this device lacks".into(),
+        });
+    }
     let n = bytes / 16;
     let threads = sink.numel();
     let groups = threads.div_ceil(workgroup);
@@ -70,14 +78,19 @@ pub fn probe(
         Pattern::Stream => "stream",
         Pattern::Coalesced => "coalesced",
     };
-    let pipeline = ctx.pipeline("bandwidth_probe", entry, &[("WG", workgroup as f64)])?;
+    let shader = if wide {
+        "bandwidth_probe64"
+    } else {
+        "bandwidth_probe"
+    };
+    let pipeline = ctx.pipeline(shader, entry, &[("WG", workgroup as f64)])?;
     let uniform = ctx.uniform("probe params", &params)?;
-    graph.dispatch(
-        ctx,
-        &pipeline,
-        &[uniform.as_entire_binding(), src.binding()?, sink.binding()?],
-        Workgroups::linear(groups),
-    )
+    let mut resources = vec![uniform.as_entire_binding(), src.binding()?, sink.binding()?];
+    if wide {
+        // The source again, as 64-bit words.
+        resources.push(src.binding()?);
+    }
+    graph.dispatch(ctx, &pipeline, &resources, Workgroups::linear(groups))
 }
 
 /// CPU reference: the sink value of every invocation for `src` given as u32 words.
@@ -109,15 +122,19 @@ mod tests {
         let mut rng = Rng::new(9);
         let words: Vec<u32> = (0..4 * 1000).map(|_| rng.next_u64() as u32).collect();
         let src = Tensor::from_u32(ctx, "src", &[words.len()], &words).unwrap();
+        let int64 = ctx.features().contains(wgpu::Features::SHADER_INT64);
         for pattern in [Pattern::Stream, Pattern::Coalesced] {
             for workgroup in [8, 64] {
-                let threads = 130;
-                let sink = Tensor::zeros(ctx, "sink", &[threads], DType::U32).unwrap();
-                let mut g = Graph::new();
-                probe(ctx, &mut g, pattern, workgroup, &src, &sink).unwrap();
-                ctx.run(&[&g]).unwrap();
-                let want = reference(&words, pattern, threads);
-                assert_eq!(sink.to_u32().unwrap(), want, "{pattern:?} {workgroup}");
+                for wide in [false, true].into_iter().filter(|&w| !w || int64) {
+                    let threads = 130;
+                    let sink = Tensor::zeros(ctx, "sink", &[threads], DType::U32).unwrap();
+                    let mut g = Graph::new();
+                    probe(ctx, &mut g, pattern, workgroup, wide, &src, &sink).unwrap();
+                    ctx.run(&[&g]).unwrap();
+                    let want = reference(&words, pattern, threads);
+                    let what = format!("{pattern:?} {workgroup} wide {wide}");
+                    assert_eq!(sink.to_u32().unwrap(), want, "{what}");
+                }
             }
         }
     }
