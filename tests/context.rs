@@ -159,9 +159,12 @@ fn profiling_reports_every_kernel() {
     // Results are still right while profiling.
     assert_eq!(y.to_f32().unwrap(), vec![32.0; 64]);
     let report = ctx.profile_report().expect("a profile");
-    // The GEMV is matmul.wgsl's, or its subgroup form's where the adapter has subgroups.
+    // The GEMV is matmul.wgsl's, or its subgroup form's where the adapter has subgroups
+    // (reading 64-bit words where it also has SHADER_INT64).
     assert!(
-        report.contains("matmul::") || report.contains("gemv_subgroup::"),
+        ["matmul::", "gemv_subgroup::", "gemv_subgroup64::"]
+            .iter()
+            .any(|k| report.contains(k)),
         "{report}"
     );
     assert!(report.contains("2 step"), "{report}");
