@@ -138,12 +138,17 @@ fn load_x8_tail(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
     let i = vec4<u32>(0u, 1u, 2u, 3u);
     var v = array<vec4<f32>, 2>();
     if X4 {
-        v = array<vec4<f32>, 2>(x4[b / 4u], x4[b / 4u + 1u]);
+        v[0] = x4[b / 4u];
     } else {
-        v = array<vec4<f32>, 2>(
-            vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]),
-            vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]),
-        );
+        v[0] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
+    }
+    // The second quad only where some of it is within K (headwise blocks of 4 inputs never).
+    if p.k - k > 4u {
+        if X4 {
+            v[1] = x4[b / 4u + 1u];
+        } else {
+            v[1] = vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]);
+        }
     }
     return array<vec4<f32>, 2>(select(vec4<f32>(0.0), v[0], i < n), select(vec4<f32>(0.0), v[1], i + 4u < n));
 }
