@@ -48,7 +48,7 @@ fn override_sets(name: &str) -> Vec<Vec<(&'static str, f64)>> {
         "layer_norm" => vec![vec![], vec![("X4", 1.0)], vec![("X4", 1.0), ("Y4", 1.0)]],
         "skip_gate" => vec![vec![], vec![("WG", 8.0), ("Q4", 1.0)]],
         "router_stats" => vec![vec![], vec![("WG", 8.0)]],
-        "sample" => vec![vec![], vec![("THREADS", 8.0)]],
+        "sample" => vec![vec![], vec![("THREADS", 8.0), ("V4", 1.0)]],
         "mlstm_step_simd" => vec![vec![], vec![("VEC4", 1.0)]],
         "elementwise" => (0..8)
             .flat_map(|act| (0..3).map(move |op| vec![("ACT", act as f64), ("OP", op as f64)]))

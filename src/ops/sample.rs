@@ -155,7 +155,10 @@ pub fn sample_with(
         out_offset: u32_param("offset", out_offset)?,
         _pad: [0; 3],
     };
-    let pipeline = ctx.pipeline("sample", "sample", &[("THREADS", threads as f64)])?;
+    // Every row starts on 16 bytes: quads of logits load as one vec4.
+    let v4 = logits.offset % 4 == 0 && logits.stride % 4 == 0;
+    let constants = [("THREADS", threads as f64), ("V4", v4 as u8 as f64)];
+    let pipeline = ctx.pipeline("sample", "sample", &constants)?;
     let uniform = ctx.uniform("sample params", &params)?;
     graph.dispatch(
         ctx,
@@ -165,6 +168,7 @@ pub fn sample_with(
             logits.binding()?,
             settings.binding()?,
             out.binding()?,
+            logits.binding()?,
         ],
         Workgroups::grid(seqs, 1, 1)?,
     )
@@ -303,6 +307,9 @@ mod tests {
         let tied: Vec<f32> = logits.iter().map(|x| (x * 2.0).round() / 2.0).collect();
         check_draws(&logits);
         check_draws(&tied);
+        // A row length of whole quads (rows load as vec4).
+        check_draws(&logits[..776]);
+        check_draws(&tied[..776]);
     }
 
     fn check_draws(logits: &[f32]) {
