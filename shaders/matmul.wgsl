@@ -22,8 +22,9 @@
 //   coop4: one workgroup per (row, 4 tokens); its 64 invocations read the row together
 //          (coalesced, the fast pattern on GPUs) and reduce in workgroup memory;
 //          grid (groups_x, ceil(M / groups_x), ceil(T / 4)).
-// shaders/gemv_subgroup.wgsl holds gemv's subgroup form (dense W, inputs shared by
-// broadcasts), in its own file because it needs the SUBGROUP feature.
+// shaders/gemv_subgroup.wgsl holds gemv's and gemm4's subgroup forms (dense W, inputs shared
+// by broadcasts), in its own file because it needs the SUBGROUP feature. Weight words are
+// read through w_words / w_word (shaders/common/words32.wgsl).
 
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended).
 

@@ -1,6 +1,7 @@
 //! Matrix products with a weight matrix: `y = beta * y + bias + x W^T` (GEMV for one token,
 //! GEMM for many), dense or block-diagonal ("headwise"). Kernels: `shaders/matmul.wgsl` and, where
-//! the adapter has subgroups, `shaders/gemv_subgroup.wgsl`.
+//! the adapter has subgroups, `shaders/gemv_subgroup.wgsl` (registered twice: weights read as
+//! 32-bit words, or as 64-bit words where the device has SHADER_INT64).
 //!
 //! Shapes (dense): W (M, K) f32, f16 or bf16 made with [`Tensor::weight`] (possibly chunked by
 //! rows); x a (T, K) view; y a (T, M) view; bias (M) f32.
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, RowGrid, MAX_GROUPS_PER_DIM};
 use crate::tensor::{DType, Tensor};
 
-/// The matmul kernel variants (entry points of `matmul.wgsl`).
+/// The matmul kernel variants (entry points of `matmul.wgsl` and `gemv_subgroup.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
     /// One invocation per (4 rows, token) streaming its rows: CPU adapters, few tokens.
