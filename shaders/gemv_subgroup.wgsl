@@ -94,15 +94,13 @@ fn rows_of(t: u32, q: u32, lane: u32) {
 
 // gemm: rows 4 q .. 4 q + 3 for tokens t0 .. t0 + 3 per invocation (grid (ceil(M / (4 WG)),
 // ceil(T / 4))), for prompts. Per span of 64 inputs lane l < 8 loads the 8 inputs at 8 l of
-// each of the four tokens, and broadcasts hand block j to all lanes as in `main`; each block
-// of a row's weights is loaded once and dotted with all four tokens' inputs. So a span costs
-// an invocation 8 input and 32 weight loads (f16) for 1024 products, where gemm4 issues 12
-// loads per 128. Any WDT (quantised blocks are dequantised 8 at a time). Written out for
-// four tokens: loops over the tokens (or eight tokens) compiled ~2 s slower on llvmpipe and
-// ran no faster.
-alias Inputs8 = array<vec4<f32>, 2>;
-alias Tokens4 = array<Inputs8, 4>;
-
+// each of the four tokens, held as two pairs of tokens in the 16-input form of quant_rows,
+// so that its lane0 .. lane7 broadcasts (and shuffle16 in the tail) hand block j to all
+// lanes; each block of a row's weights is loaded once and dotted with all four tokens'
+// inputs. So a span costs an invocation 8 input and 32 weight loads (f16) for 1024
+// products, where gemm4 issues 12 loads per 128. Any WDT (quantised blocks are dequantised 8
+// at a time). Written out for four tokens: loops over the tokens (or eight tokens) compiled
+// ~2 s slower on llvmpipe and ran no faster.
 @compute @workgroup_size(WG)
 fn gemm(
     @builtin(local_invocation_index) lid: u32,
@@ -124,34 +122,32 @@ fn gemm(
     var k = 0u;
     for (; k + 64u <= p.k; k += 64u) {
         let kl = k + mine;
-        let xs = Tokens4(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl), load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
-        acc = tokens_block(acc, r, k, tokens_lane0(xs));
-        acc = tokens_block(acc, r, k + 8u, tokens_lane1(xs));
-        acc = tokens_block(acc, r, k + 16u, tokens_lane2(xs));
-        acc = tokens_block(acc, r, k + 24u, tokens_lane3(xs));
-        acc = tokens_block(acc, r, k + 32u, tokens_lane4(xs));
-        acc = tokens_block(acc, r, k + 40u, tokens_lane5(xs));
-        acc = tokens_block(acc, r, k + 48u, tokens_lane6(xs));
-        acc = tokens_block(acc, r, k + 56u, tokens_lane7(xs));
+        let a = pair(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl));
+        let b = pair(load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
+        acc = tokens_block(acc, r, k, lane0(a), lane0(b));
+        acc = tokens_block(acc, r, k + 8u, lane1(a), lane1(b));
+        acc = tokens_block(acc, r, k + 16u, lane2(a), lane2(b));
+        acc = tokens_block(acc, r, k + 24u, lane3(a), lane3(b));
+        acc = tokens_block(acc, r, k + 32u, lane4(a), lane4(b));
+        acc = tokens_block(acc, r, k + 40u, lane5(a), lane5(b));
+        acc = tokens_block(acc, r, k + 48u, lane6(a), lane6(b));
+        acc = tokens_block(acc, r, k + 56u, lane7(a), lane7(b));
     }
     // The last, partial span, as in `main`.
     if k < p.k {
         let kl = k + mine;
-        var xs = Tokens4();
+        var a = array<vec4<f32>, 4>();
+        var b = array<vec4<f32>, 4>();
         if kl + 8u <= p.k {
-            xs = Tokens4(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl), load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
+            a = pair(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl));
+            b = pair(load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
         } else if kl < p.k {
-            xs = Tokens4(
-                load_x8_tail(t.x, 0u, kl),
-                load_x8_tail(t.y, 0u, kl),
-                load_x8_tail(t.z, 0u, kl),
-                load_x8_tail(t.w, 0u, kl),
-            );
+            a = pair(load_x8_tail(t.x, 0u, kl), load_x8_tail(t.y, 0u, kl));
+            b = pair(load_x8_tail(t.z, 0u, kl), load_x8_tail(t.w, 0u, kl));
         }
         let blocks = (p.k - k + 7u) / 8u;
         for (var j = 0u; j < blocks; j++) {
-            let b = Tokens4(shuffle8(xs[0], j), shuffle8(xs[1], j), shuffle8(xs[2], j), shuffle8(xs[3], j));
-            acc = tokens_block(acc, r, k + 8u * j, b);
+            acc = tokens_block(acc, r, k + 8u * j, shuffle16(a, j), shuffle16(b, j));
         }
     }
     if q * 4u < p.m {
@@ -168,82 +164,20 @@ fn gemm(
     }
 }
 
-// acc[i] += the block at k of the four rows r dotted with token i's inputs xs[i]: each
-// row's weights loaded once for the four tokens.
-fn tokens_block(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, xs: Tokens4) -> array<vec4<f32>, 4> {
-    let wq = weights4(r, k);
-    return array<vec4<f32>, 4>(
-        acc[0] + vec4<f32>(dot8(wq[0], xs[0]), dot8(wq[1], xs[0]), dot8(wq[2], xs[0]), dot8(wq[3], xs[0])),
-        acc[1] + vec4<f32>(dot8(wq[0], xs[1]), dot8(wq[1], xs[1]), dot8(wq[2], xs[1]), dot8(wq[3], xs[1])),
-        acc[2] + vec4<f32>(dot8(wq[0], xs[2]), dot8(wq[1], xs[2]), dot8(wq[2], xs[2]), dot8(wq[3], xs[2])),
-        acc[3] + vec4<f32>(dot8(wq[0], xs[3]), dot8(wq[1], xs[3]), dot8(wq[2], xs[3]), dot8(wq[3], xs[3])),
-    );
+// Two tokens' 8 inputs side by side (the 16-input form the lane broadcasts take).
+fn pair(x0: array<vec4<f32>, 2>, x1: array<vec4<f32>, 2>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(x0[0], x0[1], x1[0], x1[1]);
 }
 
-// Block j of the span (held by lane j) for each of the four tokens: subgroupBroadcast takes
-// a constant lane, so one function per lane.
-fn tokens_lane0(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 0u), subgroupBroadcast(v[0][1], 0u)),
-        Inputs8(subgroupBroadcast(v[1][0], 0u), subgroupBroadcast(v[1][1], 0u)),
-        Inputs8(subgroupBroadcast(v[2][0], 0u), subgroupBroadcast(v[2][1], 0u)),
-        Inputs8(subgroupBroadcast(v[3][0], 0u), subgroupBroadcast(v[3][1], 0u)),
-    );
-}
-fn tokens_lane1(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 1u), subgroupBroadcast(v[0][1], 1u)),
-        Inputs8(subgroupBroadcast(v[1][0], 1u), subgroupBroadcast(v[1][1], 1u)),
-        Inputs8(subgroupBroadcast(v[2][0], 1u), subgroupBroadcast(v[2][1], 1u)),
-        Inputs8(subgroupBroadcast(v[3][0], 1u), subgroupBroadcast(v[3][1], 1u)),
-    );
-}
-fn tokens_lane2(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 2u), subgroupBroadcast(v[0][1], 2u)),
-        Inputs8(subgroupBroadcast(v[1][0], 2u), subgroupBroadcast(v[1][1], 2u)),
-        Inputs8(subgroupBroadcast(v[2][0], 2u), subgroupBroadcast(v[2][1], 2u)),
-        Inputs8(subgroupBroadcast(v[3][0], 2u), subgroupBroadcast(v[3][1], 2u)),
-    );
-}
-fn tokens_lane3(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 3u), subgroupBroadcast(v[0][1], 3u)),
-        Inputs8(subgroupBroadcast(v[1][0], 3u), subgroupBroadcast(v[1][1], 3u)),
-        Inputs8(subgroupBroadcast(v[2][0], 3u), subgroupBroadcast(v[2][1], 3u)),
-        Inputs8(subgroupBroadcast(v[3][0], 3u), subgroupBroadcast(v[3][1], 3u)),
-    );
-}
-fn tokens_lane4(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 4u), subgroupBroadcast(v[0][1], 4u)),
-        Inputs8(subgroupBroadcast(v[1][0], 4u), subgroupBroadcast(v[1][1], 4u)),
-        Inputs8(subgroupBroadcast(v[2][0], 4u), subgroupBroadcast(v[2][1], 4u)),
-        Inputs8(subgroupBroadcast(v[3][0], 4u), subgroupBroadcast(v[3][1], 4u)),
-    );
-}
-fn tokens_lane5(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 5u), subgroupBroadcast(v[0][1], 5u)),
-        Inputs8(subgroupBroadcast(v[1][0], 5u), subgroupBroadcast(v[1][1], 5u)),
-        Inputs8(subgroupBroadcast(v[2][0], 5u), subgroupBroadcast(v[2][1], 5u)),
-        Inputs8(subgroupBroadcast(v[3][0], 5u), subgroupBroadcast(v[3][1], 5u)),
-    );
-}
-fn tokens_lane6(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 6u), subgroupBroadcast(v[0][1], 6u)),
-        Inputs8(subgroupBroadcast(v[1][0], 6u), subgroupBroadcast(v[1][1], 6u)),
-        Inputs8(subgroupBroadcast(v[2][0], 6u), subgroupBroadcast(v[2][1], 6u)),
-        Inputs8(subgroupBroadcast(v[3][0], 6u), subgroupBroadcast(v[3][1], 6u)),
-    );
-}
-fn tokens_lane7(v: Tokens4) -> Tokens4 {
-    return Tokens4(
-        Inputs8(subgroupBroadcast(v[0][0], 7u), subgroupBroadcast(v[0][1], 7u)),
-        Inputs8(subgroupBroadcast(v[1][0], 7u), subgroupBroadcast(v[1][1], 7u)),
-        Inputs8(subgroupBroadcast(v[2][0], 7u), subgroupBroadcast(v[2][1], 7u)),
-        Inputs8(subgroupBroadcast(v[3][0], 7u), subgroupBroadcast(v[3][1], 7u)),
+// acc[i] += the block at k of the four rows r dotted with token i's inputs (tokens 0 and 1
+// in a, 2 and 3 in b): each row's weights loaded once for the four tokens.
+fn tokens_block(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    let wq = weights4(r, k);
+    return array<vec4<f32>, 4>(
+        acc[0] + rows_dot(wq, array<vec4<f32>, 2>(a[0], a[1])),
+        acc[1] + rows_dot(wq, array<vec4<f32>, 2>(a[2], a[3])),
+        acc[2] + rows_dot(wq, array<vec4<f32>, 2>(b[0], b[1])),
+        acc[3] + rows_dot(wq, array<vec4<f32>, 2>(b[2], b[3])),
     );
 }
 

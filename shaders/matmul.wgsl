@@ -59,8 +59,7 @@ fn dot_rows(wq: array<array<vec4<f32>, 2>, 4>, c: vec4<u32>, t: u32, k: u32, tai
             dot8(wq[3], x8(t, c.w, k, tail)),
         );
     }
-    let xs = x8(t, c.x, k, tail);
-    return vec4<f32>(dot8(wq[0], xs), dot8(wq[1], xs), dot8(wq[2], xs), dot8(wq[3], xs));
+    return rows_dot(wq, x8(t, c.x, k, tail));
 }
 
 @compute @workgroup_size(WG)

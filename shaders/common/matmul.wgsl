@@ -202,8 +202,12 @@ fn weights4(r: vec4<u32>, k: u32) -> array<array<vec4<f32>, 2>, 4> {
     );
 }
 
+// The four rows' weight blocks wq dotted with the same eight inputs xs.
+fn rows_dot(wq: array<array<vec4<f32>, 2>, 4>, xs: array<vec4<f32>, 2>) -> vec4<f32> {
+    return vec4<f32>(dot8(wq[0], xs), dot8(wq[1], xs), dot8(wq[2], xs), dot8(wq[3], xs));
+}
+
 // W[r[j], k..k+8] . xs for the four rows r.
 fn block4(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
-    let wq = weights4(r, k);
-    return vec4<f32>(dot8(wq[0], xs), dot8(wq[1], xs), dot8(wq[2], xs), dot8(wq[3], xs));
+    return rows_dot(weights4(r, k), xs);
 }

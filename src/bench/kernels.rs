@@ -115,7 +115,7 @@ pub struct ProbeConfig {
 
 /// Every probe layout, with 32-bit and (where the device has SHADER_INT64) 64-bit loads.
 pub fn probe_configs(ctx: &Context) -> Vec<ProbeConfig> {
-    let int64 = ctx.features().contains(wgpu::Features::SHADER_INT64);
+    let int64 = ctx.shader_int64();
     let widths: &[bool] = if int64 { &[false, true] } else { &[false] };
     widths
         .iter()

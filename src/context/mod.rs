@@ -252,6 +252,12 @@ impl Context {
                 .contains("llvmpipe")
     }
 
+    /// Whether shaders may use 64-bit integers (SHADER_INT64): where they may, the CPU
+    /// adapters' matmul kernels and the read probe load 64-bit words.
+    pub fn shader_int64(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SHADER_INT64)
+    }
+
     /// The subgroup size of every compute invocation, when the device has the SUBGROUP
     /// feature and the adapter runs all subgroups at one size (llvmpipe: its SIMD width).
     pub fn fixed_subgroup_size(&self) -> Option<u32> {

@@ -86,7 +86,7 @@ impl MatmulKernel {
     /// Whether the device can run this variant.
     pub fn available(self, ctx: &Context) -> bool {
         (!self.is_subgroup() || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8))
-            && (!self.is_wide() || ctx.features().contains(wgpu::Features::SHADER_INT64))
+            && (!self.is_wide() || ctx.shader_int64())
     }
 
     /// Tokens one workgroup covers (the row grid's `per`).
@@ -458,18 +458,6 @@ fn record(
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
         let (grid, groups_x) = match kernel {
-            MatmulKernel::Gemv
-            | MatmulKernel::GemvSubgroup
-            | MatmulKernel::Gemm4
-            | MatmulKernel::GemmSubgroup
-            | MatmulKernel::GemvSubgroup64
-            | MatmulKernel::GemmSubgroup64 => (
-                RowGrid::Y {
-                    x: row_groups(kernel, rows, k, wg),
-                    per: kernel.tokens_per_workgroup(),
-                },
-                0,
-            ),
             MatmulKernel::Coop4 => {
                 let gx = rows.min(MAX_GROUPS_PER_DIM as usize);
                 (
@@ -481,6 +469,14 @@ fn record(
                     gx,
                 )
             }
+            // The row-streaming kernels.
+            _ => (
+                RowGrid::Y {
+                    x: row_groups(kernel, rows, k, wg),
+                    per: kernel.tokens_per_workgroup(),
+                },
+                0,
+            ),
         };
         let params = Params {
             k: u32_param("matmul K", k)?,

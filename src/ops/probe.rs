@@ -58,7 +58,7 @@ pub fn probe(
     if sink.dtype() != DType::U32 {
         return Err(Error::mismatch("probe sink dtype", "u32", sink.dtype()));
     }
-    if wide && !ctx.features().contains(wgpu::Features::SHADER_INT64) {
+    if wide && !ctx.shader_int64() {
         return Err(Error::Limit {
             what: "the 64-bit read probe".into(),
             detail: "it needs the SHADER_INT64 feature, which this device lacks".into(),
@@ -122,7 +122,7 @@ mod tests {
         let mut rng = Rng::new(9);
         let words: Vec<u32> = (0..4 * 1000).map(|_| rng.next_u64() as u32).collect();
         let src = Tensor::from_u32(ctx, "src", &[words.len()], &words).unwrap();
-        let int64 = ctx.features().contains(wgpu::Features::SHADER_INT64);
+        let int64 = ctx.shader_int64();
         for pattern in [Pattern::Stream, Pattern::Coalesced] {
             for workgroup in [8, 64] {
                 for wide in [false, true].into_iter().filter(|&w| !w || int64) {

@@ -129,15 +129,7 @@ fn record(
     };
     let uniform = ctx.uniform("skip gate params", &params)?;
     let norm_weight = norm.and_then(|n| n.weight).unwrap_or(w);
-    // Scalar bindings 1-6, then the same buffers as vec4 arrays (7-12).
-    let resources = [
-        uniform.as_entire_binding(),
-        h.binding()?,
-        xc.binding()?,
-        z.binding()?,
-        w.binding()?,
-        y.binding()?,
-        norm_weight.binding()?,
+    let buffers = [
         h.binding()?,
         xc.binding()?,
         z.binding()?,
@@ -145,6 +137,11 @@ fn record(
         y.binding()?,
         norm_weight.binding()?,
     ];
+    // The buffers as scalar arrays (bindings 1-6), then again as vec4 arrays (7-12).
+    let resources: Vec<_> = std::iter::once(uniform.as_entire_binding())
+        .chain(buffers.iter().cloned())
+        .chain(buffers.iter().cloned())
+        .collect();
     if let Some(n) = norm {
         // One SIMD group per (row, head) on CPU adapters, where every load loops over the
         // lanes; 64 invocations on GPUs.
