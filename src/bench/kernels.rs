@@ -225,14 +225,14 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
         let verdict = if f16 >= 60.0 { "meets" } else { "misses" };
         let _ = writeln!(
             s,
-            "\nf16 GEMV 4096x4096 reads at {f16:.0}% of the probe ({verdict} the 60% target)"
+            "\nf16 GEMV 4096x4096 reads at {f16:.1}% of the probe ({verdict} the 60% target)"
         );
         for q in [DType::Q8, DType::Q4] {
             if let Some(share) = share_of(q) {
                 let verdict = if share >= f16 { "at least" } else { "below" };
                 let _ = writeln!(
                     s,
-                    "{q} GEMV 4096x4096 reads at {share:.0}% of the probe ({verdict} f16's share)"
+                    "{q} GEMV 4096x4096 reads at {share:.1}% of the probe ({verdict} f16's share)"
                 );
             }
         }
