@@ -206,3 +206,18 @@ fn engine_runs_on_a_device_the_application_created() {
     ctx.run(&[&g]).unwrap();
     assert_eq!(y.to_f32().unwrap(), vec![-1.0, -1.0, -1.0]);
 }
+
+#[test]
+fn a_replica_is_the_same_adapter_with_its_own_device() {
+    let ctx = moxe::testing::gpu_with_binding_limit(4096);
+    let replica = ctx.replica().unwrap();
+    assert_eq!(replica.adapter_info(), ctx.adapter_info());
+    assert_eq!(replica.features(), ctx.features());
+    assert_eq!(replica.max_binding_bytes(), ctx.max_binding_bytes());
+    // Its own buffers: a tensor round-trips on it while the original's stays untouched.
+    let values: Vec<f32> = (0..2000).map(|i| i as f32 * 0.5).collect();
+    let on_replica = Tensor::from_f32(&replica, "x", &[2, 1000], &values).unwrap();
+    let on_ctx = Tensor::zeros(&ctx, "x", &[2, 1000], DType::F32).unwrap();
+    assert_eq!(on_replica.to_f32().unwrap(), values);
+    assert!(on_ctx.to_f32().unwrap().iter().all(|&v| v == 0.0));
+}

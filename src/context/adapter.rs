@@ -129,6 +129,22 @@ pub fn enumerate(backend: Backend) -> Vec<wgpu::Adapter> {
     }
 }
 
+/// The adapter `info` describes, as a fresh instance sees it: the same hardware through a
+/// driver instance of its own. (lavapipe runs the devices of one instance's adapter one at
+/// a time, on one executor; devices of separate instances run side by side.)
+pub fn reopen(info: &wgpu::AdapterInfo) -> Result<wgpu::Adapter> {
+    let set = wgpu::Backends::from(info.backend);
+    let adapters = pollster::block_on(instance(set).enumerate_adapters(set));
+    let names = list_names(&adapters);
+    adapters
+        .into_iter()
+        .find(|a| a.get_info() == *info)
+        .ok_or_else(|| Error::AdapterNotFound {
+            selector: info.name.clone(),
+            available: names,
+        })
+}
+
 /// How much a device type is preferred when the user names no adapter.
 fn preference(kind: wgpu::DeviceType) -> u8 {
     match kind {

@@ -103,6 +103,20 @@ impl Context {
     /// limits and whichever of [`OPTIONAL_FEATURES`] it has.
     pub fn new(options: &ContextOptions) -> Result<Self> {
         let adapter = select(options.backend, options.adapter.as_deref())?;
+        Self::open(adapter, options.max_binding_bytes)
+    }
+
+    /// A context on the same adapter through a driver instance of its own, with a device of
+    /// the same features and limits: a replica of a model loaded on it runs beside this
+    /// context's work. On lavapipe each instance executes on threads of its own, so
+    /// replicas use more CPU cores; on a GPU they share it.
+    pub fn replica(&self) -> Result<Context> {
+        let adapter = adapter::reopen(&self.inner.info)?;
+        Self::open(adapter, Some(self.inner.max_binding_bytes))
+    }
+
+    /// A device of `adapter` as [`device_descriptor`] asks for it.
+    fn open(adapter: wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Self> {
         let info = adapter.get_info();
         let desc = device_descriptor(&adapter);
         let features = desc.required_features;
@@ -132,7 +146,7 @@ impl Context {
             queue,
             info,
             f16_in_f32,
-            options.max_binding_bytes,
+            max_binding_bytes,
         ))
     }
 
