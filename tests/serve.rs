@@ -553,6 +553,86 @@ fn a_cached_prefix_continues_exactly() {
 }
 
 #[test]
+fn replicas_decode_side_by_side_exactly_and_share_the_prefix_cache() {
+    let server = start(ServeOptions {
+        replicas: 2,
+        ..options()
+    });
+    let fresh = start(ServeOptions {
+        cache_bytes: 0,
+        ..options()
+    });
+    let addr = server.addr();
+    let head: Vec<u32> = (0..100u32).map(|i| (i * 41 + 3) % 4000 + 50).collect();
+    let mut whole = head.clone();
+    whole.extend((0..12u32).map(|i| (i * 17 + 5) % 4000 + 50));
+    let greedy = |ids: &[u32]| json!({"prompt": ids, "max_tokens": 8, "temperature": 0});
+    let sampled = |p: &str, seed: u64| {
+        json!({"prompt": p, "max_tokens": 16, "temperature": 0.9, "seed": seed,
+               "ignore_eos": true})
+    };
+    let long = json!({"prompt": "Long ago", "max_tokens": 4000, "ignore_eos": true,
+                      "stream": true})
+    .to_string();
+    runtime().block_on(async {
+        // Two slots per replica: three choices do not fit one.
+        let (s, e) = post(addr, "/v1/completions", json!({"prompt": "x", "n": 3})).await;
+        assert_eq!(s, 400, "{e}");
+        assert_eq!(e["error"]["param"], "n");
+
+        // Seeded requests one at a time (each on the first replica), then four at once
+        // (two per replica): the same text.
+        let prompts = [
+            "The sea was calm",
+            "She opened",
+            "In the morning",
+            "He said",
+        ];
+        let mut solo = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let (s, c) = post(addr, "/v1/completions", sampled(p, i as u64)).await;
+            assert_eq!(s, 200, "{c}");
+            solo.push(c["choices"][0]["text"].clone());
+        }
+        let tasks: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let body = sampled(p, i as u64);
+                tokio::spawn(async move { post(addr, "/v1/completions", body).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (s, c) = t.await.unwrap();
+            assert_eq!(s, 200, "{c}");
+            assert_eq!(c["choices"][0]["text"], solo[i], "prompt {i}");
+        }
+
+        // A prefix cached by the first replica continues on the second (the first is busy
+        // with a long stream), exactly as a prefill of the whole prompt.
+        let (s, first) = post(addr, "/v1/completions", greedy(&head)).await;
+        assert_eq!(s, 200, "{first}");
+        let busy = running_stream(addr, &long).await;
+        let (s, hit) = post(addr, "/v1/completions", greedy(&whole)).await;
+        assert_eq!(s, 200, "{hit}");
+        assert_eq!(hit["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+        let (_, miss) = post(fresh.addr(), "/v1/completions", greedy(&whole)).await;
+        assert_eq!(hit["choices"][0]["text"], miss["choices"][0]["text"]);
+
+        // Hanging up frees the slot: the gauges are the sum over the replicas.
+        drop(busy);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while busy_slots(addr).await != 0 {
+            assert!(Instant::now() < deadline, "the slots were never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(gauge(addr, "moxe_queue_depth ").await, 0);
+    });
+    server.shutdown().unwrap();
+    fresh.shutdown().unwrap();
+}
+
+#[test]
 fn chat_completions_follow_the_models_template() {
     let dir = std::env::temp_dir().join(format!("moxe-serve-chat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

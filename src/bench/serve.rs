@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::LoadOptions;
 use crate::server::client::{self, Timed};
-use crate::server::{ServeOptions, Server};
+use crate::server::{auto_replicas, ServeOptions, Server};
 
 /// Settings of the serving benchmark.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct ServeBenchOptions {
     pub prefix: usize,
     /// Timed repetitions of each time-to-first-token measurement (the median is shown).
     pub repeats: usize,
+    /// Model replicas of the server (None: [`auto_replicas`]).
+    pub replicas: Option<usize>,
 }
 
 impl Default for ServeBenchOptions {
@@ -34,6 +36,7 @@ impl Default for ServeBenchOptions {
             tokens: 64,
             prefix: 1000,
             repeats: 5,
+            replicas: None,
         }
     }
 }
@@ -62,6 +65,9 @@ fn ids(n: usize, seed: u32, vocab: u32) -> Vec<u32> {
 pub fn run(ctx: &Context, dir: &Path, options: &ServeBenchOptions) -> Result<String> {
     let vocab = crate::arch::ModelConfig::from_file(&dir.join("config.json"))?.vocab_size as u32;
     let slots = options.streams.iter().copied().max().unwrap_or(1);
+    let replicas = options
+        .replicas
+        .unwrap_or_else(|| auto_replicas(ctx, slots));
     let server = Server::start(
         ctx.clone(),
         ServeOptions {
@@ -69,6 +75,7 @@ pub fn run(ctx: &Context, dir: &Path, options: &ServeBenchOptions) -> Result<Str
             load: LoadOptions::default(),
             port: 0,
             slots,
+            replicas,
             max_prompt_tokens: options.prefix * 2 + 64,
             ..ServeOptions::default()
         },
@@ -98,8 +105,8 @@ pub fn run(ctx: &Context, dir: &Path, options: &ServeBenchOptions) -> Result<Str
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "moxe serve on {} with {slots} slots: {} generated tokens per stream, sampled \
-             (temperature 0.8), EOS ignored",
+            "moxe serve on {} with {slots} slots on {replicas} replica(s): {} generated \
+             tokens per stream, sampled (temperature 0.8), EOS ignored",
             dir.display(),
             options.tokens
         );

@@ -82,6 +82,9 @@ pub enum BenchWhat {
         /// Tokens each stream generates.
         #[arg(long, default_value_t = 64)]
         tokens: usize,
+        /// Model replicas of the server [default: as `moxe serve` chooses].
+        #[arg(long)]
+        replicas: Option<usize>,
     },
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
@@ -123,12 +126,17 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
             };
             print!("{}", moxe::bench::moe::moe_layer(&ctx, &options)?);
         }
-        Some(BenchWhat::Serve { model, tokens }) => {
+        Some(BenchWhat::Serve {
+            model,
+            tokens,
+            replicas,
+        }) => {
             let dir = model.as_ref().unwrap_or(&args.model.model.model);
             super::threads::for_decode(&dir.join("config.json"));
             let ctx = gpu.context()?;
             let options = moxe::bench::serve::ServeBenchOptions {
                 tokens: *tokens,
+                replicas: *replicas,
                 ..Default::default()
             };
             print!("{}", moxe::bench::serve::run(&ctx, dir, &options)?);

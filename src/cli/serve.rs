@@ -24,6 +24,11 @@ pub struct ServeArgs {
     /// Sequences decoded together: each choice of each running request takes one.
     #[arg(long, default_value_t = 4)]
     pub slots: usize,
+    /// Copies of the model decoding side by side, each on a device of its own with its
+    /// share of the slots [default: one per CPU core on a CPU adapter running each device
+    /// on one thread (lavapipe with LP_NUM_THREADS=0), else 1].
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.
     #[arg(long, env = "MOXE_API_KEY")]
     pub api_key: Option<String>,
@@ -50,6 +55,9 @@ pub struct ServeArgs {
 pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
     super::threads::for_decode(&args.model.model.join("config.json"));
     let ctx = gpu.context()?;
+    let replicas = args
+        .replicas
+        .unwrap_or_else(|| moxe::server::auto_replicas(&ctx, args.slots));
     let (bar, progress) = load_progress("loading");
     let options = ServeOptions {
         model_dir: args.model.model.clone(),
@@ -61,6 +69,7 @@ pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
         host: args.host.clone(),
         port: args.port,
         slots: args.slots,
+        replicas,
         api_key: args.api_key.clone(),
         queue: args.queue,
         cache_bytes: args.cache_mib << 20,
@@ -71,9 +80,11 @@ pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
     };
     let server = Server::start(ctx, options)?;
     eprintln!(
-        "moxe serve: http://{} (model {}; loading, GET /health says when ready)",
+        "moxe serve: http://{} (model {}, {} slots on {replicas} replica(s); loading, \
+         GET /health says when ready)",
         server.addr(),
-        args.model.model.display()
+        args.model.model.display(),
+        args.slots
     );
     let result = server.wait();
     bar.finish_and_clear();

@@ -245,7 +245,7 @@ impl Common {
                 return Err(ApiError::invalid(
                     Some("n"),
                     format!(
-                        "n must be in 1..={} (the server's slots), got {n}",
+                        "n must be in 1..={} (the slots of one model replica), got {n}",
                         limits.max_n
                     ),
                 ))

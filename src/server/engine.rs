@@ -1,4 +1,9 @@
-//! The engine thread: continuous batching over the model's sequence slots.
+//! The engine threads: continuous batching over each model replica's sequence slots.
+//!
+//! One engine thread per replica (a copy of the model on a device of its own, see
+//! [`Context::replica`](crate::Context::replica)); the handle sends each job to the engine
+//! with the fewest slots claimed by its queued and running jobs, and every engine shares
+//! one prefix cache (snapshots are host memory, valid on any replica).
 //!
 //! Each turn of its loop: take the requests that arrived; drop those whose client went
 //! away (their slots are free again within one step); admit waiting requests while slots
@@ -11,17 +16,17 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::cache::PrefixCache;
 use super::metrics::Metrics;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime::generate::{Emitter, Finish, GenerateOptions, Piece};
 use crate::runtime::sampler::{Sampled, Sampler, SamplerSettings};
-use crate::runtime::{Model, Session};
+use crate::runtime::{Model, Session, Snapshot};
 
 /// One request for the engine: a tokenized prompt and how to continue it.
 pub(crate) struct Job {
@@ -53,19 +58,39 @@ pub(crate) enum Event {
     Failed(String),
 }
 
-/// Messages to the engine thread.
+/// Slots a job claims on the engine it was sent to, given back when the job leaves that
+/// engine (finished, failed, cancelled or drained: whenever it is dropped).
+pub(crate) struct Claim {
+    load: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.load.fetch_sub(self.n, Ordering::SeqCst);
+    }
+}
+
+/// Messages to an engine thread.
 pub(crate) enum Command {
-    Submit(Job),
+    Submit(Job, Claim),
     /// Stop admitting; end running jobs with an error at the deadline.
     Drain {
         deadline: Instant,
     },
 }
 
-/// The handlers' side of the engine: submission with a bounded queue.
+/// One engine as the handle sees it: its channel and the slots its jobs claim.
+#[derive(Clone)]
+struct Link {
+    tx: Sender<Command>,
+    load: Arc<AtomicUsize>,
+}
+
+/// The handlers' side of the engines: submission with a bounded queue.
 #[derive(Clone)]
 pub(crate) struct EngineHandle {
-    tx: Sender<Command>,
+    links: Vec<Link>,
     queued: Arc<AtomicUsize>,
     queue_limit: usize,
 }
@@ -79,22 +104,36 @@ pub(crate) enum Rejected {
 }
 
 impl EngineHandle {
-    /// Queues `job`; refused when `queue_limit` jobs already wait.
+    /// Queues `job` on the least loaded engine; refused when `queue_limit` jobs already
+    /// wait (on all engines together).
     pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
         let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
         if waiting >= self.queue_limit {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Rejected::Busy { waiting });
         }
-        self.tx.send(Command::Submit(job)).map_err(|_| {
+        let link = self
+            .links
+            .iter()
+            .min_by_key(|l| l.load.load(Ordering::SeqCst))
+            .expect("at least one engine");
+        link.load.fetch_add(job.n, Ordering::SeqCst);
+        let claim = Claim {
+            load: link.load.clone(),
+            n: job.n,
+        };
+        // A refused command drops its claim with it.
+        link.tx.send(Command::Submit(job, claim)).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             Rejected::Closed
         })
     }
 
-    /// Asks the engine to drain (see [`Command::Drain`]).
+    /// Asks every engine to drain (see [`Command::Drain`]).
     pub fn drain(&self, deadline: Instant) {
-        let _ = self.tx.send(Command::Drain { deadline });
+        for link in &self.links {
+            let _ = link.tx.send(Command::Drain { deadline });
+        }
     }
 }
 
@@ -113,6 +152,8 @@ struct Choice {
 /// An admitted job.
 struct Running {
     job: Job,
+    /// Held while the job runs here.
+    _claim: Claim,
     /// Reading the prompt: the session and how many prompt ids it has consumed.
     prefill: Option<(Session, usize)>,
     /// Prompt ids that came from the prefix cache.
@@ -121,47 +162,61 @@ struct Running {
     first_token: bool,
 }
 
-/// Engine settings.
+/// Engine settings (each engine has its model's `max_sequences` slots).
 pub(crate) struct EngineOptions {
-    /// Sequence slots (the model's `max_sequences`).
-    pub slots: usize,
     /// Jobs that may wait for a slot.
     pub queue_limit: usize,
     /// Host bytes of the prefix cache (0 = off).
     pub cache_bytes: usize,
 }
 
-/// Starts the engine thread for `model`.
+/// Starts one engine thread per model replica.
 pub(crate) fn start(
-    model: Arc<Model>,
+    replicas: Vec<Arc<Model>>,
     options: EngineOptions,
     metrics: Arc<Metrics>,
-) -> (EngineHandle, std::thread::JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel();
+) -> Result<(EngineHandle, Vec<std::thread::JoinHandle<()>>)> {
     let queued = Arc::new(AtomicUsize::new(0));
+    let cache = Arc::new(Mutex::new(PrefixCache::new(options.cache_bytes)));
+    let mut links = Vec::new();
+    let mut threads = Vec::new();
+    for (i, model) in replicas.into_iter().enumerate() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        links.push(Link { tx, load });
+        let engine = Engine {
+            cache: cache.clone(),
+            slots: model.options().max_sequences,
+            model,
+            rx,
+            queued: queued.clone(),
+            metrics: metrics.clone(),
+            shown: Shown::default(),
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            next_prefill: 0,
+            draining: None,
+            closed: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("moxe-engine-{i}"))
+            .spawn(move || engine.run())
+            .map_err(|e| Error::InvalidArgument(format!("cannot start an engine thread: {e}")))?;
+        threads.push(thread);
+    }
     let handle = EngineHandle {
-        tx,
-        queued: queued.clone(),
+        links,
+        queued,
         queue_limit: options.queue_limit,
     };
-    let engine = Engine {
-        cache: PrefixCache::new(options.cache_bytes),
-        model,
-        rx,
-        queued,
-        metrics,
-        options,
-        queue: VecDeque::new(),
-        running: Vec::new(),
-        next_prefill: 0,
-        draining: None,
-        closed: false,
-    };
-    let thread = std::thread::Builder::new()
-        .name("moxe-engine".into())
-        .spawn(move || engine.run())
-        .expect("spawning the engine thread");
-    (handle, thread)
+    Ok((handle, threads))
+}
+
+/// What one engine last added to the shared gauges (each engine adds its own part).
+#[derive(Default)]
+struct Shown {
+    queue: i64,
+    busy: i64,
 }
 
 struct Engine {
@@ -169,9 +224,10 @@ struct Engine {
     rx: Receiver<Command>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
-    options: EngineOptions,
-    cache: PrefixCache,
-    queue: VecDeque<Job>,
+    slots: usize,
+    shown: Shown,
+    cache: Arc<Mutex<PrefixCache>>,
+    queue: VecDeque<(Job, Claim)>,
     running: Vec<Running>,
     next_prefill: usize,
     draining: Option<Instant>,
@@ -195,7 +251,7 @@ impl Engine {
                 }
             }
             self.admit();
-            self.metrics.busy_slots.set(self.busy_slots() as i64);
+            self.show();
             if self.running.is_empty() && self.queue.is_empty() {
                 if self.closed || self.draining.is_some() {
                     return;
@@ -209,7 +265,7 @@ impl Engine {
                     let _ = r.job.events.send(Event::Failed(e.to_string()));
                 }
             }
-            self.metrics.busy_slots.set(self.busy_slots() as i64);
+            self.show();
         }
     }
 
@@ -237,19 +293,19 @@ impl Engine {
 
     fn command(&mut self, c: Command) {
         match c {
-            Command::Submit(job) => {
+            Command::Submit(job, claim) => {
                 if self.draining.is_some() {
                     self.queued.fetch_sub(1, Ordering::SeqCst);
                     let _ = job
                         .events
                         .send(Event::Failed("the server is shutting down".into()));
                 } else {
-                    self.queue.push_back(job);
+                    self.queue.push_back((job, claim));
                 }
             }
             Command::Drain { deadline } => {
                 self.draining = Some(deadline);
-                for job in self.queue.drain(..) {
+                for (job, _) in self.queue.drain(..) {
                     self.queued.fetch_sub(1, Ordering::SeqCst);
                     let _ = job
                         .events
@@ -257,17 +313,27 @@ impl Engine {
                 }
             }
         }
-        self.metrics.queue_depth.set(self.queue.len() as i64);
+        self.show();
+    }
+
+    /// Adds this engine's queued jobs and busy slots to the shared gauges (as the change
+    /// since it last did).
+    fn show(&mut self) {
+        let queue = self.queue.len() as i64;
+        let busy = self.busy_slots() as i64;
+        self.metrics.queue_depth.inc_by(queue - self.shown.queue);
+        self.metrics.busy_slots.inc_by(busy - self.shown.busy);
+        self.shown = Shown { queue, busy };
     }
 
     /// Forgets the jobs whose client has gone (their sessions, and slots, are dropped).
     fn drop_cancelled(&mut self) {
         let before = self.queue.len();
-        self.queue.retain(|j| !j.events.is_closed());
+        self.queue.retain(|(j, _)| !j.events.is_closed());
         self.queued
             .fetch_sub(before - self.queue.len(), Ordering::SeqCst);
         self.running.retain(|r| !r.job.events.is_closed());
-        self.metrics.queue_depth.set(self.queue.len() as i64);
+        self.show();
     }
 
     fn busy_slots(&self) -> usize {
@@ -276,16 +342,17 @@ impl Engine {
 
     /// Starts waiting jobs while their choices fit the free slots (in arrival order).
     fn admit(&mut self) {
-        while let Some(job) = self.queue.front() {
-            if self.busy_slots() + job.n > self.options.slots {
+        while let Some((job, _)) = self.queue.front() {
+            if self.busy_slots() + job.n > self.slots {
                 break;
             }
-            let job = self.queue.pop_front().expect("front exists");
+            let (job, claim) = self.queue.pop_front().expect("front exists");
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.queue_depth.set(self.queue.len() as i64);
+            self.show();
             self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
             let mut running = Running {
                 job,
+                _claim: claim,
                 prefill: None,
                 cached: 0,
                 choices: Vec::new(),
@@ -302,13 +369,15 @@ impl Engine {
 
     /// A job's session, from the longest cached prefix of its prompt when there is one.
     fn start(&mut self, running: &mut Running) -> Result<()> {
-        let hit = self.cache.lookup(&running.job.prompt).map(|h| {
+        let mut cache = self.cache.lock().expect("prefix cache poisoned");
+        let hit = cache.lookup(&running.job.prompt).map(|h| {
             (
                 h.len,
                 Session::from_snapshot(&self.model, h.snapshot),
                 h.logits.map(<[f32]>::to_vec),
             )
         });
+        drop(cache);
         match hit {
             Some((len, session, logits)) => {
                 let session = session?;
@@ -380,15 +449,9 @@ impl Engine {
             return Ok(());
         }
         let mut r = self.running.swap_remove(i);
-        if self
-            .cache
-            .admits(self.model.state_bytes_per_sequence() as usize)
-        {
-            self.cache.insert(
-                r.job.prompt.clone(),
-                session.snapshot()?,
-                Some(logits.clone()),
-            );
+        if self.cache_admits() {
+            let snapshot = session.snapshot()?;
+            self.cache_insert(r.job.prompt.clone(), snapshot, Some(logits.clone()));
         }
         let _ = r.job.events.send(Event::Prefilled { cached: r.cached });
         match begin_choices(&self.model, &self.metrics, &mut r, session, &logits) {
@@ -434,11 +497,7 @@ impl Engine {
     /// after it (all but the last generated one).
     fn cache_after(&mut self, r: &Running) {
         let Some(c) = r.choices.first() else { return };
-        if c.fed.is_empty()
-            || !self
-                .cache
-                .admits(self.model.state_bytes_per_sequence() as usize)
-        {
+        if c.fed.is_empty() || !self.cache_admits() {
             return;
         }
         let mut ids = r.job.prompt.clone();
@@ -446,8 +505,22 @@ impl Engine {
         // Without the logits after the last fed token (the last generated token was drawn
         // from them), this entry serves only strictly longer prompts.
         if let Ok(snapshot) = c.session.snapshot() {
-            self.cache.insert(ids, snapshot, None);
+            self.cache_insert(ids, snapshot, None);
         }
+    }
+
+    /// Whether the shared prefix cache takes a state of this model's size.
+    fn cache_admits(&self) -> bool {
+        let bytes = self.model.state_bytes_per_sequence() as usize;
+        self.cache
+            .lock()
+            .expect("prefix cache poisoned")
+            .admits(bytes)
+    }
+
+    fn cache_insert(&self, ids: Vec<u32>, snapshot: Snapshot, logits: Option<Vec<f32>>) {
+        let mut cache = self.cache.lock().expect("prefix cache poisoned");
+        cache.insert(ids, snapshot, logits);
     }
 }
 

@@ -48,8 +48,12 @@ pub struct ServeOptions {
     pub host: String,
     /// 0 picks a free port.
     pub port: u16,
-    /// Sequences decoded together (each choice of each running request takes one).
+    /// Sequences decoded together (each choice of each running request takes one), over
+    /// all replicas.
     pub slots: usize,
+    /// Copies of the model, each on a device of its own with its share of the slots and an
+    /// engine thread that decodes its sequences beside the others (see [`auto_replicas`]).
+    pub replicas: usize,
     /// Required as `Authorization: Bearer KEY` when set.
     pub api_key: Option<String>,
     /// Requests that may wait for a slot; more get 429.
@@ -71,6 +75,7 @@ impl Default for ServeOptions {
             host: "127.0.0.1".into(),
             port: 8080,
             slots: 4,
+            replicas: 1,
             api_key: None,
             queue: 64,
             cache_bytes: 1 << 30,
@@ -139,6 +144,12 @@ impl Server {
         if options.slots == 0 {
             return Err(Error::InvalidArgument("--slots must be at least 1".into()));
         }
+        if options.replicas == 0 || options.replicas > options.slots {
+            return Err(Error::InvalidArgument(format!(
+                "--replicas must be between 1 and the slots ({}), got {}",
+                options.slots, options.replicas
+            )));
+        }
         let addr = format!("{}:{}", options.host, options.port);
         let listener = std::net::TcpListener::bind(&addr)
             .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
@@ -160,7 +171,8 @@ impl Server {
             limits: Limits {
                 max_prompt_tokens: options.max_prompt_tokens,
                 max_tokens: options.max_tokens,
-                max_n: options.slots,
+                // A request's choices run on one replica.
+                max_n: options.slots / options.replicas,
             },
             metrics: Arc::new(Metrics::new()),
             model_id,
@@ -297,10 +309,10 @@ fn serve(
             .await
             .map_err(|e| Error::InvalidArgument(format!("the HTTP server failed: {e}")))
     });
-    // Dropping the state's engine handle lets the engine thread finish.
-    let engine = loader.join().ok().flatten();
+    // Dropping the state's engine handle lets the engine threads finish.
+    let engines = loader.join().ok().flatten();
     *state.phase.write().expect("phase poisoned") = Phase::Failed("stopped".into());
-    if let Some(thread) = engine {
+    for thread in engines.into_iter().flatten() {
         let _ = thread.join();
     }
     if let Some(e) = failure.lock().expect("failure poisoned").take() {
@@ -309,34 +321,56 @@ fn serve(
     result
 }
 
-/// Loads the model and starts the engine; returns the engine thread.
+/// Loads the model (once per replica, the first on `ctx`, the others on replicas of it)
+/// and starts the engines; returns their threads.
 fn load(
     ctx: &Context,
     options: &ServeOptions,
     state: &AppState,
-) -> Result<std::thread::JoinHandle<()>> {
-    let load = LoadOptions {
-        max_sequences: options.slots,
-        ..options.load.clone()
-    };
-    let model = Arc::new(Model::load(ctx, &options.model_dir, &load)?);
-    model.require_tokenizer()?;
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut models = Vec::new();
+    for i in 0..options.replicas {
+        // The slots shared out as evenly as they go.
+        let load = LoadOptions {
+            max_sequences: options.slots / options.replicas
+                + usize::from(i < options.slots % options.replicas),
+            ..options.load.clone()
+        };
+        let ctx = if i == 0 { ctx.clone() } else { ctx.replica()? };
+        let model = Arc::new(Model::load(&ctx, &options.model_dir, &load)?);
+        model.require_tokenizer()?;
+        models.push(model);
+    }
     let chat = ChatTemplate::of_model(&options.model_dir)?;
-    let (engine, thread) = engine::start(
-        model.clone(),
+    let model = models[0].clone();
+    let (engine, threads) = engine::start(
+        models,
         EngineOptions {
-            slots: options.slots,
             queue_limit: options.queue,
             cache_bytes: options.cache_bytes,
         },
         state.metrics.clone(),
-    );
+    )?;
     *state.phase.write().expect("phase poisoned") = Phase::Ready(Arc::new(Ready {
         model,
         engine,
         chat,
     }));
-    Ok(thread)
+    Ok(threads)
+}
+
+/// The replicas `moxe serve` uses unless told: one per CPU core (at most one per slot) on
+/// a CPU adapter whose driver runs each device's work on a single thread of its own
+/// (lavapipe with `LP_NUM_THREADS=0`, which the CLI sets for small models), where one
+/// device would leave the other cores idle; one elsewhere. Each replica holds its own
+/// copy of the weights.
+pub fn auto_replicas(ctx: &Context, slots: usize) -> usize {
+    let single_thread = std::env::var("LP_NUM_THREADS").is_ok_and(|v| v.trim() == "0");
+    if !(ctx.is_cpu() && single_thread) {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.clamp(1, slots.max(1))
 }
 
 /// SIGTERM or Ctrl-C.
