@@ -41,6 +41,13 @@ impl Default for ServeBenchOptions {
     }
 }
 
+impl ServeBenchOptions {
+    /// The server's slots: one per stream of the largest round.
+    pub fn slots(&self) -> usize {
+        self.streams.iter().copied().max().unwrap_or(1)
+    }
+}
+
 fn failed(what: &str, t: &Timed) -> Error {
     Error::InvalidArgument(format!(
         "{what}: status {}: {}",
@@ -64,7 +71,7 @@ fn ids(n: usize, seed: u32, vocab: u32) -> Vec<u32> {
 /// Runs the benchmark on the model at `dir`; returns the report.
 pub fn run(ctx: &Context, dir: &Path, options: &ServeBenchOptions) -> Result<String> {
     let vocab = crate::arch::ModelConfig::from_file(&dir.join("config.json"))?.vocab_size as u32;
-    let slots = options.streams.iter().copied().max().unwrap_or(1);
+    let slots = options.slots();
     let replicas = options
         .replicas
         .unwrap_or_else(|| auto_replicas(ctx, slots));

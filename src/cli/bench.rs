@@ -132,11 +132,14 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
             replicas,
         }) => {
             let dir = model.as_ref().unwrap_or(&args.model.model.model);
-            super::threads::for_decode(&dir.join("config.json"));
+            let small = super::threads::for_decode(&dir.join("config.json"));
             let ctx = gpu.context()?;
+            let slots = moxe::bench::serve::ServeBenchOptions::default().slots();
             let options = moxe::bench::serve::ServeBenchOptions {
                 tokens: *tokens,
-                replicas: *replicas,
+                replicas: Some(
+                    replicas.unwrap_or_else(|| super::serve::auto_replicas(&ctx, slots, small)),
+                ),
                 ..Default::default()
             };
             print!("{}", moxe::bench::serve::run(&ctx, dir, &options)?);

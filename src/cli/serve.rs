@@ -11,6 +11,17 @@ use moxe::Result;
 use super::model_args::{load_progress, DtypeArg, ModelArgs};
 use super::GpuArgs;
 
+/// `--replicas` when not given: [`moxe::server::auto_replicas`] for a model small enough to
+/// decode on one lavapipe thread (larger ones would hold a copy of big weights per core and
+/// decode on lavapipe's thread pool anyway), else 1.
+pub fn auto_replicas(ctx: &moxe::Context, slots: usize, small_model: bool) -> usize {
+    if small_model {
+        moxe::server::auto_replicas(ctx, slots)
+    } else {
+        1
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -25,8 +36,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     pub slots: usize,
     /// Copies of the model decoding side by side, each on a device of its own with its
-    /// share of the slots [default: one per CPU core on a CPU adapter running each device
-    /// on one thread (lavapipe with LP_NUM_THREADS=0), else 1].
+    /// share of the slots [default: for a small model on a CPU adapter that runs each
+    /// device on one thread (lavapipe with LP_NUM_THREADS=0), one per CPU core; else 1].
     #[arg(long)]
     pub replicas: Option<usize>,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.
@@ -53,11 +64,11 @@ pub struct ServeArgs {
 }
 
 pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
-    super::threads::for_decode(&args.model.model.join("config.json"));
+    let small = super::threads::for_decode(&args.model.model.join("config.json"));
     let ctx = gpu.context()?;
     let replicas = args
         .replicas
-        .unwrap_or_else(|| moxe::server::auto_replicas(&ctx, args.slots));
+        .unwrap_or_else(|| auto_replicas(&ctx, args.slots, small));
     let (bar, progress) = load_progress("loading");
     let options = ServeOptions {
         model_dir: args.model.model.clone(),

@@ -29,16 +29,15 @@ fn active_bytes_per_layer(config: &ModelConfig) -> usize {
 
 /// Sets `LP_NUM_THREADS=0` (lavapipe runs dispatches on the calling thread) for a model
 /// small enough that decode is dominated by per-dispatch cost, unless the user chose.
-/// A config that cannot be read is left to the loader to report.
-pub fn for_decode(config_path: &Path) {
-    if std::env::var_os("LP_NUM_THREADS").is_some() {
-        return;
-    }
+/// Returns whether the model is that small (whatever the user chose). A config that
+/// cannot be read is left to the loader to report.
+pub fn for_decode(config_path: &Path) -> bool {
     let Ok(config) = ModelConfig::from_file(config_path) else {
-        return;
+        return false;
     };
     let bytes = active_bytes_per_layer(&config);
-    if bytes < SINGLE_THREAD_BELOW {
+    let small = bytes < SINGLE_THREAD_BELOW;
+    if small && std::env::var_os("LP_NUM_THREADS").is_none() {
         log::info!(
             "{:.1} MB of weights per layer and token: lavapipe (if used) runs on one thread \
              (LP_NUM_THREADS=0; set LP_NUM_THREADS to choose)",
@@ -47,6 +46,7 @@ pub fn for_decode(config_path: &Path) {
         // Called from `main`'s thread before any other thread or GPU instance exists.
         std::env::set_var("LP_NUM_THREADS", "0");
     }
+    small
 }
 
 #[cfg(test)]
