@@ -37,7 +37,8 @@ pub struct ServeArgs {
     pub slots: usize,
     /// Copies of the model decoding side by side, each on a device of its own with its
     /// share of the slots [default: for a small model on a CPU adapter that runs each
-    /// device on one thread (lavapipe with LP_NUM_THREADS=0), one per CPU core; else 1].
+    /// device on one thread (lavapipe with LP_NUM_THREADS=0), one per CPU core while each
+    /// keeps 4 slots; else 1].
     #[arg(long)]
     pub replicas: Option<usize>,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.

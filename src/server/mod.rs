@@ -359,19 +359,23 @@ fn load(
     Ok(threads)
 }
 
-/// The replicas `moxe serve` uses unless told: one per CPU core (at most one per slot) on
-/// a CPU adapter whose driver runs each device's work on a single thread of its own
-/// (lavapipe with `LP_NUM_THREADS=0`, which the CLI sets for small models), where one
-/// device would leave the other cores idle; one elsewhere. Each replica holds its own
-/// copy of the weights.
+/// The replicas `moxe serve` uses unless told: on a CPU adapter whose driver runs each
+/// device's work on a single thread of its own (lavapipe with `LP_NUM_THREADS=0`, which the
+/// CLI sets for small models), where one device would leave the other cores idle, one per
+/// core as long as each keeps [`MIN_REPLICA_SLOTS`] slots (so a request's `n` choices, which
+/// share one replica, may still number that many); one elsewhere. Each replica holds its
+/// own copy of the weights.
 pub fn auto_replicas(ctx: &Context, slots: usize) -> usize {
     let single_thread = std::env::var("LP_NUM_THREADS").is_ok_and(|v| v.trim() == "0");
     if !(ctx.is_cpu() && single_thread) {
         return 1;
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    cores.clamp(1, slots.max(1))
+    cores.min(slots / MIN_REPLICA_SLOTS).max(1)
 }
+
+/// The fewest slots [`auto_replicas`] leaves a replica.
+pub const MIN_REPLICA_SLOTS: usize = 4;
 
 /// SIGTERM or Ctrl-C.
 async fn terminate() {
