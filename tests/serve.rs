@@ -1,7 +1,7 @@
 //! `moxe serve` end to end: the server on an ephemeral loopback port, talked to over real
 //! HTTP (hyper's client in `moxe::server::client`, and raw TCP to hang up mid-stream): every endpoint, streaming,
 //! batched runs equal to solo runs, cancellation, the queue, bad requests, the API key, the
-//! prefix cache, chat templates and a graceful shutdown.
+//! prefix cache, model replicas, chat templates and a graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
