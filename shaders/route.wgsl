@@ -10,7 +10,9 @@
 //            the raw top-k probabilities on e) over the block's tokens;
 //   scan:    one workgroup per chunk: block_offsets[b, e] = tokens routed to e in the
 //            chunk's earlier blocks; chunk_counts[c, e] = tokens routed to e in the chunk;
-//   scatter: one workgroup per block: slots[t, j] for every choice of its tokens.
+//   scatter: one workgroup per block: slots[t, j] for every choice of its tokens;
+//   single:  the three at once when the step is one block (N <= 64, as in decode): one
+//            workgroup, invocation e going over its expert's choices once.
 
 struct Params {
     n: u32,
@@ -99,4 +101,24 @@ fn scatter(
             slot++;
         }
     }
+}
+
+@compute @workgroup_size(64)
+fn single(@builtin(local_invocation_index) e: u32) {
+    if p.blocks != 1u || e >= p.experts {
+        return;
+    }
+    var count = 0u;
+    var load = 0.0;
+    for (var i = 0u; i < p.n * p.top_k; i++) {
+        if topk_idx[i] == e {
+            slots[i] = e * p.chunk + count;
+            count++;
+            load += topk_prob[i];
+        }
+    }
+    block_counts[e] = count;
+    block_loads[e] = load;
+    block_offsets[e] = 0u;
+    chunk_counts[e] = count;
 }

@@ -1,6 +1,7 @@
 //! Per-expert token lists of a MoE layer, built on the GPU: counts, a deterministic prefix
 //! sum in token order, and the position of every (token, choice) in its expert's list.
-//! Kernel: `shaders/route.wgsl` (entry points `count`, `scan`, `scatter`).
+//! Kernel: `shaders/route.wgsl` (entry points `count`, `scan`, `scatter`, and `single`, the
+//! three in one dispatch for a step of one block).
 //!
 //! Layout ([`RouteLayout`]): the N tokens of a step are dispatched in chunks of C tokens
 //! (C = N unless the expert regions of N tokens would not fit one storage binding). Each
@@ -144,7 +145,8 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// Records count, scan and scatter for the top-k choices `topk_idx` / `topk_prob`.
+/// Records count, scan and scatter (or `single` for a step of one block) for the top-k
+/// choices `topk_idx` / `topk_prob`.
 pub fn route(
     ctx: &Context,
     graph: &mut Graph,
@@ -177,11 +179,17 @@ pub fn route(
         out.chunk_counts.binding()?,
         out.slots.binding()?,
     ];
-    for (entry, groups) in [
-        ("count", layout.blocks()),
-        ("scan", layout.chunks()),
-        ("scatter", layout.blocks()),
-    ] {
+    // A step of one block (decode) needs one dispatch, not three.
+    let passes: &[(&str, usize)] = if layout.blocks() == 1 {
+        &[("single", 1)]
+    } else {
+        &[
+            ("count", layout.blocks()),
+            ("scan", layout.chunks()),
+            ("scatter", layout.blocks()),
+        ]
+    };
+    for &(entry, groups) in passes {
         let pipeline = ctx.pipeline("route", entry, &[])?;
         graph.dispatch(ctx, &pipeline, &resources, Workgroups::linear(groups))?;
     }
