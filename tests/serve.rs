@@ -226,6 +226,59 @@ fn streams_equal_plain_responses_and_batched_runs_equal_solo_runs() {
     server.shutdown().unwrap();
 }
 
+/// The first choice's text of each completion request, sent one after another.
+async fn one_by_one(addr: SocketAddr, bodies: &[Value]) -> Vec<Value> {
+    let mut texts = Vec::new();
+    for body in bodies {
+        let (s, c) = post(addr, "/v1/completions", body.clone()).await;
+        assert_eq!(s, 200, "{c}");
+        texts.push(c["choices"][0]["text"].clone());
+    }
+    texts
+}
+
+/// The first choice's text of each completion request, all sent at once.
+async fn all_at_once(addr: SocketAddr, bodies: &[Value]) -> Vec<Value> {
+    let tasks: Vec<_> = bodies
+        .iter()
+        .cloned()
+        .map(|body| tokio::spawn(async move { post(addr, "/v1/completions", body).await }))
+        .collect();
+    let mut texts = Vec::new();
+    for t in tasks {
+        let (s, c) = t.await.unwrap();
+        assert_eq!(s, 200, "{c}");
+        texts.push(c["choices"][0]["text"].clone());
+    }
+    texts
+}
+
+#[test]
+fn prompts_read_together_continue_as_prompts_read_alone() {
+    // Without the prefix cache, which would serve the repeated prompts without a prefill.
+    let server = start(ServeOptions {
+        cache_bytes: 0,
+        ..options()
+    });
+    let addr = server.addr();
+    // Four prompts of 70 ids (a 64-id chunk, then 6): arriving together, their chunks are
+    // prefilled in batched steps.
+    let prompt =
+        |p: u32| -> Vec<u32> { (0..70u32).map(|i| (i * 53 + p * 977) % 4000 + 30).collect() };
+    let request = |p: u32| {
+        json!({"prompt": prompt(p), "max_tokens": 12, "temperature": 0.8, "seed": p,
+               "ignore_eos": true})
+    };
+    runtime().block_on(async {
+        let bodies: Vec<Value> = (0..4).map(request).collect();
+        let solo = one_by_one(addr, &bodies).await;
+        for _ in 0..2 {
+            assert_eq!(all_at_once(addr, &bodies).await, solo);
+        }
+    });
+    server.shutdown().unwrap();
+}
+
 /// Sends a streaming request over raw TCP, reads its first event, and hangs up.
 /// Sends a streamed completion over a raw connection and returns it once the first event
 /// has arrived (the request is running): dropping the connection hangs up.
@@ -588,25 +641,9 @@ fn replicas_decode_side_by_side_exactly_and_share_the_prefix_cache() {
             "In the morning",
             "He said",
         ];
-        let mut solo = Vec::new();
-        for (i, p) in prompts.iter().enumerate() {
-            let (s, c) = post(addr, "/v1/completions", sampled(p, i as u64)).await;
-            assert_eq!(s, 200, "{c}");
-            solo.push(c["choices"][0]["text"].clone());
-        }
-        let tasks: Vec<_> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let body = sampled(p, i as u64);
-                tokio::spawn(async move { post(addr, "/v1/completions", body).await })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let (s, c) = t.await.unwrap();
-            assert_eq!(s, 200, "{c}");
-            assert_eq!(c["choices"][0]["text"], solo[i], "prompt {i}");
-        }
+        let bodies: Vec<Value> = (0..4).map(|i| sampled(prompts[i], i as u64)).collect();
+        let solo = one_by_one(addr, &bodies).await;
+        assert_eq!(all_at_once(addr, &bodies).await, solo);
 
         // A prefix cached by the first replica continues on the second (the first is busy
         // with a long stream), exactly as a prefill of the whole prompt.

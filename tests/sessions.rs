@@ -265,3 +265,44 @@ fn the_model_is_shared_by_sessions_on_several_threads() {
         assert_eq!(h.join().unwrap(), want);
     }
 }
+
+#[test]
+fn a_batched_prefill_leaves_each_session_where_its_own_prefill_does() {
+    let model = default_model(6);
+    // 37 ids each: chunks of 32, 4 and 1 (the default chunk is 64).
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|p| {
+            (0..37u32)
+                .map(|i| (i * 31 + p * 101 + 7) % 4000 + 20)
+                .collect()
+        })
+        .collect();
+    let mut solo_logits = Vec::new();
+    let mut solo = Vec::new();
+    for p in &prompts {
+        let mut s = Session::new(&model).unwrap();
+        solo_logits.extend(s.feed_logits(p).unwrap());
+        solo.push(s);
+    }
+    let mut batched: Vec<Session> = (0..3).map(|_| Session::new(&model).unwrap()).collect();
+    let ids: Vec<u32> = prompts.concat();
+    let logits = {
+        let mut refs: Vec<&mut Session> = batched.iter_mut().collect();
+        model.feed_logits_batch(&mut refs, &ids).unwrap()
+    };
+    assert_eq!(logits, solo_logits, "logits after the prompts");
+    // The states too: the same greedy continuation, token for token.
+    let greedy = Sampling::greedy();
+    for (a, b) in solo.iter_mut().zip(&mut batched) {
+        assert_eq!(a.position(), b.position());
+        let first = a.feed(&[5], &greedy).unwrap();
+        assert_eq!(b.feed(&[5], &greedy).unwrap(), first);
+        assert_eq!(
+            continue_from(a, first, 8, &greedy),
+            continue_from(b, first, 8, &greedy)
+        );
+    }
+    // Uneven input is a typed error.
+    let mut refs: Vec<&mut Session> = batched.iter_mut().collect();
+    assert!(model.feed_logits_batch(&mut refs, &ids[..10]).is_err());
+}

@@ -363,6 +363,49 @@ impl Model {
         }
     }
 
+    /// Feeds `ids[i * n .. (i + 1) * n]` to `sessions[i]` (the same count n of ids each),
+    /// all sessions together in each chunk, and returns the logits (V) after the last id of
+    /// each, concatenated (B, V). The n ids are cut into chunks as [`Session::feed_logits`]
+    /// cuts them, so each session ends in the state a feed of its own ids gives.
+    pub fn feed_logits_batch(
+        &self,
+        sessions: &mut [&mut Session],
+        ids: &[u32],
+    ) -> Result<Vec<f32>> {
+        let b = sessions.len();
+        if b == 0 || ids.is_empty() || ids.len() % b != 0 {
+            return Err(Error::mismatch(
+                "batched prefill ids",
+                format!("the same positive count for each of {b} sessions"),
+                ids.len(),
+            ));
+        }
+        check_ids(ids, self.vocab())?;
+        let n = ids.len() / b;
+        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let positions: Vec<u32> = (0..n as u32).collect();
+        let parts = chunks(&positions, self.options.prefill_chunk);
+        let mut result = StepResult::default();
+        let mut start = 0;
+        for (i, part) in parts.iter().enumerate() {
+            let len = part.len();
+            let chunk: Vec<u32> = (0..b)
+                .flat_map(|s| ids[s * n + start..s * n + start + len].iter().copied())
+                .collect();
+            let key = StepKey {
+                seqs: b,
+                tokens: len,
+                output: Output::Logits,
+            };
+            result = run(self, key, &chunk, &slots, &[], i + 1 == parts.len())?;
+            start += len;
+        }
+        for s in sessions.iter_mut() {
+            s.position += n;
+        }
+        Ok(result.logits)
+    }
+
     /// One decode step for several sessions at once: feeds `tokens[i]` to `sessions[i]` and
     /// returns the logits (V) after it of each, concatenated (B, V), for sampling on the host.
     pub fn step_logits(&self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Vec<f32>> {

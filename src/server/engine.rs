@@ -8,8 +8,10 @@
 //! Each turn of its loop: take the requests that arrived; drop those whose client went
 //! away (their slots are free again within one step); admit waiting requests while slots
 //! are free, starting each from the longest cached prefix of its prompt; prefill ONE chunk
-//! of one admitted prompt (round robin), so a long prompt never stalls the running streams
-//! for more than a chunk; then one batched decode step for every running sequence. Tokens
+//! of one admitted prompt (round robin), in the same step as the next chunk of every other
+//! prompt being read whose chunk is as long, so a long prompt never stalls the running
+//! streams for more than a chunk and prompts that arrive together are read together; then
+//! one batched decode step for every running sequence. Tokens
 //! are sampled on the host from the step's logits, each sequence with its own random
 //! stream, so a seeded request draws the same tokens whoever it is batched with.
 
@@ -419,9 +421,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Prefills the next chunk of the next job (round robin) that is reading its prompt.
-    /// Chunks are the model's `prefill_chunk` tokens, and the last one the rest, so a
-    /// prompt is cut as [`Session::feed`] cuts it whatever else runs.
+    /// Prefills the next chunk of the next job (round robin) that is reading its prompt,
+    /// together with the following such jobs whose next chunk is as long, up to one
+    /// chunk's rows in all (one batched step: each session ends where its own prefill
+    /// would, bit for bit). Chunks are the model's
+    /// `prefill_chunk` tokens, and the last one the rest, so a prompt is cut as
+    /// [`Session::feed`] cuts it whatever else runs.
     fn prefill_one(&mut self) -> Result<()> {
         let n = self.running.len();
         let Some(i) = (0..n)
@@ -432,29 +437,66 @@ impl Engine {
         };
         self.next_prefill = i + 1;
         let chunk = self.model.options().prefill_chunk;
-        let r = &mut self.running[i];
-        let (mut session, fed) = r.prefill.take().expect("found above");
-        let len = r.job.prompt.len();
-        let end = if len - fed > chunk { fed + chunk } else { len };
-        let logits = match session.feed_logits(&r.job.prompt[fed..end]) {
+        let piece = |r: &Running| {
+            r.prefill
+                .as_ref()
+                .map(|(_, fed)| (r.job.prompt.len() - fed).min(chunk))
+        };
+        let len = piece(&self.running[i]);
+        // The round robin's pick and the next ones in turn with as long a chunk, as many as
+        // one chunk's rows hold (so no step is larger than a solo prefill's), in index order.
+        let mut batch: Vec<usize> = (0..n)
+            .map(|k| (i + k) % n)
+            .filter(|&j| piece(&self.running[j]) == len)
+            .take((chunk / len.expect("found above")).max(1))
+            .collect();
+        batch.sort_unstable();
+        let len = len.expect("found above");
+        let mut taken: Vec<(Session, usize)> = batch
+            .iter()
+            .map(|&j| self.running[j].prefill.take().expect("filtered above"))
+            .collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .zip(&taken)
+            .flat_map(|(&j, &(_, fed))| self.running[j].job.prompt[fed..fed + len].to_vec())
+            .collect();
+        let result = {
+            let mut sessions: Vec<&mut Session> = taken.iter_mut().map(|(s, _)| s).collect();
+            self.model.feed_logits_batch(&mut sessions, &ids)
+        };
+        let logits = match result {
             Ok(l) => l,
             Err(e) => {
-                let r = self.running.swap_remove(i);
-                let _ = r.job.events.send(Event::Failed(e.to_string()));
+                // Descending, so that swap_remove leaves the lower indices in place.
+                for &j in batch.iter().rev() {
+                    let r = self.running.swap_remove(j);
+                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                }
                 return Ok(());
             }
         };
-        if end < len {
-            r.prefill = Some((session, end));
-            return Ok(());
+        let v = self.model.vocab();
+        for (k, &j) in batch.iter().enumerate().rev() {
+            let (session, fed) = taken.pop().expect("one per job");
+            if fed + len < self.running[j].job.prompt.len() {
+                self.running[j].prefill = Some((session, fed + len));
+                continue;
+            }
+            let r = self.running.swap_remove(j);
+            self.prefilled(r, session, &logits[k * v..(k + 1) * v])?;
         }
-        let mut r = self.running.swap_remove(i);
+        Ok(())
+    }
+
+    /// A job whose prompt has been read: caches the state, then starts its choices.
+    fn prefilled(&mut self, mut r: Running, session: Session, logits: &[f32]) -> Result<()> {
         if self.cache_admits() {
             let snapshot = session.snapshot()?;
-            self.cache_insert(r.job.prompt.clone(), snapshot, Some(logits.clone()));
+            self.cache_insert(r.job.prompt.clone(), snapshot, Some(logits.to_vec()));
         }
         let _ = r.job.events.send(Event::Prefilled { cached: r.cached });
-        match begin_choices(&self.model, &self.metrics, &mut r, session, &logits) {
+        match begin_choices(&self.model, &self.metrics, &mut r, session, logits) {
             Ok(()) => self.running.push(r),
             Err(e) => {
                 let _ = r.job.events.send(Event::Failed(e.to_string()));
