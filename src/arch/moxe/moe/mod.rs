@@ -6,15 +6,16 @@
 //! 2. the fused gate ([`ops::gate`](crate::ops::gate)): p, top-k, weights, per-token terms;
 //! 3. routing ([`ops::route`](crate::ops::route)): per-expert token counts, a token-order
 //!    prefix sum and each (token, choice)'s row in its expert's region;
-//! 4. the telemetry reduction ([`ops::router_stats`](crate::ops::router_stats));
-//! 5. the indirect-dispatch arguments of every expert kernel, computed on the GPU from the
+//! 4. the indirect-dispatch arguments of every expert kernel, computed on the GPU from the
 //!    counts ([`DynamicRows`](crate::graph::DynamicRows)), so an expert that receives no tokens runs zero workgroups;
-//! 6. per dispatch chunk: gather of the token rows into the expert regions, every expert
+//! 5. per dispatch chunk: gather of the token rows into the expert regions, every expert
 //!    (any [`Expert`]) over its region inside a dynamic-rows section, and the weighted
 //!    combine into `out`.
 //!
 //! Nothing is read back during a step. The buffers of one recording (and its telemetry)
-//! belong to the returned [`MoeStep`]; the expert regions come from the shared [`Scratch`],
+//! belong to the returned [`MoeStep`], which runs the telemetry reduction
+//! ([`ops::router_stats`](crate::ops::router_stats)) over them when the telemetry is read,
+//! not at every step; the expert regions come from the shared [`Scratch`],
 //! so all layers reuse them.
 //!
 //! Expert regions: E regions of C rows, region e at rows `e * C ..`, where C (the dispatch
@@ -44,7 +45,6 @@ use crate::ops::group_route::group_route;
 use crate::ops::matmul::matmul;
 use crate::ops::moe_rows::{combine, gather, relay};
 use crate::ops::route::{route, RouteLayout, BLOCK_TOKENS};
-use crate::ops::router_stats::router_stats;
 use crate::ops::View;
 use crate::runtime::Scratch;
 use crate::tensor::{DType, Tensor};
@@ -324,16 +324,6 @@ impl MoeLayer {
             &step.topk_idx,
             &step.topk_prob,
             &step.route,
-        )?;
-        router_stats(
-            ctx,
-            graph,
-            &layout,
-            self.spec.router.has_predictor(),
-            &step.stats,
-            &step.route,
-            &step.summary,
-            &step.counts,
         )?;
         step.dynamic.record_fill(ctx, graph)?;
         if let Some(gs) = &groups {

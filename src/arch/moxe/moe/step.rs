@@ -9,15 +9,17 @@ use crate::arch::moxe::telemetry::RouterTelemetry;
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::DynamicRows;
+use crate::graph::Graph;
 use crate::ops::gate::{self, GateOutputs, GateSpec, STAT_COLS};
 use crate::ops::route::{RouteBuffers, RouteLayout};
-use crate::ops::router_stats::{RouterSummary, SUMMARY_HEAD};
+use crate::ops::router_stats::{router_stats, RouterSummary, SUMMARY_HEAD};
 use crate::runtime::Scratch;
 use crate::tensor::{DType, Tensor};
 
 /// The buffers of one recorded MoE step: routing, telemetry, and the GPU-written dispatch
 /// arguments of the experts. Valid after the graph it was recorded into has run.
 pub struct MoeStep {
+    ctx: Context,
     pub(super) spec: GateSpec,
     pub(super) layout: RouteLayout,
     /// (N, E [+1]) router logits.
@@ -65,6 +67,7 @@ impl MoeStep {
         let capacity = layout.chunks() * e * EXPERT_DISPATCH_BUDGET;
         let dynamic = DynamicRows::new(ctx, &route.chunk_counts, capacity)?;
         Ok(MoeStep {
+            ctx: ctx.clone(),
             spec: *spec,
             layout,
             logits: f32s("moe router logits", &[n, spec.logit_cols()])?,
@@ -100,8 +103,22 @@ impl MoeStep {
     }
 
     /// Reads the router telemetry of the last run of this recording (blocks until the
-    /// device is idle; call it only when telemetry is wanted).
+    /// device is idle; call it only when telemetry is wanted). Its summary (losses, loads,
+    /// counts) is reduced here, from the step's per-token terms and routing, rather than by
+    /// every step.
     pub fn read_telemetry(&self) -> Result<RouterTelemetry> {
+        let mut graph = Graph::new();
+        router_stats(
+            &self.ctx,
+            &mut graph,
+            &self.layout,
+            self.spec.router.has_predictor(),
+            &self.stats,
+            &self.route,
+            &self.summary,
+            &self.counts,
+        )?;
+        self.ctx.run(&[&graph])?;
         let stats = self.stats.to_f32()?;
         let col = |c: usize| -> Vec<f32> { stats.chunks(STAT_COLS).map(|r| r[c]).collect() };
         let summary = RouterSummary::from_buffers(&self.summary.to_f32()?, &self.counts.to_u32()?);
