@@ -11,9 +11,9 @@
 //! of one admitted prompt (round robin), in the same step as the next chunk of every other
 //! prompt being read whose chunk is as long, so a long prompt never stalls the running
 //! streams for more than a chunk and prompts that arrive together are read together; then
-//! one batched decode step for every running sequence. Tokens
-//! are sampled on the host from the step's logits, each sequence with its own random
-//! stream, so a seeded request draws the same tokens whoever it is batched with.
+//! one batched decode step for every running sequence. Tokens are sampled on the host from
+//! the step's logits, each sequence with its own random stream, so a seeded request draws
+//! the same tokens whoever it is batched with.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
