@@ -138,7 +138,7 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
             let options = moxe::bench::serve::ServeBenchOptions {
                 tokens: *tokens,
                 replicas: Some(
-                    replicas.unwrap_or_else(|| super::serve::auto_replicas(&ctx, slots, small)),
+                    replicas.unwrap_or_else(|| super::serve::default_replicas(&ctx, slots, small)),
                 ),
                 ..Default::default()
             };

@@ -14,7 +14,7 @@ use super::GpuArgs;
 /// `--replicas` when not given: [`moxe::server::auto_replicas`] for a model small enough to
 /// decode on one lavapipe thread (larger ones would hold a copy of big weights per core and
 /// decode on lavapipe's thread pool anyway), else 1.
-pub fn auto_replicas(ctx: &moxe::Context, slots: usize, small_model: bool) -> usize {
+pub fn default_replicas(ctx: &moxe::Context, slots: usize, small_model: bool) -> usize {
     if small_model {
         moxe::server::auto_replicas(ctx, slots)
     } else {
@@ -69,7 +69,7 @@ pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
     let ctx = gpu.context()?;
     let replicas = args
         .replicas
-        .unwrap_or_else(|| auto_replicas(&ctx, args.slots, small));
+        .unwrap_or_else(|| default_replicas(&ctx, args.slots, small));
     let (bar, progress) = load_progress("loading");
     let options = ServeOptions {
         model_dir: args.model.model.clone(),

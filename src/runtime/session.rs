@@ -298,17 +298,26 @@ impl Drop for Session {
 /// `ids` split into pieces of at most `max` tokens whose lengths are powers of two (so at
 /// most log2(max) + 1 distinct step graphs serve any prompt length).
 fn chunks(ids: &[u32], max: usize) -> Vec<&[u32]> {
-    let mut out = Vec::new();
     let mut rest = ids;
-    while !rest.is_empty() {
-        let n = if rest.len() >= max {
-            max
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (a, b) = rest.split_at(n);
-        out.push(a);
-        rest = b;
+    chunk_lens(ids.len(), max)
+        .into_iter()
+        .map(|n| {
+            let (a, b) = rest.split_at(n);
+            rest = b;
+            a
+        })
+        .collect()
+}
+
+/// The lengths [`chunks`] cuts `n` ids into: `max` while at least `max` remain, then
+/// decreasing powers of two.
+fn chunk_lens(n: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = n;
+    while rest > 0 {
+        let len = if rest >= max { max } else { 1 << rest.ilog2() };
+        out.push(len);
+        rest -= len;
     }
     out
 }
@@ -383,12 +392,10 @@ impl Model {
         check_ids(ids, self.vocab())?;
         let n = ids.len() / b;
         let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
-        let positions: Vec<u32> = (0..n as u32).collect();
-        let parts = chunks(&positions, self.options.prefill_chunk);
+        let lens = chunk_lens(n, self.options.prefill_chunk);
         let mut result = StepResult::default();
         let mut start = 0;
-        for (i, part) in parts.iter().enumerate() {
-            let len = part.len();
+        for (i, &len) in lens.iter().enumerate() {
             let chunk: Vec<u32> = (0..b)
                 .flat_map(|s| ids[s * n + start..s * n + start + len].iter().copied())
                 .collect();
@@ -397,7 +404,7 @@ impl Model {
                 tokens: len,
                 output: Output::Logits,
             };
-            result = run(self, key, &chunk, &slots, &[], i + 1 == parts.len())?;
+            result = run(self, key, &chunk, &slots, &[], i + 1 == lens.len())?;
             start += len;
         }
         for s in sessions.iter_mut() {

@@ -442,16 +442,15 @@ impl Engine {
                 .as_ref()
                 .map(|(_, fed)| (r.job.prompt.len() - fed).min(chunk))
         };
-        let len = piece(&self.running[i]);
+        let len = piece(&self.running[i]).expect("found above");
         // The round robin's pick and the next ones in turn with as long a chunk, as many as
         // one chunk's rows hold (so no step is larger than a solo prefill's), in index order.
         let mut batch: Vec<usize> = (0..n)
             .map(|k| (i + k) % n)
-            .filter(|&j| piece(&self.running[j]) == len)
-            .take((chunk / len.expect("found above")).max(1))
+            .filter(|&j| piece(&self.running[j]) == Some(len))
+            .take(chunk / len)
             .collect();
         batch.sort_unstable();
-        let len = len.expect("found above");
         let mut taken: Vec<(Session, usize)> = batch
             .iter()
             .map(|&j| self.running[j].prefill.take().expect("filtered above"))

@@ -20,6 +20,9 @@ use crate::tensor::{DType, Tensor};
 /// arguments of the experts. Valid after the graph it was recorded into has run.
 pub struct MoeStep {
     ctx: Context,
+    /// The telemetry reduction over this step's buffers (router_stats), recorded once and
+    /// run only when the telemetry is read.
+    telemetry: Graph,
     pub(super) spec: GateSpec,
     pub(super) layout: RouteLayout,
     /// (N, E [+1]) router logits.
@@ -66,8 +69,9 @@ impl MoeStep {
         let route = RouteBuffers::new(ctx, &layout)?;
         let capacity = layout.chunks() * e * EXPERT_DISPATCH_BUDGET;
         let dynamic = DynamicRows::new(ctx, &route.chunk_counts, capacity)?;
-        Ok(MoeStep {
+        let mut step = MoeStep {
             ctx: ctx.clone(),
+            telemetry: Graph::new(),
             spec: *spec,
             layout,
             logits: f32s("moe router logits", &[n, spec.logit_cols()])?,
@@ -84,7 +88,18 @@ impl MoeStep {
             regions_in: scratch.get_rows("moe.expert_in", layout.region_rows(), in_cols)?,
             regions_out: scratch.get_rows("moe.expert_out", layout.region_rows(), d)?,
             groups: None,
-        })
+        };
+        router_stats(
+            ctx,
+            &mut step.telemetry,
+            &step.layout,
+            spec.router.has_predictor(),
+            &step.stats,
+            &step.route,
+            &step.summary,
+            &step.counts,
+        )?;
+        Ok(step)
     }
 
     pub(super) fn gate_outputs(&self) -> GateOutputs<'_> {
@@ -107,18 +122,7 @@ impl MoeStep {
     /// counts) is reduced here, from the step's per-token terms and routing, rather than by
     /// every step.
     pub fn read_telemetry(&self) -> Result<RouterTelemetry> {
-        let mut graph = Graph::new();
-        router_stats(
-            &self.ctx,
-            &mut graph,
-            &self.layout,
-            self.spec.router.has_predictor(),
-            &self.stats,
-            &self.route,
-            &self.summary,
-            &self.counts,
-        )?;
-        self.ctx.run(&[&graph])?;
+        self.ctx.run(&[&self.telemetry])?;
         let stats = self.stats.to_f32()?;
         let col = |c: usize| -> Vec<f32> { stats.chunks(STAT_COLS).map(|r| r[c]).collect() };
         let summary = RouterSummary::from_buffers(&self.summary.to_f32()?, &self.counts.to_u32()?);
