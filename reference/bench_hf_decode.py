@@ -28,6 +28,9 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunkwise-kernel", help="override the config's (prefill) chunkwise kernel")
+    ap.add_argument("--sequence-kernel", help="override the config's sequence kernel")
+    ap.add_argument("--step-kernel", help="override the config's (decode) step kernel")
     args = ap.parse_args()
 
     cfg = json.load(open(args.config))
@@ -39,6 +42,9 @@ def main():
             sequence_kernel="native_sequence__native",
             step_kernel="native",
         )
+    for key in ("chunkwise_kernel", "sequence_kernel", "step_kernel"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
     config = xLSTMConfig(**cfg)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -50,7 +56,7 @@ def main():
     print(
         f"transformers xLSTMForCausalLM: {params / 1e9:.3f} B parameters, {args.dtype}, "
         f"{args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}), "
-        f"kernels {config.chunkwise_kernel} / {config.step_kernel}, xlstm package "
+        f"kernels {config.chunkwise_kernel} / {config.sequence_kernel} / {config.step_kernel}, xlstm package "
         f"{'used' if xlstm_pkg else 'MISSING: native fallback'}, built in "
         f"{time.perf_counter() - start:.1f} s"
     )
@@ -80,6 +86,28 @@ def main():
     print(f"decode:  {decode:.1f} tokens/s (batch 1, {args.decode_tokens} tokens)")
     if args.device == "cuda":
         print(f"GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB peak allocated")
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        print(
+            f"weights: {weights / 2**20:.1f} MiB read per decode token: "
+            f"{weights * decode / 1e9:.1f} GB/s"
+        )
+        del model
+        torch.cuda.empty_cache()
+        print(f"CUDA read bandwidth: {read_bandwidth():.1f} GB/s (torch.sum over 4 GiB, best of 20)")
+
+
+def read_bandwidth():
+    """GB/s of a read-bound reduction over 4 GiB: the memory bandwidth the GPU delivers."""
+    x = torch.ones(2**31, dtype=torch.bfloat16, device="cuda")
+    x.sum()
+    best = float("inf")
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        x.sum()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * x.element_size() / best / 1e9
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Prepares, on the development machine, what scripts/gpu_bench.sh needs on a lent GPU machine
-# (no network and no Rust there): the stripped release binary and test binaries in .bin/,
-# the Vulkan/EGL loader packages in .gl/, and the official xlstm and mlstm_kernels wheels in
-# .whl/ (the reference's Triton kernels). All three folders are git-ignored (.git/info/exclude)
+# (no network and no Rust there): the stripped release binary and test binaries, xz-compressed, in
+# .bin/, the Vulkan/EGL loader packages in .gl/, and the official xlstm and mlstm_kernels
+# wheels in .whl/ (the reference's Triton kernels). All three folders are git-ignored (.git/info/exclude)
 # and travel with the device tool's `carry` (64 MiB in all):
 #
 #   scripts/gpu_bench_prepare.sh
-#   device run: carry [".bin", ".gl", ".whl"], command "scripts/gpu_bench.sh", timeout 540
+#   device run: carry [".bin", ".gl", ".whl"], command "scripts/gpu_bench.sh", timeout 560
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for d in .bin .gl .whl; do
@@ -47,5 +47,7 @@ if [ -z "$(ls .whl/*.whl 2>/dev/null)" ]; then
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
     -d .whl xlstm==2.0.6 mlstm_kernels==2.0.6
 fi
+# Compressed, the binaries are about a quarter of their size (the tree travels within 64 MiB).
+xz -9 -T0 .bin/moxe .bin/test-*
 du -sh .bin .gl .whl
 du -csh .bin .gl .whl | tail -1

@@ -22,6 +22,9 @@
 //   coop4: one workgroup per (row, 4 tokens); its 64 invocations read the row together
 //          (coalesced, the fast pattern on GPUs) and reduce in workgroup memory;
 //          grid (groups_x, ceil(M / groups_x), ceil(T / 4)).
+//   rows8: one workgroup of 256 invocations per (8 rows, token), 32 invocations per row
+//          reading it together in blocks of eight weights, two blocks in flight each, and
+//          one barrier to reduce: decode on GPUs; grid (groups_x, ceil(M / 8 / groups_x), T).
 // shaders/gemv_subgroup.wgsl holds gemv's and gemm4's subgroup forms (dense W, inputs shared
 // by broadcasts), in its own file because it needs the SUBGROUP feature. Weight words are
 // read through w_words / w_word (shaders/common/words32.wgsl).
@@ -183,5 +186,48 @@ fn coop4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 store(t0 + j, r, total[j]);
             }
         }
+    }
+}
+
+var<workgroup> row_partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn rows8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
+    let lane = lid % 32u;
+    let row = (wid.x + wid.y * p.groups_x) * 8u + lid / 32u;
+    let t = wid.z;
+    // No early return before the barrier: out-of-range rows compute zeros.
+    let live = row < p.m;
+    let r = min(row, p.m - 1u);
+    let c = x_col(r);
+    let wr = w_row(r);
+    let kf = k_full();
+    var acc = 0.0;
+    if live {
+        var k = lane * 8u;
+        // Two whole blocks per step, both loads issued before either is used.
+        for (; k + 256u < kf; k += 512u) {
+            let a = load_w8(wr, k);
+            let b = load_w8(wr, k + 256u);
+            acc += dot8(a, load_x8(t, c, k)) + dot8(b, load_x8(t, c, k + 256u));
+        }
+        for (; k < p.k; k += 256u) {
+            let a = load_w8(wr, k);
+            if k < kf {
+                acc += dot8(a, load_x8(t, c, k));
+            } else {
+                acc += dot8(a, load_x8_tail(t, c, k));
+            }
+        }
+    }
+    row_partial[lid] = acc;
+    workgroupBarrier();
+    if lane == 0u && live {
+        var total = 0.0;
+        for (var i = 0u; i < 32u; i++) {
+            total += row_partial[lid + i];
+        }
+        store(t, r, total);
     }
 }

@@ -502,31 +502,30 @@ impl Weights {
         };
         if let Some(target) = dtype.quant() {
             let (row_bytes, data_bytes) = (target.row_bytes(cols), target.data_row_bytes(cols));
-            let mut scales = vec![0u32; target.scale_row_words(cols)];
-            let mut values = vec![0u8; 4 * cols];
-            for (i, r) in rows.clone().enumerate() {
-                let dst = &mut out[i * row_bytes..(i + 1) * row_bytes];
+            let out = &mut out[..rows.len() * row_bytes];
+            for_each_row(rows.clone(), row_bytes, out, |r, dst| {
                 if e.quant.map(|q| q.0) == Some(target) {
-                    self.quantized_row(name, e, r, dst)?;
-                    continue;
+                    return self.quantized_row(name, e, r, dst);
                 }
+                let mut values = vec![0u8; 4 * cols];
                 self.row_as(name, e, r, DType::F32, &mut values)
                     .map_err(element_error(r))?;
                 let (data, s) = dst.split_at_mut(data_bytes);
                 let row: Vec<f32> = bytemuck::pod_collect_to_vec(&values);
+                let mut scales = vec![0u32; target.scale_row_words(cols)];
                 target.quantize_row(&row, data, &mut scales);
                 s.copy_from_slice(bytemuck::cast_slice(&scales));
-            }
+                Ok(())
+            })?;
             self.report((rows.len() * row_bytes) as u64);
             return Ok(());
         }
         let esize = dtype.size();
         let row_bytes = stride * esize;
-        for (i, r) in rows.clone().enumerate() {
-            let dst = &mut out[i * row_bytes..i * row_bytes + cols * esize];
-            self.row_as(name, e, r, dtype, dst)
-                .map_err(element_error(r))?;
-        }
+        for_each_row(rows.clone(), row_bytes, out, |r, dst| {
+            self.row_as(name, e, r, dtype, &mut dst[..cols * esize])
+                .map_err(element_error(r))
+        })?;
         self.report((rows.len() * cols * esize) as u64);
         Ok(())
     }
@@ -830,6 +829,53 @@ impl std::fmt::Debug for Weights {
     }
 }
 
+/// Tensors of at least this many bytes are filled on every core.
+const PARALLEL_FILL_BYTES: usize = 1 << 20;
+
+/// Calls `fill(r, dst)` for every row `r` of `rows`, `dst` being its `row_bytes` of `out`
+/// (rows laid out from the start of `out`; the last may be shorter). Rows are independent
+/// (read and converted, drawn, or quantised one by one), so a large tensor's rows are split
+/// over the cores in contiguous runs. The error of the lowest failing run is returned.
+fn for_each_row<F>(rows: Range<usize>, row_bytes: usize, out: &mut [u8], fill: F) -> Result<()>
+where
+    F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
+{
+    let n = rows.len();
+    let used = (n * row_bytes).min(out.len());
+    let out = &mut out[..used];
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = if out.len() >= PARALLEL_FILL_BYTES {
+        cores.min(n)
+    } else {
+        1
+    };
+    let run = |first: usize, part: &mut [u8]| {
+        part.chunks_mut(row_bytes.max(1))
+            .enumerate()
+            .try_for_each(|(i, dst)| fill(first + i, dst))
+    };
+    if threads <= 1 {
+        return run(rows.start, out);
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut rest = out;
+        let workers: Vec<_> = (0..n)
+            .step_by(per)
+            .map(|lo| {
+                let take = ((n.min(lo + per) - lo) * row_bytes).min(rest.len());
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                rest = tail;
+                let run = &run;
+                s.spawn(move || run(rows.start + lo, part))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a row worker panicked"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1092,5 +1138,35 @@ mod tests {
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|&v| v != a[0]));
         assert_eq!(w.f32("g", &[6]).unwrap(), vec![1.0; 6]);
         assert!(w.is_half("m"));
+    }
+
+    #[test]
+    fn large_tensors_fill_on_all_cores_as_row_by_row() {
+        // 1000 x 2000 is past PARALLEL_FILL_BYTES in every dtype, so whole fills split over
+        // threads; one-row fills never do.
+        let (rows, cols) = (1000, 2000);
+        let w = Weights::random(
+            3,
+            vec![(
+                "m".into(),
+                vec![rows, cols],
+                Dtype::BF16,
+                RandomInit::Uniform,
+            )],
+        );
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+            let row_bytes = match dtype.quant() {
+                Some(q) => q.row_bytes(cols),
+                None => cols * dtype.size(),
+            };
+            let mut whole = vec![0u8; rows * row_bytes];
+            w.fill_rows("m", 0..rows, dtype, cols, &mut whole).unwrap();
+            let mut one_by_one = vec![0u8; rows * row_bytes];
+            for (r, dst) in one_by_one.chunks_mut(row_bytes).enumerate() {
+                w.fill_rows("m", r..r + 1, dtype, cols, dst).unwrap();
+            }
+            assert!(whole.len() >= PARALLEL_FILL_BYTES, "{dtype:?}");
+            assert!(whole == one_by_one, "{dtype:?}: parallel fill differs");
+        }
     }
 }

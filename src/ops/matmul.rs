@@ -36,8 +36,11 @@ pub enum MatmulKernel {
     /// costs per vector component.
     GemvSubgroup64,
     GemmSubgroup64,
-    /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs.
+    /// One workgroup per (row, 4 tokens), cooperative coalesced reads: GPUs, many tokens.
     Coop4,
+    /// One workgroup per (8 rows, token), 32 invocations per row reading it together, one
+    /// barrier: GPUs, one token.
+    Rows8,
 }
 
 impl MatmulKernel {
@@ -47,6 +50,7 @@ impl MatmulKernel {
         let preferred: &[MatmulKernel] = match (ctx.is_cpu(), tokens) {
             (true, 0..=2) => &[GemvSubgroup64, GemvSubgroup, Gemv],
             (true, _) => &[GemmSubgroup64, GemmSubgroup, Gemm4],
+            (false, 0..=1) => &[Rows8],
             (false, _) => &[Coop4],
         };
         let first = preferred.iter().find(|k| k.available(ctx));
@@ -92,7 +96,10 @@ impl MatmulKernel {
     /// Tokens one workgroup covers (the row grid's `per`).
     pub fn tokens_per_workgroup(self) -> usize {
         match self {
-            MatmulKernel::Gemv | MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 => 1,
+            MatmulKernel::Gemv
+            | MatmulKernel::GemvSubgroup
+            | MatmulKernel::GemvSubgroup64
+            | MatmulKernel::Rows8 => 1,
             MatmulKernel::Gemm4
             | MatmulKernel::GemmSubgroup
             | MatmulKernel::GemmSubgroup64
@@ -102,11 +109,12 @@ impl MatmulKernel {
 
     /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup on CPU
     /// adapters (8 on llvmpipe, where it read fastest), exactly one subgroup for
-    /// the subgroup kernels, 64 elsewhere. (Coop4 is always 64.)
+    /// the subgroup kernels, 64 elsewhere. (Coop4 is always 64, Rows8 256.)
     fn workgroup(self, ctx: &Context) -> usize {
         match (self, ctx.fixed_subgroup_size()) {
             (kernel, Some(size)) if kernel.is_subgroup() => size as usize,
             (MatmulKernel::Coop4, _) => 64,
+            (MatmulKernel::Rows8, _) => 256,
             _ if ctx.is_cpu() => 8,
             _ => 64,
         }
@@ -122,11 +130,12 @@ impl MatmulKernel {
             MatmulKernel::GemvSubgroup64 => ("gemv_subgroup64", "main"),
             MatmulKernel::GemmSubgroup64 => ("gemv_subgroup64", "gemm"),
             MatmulKernel::Coop4 => ("matmul", "coop4"),
+            MatmulKernel::Rows8 => ("matmul", "rows8"),
         }
     }
 
     /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
-    pub const ALL: [MatmulKernel; 7] = [
+    pub const ALL: [MatmulKernel; 8] = [
         MatmulKernel::Gemv,
         MatmulKernel::GemvSubgroup,
         MatmulKernel::Gemm4,
@@ -134,6 +143,7 @@ impl MatmulKernel {
         MatmulKernel::GemvSubgroup64,
         MatmulKernel::GemmSubgroup64,
         MatmulKernel::Coop4,
+        MatmulKernel::Rows8,
     ];
 }
 
@@ -458,13 +468,18 @@ fn record(
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
         let (grid, groups_x) = match kernel {
-            MatmulKernel::Coop4 => {
-                let gx = rows.min(MAX_GROUPS_PER_DIM as usize);
+            MatmulKernel::Coop4 | MatmulKernel::Rows8 => {
+                // Workgroups of 1 (Coop4) or 8 (Rows8) rows, in (x, y), tokens in z.
+                let (row_groups, per) = match kernel {
+                    MatmulKernel::Coop4 => (rows, 4),
+                    _ => (rows.div_ceil(8), 1),
+                };
+                let gx = row_groups.min(MAX_GROUPS_PER_DIM as usize);
                 (
                     RowGrid::Z {
                         x: gx,
-                        y: rows.div_ceil(gx),
-                        per: 4,
+                        y: row_groups.div_ceil(gx),
+                        per,
                     },
                     gx,
                 )

@@ -32,7 +32,7 @@ struct Params {
 }
 
 /// Records one probe pass over `src` with `sink.numel()` invocations in workgroups of
-/// `workgroup` (8 or 64), loading 64-bit words when `wide` (SHADER_INT64).
+/// `workgroup` (8, 64 or 256), loading 64-bit words when `wide` (SHADER_INT64).
 pub fn probe(
     ctx: &Context,
     graph: &mut Graph,
@@ -42,9 +42,9 @@ pub fn probe(
     src: &Tensor,
     sink: &Tensor,
 ) -> Result<()> {
-    if !matches!(workgroup, 8 | 64) {
+    if !matches!(workgroup, 8 | 64 | 256) {
         return Err(Error::InvalidArgument(format!(
-            "probe workgroup must be 8 or 64, got {workgroup}"
+            "probe workgroup must be 8, 64 or 256, got {workgroup}"
         )));
     }
     let bytes = src.numel() * src.dtype().size();
