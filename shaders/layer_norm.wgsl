@@ -12,7 +12,9 @@
 // copied to `copy` at copy_offset + r * copy_stride + c (a residual stream's start, e.g. an
 // expert's output = input + ..., without a dispatch of its own).
 //
-//   norm_coop:  one workgroup of 64 per (row, group), reducing in workgroup memory (GPUs).
+//   norm_coop:  one workgroup of 256 per (row, group), reducing in workgroup memory (GPUs;
+//               64 made a 4096-wide row a chain of 64 dependent loads per pass, 39 us on
+//               an H200).
 //               grid (groups, rows split over y/z).
 //   norm_lanes: one workgroup of 8 (one SIMD group on llvmpipe) per (row, group); each
 //               invocation reads every eighth quad of the group (as one vec4 when X4) and
@@ -102,13 +104,16 @@ fn scale_shift(c: u32) -> vec2<f32> {
     return vec2<f32>(g, b);
 }
 
-var<workgroup> red: array<f32, 64>;
+// Invocations per workgroup of norm_coop.
+const COOP: u32 = 256u;
+
+var<workgroup> red: array<f32, COOP>;
 
 // Sum of `v` over the workgroup; every invocation gets the result.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
+    for (var s = COOP / 2u; s > 0u; s >>= 1u) {
         if lid < s {
             red[lid] += red[lid + s];
         }
@@ -119,7 +124,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(COOP)
 fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let row = wid.y + wid.z * 65535u;
     // Uniform per workgroup, so returning here keeps barriers uniform.
@@ -133,19 +138,19 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     var mean = 0.0;
     if p.center != 0u {
         var sum = 0.0;
-        for (var c = lid; c < p.group; c += 64u) {
+        for (var c = lid; c < p.group; c += COOP) {
             sum += x[xb + c];
         }
         mean = workgroup_sum(lid, sum) / n;
     }
     var sq = 0.0;
-    for (var c = lid; c < p.group; c += 64u) {
+    for (var c = lid; c < p.group; c += COOP) {
         let d = x[xb + c] - mean;
         sq += d * d;
     }
     let inv = inverseSqrt(workgroup_sum(lid, sq) / n + p.eps);
     let cb = p.copy_offset + row * p.copy_stride + c0;
-    for (var c = lid; c < p.group; c += 64u) {
+    for (var c = lid; c < p.group; c += COOP) {
         let v = x[xb + c];
         emit(yb + c, c0 + c, (v - mean) * inv);
         if p.has_copy != 0u {

@@ -23,8 +23,9 @@
 //          (coalesced, the fast pattern on GPUs) and reduce in workgroup memory;
 //          grid (groups_x, ceil(M / groups_x), ceil(T / 4)).
 //   rows8: one workgroup of 256 invocations per (8 rows, token), 32 invocations per row
-//          reading it together in blocks of eight weights, two blocks in flight each, and
-//          one barrier to reduce: decode on GPUs; grid (groups_x, ceil(M / 8 / groups_x), T).
+//          reading it together one 16-byte word at a time (8, 16 or 32 weights), two words
+//          in flight each, and one barrier to reduce: decode on GPUs;
+//          grid (groups_x, ceil(M / 8 / groups_x), T).
 // shaders/gemv_subgroup.wgsl holds gemv's and gemm4's subgroup forms (dense W, inputs shared
 // by broadcasts), in its own file because it needs the SUBGROUP feature. Weight words are
 // read through w_words / w_word (shaders/common/words32.wgsl).
@@ -191,6 +192,49 @@ fn coop4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 
 var<workgroup> row_partial: array<f32, 256>;
 
+// Weights one rows8 invocation takes per step: one 16-byte word of data (8 f16 or bf16, 16
+// q8, 32 q4 weights; f32 reads two words for 8), so the quantised formats keep as many bytes
+// in flight as the float ones.
+fn rows8_block() -> u32 {
+    if WDT == 3u {
+        return 16u;
+    }
+    if WDT == 4u {
+        return 32u;
+    }
+    return 8u;
+}
+
+// Eight inputs of token t at column c + k, zero past K (k may be at or past K).
+fn x8_at(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
+    if k + 8u <= p.k {
+        return load_x8(t, c, k);
+    }
+    if k < p.k {
+        return load_x8_tail(t, c, k);
+    }
+    return array<vec4<f32>, 2>();
+}
+
+// Token t's product with the rows8_block() weights of weight row `wr` from element k (k a
+// multiple of the block; quantised blocks lie within one 32-weight scale block).
+fn block_dot(wr: u32, k: u32, t: u32, c: u32) -> f32 {
+    if WDT == 3u {
+        let q = w_words((wr * p.w_stride + k) / 16u);
+        let s = scale_word(wr, k / 32u);
+        let lo = array<vec4<f32>, 2>(dequant_q8(q.x, s), dequant_q8(q.y, s));
+        let hi = array<vec4<f32>, 2>(dequant_q8(q.z, s), dequant_q8(q.w, s));
+        return dot8(lo, x8_at(t, c, k)) + dot8(hi, x8_at(t, c, k + 8u));
+    }
+    if WDT == 4u {
+        let q = w_words((wr * p.w_stride + k) / 32u);
+        let s = scale_word(wr, k / 32u);
+        return dot8(dequant_q4(q.x, s), x8_at(t, c, k)) + dot8(dequant_q4(q.y, s), x8_at(t, c, k + 8u))
+            + dot8(dequant_q4(q.z, s), x8_at(t, c, k + 16u)) + dot8(dequant_q4(q.w, s), x8_at(t, c, k + 24u));
+    }
+    return dot8(load_w8(wr, k), x8_at(t, c, k));
+}
+
 @compute @workgroup_size(256)
 fn rows8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     p = params;
@@ -202,23 +246,16 @@ fn rows8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let r = min(row, p.m - 1u);
     let c = x_col(r);
     let wr = w_row(r);
-    let kf = k_full();
+    let step = 32u * rows8_block();
     var acc = 0.0;
     if live {
-        var k = lane * 8u;
-        // Two whole blocks per step, both loads issued before either is used.
-        for (; k + 256u < kf; k += 512u) {
-            let a = load_w8(wr, k);
-            let b = load_w8(wr, k + 256u);
-            acc += dot8(a, load_x8(t, c, k)) + dot8(b, load_x8(t, c, k + 256u));
+        var k = lane * rows8_block();
+        // Two blocks per iteration, independent, so both loads are in flight together.
+        for (; k + step < p.k; k += 2u * step) {
+            acc += block_dot(wr, k, t, c) + block_dot(wr, k + step, t, c);
         }
-        for (; k < p.k; k += 256u) {
-            let a = load_w8(wr, k);
-            if k < kf {
-                acc += dot8(a, load_x8(t, c, k));
-            } else {
-                acc += dot8(a, load_x8_tail(t, c, k));
-            }
+        if k < p.k {
+            acc += block_dot(wr, k, t, c);
         }
     }
     row_partial[lid] = acc;
