@@ -16,11 +16,32 @@ fn main() -> ExitCode {
     // Before any thread or Vulkan instance exists.
     moxe::context::skip_mesa_device_select();
     let args = cli::Cli::parse();
+    #[cfg(unix)]
+    end_quietly_on_a_closed_pipe(&args.command);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Commands that write to a terminal or a pipe end quietly when the reader goes away (`moxe
+/// info | head`), as Unix tools do, instead of panicking on the failed write: SIGPIPE gets
+/// its default action back. The server and its benchmark keep it ignored (Rust's default),
+/// so a client that hangs up is an error on its own socket, not the end of the process.
+#[cfg(unix)]
+fn end_quietly_on_a_closed_pipe(command: &cli::Command) {
+    let sockets = match command {
+        cli::Command::Serve(_) => true,
+        cli::Command::Bench(b) => matches!(b.what, Some(cli::bench::BenchWhat::Serve { .. })),
+        _ => false,
+    };
+    if !sockets {
+        // SAFETY: called before any thread exists; it only resets one signal's disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
 }

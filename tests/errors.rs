@@ -268,3 +268,19 @@ fn bad_sampling_settings() {
         &["temperature"],
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    // `moxe info | head -1`: the reader closes the pipe before moxe writes (it enumerates the
+    // adapters first); the write must end the process quietly, not panic.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .arg("info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! Command-line interface: argument parsing and one module per command.
 
-mod bench;
+pub(crate) mod bench;
 mod convert;
 mod generate;
 mod info;
