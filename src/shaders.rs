@@ -78,6 +78,7 @@ pub const SHADERS: &[ShaderSource] = registry![
     "nll",
     "mlstm_step" + "soft_cap" + "mlstm_cell",
     "mlstm_step_wide" + "soft_cap" + "mlstm_cell",
+    "mlstm_step_tiles" + "soft_cap" + "mlstm_cell",
     "mlstm_step_simd" + "soft_cap" + "mlstm_cell",
     "mlstm_chunk" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",
     "mlstm_chunk_wide" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",

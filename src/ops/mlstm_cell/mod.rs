@@ -50,6 +50,9 @@ pub enum CellKernel {
     /// Token by token, one workgroup of 8 invocations per head, no workgroup reductions
     /// (`mlstm_step_simd.wgsl`): CPU adapters.
     RecurrentSimd,
+    /// One token per pair of dispatches, each head's columns of C spread over workgroups
+    /// of 32 columns (`mlstm_step_tiles.wgsl`): GPUs, decode at DH >= 128.
+    RecurrentTiles,
     /// Chunks of [`chunkwise::CHUNK`] tokens, one column of C per invocation, 64-column blocks
     /// spread over workgroups (`mlstm_chunk.wgsl`).
     Chunkwise,
@@ -60,17 +63,20 @@ pub enum CellKernel {
 
 impl CellKernel {
     /// Every kernel (for tests and benchmarks).
-    pub const ALL: [CellKernel; 5] = [
+    pub const ALL: [CellKernel; 6] = [
         CellKernel::Recurrent,
         CellKernel::RecurrentWide,
         CellKernel::RecurrentSimd,
+        CellKernel::RecurrentTiles,
         CellKernel::Chunkwise,
         CellKernel::ChunkwiseWide,
     ];
 
     /// The kernel for `tokens` tokens per sequence and heads of dim `head_dim`: recurrent for
-    /// decode (one SIMD group per head on CPU adapters; on GPUs eight columns per invocation
-    /// from DH = 128 on), chunkwise otherwise (eight columns per invocation on CPU adapters,
+    /// decode (one SIMD group per head on CPU adapters; on GPUs one column per invocation,
+    /// and from DH = 128 on each head's columns spread over workgroups: the H200 profile
+    /// timed mlstm_step_wide, one workgroup per head, at 132 us per block at DH = 512; the
+    /// tiled kernel is not yet measured on a GPU), chunkwise otherwise (eight columns per invocation on CPU adapters,
     /// where loads are the cost; one column per invocation and several workgroups per head
     /// on GPUs, for parallelism). On CPU adapters heads of dim <= 64 prefill with the
     /// recurrent SIMD kernel too: `moxe bench kernels` on lavapipe times it 1.4x faster than
@@ -82,7 +88,7 @@ impl CellKernel {
             (true, true, _) | (true, false, ..=64) => CellKernel::RecurrentSimd,
             (true, false, _) => CellKernel::ChunkwiseWide,
             (false, true, ..=127) => CellKernel::Recurrent,
-            (false, true, _) => CellKernel::RecurrentWide,
+            (false, true, _) => CellKernel::RecurrentTiles,
             (false, false, _) => CellKernel::Chunkwise,
         }
     }

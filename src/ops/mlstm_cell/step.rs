@@ -3,7 +3,9 @@
 //! eight per invocation in a workgroup of eight): one workgroup per (head, sequence) loops
 //! over the tokens. Used for decode (N = 1); over N tokens it is the
 //! token-by-token form the chunkwise kernels are measured against. Long inputs are recorded
-//! as several dispatches (see [`super::LOOP_BUDGET`]).
+//! as several dispatches (see [`super::LOOP_BUDGET`]). `shaders/mlstm_step_tiles.wgsl`
+//! spreads each head over workgroups of 32 columns instead and takes one token per pair of
+//! dispatches (the tiles, then the n and m update).
 
 use super::{params, segments, CellInputs, CellKernel, CellState};
 use crate::context::Context;
@@ -29,6 +31,9 @@ pub fn record(
     let params = params(inputs, &h, state, slots, seqs, tokens)?;
     if seqs == 0 || tokens == 0 {
         return Ok(());
+    }
+    if kernel == CellKernel::RecurrentTiles {
+        return record_tiles(ctx, graph, inputs, h, state, slots, seqs, params, tokens);
     }
     // Loop iterations per token (see the shaders), with DH = max(DK, DV).
     let dh = state.qk_dim().max(state.v_dim());
@@ -66,6 +71,45 @@ pub fn record(
             &resources,
             Workgroups::grid(state.heads(), seqs, 1)?,
         )?;
+    }
+    Ok(())
+}
+
+/// Columns of C per workgroup of `mlstm_step_tiles.wgsl`'s `tile`.
+const TILE: usize = 32;
+
+/// The tiled kernel: for each token, `tile` over (NH * ceil(DV / TILE), B) workgroups, then
+/// `update` over (NH, B).
+#[allow(clippy::too_many_arguments)]
+fn record_tiles(
+    ctx: &Context,
+    graph: &mut Graph,
+    inputs: &CellInputs<'_>,
+    h: View<'_>,
+    state: &CellState,
+    slots: &Tensor,
+    seqs: usize,
+    params: super::Params,
+    tokens: usize,
+) -> Result<()> {
+    let tile = ctx.pipeline("mlstm_step_tiles", "tile", &[])?;
+    let update = ctx.pipeline("mlstm_step_tiles", "update", &[])?;
+    let heads = state.heads();
+    for t in 0..tokens {
+        let uniform = ctx.uniform("mlstm step params", &params.segment(t..t + 1))?;
+        let resources = [
+            uniform.as_entire_binding(),
+            inputs.qkv.binding()?,
+            inputs.gates.binding()?,
+            slots.binding()?,
+            h.binding()?,
+            state.c.binding()?,
+            state.n.binding()?,
+            state.m.binding()?,
+        ];
+        let tiles = heads * state.v_dim().div_ceil(TILE);
+        graph.dispatch(ctx, &tile, &resources, Workgroups::grid(tiles, seqs, 1)?)?;
+        graph.dispatch(ctx, &update, &resources, Workgroups::grid(heads, seqs, 1)?)?;
     }
     Ok(())
 }
