@@ -85,6 +85,9 @@ pub enum BenchWhat {
         /// Model replicas of the server [default: as `moxe serve` chooses].
         #[arg(long)]
         replicas: Option<usize>,
+        /// Interleaved rounds over 1, 4 and 16 streams; each figure is the best round.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
     },
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
@@ -130,6 +133,7 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
             model,
             tokens,
             replicas,
+            rounds,
         }) => {
             let dir = model.as_ref().unwrap_or(&args.model.model.model);
             let small = super::threads::for_decode(&dir.join("config.json"));
@@ -137,6 +141,7 @@ pub fn run(gpu: &GpuArgs, args: &BenchArgs) -> Result<()> {
             let slots = moxe::bench::serve::ServeBenchOptions::default().slots();
             let options = moxe::bench::serve::ServeBenchOptions {
                 tokens: *tokens,
+                rounds: *rounds as usize,
                 replicas: Some(
                     replicas.unwrap_or_else(|| super::serve::default_replicas(&ctx, slots, small)),
                 ),
