@@ -26,6 +26,11 @@
 //          reading it together one 16-byte word at a time (8, 16 or 32 weights), two words
 //          in flight each, and one barrier to reduce: decode on GPUs;
 //          grid (groups_x, ceil(M / 8 / groups_x), T).
+//   gemm16: dense W only: one workgroup of 256 per (32 rows, 16 tokens); each step stages a
+//          32 x 32 block of W (dequantised) and the 16 tokens' 32 inputs in workgroup
+//          memory, and each invocation accumulates one row for two tokens, so every weight
+//          is read once per 16 tokens (coop4: per 4): prefill on GPUs;
+//          grid (groups_x, ceil(M / 32 / groups_x), ceil(T / 16)).
 // shaders/gemv_subgroup.wgsl holds gemv's and gemm4's subgroup forms (dense W, inputs shared
 // by broadcasts), in its own file because it needs the SUBGROUP feature. Weight words are
 // read through w_words / w_word (shaders/common/words32.wgsl).
@@ -266,5 +271,79 @@ fn rows8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             total += row_partial[lid + i];
         }
         store(t, r, total);
+    }
+}
+
+// gemm16's tiles: W rows x 32 inputs and tokens x 32 inputs, rows of 33 so that the 32
+// invocations of a row group read 32 different banks.
+var<workgroup> w_tile: array<array<f32, 33>, 32>;
+var<workgroup> x_tile: array<array<f32, 33>, 16>;
+
+// Inputs k .. k + 3 of token t (dense W), zero past K.
+fn x4_at(t: u32, k: u32) -> vec4<f32> {
+    let b = p.x_offset + t * p.x_stride + k;
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        if k + e < p.k {
+            v[e] = x[b + e];
+        }
+    }
+    return v;
+}
+
+@compute @workgroup_size(256)
+fn gemm16(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    p = params;
+    let row0 = (wid.x + wid.y * p.groups_x) * 32u;
+    let t0 = wid.z * 16u;
+    // This invocation's outputs: row row0 + orow for tokens t0 + ot and t0 + ot + 8.
+    let orow = lid % 32u;
+    let ot = lid / 32u;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    for (var k0 = 0u; k0 < p.k; k0 += 32u) {
+        if lid < 128u {
+            // Invocations 0-127 stage eight weights each: row lid / 4, inputs (lid % 4) * 8 ..
+            // (rows are zero-padded to w_stride, a multiple of 8, so a block never leaves its
+            // row; the inputs past K are zero, whatever the padding holds).
+            let r = row0 + lid / 4u;
+            let kk = (lid % 4u) * 8u;
+            var wv = array<vec4<f32>, 2>();
+            if r < p.m && k0 + kk < p.k {
+                wv = load_w8(r, k0 + kk);
+            }
+            for (var e = 0u; e < 4u; e++) {
+                w_tile[lid / 4u][kk + e] = wv[0][e];
+                w_tile[lid / 4u][kk + 4u + e] = wv[1][e];
+            }
+        } else {
+            // Invocations 128-255 stage four inputs each: token i / 8, inputs (i % 8) * 4 ..
+            let i = lid - 128u;
+            let kk = (i % 8u) * 4u;
+            var xv = vec4<f32>(0.0);
+            if t0 + i / 8u < p.t {
+                xv = x4_at(t0 + i / 8u, k0 + kk);
+            }
+            for (var e = 0u; e < 4u; e++) {
+                x_tile[i / 8u][kk + e] = xv[e];
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk++) {
+            let wv = w_tile[orow][kk];
+            acc0 += wv * x_tile[ot][kk];
+            acc1 += wv * x_tile[ot + 8u][kk];
+        }
+        // The tiles are restaged next step.
+        workgroupBarrier();
+    }
+    let r = row0 + orow;
+    if r < p.m {
+        if t0 + ot < p.t {
+            store(t0 + ot, r, acc0);
+        }
+        if t0 + ot + 8u < p.t {
+            store(t0 + ot + 8u, r, acc1);
+        }
     }
 }

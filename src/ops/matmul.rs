@@ -41,6 +41,10 @@ pub enum MatmulKernel {
     /// One workgroup per (8 rows, token), 32 invocations per row reading it together, one
     /// barrier: GPUs, one token.
     Rows8,
+    /// One workgroup per (32 rows, 16 tokens), W and x staged in workgroup memory 32 inputs
+    /// at a time, each weight read once per 16 tokens: GPUs, more than 8 tokens, dense
+    /// weights.
+    Gemm16,
 }
 
 impl MatmulKernel {
@@ -51,7 +55,8 @@ impl MatmulKernel {
             (true, 0..=2) => &[GemvSubgroup64, GemvSubgroup, Gemv],
             (true, _) => &[GemmSubgroup64, GemmSubgroup, Gemm4],
             (false, 0..=1) => &[Rows8],
-            (false, _) => &[Coop4],
+            (false, 2..=8) => &[Coop4],
+            (false, _) => &[Gemm16],
         };
         let first = preferred.iter().find(|k| k.available(ctx));
         *first.unwrap_or(&preferred[preferred.len() - 1])
@@ -63,8 +68,15 @@ impl MatmulKernel {
         match Self::choose(ctx, tokens) {
             MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 => MatmulKernel::Gemv,
             MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => MatmulKernel::Gemm4,
+            MatmulKernel::Gemm16 => MatmulKernel::Coop4,
             kernel => kernel,
         }
+    }
+
+    /// Whether the variant reads one input row for all its rows, so dense weights only (the
+    /// subgroup kernels and Gemm16).
+    pub fn dense_only(self) -> bool {
+        self.is_subgroup() || self == MatmulKernel::Gemm16
     }
 
     /// Whether the variant shares its inputs across a subgroup (dense weights only, and the
@@ -104,17 +116,18 @@ impl MatmulKernel {
             | MatmulKernel::GemmSubgroup
             | MatmulKernel::GemmSubgroup64
             | MatmulKernel::Coop4 => 4,
+            MatmulKernel::Gemm16 => 16,
         }
     }
 
     /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup on CPU
     /// adapters (8 on llvmpipe, where it read fastest), exactly one subgroup for
-    /// the subgroup kernels, 64 elsewhere. (Coop4 is always 64, Rows8 256.)
+    /// the subgroup kernels, 64 elsewhere. (Coop4 is always 64, Rows8 and Gemm16 256.)
     fn workgroup(self, ctx: &Context) -> usize {
         match (self, ctx.fixed_subgroup_size()) {
             (kernel, Some(size)) if kernel.is_subgroup() => size as usize,
             (MatmulKernel::Coop4, _) => 64,
-            (MatmulKernel::Rows8, _) => 256,
+            (MatmulKernel::Rows8 | MatmulKernel::Gemm16, _) => 256,
             _ if ctx.is_cpu() => 8,
             _ => 64,
         }
@@ -131,11 +144,12 @@ impl MatmulKernel {
             MatmulKernel::GemmSubgroup64 => ("gemv_subgroup64", "gemm"),
             MatmulKernel::Coop4 => ("matmul", "coop4"),
             MatmulKernel::Rows8 => ("matmul", "rows8"),
+            MatmulKernel::Gemm16 => ("matmul", "gemm16"),
         }
     }
 
     /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
-    pub const ALL: [MatmulKernel; 8] = [
+    pub const ALL: [MatmulKernel; 9] = [
         MatmulKernel::Gemv,
         MatmulKernel::GemvSubgroup,
         MatmulKernel::Gemm4,
@@ -144,6 +158,7 @@ impl MatmulKernel {
         MatmulKernel::GemmSubgroup64,
         MatmulKernel::Coop4,
         MatmulKernel::Rows8,
+        MatmulKernel::Gemm16,
     ];
 }
 
@@ -423,6 +438,12 @@ fn record(
             x.cols,
         ));
     }
+    if heads.is_some() && kernel.dense_only() {
+        return Err(Error::InvalidArgument(format!(
+            "matmul kernel {kernel:?} reads dense weights only, not the headwise '{}'",
+            w.label()
+        )));
+    }
     if heads.is_some() && w.chunks().len() > 1 {
         return Err(Error::Limit {
             what: format!("headwise weight '{}'", w.label()),
@@ -468,11 +489,13 @@ fn record(
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
         let (grid, groups_x) = match kernel {
-            MatmulKernel::Coop4 | MatmulKernel::Rows8 => {
-                // Workgroups of 1 (Coop4) or 8 (Rows8) rows, in (x, y), tokens in z.
+            MatmulKernel::Coop4 | MatmulKernel::Rows8 | MatmulKernel::Gemm16 => {
+                // Workgroups of 1 (Coop4), 8 (Rows8) or 32 (Gemm16) rows in (x, y), tokens
+                // in z.
                 let (row_groups, per) = match kernel {
                     MatmulKernel::Coop4 => (rows, 4),
-                    _ => (rows.div_ceil(8), 1),
+                    MatmulKernel::Rows8 => (rows.div_ceil(8), 1),
+                    _ => (rows.div_ceil(32), 16),
                 };
                 let gx = row_groups.min(MAX_GROUPS_PER_DIM as usize);
                 (
@@ -647,6 +670,7 @@ mod tests {
             (33, 257, 9),
             (200, 64, 2),
             (41, 1030, 2),
+            (70, 100, 21),
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
@@ -796,13 +820,26 @@ mod tests {
                     };
                     let what = format!("stacked headwise case {n} {dtype} t={t}");
                     for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
-                        if kernel.is_subgroup() {
-                            continue; // dense weights only
-                        }
                         let yt = Tensor::zeros(ctx, "y", &[t, out], DType::F32).unwrap();
                         let mut g = Graph::new();
                         let (xv, yv) = (View::of(&xt), View::of(&yt));
                         let b = Some(&bt);
+                        if kernel.dense_only() {
+                            let err = record_headwise(
+                                ctx,
+                                &mut g,
+                                kernel,
+                                &wt,
+                                &projections,
+                                b,
+                                xv,
+                                yv,
+                                0.0,
+                            )
+                            .unwrap_err();
+                            assert!(err.to_string().contains("dense weights only"), "{err}");
+                            continue;
+                        }
                         record_headwise(ctx, &mut g, kernel, &wt, &projections, b, xv, yv, 0.0)
                             .unwrap();
                         ctx.run(&[&g]).unwrap();
