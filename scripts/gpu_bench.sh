@@ -6,9 +6,9 @@
 # (with a per-kernel profile) and transformers' xLSTMForCausalLM with the official Triton
 # kernels on CUDA on the same shape, side by side (with a CUDA read-bandwidth yardstick); the
 # 7B shape at q4 and q8; `moxe bench kernels` (GEMV GB/s against the read probe); the paper
-# config at f16, q8, q4; the kernel tests (every kernel against its CPU reference) and the
-# golden-model tests. GPU_BENCH_ONLY names the steps to run (matmul-tests bundled 7b-bf16 hf
-# 7b-quant kernels paper tests; all by default). The log goes to $OUT (or ./gpu-bench-out).
+# config at f16, q8, q4; the server bench; the kernel tests (every kernel against its CPU
+# reference) and the golden-model tests. GPU_BENCH_ONLY names the steps to run (matmul-tests
+# bundled 7b-bf16 hf 7b-quant kernels paper serve tests; all by default). The log goes to $OUT (or ./gpu-bench-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-bench-out}
@@ -111,6 +111,11 @@ if only paper; then
     limit 40 $moxe bench --config configs/paper.json --dtype $d --prompt-tokens 128 \
       --decode-tokens 64 --batch 1 --profile-tokens 0 --no-reference --repeats 3
   done
+fi
+
+if only serve; then
+  step "moxe bench serve: the HTTP server on the bundled model, 1, 4 and 16 streams"
+  limit 60 $moxe bench serve
 fi
 
 if only tests; then
