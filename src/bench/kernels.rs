@@ -1,4 +1,5 @@
-//! Kernel benchmarks: GEMV bandwidth beside a read-bandwidth probe on the same adapter.
+//! Kernel benchmarks: GEMV bandwidth beside a read-bandwidth probe on the same adapter, and
+//! the prefill GEMM's throughput.
 
 use std::fmt::Write as _;
 
@@ -12,11 +13,12 @@ use crate::ops::View;
 use crate::tensor::{DType, HostData, Tensor};
 use crate::testing::Rng;
 
-/// One GEMV measurement.
+/// One GEMV (one token) or GEMM (several) measurement.
 #[derive(Debug, Clone)]
 pub struct GemvResult {
     pub rows: usize,
     pub cols: usize,
+    pub tokens: usize,
     pub dtype: DType,
     pub kernel: MatmulKernel,
     pub seconds: f64,
@@ -33,6 +35,19 @@ pub fn gemv(
     kernel: MatmulKernel,
     budget_secs: f64,
 ) -> Result<GemvResult> {
+    product(ctx, rows, cols, 1, dtype, kernel, budget_secs)
+}
+
+/// Times `y = x W^T` for `tokens` tokens with W (rows, cols) in `dtype`.
+pub fn product(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    dtype: DType,
+    kernel: MatmulKernel,
+    budget_secs: f64,
+) -> Result<GemvResult> {
     let mut rng = Rng::new(1);
     let w = rng.uniform_vec(rows * cols, -0.01, 0.01);
     let wt = Tensor::weight(ctx, "bench w", &[rows, cols], dtype, HostData::F32(&w))?;
@@ -40,10 +55,10 @@ pub fn gemv(
     let x = Tensor::from_f32(
         ctx,
         "bench x",
-        &[1, cols],
-        &rng.uniform_vec(cols, -1.0, 1.0),
+        &[tokens, cols],
+        &rng.uniform_vec(tokens * cols, -1.0, 1.0),
     )?;
-    let y = Tensor::zeros(ctx, "bench y", &[1, rows], DType::F32)?;
+    let y = Tensor::zeros(ctx, "bench y", &[tokens, rows], DType::F32)?;
     let mut g = Graph::new();
     matmul_with(
         ctx,
@@ -61,6 +76,7 @@ pub fn gemv(
     Ok(GemvResult {
         rows,
         cols,
+        tokens,
         dtype,
         kernel,
         seconds,
@@ -260,7 +276,54 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
             }
         }
     }
+    s.push_str(&gemm_report(ctx, budget_secs)?);
     s.push_str(&super::mlstm::report(ctx, budget_secs)?);
     s.push_str(&super::slstm::report(ctx, budget_secs)?);
+    Ok(s)
+}
+
+/// Tokens of the prefill GEMM measurement (a prompt chunk).
+const GEMM_TOKENS: usize = 64;
+
+/// The prefill GEMM at 4096x4096 over [`GEMM_TOKENS`] tokens in bf16 (xLSTM-7B's dtype) with
+/// every many-token kernel of this kind of adapter (the engine's choice marked *): time,
+/// GFLOP/s and weight bytes read per second.
+fn gemm_report(ctx: &Context, budget_secs: f64) -> Result<String> {
+    use MatmulKernel::*;
+    let candidates: &[MatmulKernel] = if ctx.is_cpu() {
+        &[GemmSubgroup64, GemmSubgroup, Gemm4]
+    } else {
+        &[Coop4, Gemm16]
+    };
+    let chosen = MatmulKernel::choose(ctx, GEMM_TOKENS);
+    let (rows, cols) = (4096, 4096);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:>13} {:>10} {:>9} {:>9}",
+        "gemm bf16", "kernel", "time us", "GFLOP/s", "W GB/s"
+    );
+    for &kernel in candidates.iter().filter(|k| k.available(ctx)) {
+        let r = product(
+            ctx,
+            rows,
+            cols,
+            GEMM_TOKENS,
+            DType::BF16,
+            kernel,
+            budget_secs,
+        )?;
+        let marked = if kernel == chosen { "*" } else { "" };
+        let flops = 2.0 * (rows * cols * GEMM_TOKENS) as f64 / r.seconds / 1e9;
+        let _ = writeln!(
+            s,
+            "{:<20} {:>13} {:>10.1} {:>9.1} {:>9.2}",
+            format!("{rows}x{cols}, {GEMM_TOKENS} tokens"),
+            format!("{kernel:?}{marked}").to_lowercase(),
+            r.seconds * 1e6,
+            flops,
+            r.gbps
+        );
+    }
     Ok(s)
 }

@@ -71,7 +71,8 @@ pub struct ModelBenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
-    /// GEMV bandwidth in f32, f16, bf16, q8 and q4 beside a read-bandwidth probe, and the cell kernels.
+    /// GEMV bandwidth in f32, f16, bf16, q8 and q4 beside a read-bandwidth probe, the prefill
+    /// GEMM, and the cell kernels.
     Kernels,
     /// The HTTP server under load: aggregate tokens/s at 1, 4 and 16 concurrent streams,
     /// and time to first token with and without a cached 1,000-token prefix.
