@@ -36,7 +36,7 @@ pub mod tensor;
 
 pub mod testing;
 
-pub use context::{Backend, Context, ContextOptions};
+pub use context::{Backend, Context, ContextOptions, KernelFamily};
 pub use error::{Error, Result};
 pub use graph::{Graph, Workgroups};
 pub use tensor::{DType, HostData, Tensor};

@@ -16,6 +16,19 @@ pub fn gpu() -> &'static Context {
     })
 }
 
+/// A shared context on the same adapter as [`gpu`] that chooses the GPU family of kernels
+/// whatever the adapter: on a CPU adapter it runs the GPU paths (coalesced GEMVs, prefill
+/// GEMM, cooperative norms, the tiled mLSTM step), so their results are checked without a
+/// GPU.
+pub fn gpu_kernels() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let mut options = ContextOptions::from_env().expect("MOXE_BACKEND");
+        options.kernels = Some(crate::context::KernelFamily::Gpu);
+        Context::new(&options).unwrap_or_else(|e| panic!("no GPU context for tests: {e}"))
+    })
+}
+
 /// A fresh context whose storage bindings hold at most `bytes`, so tensors of a few hundred
 /// elements are split into chunks.
 pub fn gpu_with_binding_limit(bytes: u64) -> Context {

@@ -13,8 +13,8 @@ use moxe::checkpoint::{ModelDir, Weights};
 use moxe::ops::sample::Sampling;
 use moxe::runtime::generate::GenerateOptions;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close_rel_max, golden_ids, gpu, max_abs_diff};
-use moxe::DType;
+use moxe::testing::{assert_close_rel_max, golden_ids, gpu, gpu_kernels, max_abs_diff};
+use moxe::{Context, DType};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/large")
@@ -52,12 +52,16 @@ fn golden(dir: &Path) -> Golden {
 }
 
 fn load(dir: &Path, dtype: Option<DType>) -> Arc<Model> {
+    load_on(gpu(), dir, dtype)
+}
+
+fn load_on(ctx: &Context, dir: &Path, dtype: Option<DType>) -> Arc<Model> {
     let options = LoadOptions {
         dtype,
         max_sequences: 3,
         ..Default::default()
     };
-    Arc::new(Model::load(gpu(), dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
+    Arc::new(Model::load(ctx, dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
 }
 
 /// Prompt logits (prefill in chunks of 64, 32, ... tokens), then the decode logits one token
@@ -79,6 +83,16 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn logits_match_the_official_code_within_1e5() {
+    logits_match_on(gpu());
+}
+
+#[test]
+fn the_gpu_kernels_match_the_official_code_within_1e5() {
+    // The kernel variants a GPU chooses (on this adapter, whatever it is), same tolerance.
+    logits_match_on(gpu_kernels());
+}
+
+fn logits_match_on(ctx: &Context) {
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let g = golden(&dir);
@@ -89,15 +103,16 @@ fn logits_match_the_official_code_within_1e5() {
         );
         // As stored (bf16 kept exact), and widened to f32.
         for dtype in [None, Some(DType::F32)] {
-            let model = load(&dir, dtype);
+            let model = load_on(ctx, &dir, dtype);
             let (prompt, decode) = run(&model, &g);
+            let family = if ctx.cpu_kernels() { "CPU" } else { "GPU" };
             eprintln!(
-                "{name} ({}): relative error prompt {:.2e}, decode {:.2e}",
+                "{name} ({}, {family} kernels): relative error prompt {:.2e}, decode {:.2e}",
                 model.dtype(),
                 rel_err(&prompt, &g.prompt_logits),
                 rel_err(&decode, &g.decode_logits)
             );
-            let what = format!("{name} {}", model.dtype());
+            let what = format!("{name} {} ({family} kernels)", model.dtype());
             assert_close_rel_max(&prompt, &g.prompt_logits, 1e-5, &format!("{what}: prompt"));
             assert_close_rel_max(&decode, &g.decode_logits, 1e-5, &format!("{what}: decode"));
         }

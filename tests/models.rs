@@ -9,8 +9,8 @@ use std::sync::Arc;
 use moxe::checkpoint::Weights;
 use moxe::ops::sample::Sampling;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close_rel_max, golden_ids, gpu, max_abs_diff};
-use moxe::DType;
+use moxe::testing::{assert_close_rel_max, golden_ids, gpu, gpu_kernels, max_abs_diff};
+use moxe::{Context, DType};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
@@ -53,12 +53,16 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn load(dir: &Path, dtype: DType) -> Arc<Model> {
+    load_on(gpu(), dir, dtype)
+}
+
+fn load_on(ctx: &Context, dir: &Path, dtype: DType) -> Arc<Model> {
     let options = LoadOptions {
         dtype: Some(dtype),
         max_sequences: 4,
         ..Default::default()
     };
-    Arc::new(Model::load(gpu(), dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
+    Arc::new(Model::load(ctx, dir, &options).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
 }
 
 /// Prompt logits, then decode logits one token at a time from the prompt's state.
@@ -74,13 +78,25 @@ fn run(model: &Arc<Model>, g: &Golden) -> (Vec<f32>, Vec<f32>) {
 
 #[test]
 fn f32_logits_match_the_reference_for_every_fixture() {
+    f32_logits_match_on(gpu());
+}
+
+#[test]
+fn the_gpu_kernels_match_the_reference_for_every_fixture() {
+    // The kernel variants a GPU chooses (on this adapter, whatever it is), same tolerance.
+    f32_logits_match_on(gpu_kernels());
+}
+
+fn f32_logits_match_on(ctx: &Context) {
     let dirs = fixtures();
     assert!(dirs.len() >= 6, "fixture models: {dirs:?}");
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let g = golden(dir);
-        let model = load(dir, DType::F32);
+        let model = load_on(ctx, dir, DType::F32);
         let (prompt, decode) = run(&model, &g);
+        let family = if ctx.cpu_kernels() { "CPU" } else { "GPU" };
+        let name = format!("{name} ({family} kernels)");
         eprintln!(
             "{name}: f32 relative error prompt {:.2e}, decode {:.2e}",
             rel_err(&prompt, &g.prompt_logits),

@@ -194,7 +194,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
     // The engine's decode kernel (marked *), and plain gemv beside it where that differs.
     let chosen = MatmulKernel::choose(ctx, 1);
     let mut kernels = vec![chosen];
-    if chosen != MatmulKernel::Gemv && ctx.is_cpu() {
+    if chosen != MatmulKernel::Gemv && ctx.cpu_kernels() {
         kernels.push(MatmulKernel::Gemv);
     }
     let mut gemvs = Vec::new();
@@ -290,7 +290,7 @@ const GEMM_TOKENS: usize = 64;
 /// GFLOP/s and weight bytes read per second.
 fn gemm_report(ctx: &Context, budget_secs: f64) -> Result<String> {
     use MatmulKernel::*;
-    let candidates: &[MatmulKernel] = if ctx.is_cpu() {
+    let candidates: &[MatmulKernel] = if ctx.cpu_kernels() {
         &[GemmSubgroup64, GemmSubgroup, Gemm4]
     } else {
         &[Coop4, Gemm16]

@@ -75,6 +75,7 @@ impl GpuArgs {
             backend: self.backend,
             adapter: self.adapter.clone(),
             max_binding_bytes: None,
+            kernels: moxe::context::KernelFamily::from_env()?,
         })
     }
 }

@@ -302,6 +302,12 @@ pub(crate) fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether the adapter `info` describes executes shaders on the CPU (lavapipe, WARP,
+/// SwiftShader).
+pub(crate) fn is_cpu(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu || info.name.to_ascii_lowercase().contains("llvmpipe")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

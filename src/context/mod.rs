@@ -35,6 +35,35 @@ pub struct ContextOptions {
     /// larger than this are split into row chunks; tests use it to exercise chunking on
     /// small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Which family of kernels to choose. Default: `MOXE_KERNELS`, else by the adapter
+    /// ([`Context::is_cpu`]). Both families compute the same results on any adapter; the
+    /// tests run the GPU family on CPU adapters to check the GPU paths without a GPU.
+    pub kernels: Option<KernelFamily>,
+}
+
+/// The two families of kernel variants: memory-access patterns for CPU adapters (one
+/// contiguous stream per invocation, SIMD-group workgroups) or for GPUs (coalesced,
+/// cooperative workgroups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFamily {
+    Cpu,
+    Gpu,
+}
+
+impl KernelFamily {
+    /// `MOXE_KERNELS` (`cpu` or `gpu`), if set.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var("MOXE_KERNELS") {
+            Ok(s) if !s.trim().is_empty() => match s.trim().to_ascii_lowercase().as_str() {
+                "cpu" => Ok(Some(KernelFamily::Cpu)),
+                "gpu" => Ok(Some(KernelFamily::Gpu)),
+                other => Err(Error::InvalidArgument(format!(
+                    "MOXE_KERNELS must be cpu or gpu, got '{other}'"
+                ))),
+            },
+            _ => Ok(None),
+        }
+    }
 }
 
 impl ContextOptions {
@@ -44,6 +73,7 @@ impl ContextOptions {
             backend: Backend::from_env()?,
             adapter: std::env::var("MOXE_ADAPTER").ok().filter(|s| !s.is_empty()),
             max_binding_bytes: None,
+            kernels: KernelFamily::from_env()?,
         })
     }
 }
@@ -64,6 +94,8 @@ struct Inner {
     features: wgpu::Features,
     limits: wgpu::Limits,
     max_binding_bytes: u64,
+    /// Kernels choose their CPU-adapter variants ([`Context::cpu_kernels`]).
+    cpu_kernels: bool,
     shader_caps: naga::valid::Capabilities,
     wait_timeout: Duration,
     allocated: AtomicU64,
@@ -103,7 +135,7 @@ impl Context {
     /// limits and whichever of [`OPTIONAL_FEATURES`] it has.
     pub fn new(options: &ContextOptions) -> Result<Self> {
         let adapter = select(options.backend, options.adapter.as_deref())?;
-        Self::open(adapter, options.max_binding_bytes)
+        Self::open(adapter, options.max_binding_bytes, options.kernels)
     }
 
     /// A context on the same adapter through a driver instance of its own, with a device of
@@ -112,11 +144,19 @@ impl Context {
     /// replicas use more CPU cores; on a GPU they share it.
     pub fn replica(&self) -> Result<Context> {
         let adapter = adapter::reopen(&self.inner.info)?;
-        Self::open(adapter, Some(self.inner.max_binding_bytes))
+        let kernels = match self.inner.cpu_kernels {
+            true => KernelFamily::Cpu,
+            false => KernelFamily::Gpu,
+        };
+        Self::open(adapter, Some(self.inner.max_binding_bytes), Some(kernels))
     }
 
     /// A device of `adapter` as [`device_descriptor`] asks for it.
-    fn open(adapter: wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Self> {
+    fn open(
+        adapter: wgpu::Adapter,
+        max_binding_bytes: Option<u64>,
+        kernels: Option<KernelFamily>,
+    ) -> Result<Self> {
         let info = adapter.get_info();
         let desc = device_descriptor(&adapter);
         let features = desc.required_features;
@@ -147,6 +187,7 @@ impl Context {
             info,
             f16_in_f32,
             max_binding_bytes,
+            kernels,
         ))
     }
 
@@ -157,7 +198,7 @@ impl Context {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         let f16_in_f32 = Self::probe_f16_in_f32(&device);
-        Self::build(device, queue, info, f16_in_f32, None)
+        Self::build(device, queue, info, f16_in_f32, None, None)
     }
 
     /// Whether the device accepts `unpack2x16float` (the adapter's SHADER_F16_IN_F32
@@ -179,7 +220,9 @@ impl Context {
         info: wgpu::AdapterInfo,
         f16_in_f32: bool,
         max_binding_bytes: Option<u64>,
+        kernels: Option<KernelFamily>,
     ) -> Self {
+        let cpu_kernels = kernels.map_or(adapter::is_cpu(&info), |k| k == KernelFamily::Cpu);
         let features = device.features();
         let shader_caps = crate::shaders::capabilities(features, f16_in_f32);
         let limits = device.limits();
@@ -200,6 +243,7 @@ impl Context {
                 features,
                 limits,
                 max_binding_bytes,
+                cpu_kernels,
                 shader_caps,
                 wait_timeout,
                 allocated: AtomicU64::new(0),
@@ -254,16 +298,17 @@ impl Context {
     }
 
     /// Whether this adapter executes shaders on the CPU (lavapipe, WARP, SwiftShader). Kernels
-    /// choose their memory-access pattern by this: one contiguous stream per invocation on a
-    /// CPU, coalesced cooperative reads on a GPU.
+    /// choose their memory-access pattern by [`Context::cpu_kernels`], which follows this by
+    /// default: one contiguous stream per invocation on a CPU, coalesced cooperative reads on
+    /// a GPU.
     pub fn is_cpu(&self) -> bool {
-        self.inner.info.device_type == wgpu::DeviceType::Cpu
-            || self
-                .inner
-                .info
-                .name
-                .to_ascii_lowercase()
-                .contains("llvmpipe")
+        adapter::is_cpu(&self.inner.info)
+    }
+
+    /// Whether kernels choose their variants for CPU adapters: [`Context::is_cpu`] unless
+    /// [`ContextOptions::kernels`] says otherwise.
+    pub fn cpu_kernels(&self) -> bool {
+        self.inner.cpu_kernels
     }
 
     /// Whether shaders may use 64-bit integers (SHADER_INT64): where they may, the CPU

@@ -108,7 +108,7 @@ impl NormKernel {
 
     /// The kernel for this adapter.
     pub fn choose(ctx: &Context) -> Self {
-        if ctx.is_cpu() {
+        if ctx.cpu_kernels() {
             NormKernel::Lanes
         } else {
             NormKernel::Coop

@@ -51,7 +51,7 @@ impl MatmulKernel {
     /// The variant suited to this adapter and token count for a dense weight.
     pub fn choose(ctx: &Context, tokens: usize) -> Self {
         use MatmulKernel::*;
-        let preferred: &[MatmulKernel] = match (ctx.is_cpu(), tokens) {
+        let preferred: &[MatmulKernel] = match (ctx.cpu_kernels(), tokens) {
             (true, 0..=2) => &[GemvSubgroup64, GemvSubgroup, Gemv],
             (true, _) => &[GemmSubgroup64, GemmSubgroup, Gemm4],
             (false, 0..=1) => &[Rows8],
@@ -128,7 +128,7 @@ impl MatmulKernel {
             (kernel, Some(size)) if kernel.is_subgroup() => size as usize,
             (MatmulKernel::Coop4, _) => 64,
             (MatmulKernel::Rows8 | MatmulKernel::Gemm16, _) => 256,
-            _ if ctx.is_cpu() => 8,
+            _ if ctx.cpu_kernels() => 8,
             _ => 64,
         }
     }

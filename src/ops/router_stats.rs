@@ -87,7 +87,7 @@ pub fn router_stats(
         _pad: [0; 3],
     };
     // One SIMD group on CPU adapters (its barriers are cheap there), 256 invocations on GPUs.
-    let wg = if ctx.is_cpu() { 8.0 } else { 256.0 };
+    let wg = if ctx.cpu_kernels() { 8.0 } else { 256.0 };
     let pipeline = ctx.pipeline("router_stats", "main", &[("WG", wg)])?;
     let uniform = ctx.uniform("router stats params", &params)?;
     graph.dispatch(

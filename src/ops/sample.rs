@@ -89,7 +89,7 @@ struct Params {
 /// Invocations per sequence for this adapter: one SIMD group on CPU adapters (barriers
 /// are cheap within it), 256 on GPUs.
 pub fn threads_for(ctx: &Context) -> u32 {
-    if ctx.is_cpu() {
+    if ctx.cpu_kernels() {
         8
     } else {
         256

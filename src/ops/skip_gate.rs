@@ -145,7 +145,7 @@ fn record(
     if let Some(n) = norm {
         // One SIMD group per (row, head) on CPU adapters, where every load loops over the
         // lanes; 64 invocations on GPUs.
-        let wg = if ctx.is_cpu() { 8.0 } else { 64.0 };
+        let wg = if ctx.cpu_kernels() { 8.0 } else { 64.0 };
         let q4 = n.group % 4 == 0
             && [h, xc, z, y]
                 .iter()

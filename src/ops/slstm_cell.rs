@@ -87,7 +87,7 @@ impl CellKernel {
     /// ordinary memory, and rows measured 1.7-3.5x faster than columns, with or without
     /// workgroup memory, for head dims 16-256 on lavapipe), columns on GPUs.
     pub fn choose(ctx: &Context) -> Self {
-        if ctx.is_cpu() {
+        if ctx.cpu_kernels() {
             CellKernel::Rows
         } else {
             CellKernel::Columns
@@ -878,7 +878,7 @@ mod tests {
     fn random_cell_runs_for_benchmarks() {
         let ctx = gpu();
         let cell = RandomCell::new(ctx, 2, 3, 9, 5, DType::F16).unwrap();
-        assert_eq!(cell.uses_workgroup_memory(ctx), !ctx.is_cpu());
+        assert_eq!(cell.uses_workgroup_memory(ctx), !ctx.cpu_kernels());
         ctx.run(&[cell.graph()]).unwrap();
         let y = cell.output().to_f32().unwrap();
         assert_eq!(y.len(), 2 * 5 * 27);

@@ -84,7 +84,7 @@ impl CellKernel {
     /// see the shaders.
     pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
         let decode = tokens <= 1;
-        match (ctx.is_cpu(), decode, head_dim) {
+        match (ctx.cpu_kernels(), decode, head_dim) {
             (true, true, _) | (true, false, ..=64) => CellKernel::RecurrentSimd,
             (true, false, _) => CellKernel::ChunkwiseWide,
             (false, true, ..=127) => CellKernel::Recurrent,
