@@ -284,3 +284,18 @@ fn a_reader_that_goes_away_ends_the_cli_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_bad_kernel_family_is_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args(["generate", "--prompt", "hi", "--max-tokens", "1"])
+        .env("MOXE_KERNELS", "fast")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("MOXE_KERNELS must be cpu or gpu, got 'fast'"),
+        "{err}"
+    );
+}
