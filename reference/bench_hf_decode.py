@@ -15,6 +15,7 @@ import json
 import time
 
 import torch
+import transformers
 from transformers import xLSTMConfig, xLSTMForCausalLM
 from transformers.utils import import_utils
 
@@ -53,6 +54,14 @@ def main():
         model = xLSTMForCausalLM(config).to(dtype).eval()
     params = sum(p.numel() for p in model.parameters())
     xlstm_pkg = getattr(import_utils, "is_xlstm_available", lambda: False)()
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(
         f"transformers xLSTMForCausalLM: {params / 1e9:.3f} B parameters, {args.dtype}, "
         f"{args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}), "
