@@ -1,5 +1,5 @@
 // Shared by the mLSTM cell kernels (mlstm_step, mlstm_step_wide, mlstm_step_simd,
-// mlstm_chunk, mlstm_chunk_wide): the registry appends this file (after
+// mlstm_step_tiles, mlstm_chunk, mlstm_chunk_wide): the registry appends this file (after
 // common/soft_cap.wgsl) to each of them. Their parameters (src/ops/mlstm_cell/mod.rs
 // `Params`), the bindings they all declare alike (each declares binding 5, the matrix
 // memory C, in its own layout, and any binding 8), where each input lives, and the gates.
