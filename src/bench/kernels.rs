@@ -84,11 +84,17 @@ pub fn product(
     })
 }
 
-/// Read bandwidth (GB/s) of the probe kernel over `bytes` bytes with `threads` invocations
-/// in workgroups of `workgroup`.
+/// The buffer the read probe streams: [`probe_bytes`] of ones, made once per report.
+pub fn probe_source(ctx: &Context) -> Result<Tensor> {
+    let words = probe_bytes(ctx) / 4 / 4 * 4;
+    Tensor::from_u32(ctx, "probe src", &[words], &vec![1u32; words])
+}
+
+/// Read bandwidth (GB/s) of the probe kernel over `src` with `threads` invocations in
+/// workgroups of `workgroup`.
 pub fn probe_bandwidth(
     ctx: &Context,
-    bytes: usize,
+    src: &Tensor,
     probe_config: ProbeConfig,
     budget_secs: f64,
 ) -> Result<f64> {
@@ -98,13 +104,11 @@ pub fn probe_bandwidth(
         threads,
         wide,
     } = probe_config;
-    let words = bytes / 4 / 4 * 4;
-    let src = Tensor::from_u32(ctx, "probe src", &[words], &vec![1u32; words])?;
     let sink = Tensor::zeros(ctx, "probe sink", &[threads], DType::U32)?;
     let mut g = Graph::new();
-    probe(ctx, &mut g, pattern, workgroup, wide, &src, &sink)?;
+    probe(ctx, &mut g, pattern, workgroup, wide, src, &sink)?;
     let seconds = time_graph(ctx, &g, budget_secs, 3)?;
-    Ok((words * 4) as f64 / seconds / 1e9)
+    Ok((src.numel() * 4) as f64 / seconds / 1e9)
 }
 
 /// Bytes the read probe streams: 64 MiB on CPU adapters (this VM's last-level cache is
@@ -170,8 +174,9 @@ pub fn probe_configs(ctx: &Context) -> Vec<ProbeConfig> {
 /// The read bandwidth (GB/s) of the probe's best configuration: the yardstick of every
 /// bandwidth figure.
 pub fn best_probe_bandwidth(ctx: &Context, budget_secs: f64) -> Result<f64> {
+    let src = probe_source(ctx)?;
     probe_configs(ctx).into_iter().try_fold(0.0f64, |best, c| {
-        Ok(best.max(probe_bandwidth(ctx, probe_bytes(ctx), c, budget_secs)?))
+        Ok(best.max(probe_bandwidth(ctx, &src, c, budget_secs)?))
     })
 }
 
@@ -208,12 +213,13 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
             }
         }
     }
-    let bytes = probe_bytes(ctx);
+    let src = probe_source(ctx)?;
+    let bytes = src.numel() * 4;
     let mut probe_gbps = vec![0.0f64; probes.len()];
     let mut gemv_best: Vec<Option<GemvResult>> = vec![None; gemvs.len()];
     for _ in 0..ROUNDS {
         for (best, &c) in probe_gbps.iter_mut().zip(&probes) {
-            *best = best.max(probe_bandwidth(ctx, bytes, c, budget_secs)?);
+            *best = best.max(probe_bandwidth(ctx, &src, c, budget_secs)?);
         }
         for (best, &(rows, cols, dtype, kernel)) in gemv_best.iter_mut().zip(&gemvs) {
             let r = gemv(ctx, rows, cols, dtype, kernel, budget_secs)?;

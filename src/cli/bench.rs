@@ -181,9 +181,9 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
         (None, _) => args.model.model.display().to_string(),
     };
     println!("model:       {source} ({} weights)", model.dtype());
-    // Only where lavapipe runs the model (elsewhere the variable does nothing).
-    let lavapipe = model.context().adapter_info().name.contains("llvmpipe");
-    if let Some(n) = std::env::var_os("LP_NUM_THREADS").filter(|_| lavapipe) {
+    // Only on a CPU adapter (on a GPU the variable does nothing).
+    let cpu = model.context().is_cpu();
+    if let Some(n) = std::env::var_os("LP_NUM_THREADS").filter(|_| cpu) {
         println!("lavapipe:    LP_NUM_THREADS={}", n.to_string_lossy());
     }
     let report = bench_model(&model, &options)?;

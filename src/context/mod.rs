@@ -94,8 +94,8 @@ struct Inner {
     features: wgpu::Features,
     limits: wgpu::Limits,
     max_binding_bytes: u64,
-    /// Kernels choose their CPU-adapter variants ([`Context::cpu_kernels`]).
-    cpu_kernels: bool,
+    /// The kernel variants ops choose ([`Context::cpu_kernels`]).
+    kernels: KernelFamily,
     shader_caps: naga::valid::Capabilities,
     wait_timeout: Duration,
     allocated: AtomicU64,
@@ -144,11 +144,11 @@ impl Context {
     /// replicas use more CPU cores; on a GPU they share it.
     pub fn replica(&self) -> Result<Context> {
         let adapter = adapter::reopen(&self.inner.info)?;
-        let kernels = match self.inner.cpu_kernels {
-            true => KernelFamily::Cpu,
-            false => KernelFamily::Gpu,
-        };
-        Self::open(adapter, Some(self.inner.max_binding_bytes), Some(kernels))
+        Self::open(
+            adapter,
+            Some(self.inner.max_binding_bytes),
+            Some(self.inner.kernels),
+        )
     }
 
     /// A device of `adapter` as [`device_descriptor`] asks for it.
@@ -222,7 +222,10 @@ impl Context {
         max_binding_bytes: Option<u64>,
         kernels: Option<KernelFamily>,
     ) -> Self {
-        let cpu_kernels = kernels.map_or(adapter::is_cpu(&info), |k| k == KernelFamily::Cpu);
+        let kernels = kernels.unwrap_or(match adapter::is_cpu(&info) {
+            true => KernelFamily::Cpu,
+            false => KernelFamily::Gpu,
+        });
         let features = device.features();
         let shader_caps = crate::shaders::capabilities(features, f16_in_f32);
         let limits = device.limits();
@@ -243,7 +246,7 @@ impl Context {
                 features,
                 limits,
                 max_binding_bytes,
-                cpu_kernels,
+                kernels,
                 shader_caps,
                 wait_timeout,
                 allocated: AtomicU64::new(0),
@@ -308,7 +311,7 @@ impl Context {
     /// Whether kernels choose their variants for CPU adapters: [`Context::is_cpu`] unless
     /// [`ContextOptions::kernels`] says otherwise.
     pub fn cpu_kernels(&self) -> bool {
-        self.inner.cpu_kernels
+        self.inner.kernels == KernelFamily::Cpu
     }
 
     /// Whether shaders may use 64-bit integers (SHADER_INT64): where they may, the CPU

@@ -11,7 +11,7 @@
 //! - `shaders/mlstm_chunk_wide.wgsl`: one workgroup per head and sequence, eight columns
 //!   per invocation.
 
-use super::{params, segments, CellInputs, CellState};
+use super::{bindings, params, segments, CellInputs, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -63,16 +63,7 @@ pub fn record(
     let chunk = ctx.pipeline(shader, "chunk", &[])?;
     for range in segments(tokens, CHUNK, per_chunk, fixed) {
         let uniform = ctx.uniform("mlstm chunk params", &params.segment(range))?;
-        let mut resources = vec![
-            uniform.as_entire_binding(),
-            inputs.qkv.binding()?,
-            inputs.gates.binding()?,
-            slots.binding()?,
-            h.binding()?,
-            state.c.binding()?,
-            state.n.binding()?,
-            state.m.binding()?,
-        ];
+        let mut resources = bindings(&uniform, inputs, &h, state, slots)?;
         if wide {
             let grid = Workgroups::grid(state.heads(), seqs, 1)?;
             graph.dispatch(ctx, &chunk, &resources, grid)?;

@@ -261,6 +261,27 @@ impl Params {
 
 pub use super::{segments, LOOP_BUDGET};
 
+/// The bindings 0-7 every cell kernel declares alike (`shaders/common/mlstm_cell.wgsl`): the
+/// parameters, qkv, gates, slots, h, then the state's C, n and m.
+pub(crate) fn bindings<'a>(
+    uniform: &'a wgpu::Buffer,
+    inputs: &CellInputs<'a>,
+    h: &View<'a>,
+    state: &'a CellState,
+    slots: &'a Tensor,
+) -> Result<Vec<wgpu::BindingResource<'a>>> {
+    Ok(vec![
+        uniform.as_entire_binding(),
+        inputs.qkv.binding()?,
+        inputs.gates.binding()?,
+        slots.binding()?,
+        h.binding()?,
+        state.c.binding()?,
+        state.n.binding()?,
+        state.m.binding()?,
+    ])
+}
+
 /// Checks the views, slots and state against each other and builds the kernel parameters.
 pub(crate) fn params(
     inputs: &CellInputs<'_>,

@@ -7,7 +7,7 @@
 //! spreads each head over workgroups of 32 columns instead and takes one token per pair of
 //! dispatches (the tiles, then the n and m update).
 
-use super::{params, segments, CellInputs, CellKernel, CellState};
+use super::{bindings, params, segments, CellInputs, CellKernel, CellState};
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{Graph, Workgroups};
@@ -52,16 +52,7 @@ pub fn record(
     let pipeline = ctx.pipeline(shader, "step", &constants)?;
     for range in segments(tokens, 1, per_token, 1) {
         let uniform = ctx.uniform("mlstm step params", &params.segment(range))?;
-        let mut resources = vec![
-            uniform.as_entire_binding(),
-            qkv.binding()?,
-            inputs.gates.binding()?,
-            slots.binding()?,
-            h.binding()?,
-            state.c.binding()?,
-            state.n.binding()?,
-            state.m.binding()?,
-        ];
+        let mut resources = bindings(&uniform, inputs, &h, state, slots)?;
         if kernel == CellKernel::RecurrentSimd {
             resources.push(qkv.binding()?);
         }
@@ -97,16 +88,7 @@ fn record_tiles(
     let heads = state.heads();
     for t in 0..tokens {
         let uniform = ctx.uniform("mlstm step params", &params.segment(t..t + 1))?;
-        let resources = [
-            uniform.as_entire_binding(),
-            inputs.qkv.binding()?,
-            inputs.gates.binding()?,
-            slots.binding()?,
-            h.binding()?,
-            state.c.binding()?,
-            state.n.binding()?,
-            state.m.binding()?,
-        ];
+        let resources = bindings(&uniform, inputs, &h, state, slots)?;
         let tiles = heads * state.v_dim().div_ceil(TILE);
         graph.dispatch(ctx, &tile, &resources, Workgroups::grid(tiles, seqs, 1)?)?;
         graph.dispatch(ctx, &update, &resources, Workgroups::grid(heads, seqs, 1)?)?;
