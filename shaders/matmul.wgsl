@@ -279,18 +279,6 @@ fn rows8(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 var<workgroup> w_tile: array<array<f32, 33>, 32>;
 var<workgroup> x_tile: array<array<f32, 33>, 16>;
 
-// Inputs k .. k + 3 of token t (dense W), zero past K.
-fn x4_at(t: u32, k: u32) -> vec4<f32> {
-    let b = p.x_offset + t * p.x_stride + k;
-    var v = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if k + e < p.k {
-            v[e] = x[b + e];
-        }
-    }
-    return v;
-}
-
 @compute @workgroup_size(256)
 fn gemm16(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     p = params;
@@ -316,16 +304,18 @@ fn gemm16(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
                 w_tile[lid / 4u][kk + e] = wv[0][e];
                 w_tile[lid / 4u][kk + 4u + e] = wv[1][e];
             }
-        } else {
-            // Invocations 128-255 stage four inputs each: token i / 8, inputs (i % 8) * 4 ..
+        } else if lid < 192u {
+            // Invocations 128-191 stage eight inputs each (dense W: from column 0): token
+            // i / 4, inputs (i % 4) * 8 ..
             let i = lid - 128u;
-            let kk = (i % 8u) * 4u;
-            var xv = vec4<f32>(0.0);
-            if t0 + i / 8u < p.t {
-                xv = x4_at(t0 + i / 8u, k0 + kk);
+            let kk = (i % 4u) * 8u;
+            var xv = array<vec4<f32>, 2>();
+            if t0 + i / 4u < p.t {
+                xv = x8_at(t0 + i / 4u, 0u, k0 + kk);
             }
             for (var e = 0u; e < 4u; e++) {
-                x_tile[i / 8u][kk + e] = xv[e];
+                x_tile[i / 4u][kk + e] = xv[0][e];
+                x_tile[i / 4u][kk + 4u + e] = xv[1][e];
             }
         }
         workgroupBarrier();
