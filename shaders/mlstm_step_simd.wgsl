@@ -7,7 +7,8 @@
 // workgroup reduction; after a barrier it writes n for the 8-row blocks lane, lane + 8, ...
 // On llvmpipe, where every load or store costs a loop over the SIMD lanes and every
 // barrier of a larger workgroup switches coroutines, this is several times faster than
-// the other recurrent kernels for decode.
+// the other recurrent kernels for decode. `step_held` (below) keeps C and n in private
+// memory over a segment's tokens instead: prefill of small heads.
 //
 // VEC4 (override): qkv_offset, qkv_stride and DK are multiples of 4, so q and k are read as
 // vec4 (through qkv4, the same buffer); otherwise element by element.
@@ -147,6 +148,128 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
         workgroupBarrier();
     }
     if lane == 0u {
+        m[sh] = mv;
+    }
+}
+
+// Rows of C (DK) and columns per invocation that `step_held` holds in private memory.
+const HELD_ROWS = 64u;
+
+// `step` for heads with DK <= 64 (a multiple of 4) and DV <= 64, the prefill of the
+// NeurIPS blocks' small heads on CPU adapters: each invocation holds its one 8-column block
+// of C (all DK rows) and the whole of n in private memory for the segment's tokens, loading
+// them once before the token loop and storing them once after it, where `step` loads and
+// stores C and n at every token. Every invocation updates its own copy of n (the same
+// values in all), so no barriers. Invocations past DV compute on zeros and store nothing.
+//
+// Loop iterations of one invocation, counting one more for each loop's exit: at most
+// 3 * (DK + 1) + DK / 4 + 1 outside the token loop, 4 + 2 * (DK / 4 + 1) per token.
+@compute @workgroup_size(8)
+fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let hd = wid.x;
+    let b = wid.y;
+    let slot = slots[b];
+    if slot >= p.slots || b >= p.seqs {
+        return;
+    }
+    let dk = p.qk_dim;
+    let dv = p.v_dim;
+    let sh = slot * p.heads + hd;
+    let nbase = sh * dk;
+    let cs4 = p.c_stride / 4u;
+    let quads = dk / 4u;
+    let j0 = 8u * lane;
+    let mine = j0 < dv;
+    let len = select(0u, dv - j0, mine);
+    // Row r of this invocation's block at cl[2 r] (columns 0-3) and cl[2 r + 1] (4-7).
+    var cl: array<vec4<f32>, 2u * HELD_ROWS>;
+    var nl: array<vec4<f32>, HELD_ROWS / 4u>;
+    let c0 = nbase * cs4 + 2u * lane;
+    if mine {
+        for (var r = 0u; r < dk; r++) {
+            cl[2u * r] = c[c0 + r * cs4];
+            cl[2u * r + 1u] = c[c0 + r * cs4 + 1u];
+        }
+    }
+    for (var i = 0u; i < quads; i++) {
+        let e = nbase + 4u * i;
+        nl[i] = vec4<f32>(n[e], n[e + 1u], n[e + 2u], n[e + 3u]);
+    }
+    var mv = m[sh];
+    let end = p.token_base + p.seg_tokens;
+    for (var t = p.token_base; t < end; t++) {
+        let row = b * p.tokens + t;
+        let qb = q_at(row, hd, 0u);
+        let kb = k_at(row, hd, 0u);
+        let ip = gate_i(row, hd);
+        let lf = gate_log_f(row, hd);
+        let m_new = max(lf + mv, ip);
+        let fa = exp(lf + mv - m_new);
+        let ia = exp(ip - m_new);
+        let ik = ia * p.scale;
+
+        // n' = fa n + ia k scale, and q . n'.
+        var qn = 0.0;
+        for (var i = 0u; i < quads; i++) {
+            let nv = fa * nl[i] + ik * qkv_quad(kb + 4u * i);
+            nl[i] = nv;
+            qn += dot(qkv_quad(qb + 4u * i), nv);
+        }
+        let den = max(abs(qn), exp(-m_new)) + p.eps;
+
+        let vb = v_at(row, hd, j0);
+        let v0 = ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
+        let v1 = ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len));
+        var a0 = vec4<f32>(0.0);
+        var a1 = vec4<f32>(0.0);
+        for (var i = 0u; i < quads; i++) {
+            let q = qkv_quad(qb + 4u * i);
+            let k = p.scale * qkv_quad(kb + 4u * i);
+            let r = 8u * i;
+            let c00 = fa * cl[r] + k.x * v0;
+            let c01 = fa * cl[r + 1u] + k.x * v1;
+            let c10 = fa * cl[r + 2u] + k.y * v0;
+            let c11 = fa * cl[r + 3u] + k.y * v1;
+            let c20 = fa * cl[r + 4u] + k.z * v0;
+            let c21 = fa * cl[r + 5u] + k.z * v1;
+            let c30 = fa * cl[r + 6u] + k.w * v0;
+            let c31 = fa * cl[r + 7u] + k.w * v1;
+            cl[r] = c00;
+            cl[r + 1u] = c01;
+            cl[r + 2u] = c10;
+            cl[r + 3u] = c11;
+            cl[r + 4u] = c20;
+            cl[r + 5u] = c21;
+            cl[r + 6u] = c30;
+            cl[r + 7u] = c31;
+            a0 += q.x * c00 + q.y * c10 + q.z * c20 + q.w * c30;
+            a1 += q.x * c01 + q.y * c11 + q.z * c21 + q.w * c31;
+        }
+        let hb = h_at(row, hd, j0);
+        for (var e = 0u; e < 4u; e++) {
+            if e < len {
+                h[hb + e] = a0[e] / den;
+            }
+            if e + 4u < len {
+                h[hb + 4u + e] = a1[e] / den;
+            }
+        }
+        mv = m_new;
+    }
+    if mine {
+        for (var r = 0u; r < dk; r++) {
+            c[c0 + r * cs4] = cl[2u * r];
+            c[c0 + r * cs4 + 1u] = cl[2u * r + 1u];
+        }
+    }
+    if lane == 0u {
+        for (var i = 0u; i < quads; i++) {
+            let e = nbase + 4u * i;
+            n[e] = nl[i].x;
+            n[e + 1u] = nl[i].y;
+            n[e + 2u] = nl[i].z;
+            n[e + 3u] = nl[i].w;
+        }
         m[sh] = mv;
     }
 }

@@ -21,6 +21,8 @@ pub struct ModelBenchOptions {
     pub batch: usize,
     /// Decode steps timed per kernel with timestamp queries (0 = skip).
     pub profile_tokens: usize,
+    /// Also time one prefill of the prompt per kernel.
+    pub profile_prefill: bool,
     /// Timed runs of prefill and of decode; the fastest is reported (shared machines are
     /// noisy).
     pub repeats: usize,
@@ -48,6 +50,8 @@ pub struct ModelBenchReport {
     pub probe_gbps: Option<f64>,
     /// Per-kernel table of the profiled decode steps, and the steps it covers.
     pub profile: Option<(String, usize)>,
+    /// Per-kernel table of one profiled prefill, and its prompt tokens.
+    pub prefill_profile: Option<(String, usize)>,
 }
 
 fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -119,16 +123,20 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
     };
 
     let profile = if options.profile_tokens > 0 {
-        let was = ctx.profiling();
-        ctx.reset_profile();
-        ctx.set_profiling(true);
-        let result = (0..options.profile_tokens).try_for_each(|_| {
-            next = s.feed(&[next], &greedy)?;
-            Ok::<(), crate::Error>(())
-        });
-        ctx.set_profiling(was);
-        result?;
-        ctx.profile_report().map(|t| (t, options.profile_tokens))
+        profiled(model, || {
+            (0..options.profile_tokens).try_for_each(|_| {
+                next = s.feed(&[next], &greedy)?;
+                Ok(())
+            })
+        })?
+        .map(|t| (t, options.profile_tokens))
+    } else {
+        None
+    };
+
+    let prefill_profile = if options.profile_prefill {
+        let mut fresh = Session::new(model)?;
+        profiled(model, || fresh.feed(&prompt, &greedy).map(drop))?.map(|t| (t, prompt.len()))
     } else {
         None
     };
@@ -155,7 +163,21 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
         decode_dispatches: model.decode_dispatches()?,
         probe_gbps,
         profile,
+        prefill_profile,
     })
+}
+
+/// Runs `work` with every dispatch timed, and returns the per-kernel table (`None` when
+/// nothing ran).
+fn profiled(model: &Model, work: impl FnOnce() -> Result<()>) -> Result<Option<String>> {
+    let ctx = model.context();
+    let was = ctx.profiling();
+    ctx.reset_profile();
+    ctx.set_profiling(true);
+    let result = work();
+    ctx.set_profiling(was);
+    result?;
+    Ok(ctx.profile_report())
 }
 
 impl fmt::Display for ModelBenchReport {
@@ -206,6 +228,12 @@ impl fmt::Display for ModelBenchReport {
         }
         if let Some((table, steps)) = &self.profile {
             writeln!(f, "\ndecode time by kernel over {steps} tokens:\n{table}")?;
+        }
+        if let Some((table, tokens)) = &self.prefill_profile {
+            writeln!(
+                f,
+                "\nprefill time by kernel, one {tokens}-token prompt:\n{table}"
+            )?;
         }
         Ok(())
     }

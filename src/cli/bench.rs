@@ -61,6 +61,9 @@ pub struct ModelBenchArgs {
     /// Decode steps timed per kernel (0 = skip the per-kernel split).
     #[arg(long, default_value_t = 16)]
     pub profile_tokens: usize,
+    /// Also time one prefill of the prompt per kernel.
+    #[arg(long)]
+    pub profile_prefill: bool,
     /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -172,6 +175,7 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
         decode_tokens: args.decode_tokens,
         batch: args.batch,
         profile_tokens: args.profile_tokens,
+        profile_prefill: args.profile_prefill,
         repeats: args.repeats,
         probe: !args.no_probe,
     };

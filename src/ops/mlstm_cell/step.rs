@@ -1,6 +1,7 @@
 //! The recurrent mLSTM cell kernels (`shaders/mlstm_step.wgsl`, one column of C per
 //! invocation, `shaders/mlstm_step_wide.wgsl`, eight, and `shaders/mlstm_step_simd.wgsl`,
-//! eight per invocation in a workgroup of eight): one workgroup per (head, sequence) loops
+//! eight per invocation in a workgroup of eight, holding them in private memory over the
+//! tokens of a prefill when the heads are small): one workgroup per (head, sequence) loops
 //! over the tokens. Used for decode (N = 1); over N tokens it is the
 //! token-by-token form the chunkwise kernels are measured against. Long inputs are recorded
 //! as several dispatches (see [`super::LOOP_BUDGET`]). `shaders/mlstm_step_tiles.wgsl`
@@ -40,17 +41,39 @@ pub fn record(
     let qkv = inputs.qkv;
     // q and k as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
     let vec4 = state.qk_dim() % 4 == 0 && qkv.offset % 4 == 0 && qkv.stride % 4 == 0;
-    let (shader, per_token, constants) = match kernel {
-        CellKernel::RecurrentWide => ("mlstm_step_wide", 21 + 2 * dh.div_ceil(64) + dh, vec![]),
-        CellKernel::RecurrentSimd => (
+    let dk = state.qk_dim();
+    let (shader, entry, per_token, fixed, constants) = match kernel {
+        CellKernel::RecurrentWide => (
+            "mlstm_step_wide",
+            "step",
+            21 + 2 * dh.div_ceil(64) + dh,
+            1,
+            vec![],
+        ),
+        CellKernel::RecurrentSimd if tokens > 1 && holds_state(state) => (
             "mlstm_step_simd",
-            7 + dh / 4 + dh.div_ceil(64) * (20 + dh / 4),
+            "step_held",
+            11 + dk / 2,
+            3 * dk + 8,
             vec![("VEC4", vec4 as u8 as f64)],
         ),
-        _ => ("mlstm_step", 11 + dh.div_ceil(64) * (dh / 4 + 8), vec![]),
+        CellKernel::RecurrentSimd => (
+            "mlstm_step_simd",
+            "step",
+            7 + dh / 4 + dh.div_ceil(64) * (20 + dh / 4),
+            1,
+            vec![("VEC4", vec4 as u8 as f64)],
+        ),
+        _ => (
+            "mlstm_step",
+            "step",
+            11 + dh.div_ceil(64) * (dh / 4 + 8),
+            1,
+            vec![],
+        ),
     };
-    let pipeline = ctx.pipeline(shader, "step", &constants)?;
-    for range in segments(tokens, 1, per_token, 1) {
+    let pipeline = ctx.pipeline(shader, entry, &constants)?;
+    for range in segments(tokens, 1, per_token, fixed) {
         let uniform = ctx.uniform("mlstm step params", &params.segment(range))?;
         let mut resources = bindings(&uniform, inputs, &h, state, slots)?;
         if kernel == CellKernel::RecurrentSimd {
@@ -64,6 +87,18 @@ pub fn record(
         )?;
     }
     Ok(())
+}
+
+/// Whether `mlstm_step_simd.wgsl`'s `step_held` fits the state's heads: it holds one
+/// 8-column block of C per invocation (DV <= 64) and DK <= 64 rows (a multiple of 4) in
+/// private memory. Used for more than one token (prefill): at the bundled model's heads
+/// (4 x 64) `moxe bench --profile-prefill` timed it at 7.3-9.3 ms per 128-token prompt
+/// against `step`'s 12.3 (lavapipe, 2026-12-04); for one token it only adds the private
+/// copy.
+fn holds_state(state: &CellState) -> bool {
+    const HELD_ROWS: usize = 64;
+    let dk = state.qk_dim();
+    dk <= HELD_ROWS && dk % 4 == 0 && state.v_dim() <= HELD_ROWS
 }
 
 /// Columns of C per workgroup of `mlstm_step_tiles.wgsl`'s `tile`.
