@@ -42,15 +42,6 @@ const STATS: u32 = 8u;
 @group(0) @binding(5) var<storage, read_write> topk_prob: array<f32>;
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;
 
-// Numerically stable logistic function.
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        return 1.0 / (1.0 + exp(-x));
-    }
-    let e = exp(x);
-    return e / (1.0 + e);
-}
-
 fn modulation(d: f32) -> f32 {
     switch p.mode {
         case 1u: { return p.gamma * d; }

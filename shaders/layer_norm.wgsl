@@ -8,9 +8,11 @@
 // (plus beta * y[c] when beta != 0, to fuse a residual add), where gamma = 1 + weight (the xlstm package stores offsets) when weight_offset != 0, else
 // weight; gamma = 1 without weight; beta = bias or 0.
 //
-// x element (r, c) at x_offset + r * x_stride + c; y likewise. With has_copy, x is also
-// copied to `copy` at copy_offset + r * copy_stride + c (a residual stream's start, e.g. an
-// expert's output = input + ..., without a dispatch of its own).
+// x element (r, c) at x_offset + r * x_stride + c; y likewise. The side view, element
+// (r, c) at side_offset + r * side_stride + c, by `side`: 0 unused; 1 (copy) receives x (a
+// residual stream's start, e.g. an expert's output = input + ..., without a dispatch of
+// its own); 2 (gate) holds gates o, and y[c] = norm(x)[c] * sigmoid(o[c]) (before beta * y
+// is added): xLSTM-Large's output gate fused into its multi-head norm.
 //
 //   norm_coop:  one workgroup of 256 per (row, group), reducing in workgroup memory (GPUs;
 //               64 made a 4096-wide row a chain of 64 dependent loads per pass, 39 us on
@@ -23,9 +25,10 @@
 //               grid (groups, rows split over y/z).
 //
 // X4 (override): x_offset, x_stride and group are multiples of 4, so x is read as vec4
-// through x4 (the same buffer). Y4 (override, norm_lanes): so are y's and the copy's offsets
-// and strides, and the outputs, weights and biases of a quad move as vec4 through y4,
-// copy4, weight4 and bias4 (on CPU adapters a quarter of the storage accesses).
+// through x4 (the same buffer). Y4 (override, norm_lanes): so are y's and the side view's
+// offsets and strides, and the outputs, weights, biases and side elements of a quad move as
+// vec4 through y4, weight4, bias4 and side4 (on CPU adapters a quarter of the storage
+// accesses).
 
 struct Params {
     rows: u32,
@@ -41,10 +44,13 @@ struct Params {
     has_bias: u32,
     beta: f32,
     center: u32,
-    has_copy: u32,
-    copy_offset: u32,
-    copy_stride: u32,
+    side: u32,
+    side_offset: u32,
+    side_stride: u32,
 }
+
+const SIDE_COPY: u32 = 1u;
+const SIDE_GATE: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -52,17 +58,18 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> copy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> side: array<f32>;
 @group(0) @binding(7) var<storage, read> weight4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> bias4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> y4: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read_write> copy4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> side4: array<vec4<f32>>;
 
 override X4: bool = false;
 override Y4: bool = false;
 
-// emit for the four outputs at i (a multiple of 4) of columns c .. c + 3 (Y4).
-fn emit4(i: u32, c: u32, normed: vec4<f32>) {
+// emit for the four outputs at i (a multiple of 4) of columns c .. c + 3, with side
+// elements at s (Y4).
+fn emit4(i: u32, c: u32, s: u32, normed: vec4<f32>) {
     var g = vec4<f32>(1.0);
     if p.has_weight != 0u {
         g = weight4[c / 4u];
@@ -74,15 +81,23 @@ fn emit4(i: u32, c: u32, normed: vec4<f32>) {
     if p.has_bias != 0u {
         v += bias4[c / 4u];
     }
+    if p.side == SIDE_GATE {
+        let o = side4[s / 4u];
+        v *= vec4<f32>(sigmoid(o.x), sigmoid(o.y), sigmoid(o.z), sigmoid(o.w));
+    }
     if p.beta != 0.0 {
         v += p.beta * y4[i / 4u];
     }
     y4[i / 4u] = v;
 }
 
-fn emit(i: u32, c: u32, normed: f32) {
+// Output i of column c, with its side element at s.
+fn emit(i: u32, c: u32, s: u32, normed: f32) {
     let gb = scale_shift(c);
     var v = normed * gb.x + gb.y;
+    if p.side == SIDE_GATE {
+        v *= sigmoid(side[s]);
+    }
     if p.beta != 0.0 {
         v += p.beta * y[i];
     }
@@ -149,12 +164,12 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         sq += d * d;
     }
     let inv = inverseSqrt(workgroup_sum(lid, sq) / n + p.eps);
-    let cb = p.copy_offset + row * p.copy_stride + c0;
+    let sb = p.side_offset + row * p.side_stride + c0;
     for (var c = lid; c < p.group; c += COOP) {
         let v = x[xb + c];
-        emit(yb + c, c0 + c, (v - mean) * inv);
-        if p.has_copy != 0u {
-            copy[cb + c] = v;
+        emit(yb + c, c0 + c, sb + c, (v - mean) * inv);
+        if p.side == SIDE_COPY {
+            side[sb + c] = v;
         }
     }
 }
@@ -212,22 +227,22 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
         sq += dot(d, d);
     }
     let inv = inverseSqrt(lanes_sum(lane, sq) / n + p.eps);
-    let cb = p.copy_offset + row * p.copy_stride + c0;
+    let sb = p.side_offset + row * p.side_stride + c0;
     for (var e = 4u * lane; e < p.group; e += 32u) {
         let len = p.group - e;
         let xq = x_quad(xb + e, len);
         let v = (xq - mean) * inv;
         if Y4 {
-            emit4(yb + e, c0 + e, v);
-            if p.has_copy != 0u {
-                copy4[(cb + e) / 4u] = xq;
+            emit4(yb + e, c0 + e, sb + e, v);
+            if p.side == SIDE_COPY {
+                side4[(sb + e) / 4u] = xq;
             }
             continue;
         }
         for (var j = 0u; j < min(len, 4u); j++) {
-            emit(yb + e + j, c0 + e + j, v[j]);
-            if p.has_copy != 0u {
-                copy[cb + e + j] = xq[j];
+            emit(yb + e + j, c0 + e + j, sb + e + j, v[j]);
+            if p.side == SIDE_COPY {
+                side[sb + e + j] = xq[j];
             }
         }
     }

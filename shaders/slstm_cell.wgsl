@@ -153,15 +153,6 @@ fn set_h(j: u32, v: f32) {
     }
 }
 
-// Numerically stable logistic function.
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        return 1.0 / (1.0 + exp(-x));
-    }
-    let e = exp(x);
-    return e / (1.0 + e);
-}
-
 // log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), finite for every finite x.
 fn logsigmoid(x: f32) -> f32 {
     return min(x, 0.0) - log(1.0 + exp(-abs(x)));

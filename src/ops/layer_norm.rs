@@ -88,9 +88,36 @@ struct Params {
     has_bias: u32,
     beta: f32,
     center: u32,
-    has_copy: u32,
-    copy_offset: u32,
-    copy_stride: u32,
+    side: u32,
+    side_offset: u32,
+    side_stride: u32,
+}
+
+/// What a norm does with its side view (the shader's `side`).
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    None,
+    /// Receives the input x.
+    Copy(View<'a>),
+    /// Holds gates o: the output is `norm(x) * sigmoid(o)`.
+    Gate(View<'a>),
+}
+
+impl<'a> Side<'a> {
+    fn view(self) -> Option<View<'a>> {
+        match self {
+            Side::None => None,
+            Side::Copy(v) | Side::Gate(v) => Some(v),
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Side::None => 0,
+            Side::Copy(_) => 1,
+            Side::Gate(_) => 2,
+        }
+    }
 }
 
 /// The normalisation kernels (entry points of `layer_norm.wgsl`).
@@ -138,8 +165,46 @@ pub fn layer_norm_copying(
     y: View<'_>,
     copy: View<'_>,
 ) -> Result<()> {
-    let kernel = NormKernel::choose(ctx);
-    record(ctx, graph, kernel, norm, x, y, 0.0, Some(copy))
+    layer_norm_copying_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, copy)
+}
+
+/// [`layer_norm_copying`] with an explicit kernel.
+pub fn layer_norm_copying_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: NormKernel,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    copy: View<'_>,
+) -> Result<()> {
+    record(ctx, graph, kernel, norm, x, y, 0.0, Side::Copy(copy))
+}
+
+/// Records `y = norm(x) * sigmoid(gate)` in one dispatch (xLSTM-Large's output gate applied
+/// to its multi-head norm); `gate` has x's shape.
+pub fn layer_norm_gated(
+    ctx: &Context,
+    graph: &mut Graph,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    gate: View<'_>,
+) -> Result<()> {
+    layer_norm_gated_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, gate)
+}
+
+/// [`layer_norm_gated`] with an explicit kernel.
+pub fn layer_norm_gated_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: NormKernel,
+    norm: &Norm<'_>,
+    x: View<'_>,
+    y: View<'_>,
+    gate: View<'_>,
+) -> Result<()> {
+    record(ctx, graph, kernel, norm, x, y, 0.0, Side::Gate(gate))
 }
 
 /// [`layer_norm`] with an explicit kernel.
@@ -152,7 +217,7 @@ pub fn layer_norm_with(
     y: View<'_>,
     beta: f32,
 ) -> Result<()> {
-    record(ctx, graph, kernel, norm, x, y, beta, None)
+    record(ctx, graph, kernel, norm, x, y, beta, Side::None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -164,7 +229,7 @@ fn record(
     x: View<'_>,
     y: View<'_>,
     beta: f32,
-    copy: Option<View<'_>>,
+    side: Side<'_>,
 ) -> Result<()> {
     x.check("norm input")?;
     y.check("norm output")?;
@@ -188,16 +253,20 @@ fn record(
         }
     }
     distinct("norm", x.tensor, y.tensor)?;
-    if let Some(c) = copy {
-        c.check("norm input copy")?;
+    let side_name = match side {
+        Side::Gate(_) => "norm gate",
+        _ => "norm input copy",
+    };
+    if let Some(c) = side.view() {
+        c.check(side_name)?;
         if (c.rows, c.cols) != (x.rows, x.cols) {
             return Err(Error::mismatch(
-                "norm input copy shape",
+                format!("{side_name} shape"),
                 format!("{} x {}", x.rows, x.cols),
                 format!("{} x {}", c.rows, c.cols),
             ));
         }
-        distinct("norm copy", x.tensor, c.tensor)?;
+        distinct(side_name, x.tensor, c.tensor)?;
     }
     let groups = x.cols / norm.group;
     let (entry, groups_x) = match kernel {
@@ -219,14 +288,16 @@ fn record(
         has_bias: norm.bias.is_some() as u32,
         beta,
         center: norm.center as u32,
-        has_copy: copy.is_some() as u32,
-        copy_offset: u32_param("offset", copy.map_or(0, |c| c.offset))?,
-        copy_stride: u32_param("stride", copy.map_or(0, |c| c.stride))?,
+        side: side.code(),
+        side_offset: u32_param("offset", side.view().map_or(0, |c| c.offset))?,
+        side_stride: u32_param("stride", side.view().map_or(0, |c| c.stride))?,
     };
     let y4 = x4
         && y.offset % 4 == 0
         && y.stride % 4 == 0
-        && copy.is_none_or(|c| c.offset % 4 == 0 && c.stride % 4 == 0);
+        && side
+            .view()
+            .is_none_or(|c| c.offset % 4 == 0 && c.stride % 4 == 0);
     let constants = [("X4", x4 as u8 as f64), ("Y4", y4 as u8 as f64)];
     let pipeline = ctx.pipeline("layer_norm", entry, &constants)?;
     let uniform = ctx.uniform("norm params", &params)?;
@@ -242,12 +313,12 @@ fn record(
             bias.binding()?,
             y.binding()?,
             x.binding()?,
-            // Without a copy, y again (never written through this binding).
-            copy.unwrap_or(y).binding()?,
+            // Without a side view, y again (never used through this binding).
+            side.view().unwrap_or(y).binding()?,
             weight.binding()?,
             bias.binding()?,
             y.binding()?,
-            copy.unwrap_or(y).binding()?,
+            side.view().unwrap_or(y).binding()?,
         ],
         RowGrid::YZ { x: groups_x },
         x.rows,
@@ -386,7 +457,7 @@ mod tests {
                 let copy = View::of(&ct).select_cols(2..2 + cols);
                 let mut g = Graph::new();
                 let (xv, yv) = (View::of(&xt), View::of(&yt));
-                record(ctx, &mut g, kernel, &norm, xv, yv, 0.0, Some(copy)).unwrap();
+                layer_norm_copying_with(ctx, &mut g, kernel, &norm, xv, yv, copy).unwrap();
                 ctx.run(&[&g]).unwrap();
                 let what = format!("{kernel:?} {rows}x{cols}/{group}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
@@ -400,6 +471,41 @@ mod tests {
                     );
                     assert_eq!((row[0], row[1], row[cols + 2]), (0.0, 0.0, 0.0), "{what}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gated_norm_matches_the_norm_times_sigmoid_of_the_gate_on_every_kernel() {
+        let ctx = gpu();
+        // Heads of an odd width (scalar path) and of a multiple of 4 (vec4 path); the gates
+        // are a window of a wider buffer, as xLSTM-Large's o is of its projection.
+        for (rows, cols, group, left) in [(3, 21, 7, 1), (2, 64, 16, 4)] {
+            let mut rng = Rng::new(cols as u64 + 9);
+            let x = rng.normal_vec(rows * cols, 2.0);
+            let w = rng.normal_vec(cols, 0.3);
+            let b = rng.normal_vec(cols, 0.3);
+            let width = left + cols + 2;
+            let o = rng.normal_vec(rows * width, 3.0);
+            let xt = Tensor::from_f32(ctx, "x", &[rows, cols], &x).unwrap();
+            let wt = Tensor::from_f32(ctx, "w", &[cols], &w).unwrap();
+            let bt = Tensor::from_f32(ctx, "b", &[cols], &b).unwrap();
+            let ot = Tensor::from_f32(ctx, "o", &[rows, width], &o).unwrap();
+            let norm = Norm::heads(&wt, Some(&bt), cols / group, 1e-6);
+            let normed = reference(&x, cols, group, Some(&w), false, Some(&b), 1e-6, true);
+            let sigmoid = crate::ops::elementwise::Activation::Sigmoid;
+            let want: Vec<f32> = (0..rows * cols)
+                .map(|e| normed[e] * sigmoid.apply(o[(e / cols) * width + left + e % cols]))
+                .collect();
+            for kernel in NormKernel::ALL {
+                let yt = Tensor::zeros(ctx, "y", &[rows, cols], DType::F32).unwrap();
+                let gate = View::of(&ot).select_cols(left..left + cols);
+                let mut g = Graph::new();
+                let (xv, yv) = (View::of(&xt), View::of(&yt));
+                layer_norm_gated_with(ctx, &mut g, kernel, &norm, xv, yv, gate).unwrap();
+                ctx.run(&[&g]).unwrap();
+                let what = format!("gated {kernel:?} {rows}x{cols}/{group}");
+                assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
             }
         }
     }

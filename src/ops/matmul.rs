@@ -10,6 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::elementwise::Activation;
 use super::{distinct, u32_param, View};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -183,7 +184,8 @@ struct Params {
     proj_rows: u32,
     proj_cols: [u32; 4],
     w_row0: u32,
-    _pad: [u32; 3],
+    glu_cols: u32,
+    _pad: [u32; 2],
 }
 
 /// Records `y = beta * y + bias + x W^T` with the kernel [`MatmulKernel::choose`] picks.
@@ -218,9 +220,50 @@ pub fn matmul_soft_capped(
     record(ctx, graph, kernel, w, x, y, &epilogue, None)
 }
 
-/// What is done with each product `v = x W^T` before it is stored:
+/// Records `y = beta * y + bias + g W^T` for W (M, K) with the gated inputs
+/// `g[t, k] = act(x[t, k]) * x[t, K + k]` read from x (T, 2K): a gated FFN's down-projection
+/// reading its up-projection's output `[a | b]` in place, with the GLU `act(a) * b` fused
+/// into the product's loads instead of a dispatch of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated(
+    ctx: &Context,
+    graph: &mut Graph,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let kernel = MatmulKernel::choose(ctx, x.rows);
+    matmul_gated_with(ctx, graph, kernel, w, bias, act, x, y, beta)
+}
+
+/// [`matmul_gated`] with an explicit kernel variant.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated_with(
+    ctx: &Context,
+    graph: &mut Graph,
+    kernel: MatmulKernel,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    x: View<'_>,
+    y: View<'_>,
+    beta: f32,
+) -> Result<()> {
+    let epilogue = Epilogue {
+        gated: Some(act),
+        ..Epilogue::new(bias, beta)
+    };
+    record(ctx, graph, kernel, w, x, y, &epilogue, None)
+}
+
+/// What the kernel fuses around each product `v = g W^T`: the inputs g read gated
+/// (`act(a) * b`, see [`matmul_gated`]) or as they are, and after the product
 /// `y = beta * y + softcap(v + bias, cap)` (no cap when `cap` is 0).
 struct Epilogue<'a> {
+    gated: Option<Activation>,
     bias: Option<&'a Tensor>,
     beta: f32,
     cap: f32,
@@ -229,6 +272,7 @@ struct Epilogue<'a> {
 impl<'a> Epilogue<'a> {
     fn new(bias: Option<&'a Tensor>, beta: f32) -> Self {
         Epilogue {
+            gated: None,
             bias,
             beta,
             cap: 0.0,
@@ -416,8 +460,13 @@ fn record(
         )));
     }
     let (m, k) = (heads.map_or(w.rows(), |h| h.rows), w.cols());
-    // Headwise inputs were checked against their sources by the caller.
-    let x_cols = heads.map_or(k, |_| x.cols);
+    // Headwise inputs were checked against their sources by the caller; gated inputs are
+    // [a | b], K columns each.
+    let x_cols = match (heads, epilogue.gated) {
+        (Some(_), _) => x.cols,
+        (None, Some(_)) => 2 * k,
+        (None, None) => k,
+    };
     if !w.dtype().is_float() || w.stride() % 8 != 0 {
         return Err(Error::mismatch(
             format!("matmul weight '{}'", w.label()),
@@ -437,6 +486,12 @@ fn record(
             x_cols,
             x.cols,
         ));
+    }
+    if heads.is_some() && epilogue.gated.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "gated inputs are for dense weights, not the headwise '{}'",
+            w.label()
+        )));
     }
     if heads.is_some() && kernel.dense_only() {
         return Err(Error::InvalidArgument(format!(
@@ -473,7 +528,11 @@ fn record(
     let wg = kernel.workgroup(ctx);
     // Block starts are c + k with k a multiple of 8 and c = head * K: aligned when the
     // view's offset and stride are, and K too for headwise weights.
-    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && heads.is_none_or(|h| h.aligned);
+    // Gates start K columns after their inputs: aligned when K is too.
+    let x4 = x.offset % 4 == 0
+        && x.stride % 4 == 0
+        && heads.is_none_or(|h| h.aligned)
+        && (epilogue.gated.is_none() || k % 4 == 0);
     let constants = [
         ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
@@ -483,6 +542,7 @@ fn record(
         ),
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
+        ("GLU", epilogue.gated.map_or(0.0, |act| act.code() + 1.0)),
     ];
     let (shader, entry) = kernel.entry();
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
@@ -538,7 +598,12 @@ fn record(
             proj_rows: u32_param("projection rows", heads.map_or(0, |h| h.proj_rows))?,
             proj_cols: heads.map_or([0; 4], |h| h.cols),
             w_row0: u32_param("first weight row", heads.map_or(0, |h| h.first_row))?,
-            _pad: [0; 3],
+            glu_cols: if epilogue.gated.is_some() {
+                u32_param("gate column", k)?
+            } else {
+                0
+            },
+            _pad: [0; 2],
         };
         let uniform = ctx.uniform("matmul params", &params)?;
         let bias_binding = match bias {
@@ -681,6 +746,86 @@ mod tests {
                 }
             }
         }
+    }
+
+    const DTYPES: [DType; 5] = [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4];
+
+    #[test]
+    fn gated_inputs_match_the_reference_on_every_kernel() {
+        // x is [a | b] (K columns each) inside a wider buffer, from column `left`; K not a
+        // multiple of 8 (a partial last block, gates unaligned) and a multiple of 8 (whole
+        // blocks, vec4 loads when the view is aligned).
+        let ctx = gpu();
+        let mut rng = Rng::new(41);
+        let cases = [
+            (37, 13, 3, 1),
+            (64, 40, 1, 0),
+            (9, 96, 6, 4),
+            (130, 33, 2, 4),
+        ];
+        for (i, &(m, k, t, left)) in cases.iter().enumerate() {
+            let act = [Activation::Gelu, Activation::Silu][i % 2];
+            let width = left + 2 * k + 3;
+            let wide = rng.normal_vec(t * width, 1.5);
+            let w = rng.normal_vec(m * k, 1.0 / (k as f32).sqrt());
+            let b = rng.normal_vec(m, 0.5);
+            let y0 = rng.normal_vec(t * m, 1.0);
+            let gated: Vec<f32> = (0..t)
+                .flat_map(|r| {
+                    let row = &wide[r * width + left..][..2 * k];
+                    (0..k).map(move |j| act.apply(row[j]) * row[k + j])
+                })
+                .collect();
+            let xt = Tensor::from_f32(ctx, "x", &[t, width], &wide).unwrap();
+            let bt = Tensor::from_f32(ctx, "b", &[m], &b).unwrap();
+            let kernels = MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx));
+            for (j, kernel) in kernels.enumerate() {
+                // Each kernel sees every weight dtype across the cases, two per case (each
+                // pipeline compiles in about a second on lavapipe).
+                for dtype in [DTYPES[(i + j) % 5], DTYPES[(i + j + 2) % 5]] {
+                    let wt = Tensor::weight(ctx, "w", &[m, k], dtype, HostData::F32(&w)).unwrap();
+                    let yt = Tensor::from_f32(ctx, "y", &[t, m], &y0).unwrap();
+                    let mut g = Graph::new();
+                    let xv = View::of(&xt).select_cols(left..left + 2 * k);
+                    let beta = (i % 2) as f32;
+                    matmul_gated_with(
+                        ctx,
+                        &mut g,
+                        kernel,
+                        &wt,
+                        Some(&bt),
+                        act,
+                        xv,
+                        View::of(&yt),
+                        beta,
+                    )
+                    .unwrap();
+                    ctx.run(&[&g]).unwrap();
+                    let mut want = reference(&round_to(dtype, &w, k), k, &gated, Some(&b));
+                    for (v, y) in want.iter_mut().zip(&y0) {
+                        *v += beta * y;
+                    }
+                    let what = format!("gated {act:?} {kernel:?} {dtype} m={m} k={k} t={t}");
+                    assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
+                }
+            }
+        }
+        // The input must be [a | b]: 2 K columns.
+        let wt = Tensor::weight(ctx, "w", &[4, 8], DType::F32, HostData::F32(&[0.0; 32])).unwrap();
+        let xt = Tensor::zeros(ctx, "x", &[1, 8], DType::F32).unwrap();
+        let yt = Tensor::zeros(ctx, "y", &[1, 4], DType::F32).unwrap();
+        let err = matmul_gated(
+            ctx,
+            &mut Graph::new(),
+            &wt,
+            None,
+            Activation::Silu,
+            View::of(&xt),
+            View::of(&yt),
+            0.0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expected 16"), "{err}");
     }
 
     #[test]

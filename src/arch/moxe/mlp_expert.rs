@@ -3,16 +3,17 @@
 //!
 //! Shapes: w1, w3 (H, D), w2 (D, H) with H = 2 D in MoxE checkpoints (any H is accepted);
 //! tensor names `layers.{l}.experts.{e}.w{1,2,3}.weight`. w1 and w3 are stacked into one
-//! (2 H, D) matrix so the expert runs as three dispatches: one matmul to (rows, 2 H), the
-//! gated activation, and the down projection.
+//! (2 H, D) matrix so the expert runs as two dispatches: one matmul to (rows, 2 H), and the
+//! down projection reading it through the gated activation
+//! ([`matmul_gated`](crate::ops::matmul::matmul_gated)).
 
 use crate::arch::Expert;
 use crate::checkpoint::Scope;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::elementwise::{binary, Activation, Binary};
-use crate::ops::matmul::matmul;
+use crate::ops::elementwise::{Activation, Binary};
+use crate::ops::matmul::{matmul, matmul_gated};
 use crate::ops::View;
 use crate::runtime::Scratch;
 use crate::tensor::{DType, HostData, Tensor};
@@ -171,19 +172,9 @@ pub(crate) fn record_swiglu(
         ));
     }
     let up = scratch.get("mlp_expert.up", 2 * h)?;
-    let gated = scratch.get("mlp_expert.gated", h)?;
     let up = View::of(&up).select_rows(0..rows);
-    let gated = View::of(&gated).select_rows(0..rows);
     fill_up(graph, up)?;
-    binary(
-        ctx,
-        graph,
-        Binary::Glu(Activation::Silu),
-        up.select_cols(0..h),
-        up.select_cols(h..2 * h),
-        gated,
-    )?;
-    matmul(ctx, graph, w2, None, gated, output, 0.0)
+    matmul_gated(ctx, graph, w2, None, Activation::Silu, up, output, 0.0)
 }
 
 /// The E SwiGLU experts of a layer: `experts.{e}.` under `layer` (e.g. `"layers.0."`).

@@ -15,8 +15,8 @@ use crate::checkpoint::Scope;
 use crate::context::Context;
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::ops::elementwise::{binary, Activation, Binary};
-use crate::ops::matmul::matmul;
+use crate::ops::elementwise::Activation;
+use crate::ops::matmul::matmul_gated;
 use crate::ops::View;
 use crate::runtime::Scratch;
 use crate::tensor::{DType, Tensor};
@@ -72,7 +72,8 @@ impl GatedFfn {
     }
 
     /// Records `y = beta * y + ffn(x)` for the rows of `x` (rows, D); `scratch` has at least
-    /// `x.rows` rows (buffers `ffn.up` (2P) and `ffn.act` (P)).
+    /// `x.rows` rows (buffer `ffn.up` (2P)). Two dispatches: the up-projection, and the
+    /// down-projection reading `act(a) * b` from it ([`matmul_gated`]).
     pub fn record(
         &self,
         ctx: &Context,
@@ -82,29 +83,11 @@ impl GatedFfn {
         beta: f32,
         scratch: &Scratch,
     ) -> Result<()> {
-        let p = self.hidden;
-        let up_buf = scratch.get("ffn.up", 2 * p)?;
-        let act_buf = scratch.get("ffn.act", p)?;
+        let up_buf = scratch.get("ffn.up", 2 * self.hidden)?;
         let up = View::of(&up_buf).select_rows(0..x.rows);
-        let act = View::of(&act_buf).select_rows(0..x.rows);
         self.up.record(ctx, graph, x, up, 0.0, scratch)?;
-        binary(
-            ctx,
-            graph,
-            Binary::Glu(self.act),
-            up.select_cols(0..p),
-            up.select_cols(p..2 * p),
-            act,
-        )?;
-        matmul(
-            ctx,
-            graph,
-            &self.down,
-            self.down_bias.as_ref(),
-            act,
-            y,
-            beta,
-        )
+        let bias = self.down_bias.as_ref();
+        matmul_gated(ctx, graph, &self.down, bias, self.act, up, y, beta)
     }
 }
 
