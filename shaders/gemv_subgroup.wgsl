@@ -17,6 +17,9 @@
 // before one multiply by the scale; q4's minimum adds `min * sum(inputs of the block)`,
 // which all four rows share.
 
+// SPANS (common/matmul.wgsl) != 0: `main` loads each lane's inputs once, before the row
+// groups, instead of once per row group (for K = 128 a fifth of an invocation's loads).
+
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), and the
 // weight words through w_words / w_word: shaders/common/words32.wgsl in the registry's
 // `gemv_subgroup`, words64.wgsl (64-bit loads, SHADER_INT64) in its `gemv_subgroup64`.
@@ -42,9 +45,58 @@ fn main(
     }
     // Each workgroup walks row groups wid.x, wid.x + nwg.x, ... (the host sizes the grid so
     // that a workgroup's work outweighs its start-up cost on CPU adapters).
+    if SPANS != 0u && WDT < 3u {
+        // Short rows: the lane's inputs, loaded once for all the row groups.
+        let mine = 8u * (lane % 8u);
+        let xs0 = load_x8(t, 0u, mine);
+        var xs1 = array<vec4<f32>, 2>();
+        var xs2 = array<vec4<f32>, 2>();
+        var xs3 = array<vec4<f32>, 2>();
+        if SPANS > 1u {
+            xs1 = load_x8(t, 0u, 64u + mine);
+        }
+        if SPANS > 2u {
+            xs2 = load_x8(t, 0u, 128u + mine);
+        }
+        if SPANS > 3u {
+            xs3 = load_x8(t, 0u, 192u + mine);
+        }
+        for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
+            let q = base + lid;
+            let r = rows4(q);
+            var acc = span_dot(r, 0u, xs0);
+            if SPANS > 1u {
+                acc += span_dot(r, 64u, xs1);
+            }
+            if SPANS > 2u {
+                acc += span_dot(r, 128u, xs2);
+            }
+            if SPANS > 3u {
+                acc += span_dot(r, 192u, xs3);
+            }
+            if q * 4u < p.m {
+                store_rows(t, r, acc);
+            }
+        }
+        return;
+    }
     for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
         rows_of(t, base + lid, lane);
     }
+}
+
+// The span of 64 inputs at k (every lane's 8 inputs at 8 (lane % 8) in xs) dotted with the
+// four rows r: subgroupBroadcast takes a constant lane, so the span's eight blocks are
+// written out.
+fn span_dot(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
+    return block4(r, k, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 0u), subgroupBroadcast(xs[1], 0u)))
+        + block4(r, k + 8u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 1u), subgroupBroadcast(xs[1], 1u)))
+        + block4(r, k + 16u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 2u), subgroupBroadcast(xs[1], 2u)))
+        + block4(r, k + 24u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 3u), subgroupBroadcast(xs[1], 3u)))
+        + block4(r, k + 32u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 4u), subgroupBroadcast(xs[1], 4u)))
+        + block4(r, k + 40u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 5u), subgroupBroadcast(xs[1], 5u)))
+        + block4(r, k + 48u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 6u), subgroupBroadcast(xs[1], 6u)))
+        + block4(r, k + 56u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 7u), subgroupBroadcast(xs[1], 7u)));
 }
 
 // Rows 4 q .. 4 q + 3 of token t (every lane of the subgroup calls it together).
@@ -61,16 +113,7 @@ fn rows_of(t: u32, q: u32, lane: u32) {
     var acc = vec4<f32>(0.0);
     var k = 0u;
     for (; k + 64u <= p.k; k += 64u) {
-        let xs = load_x8(t, 0u, k + mine);
-        // subgroupBroadcast takes a constant lane: the span's eight blocks written out.
-        acc += block4(r, k, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 0u), subgroupBroadcast(xs[1], 0u)));
-        acc += block4(r, k + 8u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 1u), subgroupBroadcast(xs[1], 1u)));
-        acc += block4(r, k + 16u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 2u), subgroupBroadcast(xs[1], 2u)));
-        acc += block4(r, k + 24u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 3u), subgroupBroadcast(xs[1], 3u)));
-        acc += block4(r, k + 32u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 4u), subgroupBroadcast(xs[1], 4u)));
-        acc += block4(r, k + 40u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 5u), subgroupBroadcast(xs[1], 5u)));
-        acc += block4(r, k + 48u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 6u), subgroupBroadcast(xs[1], 6u)));
-        acc += block4(r, k + 56u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 7u), subgroupBroadcast(xs[1], 7u)));
+        acc += span_dot(r, k, load_x8(t, 0u, k + mine));
     }
     // The last, partial span: blocks past K are zero inputs, and blocks past the span's
     // last are skipped (rows are zero-padded to a multiple of 8 only).

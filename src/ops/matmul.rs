@@ -543,6 +543,7 @@ fn record(
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
         ("GLU", epilogue.gated.map_or(0.0, |act| act.code() + 1.0)),
+        ("SPANS", short_row_spans(kernel, w.dtype(), k) as f64),
     ];
     let (shader, entry) = kernel.entry();
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
@@ -626,6 +627,19 @@ fn record(
         graph.dispatch_rows(ctx, &pipeline, &resources, grid, t)?;
     }
     Ok(())
+}
+
+/// The SPANS override: K / 64 for the one-token subgroup GEMV over dense rows of 64 to 256
+/// weights (a multiple of 64), whose inputs it then loads once per workgroup; 0 otherwise.
+fn short_row_spans(kernel: MatmulKernel, dtype: DType, k: usize) -> usize {
+    let gemv = matches!(
+        kernel,
+        MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64
+    );
+    match gemv && dtype.quant().is_none() && k % 64 == 0 && k <= 256 {
+        true => k / 64,
+        false => 0,
+    }
 }
 
 /// Workgroups along the rows of a streaming kernel. GemvSubgroup's workgroups loop over
@@ -736,6 +750,9 @@ mod tests {
             (200, 64, 2),
             (41, 1030, 2),
             (70, 100, 21),
+            // Short rows whose inputs the subgroup GEMV loads once (SPANS 3 and 4).
+            (100, 192, 1),
+            (37, 256, 2),
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
