@@ -17,8 +17,9 @@
 // before one multiply by the scale; q4's minimum adds `min * sum(inputs of the block)`,
 // which all four rows share.
 
-// SPANS (common/matmul.wgsl) != 0: `main` loads each lane's inputs once, before the row
-// groups, instead of once per row group (for K = 128 a fifth of an invocation's loads).
+// SPANS (common/matmul.wgsl) != 0: `main` and `gemm` load each lane's inputs once, before
+// the row groups, instead of once per row group (for K = 128 a fifth of an invocation's
+// loads in `main`, a third in `gemm`).
 
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), and the
 // weight words through w_words / w_word: shaders/common/words32.wgsl in the registry's
@@ -64,15 +65,15 @@ fn main(
         for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
             let q = base + lid;
             let r = rows4(q);
-            var acc = span_dot(r, 0u, xs0);
+            var acc = span_dot(vec4<f32>(0.0), r, 0u, xs0);
             if SPANS > 1u {
-                acc += span_dot(r, 64u, xs1);
+                acc = span_dot(acc, r, 64u, xs1);
             }
             if SPANS > 2u {
-                acc += span_dot(r, 128u, xs2);
+                acc = span_dot(acc, r, 128u, xs2);
             }
             if SPANS > 3u {
-                acc += span_dot(r, 192u, xs3);
+                acc = span_dot(acc, r, 192u, xs3);
             }
             if q * 4u < p.m {
                 store_rows(t, r, acc);
@@ -85,18 +86,19 @@ fn main(
     }
 }
 
-// The span of 64 inputs at k (every lane's 8 inputs at 8 (lane % 8) in xs) dotted with the
-// four rows r: subgroupBroadcast takes a constant lane, so the span's eight blocks are
-// written out.
-fn span_dot(r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
-    return block4(r, k, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 0u), subgroupBroadcast(xs[1], 0u)))
-        + block4(r, k + 8u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 1u), subgroupBroadcast(xs[1], 1u)))
-        + block4(r, k + 16u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 2u), subgroupBroadcast(xs[1], 2u)))
-        + block4(r, k + 24u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 3u), subgroupBroadcast(xs[1], 3u)))
-        + block4(r, k + 32u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 4u), subgroupBroadcast(xs[1], 4u)))
-        + block4(r, k + 40u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 5u), subgroupBroadcast(xs[1], 5u)))
-        + block4(r, k + 48u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 6u), subgroupBroadcast(xs[1], 6u)))
-        + block4(r, k + 56u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 7u), subgroupBroadcast(xs[1], 7u)));
+// acc + the span of 64 inputs at k (every lane's 8 inputs at 8 (lane % 8) in xs) dotted
+// with the four rows r, added block by block in the order of `gemm`'s tokens_span (so that
+// one token gives the same bits through either): subgroupBroadcast takes a constant lane,
+// so the span's eight blocks are written out.
+fn span_dot(acc: vec4<f32>, r: vec4<u32>, k: u32, xs: array<vec4<f32>, 2>) -> vec4<f32> {
+    var s = acc + block4(r, k, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 0u), subgroupBroadcast(xs[1], 0u)));
+    s += block4(r, k + 8u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 1u), subgroupBroadcast(xs[1], 1u)));
+    s += block4(r, k + 16u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 2u), subgroupBroadcast(xs[1], 2u)));
+    s += block4(r, k + 24u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 3u), subgroupBroadcast(xs[1], 3u)));
+    s += block4(r, k + 32u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 4u), subgroupBroadcast(xs[1], 4u)));
+    s += block4(r, k + 40u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 5u), subgroupBroadcast(xs[1], 5u)));
+    s += block4(r, k + 48u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 6u), subgroupBroadcast(xs[1], 6u)));
+    return s + block4(r, k + 56u, array<vec4<f32>, 2>(subgroupBroadcast(xs[0], 7u), subgroupBroadcast(xs[1], 7u)));
 }
 
 // Rows 4 q .. 4 q + 3 of token t (every lane of the subgroup calls it together).
@@ -113,7 +115,7 @@ fn rows_of(t: u32, q: u32, lane: u32) {
     var acc = vec4<f32>(0.0);
     var k = 0u;
     for (; k + 64u <= p.k; k += 64u) {
-        acc += span_dot(r, k, load_x8(t, 0u, k + mine));
+        acc = span_dot(acc, r, k, load_x8(t, 0u, k + mine));
     }
     // The last, partial span: blocks past K are zero inputs, and blocks past the span's
     // last are skipped (rows are zero-padded to a multiple of 8 only).
@@ -148,6 +150,7 @@ fn rows_of(t: u32, q: u32, lane: u32) {
 fn gemm(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     p = params;
@@ -156,25 +159,60 @@ fn gemm(
     if t0 >= p.t {
         return;
     }
-    let q = wid.x * WG + lid;
-    let r = rows4(q);
     // Tokens past T re-read the last token; their results are never stored.
     let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
     let mine = 8u * (lane % 8u);
+    if SPANS != 0u && WDT < 3u {
+        // Short rows: the four tokens' inputs loaded once, then row groups wid.x,
+        // wid.x + nwg.x, ... (the host sizes the grid as for `main`).
+        let a0 = pair(load_x8(t.x, 0u, mine), load_x8(t.y, 0u, mine));
+        let b0 = pair(load_x8(t.z, 0u, mine), load_x8(t.w, 0u, mine));
+        var a1 = array<vec4<f32>, 4>();
+        var b1 = array<vec4<f32>, 4>();
+        var a2 = array<vec4<f32>, 4>();
+        var b2 = array<vec4<f32>, 4>();
+        var a3 = array<vec4<f32>, 4>();
+        var b3 = array<vec4<f32>, 4>();
+        if SPANS > 1u {
+            a1 = pair(load_x8(t.x, 0u, 64u + mine), load_x8(t.y, 0u, 64u + mine));
+            b1 = pair(load_x8(t.z, 0u, 64u + mine), load_x8(t.w, 0u, 64u + mine));
+        }
+        if SPANS > 2u {
+            a2 = pair(load_x8(t.x, 0u, 128u + mine), load_x8(t.y, 0u, 128u + mine));
+            b2 = pair(load_x8(t.z, 0u, 128u + mine), load_x8(t.w, 0u, 128u + mine));
+        }
+        if SPANS > 3u {
+            a3 = pair(load_x8(t.x, 0u, 192u + mine), load_x8(t.y, 0u, 192u + mine));
+            b3 = pair(load_x8(t.z, 0u, 192u + mine), load_x8(t.w, 0u, 192u + mine));
+        }
+        for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
+            let q = base + lid;
+            let r = rows4(q);
+            var acc = tokens_span(array<vec4<f32>, 4>(), r, 0u, a0, b0);
+            if SPANS > 1u {
+                acc = tokens_span(acc, r, 64u, a1, b1);
+            }
+            if SPANS > 2u {
+                acc = tokens_span(acc, r, 128u, a2, b2);
+            }
+            if SPANS > 3u {
+                acc = tokens_span(acc, r, 192u, a3, b3);
+            }
+            if q * 4u < p.m {
+                store_tokens(t0, r, acc);
+            }
+        }
+        return;
+    }
+    let q = wid.x * WG + lid;
+    let r = rows4(q);
     var acc = array<vec4<f32>, 4>();
     var k = 0u;
     for (; k + 64u <= p.k; k += 64u) {
         let kl = k + mine;
         let a = pair(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl));
         let b = pair(load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
-        acc = tokens_block(acc, r, k, lane0(a), lane0(b));
-        acc = tokens_block(acc, r, k + 8u, lane1(a), lane1(b));
-        acc = tokens_block(acc, r, k + 16u, lane2(a), lane2(b));
-        acc = tokens_block(acc, r, k + 24u, lane3(a), lane3(b));
-        acc = tokens_block(acc, r, k + 32u, lane4(a), lane4(b));
-        acc = tokens_block(acc, r, k + 40u, lane5(a), lane5(b));
-        acc = tokens_block(acc, r, k + 48u, lane6(a), lane6(b));
-        acc = tokens_block(acc, r, k + 56u, lane7(a), lane7(b));
+        acc = tokens_span(acc, r, k, a, b);
     }
     // The last, partial span, as in `main`.
     if k < p.k {
@@ -194,16 +232,34 @@ fn gemm(
         }
     }
     if q * 4u < p.m {
-        store_rows(t0, r, acc[0]);
-        if t0 + 1u < p.t {
-            store_rows(t0 + 1u, r, acc[1]);
-        }
-        if t0 + 2u < p.t {
-            store_rows(t0 + 2u, r, acc[2]);
-        }
-        if t0 + 3u < p.t {
-            store_rows(t0 + 3u, r, acc[3]);
-        }
+        store_tokens(t0, r, acc);
+    }
+}
+
+// acc[i] += the span of 64 inputs at k of the four rows r dotted with token i's inputs
+// (each lane's 8 inputs at 8 (lane % 8): tokens 0 and 1 in a, 2 and 3 in b).
+fn tokens_span(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    var s = tokens_block(acc, r, k, lane0(a), lane0(b));
+    s = tokens_block(s, r, k + 8u, lane1(a), lane1(b));
+    s = tokens_block(s, r, k + 16u, lane2(a), lane2(b));
+    s = tokens_block(s, r, k + 24u, lane3(a), lane3(b));
+    s = tokens_block(s, r, k + 32u, lane4(a), lane4(b));
+    s = tokens_block(s, r, k + 40u, lane5(a), lane5(b));
+    s = tokens_block(s, r, k + 48u, lane6(a), lane6(b));
+    return tokens_block(s, r, k + 56u, lane7(a), lane7(b));
+}
+
+// Stores the four rows r of tokens t0 .. t0 + 3 (those below T).
+fn store_tokens(t0: u32, r: vec4<u32>, acc: array<vec4<f32>, 4>) {
+    store_rows(t0, r, acc[0]);
+    if t0 + 1u < p.t {
+        store_rows(t0 + 1u, r, acc[1]);
+    }
+    if t0 + 2u < p.t {
+        store_rows(t0 + 2u, r, acc[2]);
+    }
+    if t0 + 3u < p.t {
+        store_rows(t0 + 3u, r, acc[3]);
     }
 }
 

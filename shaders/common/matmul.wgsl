@@ -43,8 +43,8 @@ override X4: bool = false;
 // 0 reads input k as x[t, k]; a + 1 reads activate(a, x[t, k]) * x[t, glu_cols + k], for
 // activation code a (common/activation.wgsl): elementwise.wgsl's GLU fused into the loads.
 override GLU: u32 = 0u;
-// K / 64 when K is 64, 128, 192 or 256 and W is dense (else 0): gemv_subgroup's `main`
-// keeps the inputs of such short rows in registers.
+// K / 64 when K is 64, 128, 192 or 256 and W is dense (else 0): gemv_subgroup's `main` and
+// `gemm` keep the inputs of such short rows in registers.
 override SPANS: u32 = 0u;
 
 // The parameters live in a storage buffer, not a uniform one: lavapipe (Mesa 22.3) inlines

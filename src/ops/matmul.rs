@@ -533,6 +533,7 @@ fn record(
         && x.stride % 4 == 0
         && heads.is_none_or(|h| h.aligned)
         && (epilogue.gated.is_none() || k % 4 == 0);
+    let spans = short_row_spans(kernel, w.dtype(), k);
     let constants = [
         ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
@@ -543,7 +544,7 @@ fn record(
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
         ("GLU", epilogue.gated.map_or(0.0, |act| act.code() + 1.0)),
-        ("SPANS", short_row_spans(kernel, w.dtype(), k) as f64),
+        ("SPANS", spans as f64),
     ];
     let (shader, entry) = kernel.entry();
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
@@ -571,7 +572,7 @@ fn record(
             // The row-streaming kernels.
             _ => (
                 RowGrid::Y {
-                    x: row_groups(kernel, rows, k, wg),
+                    x: row_groups(kernel, rows, k, wg, spans),
                     per: kernel.tokens_per_workgroup(),
                 },
                 0,
@@ -629,30 +630,30 @@ fn record(
     Ok(())
 }
 
-/// The SPANS override: K / 64 for the one-token subgroup GEMV over dense rows of 64 to 256
-/// weights (a multiple of 64), whose inputs it then loads once per workgroup; 0 otherwise.
+/// The SPANS override: K / 64 for the subgroup kernels over dense rows of 64 to 256 weights
+/// (a multiple of 64), whose inputs they then load once per workgroup; 0 otherwise.
 fn short_row_spans(kernel: MatmulKernel, dtype: DType, k: usize) -> usize {
-    let gemv = matches!(
-        kernel,
-        MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64
-    );
-    match gemv && dtype.quant().is_none() && k % 64 == 0 && k <= 256 {
+    match kernel.is_subgroup() && dtype.quant().is_none() && k % 64 == 0 && k <= 256 {
         true => k / 64,
         false => 0,
     }
 }
 
-/// Workgroups along the rows of a streaming kernel. GemvSubgroup's workgroups loop over
-/// row groups, so on CPU adapters (where a workgroup's start-up costs microseconds) short
-/// rows go several groups to a workgroup: each gets at least MIN_WORK weights.
-fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize) -> usize {
+/// Workgroups along the rows of a streaming kernel. The GEMVs' workgroups loop over row
+/// groups (and the subgroup GEMM's with `spans` != 0, the SPANS override), so on CPU
+/// adapters (where a workgroup's start-up costs microseconds) short rows go several groups
+/// to a workgroup: each gets at least MIN_WORK weights.
+fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, spans: usize) -> usize {
     const MIN_WORK: usize = 4096 * 32;
     let groups = rows.div_ceil(4 * wg);
-    match kernel {
-        MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => {
-            groups.min((rows * k).div_ceil(MIN_WORK)).max(1)
-        }
-        _ => groups,
+    let looping = match kernel {
+        MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => true,
+        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => spans != 0,
+        _ => false,
+    };
+    match looping {
+        true => groups.min((rows * k).div_ceil(MIN_WORK)).max(1),
+        false => groups,
     }
 }
 
@@ -750,9 +751,11 @@ mod tests {
             (200, 64, 2),
             (41, 1030, 2),
             (70, 100, 21),
-            // Short rows whose inputs the subgroup GEMV loads once (SPANS 3 and 4).
+            // Short rows whose inputs the subgroup kernels load once per workgroup (SPANS).
             (100, 192, 1),
             (37, 256, 2),
+            (45, 128, 11),
+            (300, 64, 6),
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
