@@ -17,10 +17,6 @@
 // before one multiply by the scale; q4's minimum adds `min * sum(inputs of the block)`,
 // which all four rows share.
 
-// SPANS (common/matmul.wgsl) != 0: `main` and `gemm` load each lane's inputs once, before
-// the row groups, instead of once per row group (for K = 128 a fifth of an invocation's
-// loads in `main`, a third in `gemm`).
-
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), and the
 // weight words through w_words / w_word: shaders/common/words32.wgsl in the registry's
 // `gemv_subgroup`, words64.wgsl (64-bit loads, SHADER_INT64) in its `gemv_subgroup64`.
@@ -46,43 +42,46 @@ fn main(
     }
     // Each workgroup walks row groups wid.x, wid.x + nwg.x, ... (the host sizes the grid so
     // that a workgroup's work outweighs its start-up cost on CPU adapters).
-    if SPANS != 0u && WDT < 3u {
-        // Short rows: the lane's inputs, loaded once for all the row groups.
-        let mine = 8u * (lane % 8u);
-        let xs0 = load_x8(t, 0u, mine);
-        var xs1 = array<vec4<f32>, 2>();
-        var xs2 = array<vec4<f32>, 2>();
-        var xs3 = array<vec4<f32>, 2>();
-        if SPANS > 1u {
-            xs1 = load_x8(t, 0u, 64u + mine);
-        }
-        if SPANS > 2u {
-            xs2 = load_x8(t, 0u, 128u + mine);
-        }
-        if SPANS > 3u {
-            xs3 = load_x8(t, 0u, 192u + mine);
-        }
-        for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
-            let q = base + lid;
-            let r = rows4(q);
-            var acc = span_dot(vec4<f32>(0.0), r, 0u, xs0);
-            if SPANS > 1u {
-                acc = span_dot(acc, r, 64u, xs1);
-            }
-            if SPANS > 2u {
-                acc = span_dot(acc, r, 128u, xs2);
-            }
-            if SPANS > 3u {
-                acc = span_dot(acc, r, 192u, xs3);
-            }
-            if q * 4u < p.m {
-                store_rows(t, r, acc);
-            }
-        }
-        return;
-    }
     for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
         rows_of(t, base + lid, lane);
+    }
+}
+
+// `main` for dense rows of 64 or 128 weights (K / 64 spans): each lane loads its inputs
+// once, before the row groups, instead of once per row group (for K = 128 a fifth of an
+// invocation's loads). An entry point of its own, so that `main`'s pipelines never compile
+// its code; two spans at most, as each one more made every pipeline of it compile ~0.1 s
+// longer on lavapipe (192 and 256 were tried).
+@compute @workgroup_size(WG)
+fn main_short(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    p = params;
+    let t = wid.y;
+    if t >= p.t {
+        return;
+    }
+    // Short rows: the lane's inputs, loaded once for all the row groups.
+    let spans = p.k / 64u;
+    let mine = 8u * (lane % 8u);
+    let xs0 = load_x8(t, 0u, mine);
+    var xs1 = array<vec4<f32>, 2>();
+    if spans > 1u {
+        xs1 = load_x8(t, 0u, 64u + mine);
+    }
+    for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
+        let q = base + lid;
+        let r = rows4(q);
+        var acc = span_dot(vec4<f32>(0.0), r, 0u, xs0);
+        if spans > 1u {
+            acc = span_dot(acc, r, 64u, xs1);
+        }
+        if q * 4u < p.m {
+            store_rows(t, r, acc);
+        }
     }
 }
 
@@ -150,7 +149,6 @@ fn rows_of(t: u32, q: u32, lane: u32) {
 fn gemm(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
     p = params;
@@ -162,48 +160,6 @@ fn gemm(
     // Tokens past T re-read the last token; their results are never stored.
     let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
     let mine = 8u * (lane % 8u);
-    if SPANS != 0u && WDT < 3u {
-        // Short rows: the four tokens' inputs loaded once, then row groups wid.x,
-        // wid.x + nwg.x, ... (the host sizes the grid as for `main`).
-        let a0 = pair(load_x8(t.x, 0u, mine), load_x8(t.y, 0u, mine));
-        let b0 = pair(load_x8(t.z, 0u, mine), load_x8(t.w, 0u, mine));
-        var a1 = array<vec4<f32>, 4>();
-        var b1 = array<vec4<f32>, 4>();
-        var a2 = array<vec4<f32>, 4>();
-        var b2 = array<vec4<f32>, 4>();
-        var a3 = array<vec4<f32>, 4>();
-        var b3 = array<vec4<f32>, 4>();
-        if SPANS > 1u {
-            a1 = pair(load_x8(t.x, 0u, 64u + mine), load_x8(t.y, 0u, 64u + mine));
-            b1 = pair(load_x8(t.z, 0u, 64u + mine), load_x8(t.w, 0u, 64u + mine));
-        }
-        if SPANS > 2u {
-            a2 = pair(load_x8(t.x, 0u, 128u + mine), load_x8(t.y, 0u, 128u + mine));
-            b2 = pair(load_x8(t.z, 0u, 128u + mine), load_x8(t.w, 0u, 128u + mine));
-        }
-        if SPANS > 3u {
-            a3 = pair(load_x8(t.x, 0u, 192u + mine), load_x8(t.y, 0u, 192u + mine));
-            b3 = pair(load_x8(t.z, 0u, 192u + mine), load_x8(t.w, 0u, 192u + mine));
-        }
-        for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
-            let q = base + lid;
-            let r = rows4(q);
-            var acc = tokens_span(array<vec4<f32>, 4>(), r, 0u, a0, b0);
-            if SPANS > 1u {
-                acc = tokens_span(acc, r, 64u, a1, b1);
-            }
-            if SPANS > 2u {
-                acc = tokens_span(acc, r, 128u, a2, b2);
-            }
-            if SPANS > 3u {
-                acc = tokens_span(acc, r, 192u, a3, b3);
-            }
-            if q * 4u < p.m {
-                store_tokens(t0, r, acc);
-            }
-        }
-        return;
-    }
     let q = wid.x * WG + lid;
     let r = rows4(q);
     var acc = array<vec4<f32>, 4>();
@@ -233,6 +189,47 @@ fn gemm(
     }
     if q * 4u < p.m {
         store_tokens(t0, r, acc);
+    }
+}
+
+// `gemm` for dense rows of 64 or 128 weights: the four tokens' inputs loaded once, then
+// row groups wid.x, wid.x + nwg.x, ... (the host sizes the grid as for `main`):
+// a third of an invocation's loads at K = 128.
+@compute @workgroup_size(WG)
+fn gemm_short(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    p = params;
+    let t0 = wid.y * 4u;
+    if t0 >= p.t {
+        return;
+    }
+    let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
+    let mine = 8u * (lane % 8u);
+    // Short rows: the four tokens' inputs loaded once, then row groups wid.x,
+    // wid.x + nwg.x, ... (the host sizes the grid as for `main`).
+    let spans = p.k / 64u;
+    let a0 = pair(load_x8(t.x, 0u, mine), load_x8(t.y, 0u, mine));
+    let b0 = pair(load_x8(t.z, 0u, mine), load_x8(t.w, 0u, mine));
+    var a1 = array<vec4<f32>, 4>();
+    var b1 = array<vec4<f32>, 4>();
+    if spans > 1u {
+        a1 = pair(load_x8(t.x, 0u, 64u + mine), load_x8(t.y, 0u, 64u + mine));
+        b1 = pair(load_x8(t.z, 0u, 64u + mine), load_x8(t.w, 0u, 64u + mine));
+    }
+    for (var base = wid.x * WG; base * 4u < p.m; base += nwg.x * WG) {
+        let q = base + lid;
+        let r = rows4(q);
+        var acc = tokens_span(array<vec4<f32>, 4>(), r, 0u, a0, b0);
+        if spans > 1u {
+            acc = tokens_span(acc, r, 64u, a1, b1);
+        }
+        if q * 4u < p.m {
+            store_tokens(t0, r, acc);
+        }
     }
 }
 

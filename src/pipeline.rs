@@ -125,7 +125,12 @@ impl Context {
             return Ok(p.clone());
         }
         let module = self.registry_module(shader)?;
+        let started = std::time::Instant::now();
         let pipeline = Arc::new(Pipeline::new(self, module, entry, constants)?);
+        log::debug!(
+            "pipeline {shader}::{entry} {constants:?} created in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
         self.pipelines()
             .lock()
             .expect("pipeline cache poisoned")

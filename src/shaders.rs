@@ -57,10 +57,16 @@ macro_rules! registry {
 /// Every kernel of the engine. A test checks that the files of this list and `shaders/`
 /// agree.
 pub const SHADERS: &[ShaderSource] = registry![
-    "matmul" + "weights" + "soft_cap" + "activation" + "matmul" + "words32",
-    "gemv_subgroup": subgroups + "weights" + "soft_cap" + "activation" + "matmul" + "words32",
+    "matmul" + "weights" + "soft_cap" + "matmul" + "inputs" + "words32",
+    "gemv_subgroup": subgroups + "weights" + "soft_cap" + "matmul" + "inputs" + "words32",
     "gemv_subgroup" as "gemv_subgroup64": subgroups int64
-        + "weights" + "soft_cap" + "activation" + "matmul" + "words64",
+        + "weights" + "soft_cap" + "matmul" + "inputs" + "words64",
+    "matmul" as "matmul_glu"
+        + "weights" + "soft_cap" + "activation" + "matmul" + "inputs_glu" + "words32",
+    "gemv_subgroup" as "gemv_subgroup_glu": subgroups
+        + "weights" + "soft_cap" + "activation" + "matmul" + "inputs_glu" + "words32",
+    "gemv_subgroup" as "gemv_subgroup64_glu": subgroups int64
+        + "weights" + "soft_cap" + "activation" + "matmul" + "inputs_glu" + "words64",
     "layer_norm" + "activation",
     "elementwise" + "activation",
     "bandwidth_probe" + "words32",

@@ -1,7 +1,9 @@
 // Declarations of the matmul kernels (shaders/matmul.wgsl, shaders/gemv_subgroup.wgsl):
 // their Params, overrides, bindings and the weight, input and output helpers. Appended to
-// each of those files by the shader registry, after common/weights.wgsl (WDT, unpack_pair),
-// common/soft_cap.wgsl and common/activation.wgsl. Layouts: shaders/matmul.wgsl.
+// each of those files by the shader registry, after common/weights.wgsl (WDT, unpack_pair)
+// and common/soft_cap.wgsl, and followed by the input loads (common/inputs.wgsl, or
+// common/inputs_glu.wgsl with common/activation.wgsl for gated inputs). Layouts:
+// shaders/matmul.wgsl.
 
 struct Params {
     k: u32,
@@ -26,7 +28,7 @@ struct Params {
     proj_cols: vec4<u32>,
     // HEADS: the weight row of output row 0 (a stacked weight's later projections).
     w_row0: u32,
-    // GLU: the column of x where the gates start (x[t, glu_cols + k] multiplies input k).
+    // Gated inputs (common/inputs_glu.wgsl): the column of x where the gates start.
     glu_cols: u32,
 }
 
@@ -39,14 +41,6 @@ override WG: u32 = 64u;
 // x rows start on 16-byte boundaries (x_offset and x_stride multiples of 4): x is read as
 // vec4 through x4 (the same buffer), two loads per block of 8 instead of eight.
 override X4: bool = false;
-// Gated inputs (a gated FFN's down-projection reading its up-projection's output in place):
-// 0 reads input k as x[t, k]; a + 1 reads activate(a, x[t, k]) * x[t, glu_cols + k], for
-// activation code a (common/activation.wgsl): elementwise.wgsl's GLU fused into the loads.
-override GLU: u32 = 0u;
-// K / 64 when K is 64, 128, 192 or 256 and W is dense (else 0): gemv_subgroup's `main` and
-// `gemm` keep the inputs of such short rows in registers.
-override SPANS: u32 = 0u;
-
 // The parameters live in a storage buffer, not a uniform one: lavapipe (Mesa 22.3) inlines
 // uniform values that bound loops into a fresh compile of the shader at every dispatch whose
 // uniforms change (its "inline uniforms"), which made a 256-row GEMV take 10 ms instead of
@@ -135,50 +129,6 @@ fn raw_x8(b: u32) -> array<vec4<f32>, 2> {
         vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]),
         vec4<f32>(x[b + 4u], x[b + 5u], x[b + 6u], x[b + 7u]),
     );
-}
-
-// activate(GLU - 1, a) * g, per component.
-fn glu4(a: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
-    let c = GLU - 1u;
-    return vec4<f32>(activate(c, a.x), activate(c, a.y), activate(c, a.z), activate(c, a.w)) * g;
-}
-
-// The eight inputs at element b of x (gated when GLU).
-fn inputs8(b: u32) -> array<vec4<f32>, 2> {
-    let v = raw_x8(b);
-    if GLU != 0u {
-        let g = raw_x8(b + p.glu_cols);
-        return array<vec4<f32>, 2>(glu4(v[0], g[0]), glu4(v[1], g[1]));
-    }
-    return v;
-}
-
-// Eight consecutive inputs of token t starting at column c + k, with k + 8 <= K.
-fn load_x8(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
-    return inputs8(p.x_offset + t * p.x_stride + c + k);
-}
-
-// The same for the last, partial block: zero past K. Whole loads and a select, not a loop
-// into a private array (which CPU adapters spill to memory); loads past K read whatever
-// the buffer holds there (bounds-checked) and are discarded (the select drops any NaN a
-// gate made of them).
-fn load_x8_tail(t: u32, c: u32, k: u32) -> array<vec4<f32>, 2> {
-    let b = p.x_offset + t * p.x_stride + c + k;
-    let n = vec4<u32>(p.k - k);
-    let i = vec4<u32>(0u, 1u, 2u, 3u);
-    var v = array<vec4<f32>, 2>();
-    v[0] = raw_x4(b);
-    if GLU != 0u {
-        v[0] = glu4(v[0], raw_x4(b + p.glu_cols));
-    }
-    // The second quad only where some of it is within K (headwise blocks of 4 inputs never).
-    if p.k - k > 4u {
-        v[1] = raw_x4(b + 4u);
-        if GLU != 0u {
-            v[1] = glu4(v[1], raw_x4(b + 4u + p.glu_cols));
-        }
-    }
-    return array<vec4<f32>, 2>(select(vec4<f32>(0.0), v[0], i < n), select(vec4<f32>(0.0), v[1], i + 4u < n));
 }
 
 // The four elements of x at b (a multiple of 4 when X4), as stored.

@@ -134,19 +134,31 @@ impl MatmulKernel {
         }
     }
 
-    /// (shader file, entry point).
-    fn entry(self) -> (&'static str, &'static str) {
-        match self {
-            MatmulKernel::Gemv => ("matmul", "gemv"),
-            MatmulKernel::GemvSubgroup => ("gemv_subgroup", "main"),
-            MatmulKernel::Gemm4 => ("matmul", "gemm4"),
-            MatmulKernel::GemmSubgroup => ("gemv_subgroup", "gemm"),
-            MatmulKernel::GemvSubgroup64 => ("gemv_subgroup64", "main"),
-            MatmulKernel::GemmSubgroup64 => ("gemv_subgroup64", "gemm"),
-            MatmulKernel::Coop4 => ("matmul", "coop4"),
-            MatmulKernel::Rows8 => ("matmul", "rows8"),
-            MatmulKernel::Gemm16 => ("matmul", "gemm16"),
-        }
+    /// (registry module, entry point): the `_glu` modules read gated inputs
+    /// (`shaders/common/inputs_glu.wgsl`); `short` picks the subgroup kernels' entry points
+    /// for dense rows of 64-256 weights ([`short_rows`]).
+    fn entry(self, gated: bool, short: bool) -> (&'static str, &'static str) {
+        use MatmulKernel::*;
+        let module = match (self, gated) {
+            (Gemv | Gemm4 | Coop4 | Rows8 | Gemm16, false) => "matmul",
+            (Gemv | Gemm4 | Coop4 | Rows8 | Gemm16, true) => "matmul_glu",
+            (GemvSubgroup | GemmSubgroup, false) => "gemv_subgroup",
+            (GemvSubgroup | GemmSubgroup, true) => "gemv_subgroup_glu",
+            (GemvSubgroup64 | GemmSubgroup64, false) => "gemv_subgroup64",
+            (GemvSubgroup64 | GemmSubgroup64, true) => "gemv_subgroup64_glu",
+        };
+        let entry = match (self, short) {
+            (Gemv, _) => "gemv",
+            (Gemm4, _) => "gemm4",
+            (Coop4, _) => "coop4",
+            (Rows8, _) => "rows8",
+            (Gemm16, _) => "gemm16",
+            (GemvSubgroup | GemvSubgroup64, false) => "main",
+            (GemvSubgroup | GemvSubgroup64, true) => "main_short",
+            (GemmSubgroup | GemmSubgroup64, false) => "gemm",
+            (GemmSubgroup | GemmSubgroup64, true) => "gemm_short",
+        };
+        (module, entry)
     }
 
     /// All variants (for tests and benchmarks; check [`MatmulKernel::available`]).
@@ -533,8 +545,9 @@ fn record(
         && x.stride % 4 == 0
         && heads.is_none_or(|h| h.aligned)
         && (epilogue.gated.is_none() || k % 4 == 0);
-    let spans = short_row_spans(kernel, w.dtype(), k);
-    let constants = [
+    let short = short_rows(kernel, w.dtype(), k);
+    let gated = epilogue.gated.map(|act| ("GLU", act.code() + 1.0));
+    let constants: Vec<(&str, f64)> = [
         ("WDT", w.dtype().weight_code()),
         ("HEADS", heads.is_some() as u8 as f64),
         (
@@ -543,10 +556,11 @@ fn record(
         ),
         ("WG", wg as f64),
         ("X4", x4 as u8 as f64),
-        ("GLU", epilogue.gated.map_or(0.0, |act| act.code() + 1.0)),
-        ("SPANS", spans as f64),
-    ];
-    let (shader, entry) = kernel.entry();
+    ]
+    .into_iter()
+    .chain(gated)
+    .collect();
+    let (shader, entry) = kernel.entry(gated.is_some(), short);
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
@@ -572,7 +586,7 @@ fn record(
             // The row-streaming kernels.
             _ => (
                 RowGrid::Y {
-                    x: row_groups(kernel, rows, k, wg, spans),
+                    x: row_groups(kernel, rows, k, wg, short),
                     per: kernel.tokens_per_workgroup(),
                 },
                 0,
@@ -630,25 +644,22 @@ fn record(
     Ok(())
 }
 
-/// The SPANS override: K / 64 for the subgroup kernels over dense rows of 64 to 256 weights
-/// (a multiple of 64), whose inputs they then load once per workgroup; 0 otherwise.
-fn short_row_spans(kernel: MatmulKernel, dtype: DType, k: usize) -> usize {
-    match kernel.is_subgroup() && dtype.quant().is_none() && k % 64 == 0 && k <= 256 {
-        true => k / 64,
-        false => 0,
-    }
+/// Whether the subgroup kernels take their `_short` entry points: dense rows of 64 or 128
+/// weights, whose inputs they then load once per workgroup.
+fn short_rows(kernel: MatmulKernel, dtype: DType, k: usize) -> bool {
+    kernel.is_subgroup() && dtype.quant().is_none() && (k == 64 || k == 128)
 }
 
 /// Workgroups along the rows of a streaming kernel. The GEMVs' workgroups loop over row
-/// groups (and the subgroup GEMM's with `spans` != 0, the SPANS override), so on CPU
+/// groups (and the subgroup GEMM's over `short` rows, `gemm_short`), so on CPU
 /// adapters (where a workgroup's start-up costs microseconds) short rows go several groups
 /// to a workgroup: each gets at least MIN_WORK weights.
-fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, spans: usize) -> usize {
+fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, short: bool) -> usize {
     const MIN_WORK: usize = 4096 * 32;
     let groups = rows.div_ceil(4 * wg);
     let looping = match kernel {
         MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => true,
-        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => spans != 0,
+        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => short,
         _ => false,
     };
     match looping {
@@ -751,9 +762,9 @@ mod tests {
             (200, 64, 2),
             (41, 1030, 2),
             (70, 100, 21),
-            // Short rows whose inputs the subgroup kernels load once per workgroup (SPANS).
+            // Short rows whose inputs the subgroup kernels load once per workgroup (`*_short`).
             (100, 192, 1),
-            (37, 256, 2),
+            (37, 128, 2),
             (45, 128, 11),
             (300, 64, 6),
         ];
