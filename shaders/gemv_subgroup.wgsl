@@ -17,9 +17,14 @@
 // before one multiply by the scale; q4's minimum adds `min * sum(inputs of the block)`,
 // which all four rows share.
 
-// Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), and the
-// weight words through w_words / w_word: shaders/common/words32.wgsl in the registry's
-// `gemv_subgroup`, words64.wgsl (64-bit loads, SHADER_INT64) in its `gemv_subgroup64`.
+// `main_short` and `gemm_short` are `main` and `gemm` for dense rows of 64 or 128 weights,
+// loading their inputs once per workgroup rather than once per row group.
+//
+// Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), the input
+// loads from shaders/common/inputs.wgsl (or inputs_glu.wgsl, gated, in the registry's
+// `*_glu` modules), and the weight words through w_words / w_word:
+// shaders/common/words32.wgsl in the registry's `gemv_subgroup`, words64.wgsl (64-bit loads,
+// SHADER_INT64) in its `gemv_subgroup64`.
 
 // Block j of the span (held by lane j), for a lane index known only at run time.
 fn shuffle8(v: array<vec4<f32>, 2>, j: u32) -> array<vec4<f32>, 2> {
