@@ -18,7 +18,8 @@
 // which all four rows share.
 
 // `main_short` and `gemm_short` are `main` and `gemm` for dense rows of 64 or 128 weights,
-// loading their inputs once per workgroup rather than once per row group.
+// loading their inputs once per workgroup rather than once per row group; `main_few` and
+// `gemm_few` for at most 8 rows split K over the lanes instead.
 //
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), the input
 // loads from shaders/common/inputs.wgsl (or inputs_glu.wgsl, gated, in the registry's
@@ -87,6 +88,103 @@ fn main_short(
         if q * 4u < p.m {
             store_rows(t, r, acc);
         }
+    }
+}
+
+// `main` for at most 8 rows (the mLSTM blocks' input and forget gates): the lanes split K
+// instead of the rows, lane l taking the blocks of 8 inputs at 8 l, 8 (l + WG), ... of all
+// the rows, and their sums meet by subgroupAdd (a row group of 32 lanes' rows computed for
+// 8 rows did four times the loads).
+@compute @workgroup_size(WG)
+fn main_few(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    p = params;
+    let t = wid.y;
+    if t >= p.t {
+        return;
+    }
+    let lo = few_rows(0u);
+    let hi = few_rows(4u);
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    for (var k = 8u * lane; k < p.k; k += 8u * WG) {
+        let xs = few_x8(t, k);
+        a += rows_dot(weights4(lo, k), xs);
+        if p.m > 4u {
+            b += rows_dot(weights4(hi, k), xs);
+        }
+    }
+    a = subgroupAdd(a);
+    b = subgroupAdd(b);
+    if lane == 0u {
+        store_few(t, a, b);
+    }
+}
+
+// `gemm` for at most 8 rows: `main_few` for four tokens at a time, each block of weights
+// loaded once for the four (and summed in `main_few`'s order, so that one token gives the
+// same bits through either).
+@compute @workgroup_size(WG)
+fn gemm_few(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    p = params;
+    let t0 = wid.y * 4u;
+    if t0 >= p.t {
+        return;
+    }
+    let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
+    let lo = few_rows(0u);
+    let hi = few_rows(4u);
+    var a = array<vec4<f32>, 4>();
+    var b = array<vec4<f32>, 4>();
+    for (var k = 8u * lane; k < p.k; k += 8u * WG) {
+        let x = array<array<vec4<f32>, 2>, 4>(few_x8(t.x, k), few_x8(t.y, k), few_x8(t.z, k), few_x8(t.w, k));
+        let wl = weights4(lo, k);
+        for (var i = 0u; i < 4u; i++) {
+            a[i] += rows_dot(wl, x[i]);
+        }
+        if p.m > 4u {
+            let wh = weights4(hi, k);
+            for (var i = 0u; i < 4u; i++) {
+                b[i] += rows_dot(wh, x[i]);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        a[i] = subgroupAdd(a[i]);
+        b[i] = subgroupAdd(b[i]);
+    }
+    if lane == 0u {
+        for (var i = 0u; i < 4u; i++) {
+            if t0 + i < p.t {
+                store_few(t0 + i, a[i], b[i]);
+            }
+        }
+    }
+}
+
+// Rows first .. first + 3, clamped to the last row.
+fn few_rows(first: u32) -> vec4<u32> {
+    return min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.m - 1u));
+}
+
+// The 8 inputs of token t at k (a multiple of 8 below K), zero past K.
+fn few_x8(t: u32, k: u32) -> array<vec4<f32>, 2> {
+    if k + 8u <= p.k {
+        return load_x8(t, 0u, k);
+    }
+    return load_x8_tail(t, 0u, k);
+}
+
+// Stores rows 0-3 (a) and 4-7 (b) of token t, those below M.
+fn store_few(t: u32, a: vec4<f32>, b: vec4<f32>) {
+    store_rows(t, vec4<u32>(0u, 1u, 2u, 3u), a);
+    if p.m > 4u {
+        store_rows(t, vec4<u32>(4u, 5u, 6u, 7u), b);
     }
 }
 

@@ -135,9 +135,9 @@ impl MatmulKernel {
     }
 
     /// (registry module, entry point): the `_glu` modules read gated inputs
-    /// (`shaders/common/inputs_glu.wgsl`); `short` picks the subgroup kernels' entry points
-    /// for dense rows of 64-256 weights ([`short_rows`]).
-    fn entry(self, gated: bool, short: bool) -> (&'static str, &'static str) {
+    /// (`shaders/common/inputs_glu.wgsl`); `shape` picks the subgroup kernels' entry points
+    /// for short or few rows ([`RowShape`]).
+    fn entry(self, gated: bool, shape: RowShape) -> (&'static str, &'static str) {
         use MatmulKernel::*;
         let module = match (self, gated) {
             (Gemv | Gemm4 | Coop4 | Rows8 | Gemm16, false) => "matmul",
@@ -147,16 +147,18 @@ impl MatmulKernel {
             (GemvSubgroup64 | GemmSubgroup64, false) => "gemv_subgroup64",
             (GemvSubgroup64 | GemmSubgroup64, true) => "gemv_subgroup64_glu",
         };
-        let entry = match (self, short) {
+        let entry = match (self, shape) {
             (Gemv, _) => "gemv",
             (Gemm4, _) => "gemm4",
             (Coop4, _) => "coop4",
             (Rows8, _) => "rows8",
             (Gemm16, _) => "gemm16",
-            (GemvSubgroup | GemvSubgroup64, false) => "main",
-            (GemvSubgroup | GemvSubgroup64, true) => "main_short",
-            (GemmSubgroup | GemmSubgroup64, false) => "gemm",
-            (GemmSubgroup | GemmSubgroup64, true) => "gemm_short",
+            (GemvSubgroup | GemvSubgroup64, RowShape::Any) => "main",
+            (GemvSubgroup | GemvSubgroup64, RowShape::Short) => "main_short",
+            (GemvSubgroup | GemvSubgroup64, RowShape::Few) => "main_few",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Any) => "gemm",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Short) => "gemm_short",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Few) => "gemm_few",
         };
         (module, entry)
     }
@@ -545,7 +547,7 @@ fn record(
         && x.stride % 4 == 0
         && heads.is_none_or(|h| h.aligned)
         && (epilogue.gated.is_none() || k % 4 == 0);
-    let short = short_rows(kernel, w.dtype(), k);
+    let shape = RowShape::of(kernel, w.dtype(), m, k);
     let gated = epilogue.gated.map(|act| ("GLU", act.code() + 1.0));
     let constants: Vec<(&str, f64)> = [
         ("WDT", w.dtype().weight_code()),
@@ -560,7 +562,7 @@ fn record(
     .into_iter()
     .chain(gated)
     .collect();
-    let (shader, entry) = kernel.entry(gated.is_some(), short);
+    let (shader, entry) = kernel.entry(gated.is_some(), shape);
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
@@ -586,7 +588,7 @@ fn record(
             // The row-streaming kernels.
             _ => (
                 RowGrid::Y {
-                    x: row_groups(kernel, rows, k, wg, short),
+                    x: row_groups(kernel, rows, k, wg, shape),
                     per: kernel.tokens_per_workgroup(),
                 },
                 0,
@@ -644,22 +646,41 @@ fn record(
     Ok(())
 }
 
-/// Whether the subgroup kernels take their `_short` entry points: dense rows of 64 or 128
-/// weights, whose inputs they then load once per workgroup.
-fn short_rows(kernel: MatmulKernel, dtype: DType, k: usize) -> bool {
-    kernel.is_subgroup() && dtype.quant().is_none() && (k == 64 || k == 128)
+/// Which entry points the subgroup kernels take for a weight's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowShape {
+    Any,
+    /// `*_short`: dense rows of 64 or 128 weights, whose inputs are loaded once per
+    /// workgroup.
+    Short,
+    /// `*_few`: at most 8 rows, K split over the lanes.
+    Few,
+}
+
+impl RowShape {
+    fn of(kernel: MatmulKernel, dtype: DType, rows: usize, k: usize) -> Self {
+        match kernel.is_subgroup() {
+            true if rows <= 8 => RowShape::Few,
+            true if dtype.quant().is_none() && (k == 64 || k == 128) => RowShape::Short,
+            _ => RowShape::Any,
+        }
+    }
 }
 
 /// Workgroups along the rows of a streaming kernel. The GEMVs' workgroups loop over row
-/// groups (and the subgroup GEMM's over `short` rows, `gemm_short`), so on CPU
+/// groups (and the subgroup GEMM's over short rows, `gemm_short`; `*_few` is one workgroup
+/// per token or four), so on CPU
 /// adapters (where a workgroup's start-up costs microseconds) short rows go several groups
 /// to a workgroup: each gets at least MIN_WORK weights.
-fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, short: bool) -> usize {
+fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, shape: RowShape) -> usize {
     const MIN_WORK: usize = 4096 * 32;
     let groups = rows.div_ceil(4 * wg);
+    if shape == RowShape::Few {
+        return 1;
+    }
     let looping = match kernel {
         MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => true,
-        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => short,
+        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => shape == RowShape::Short,
         _ => false,
     };
     match looping {
@@ -767,6 +788,9 @@ mod tests {
             (37, 128, 2),
             (45, 128, 11),
             (300, 64, 6),
+            // At most 8 rows, K split over the lanes (`*_few`).
+            (8, 768, 1),
+            (5, 203, 6),
         ];
         for (i, &(m, k, t)) in shapes.iter().enumerate() {
             for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(ctx)) {
