@@ -105,21 +105,25 @@ fn main_few(
     if t >= p.t {
         return;
     }
-    let lo = few_rows(0u);
-    let hi = few_rows(4u);
+    // Rows 0-3 and 4-7, clamped to the last row.
+    let lo = rows4(0u);
+    let hi = rows4(1u);
     var a = vec4<f32>(0.0);
     var b = vec4<f32>(0.0);
     for (var k = 8u * lane; k < p.k; k += 8u * WG) {
         let xs = few_x8(t, k);
-        a += rows_dot(weights4(lo, k), xs);
+        a += block4(lo, k, xs);
         if p.m > 4u {
-            b += rows_dot(weights4(hi, k), xs);
+            b += block4(hi, k, xs);
         }
     }
     a = subgroupAdd(a);
     b = subgroupAdd(b);
     if lane == 0u {
-        store_few(t, a, b);
+        store_rows(t, lo, a);
+        if p.m > 4u {
+            store_rows(t, hi, b);
+        }
     }
 }
 
@@ -137,8 +141,8 @@ fn gemm_few(
         return;
     }
     let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
-    let lo = few_rows(0u);
-    let hi = few_rows(4u);
+    let lo = rows4(0u);
+    let hi = rows4(1u);
     var a = array<vec4<f32>, 4>();
     var b = array<vec4<f32>, 4>();
     for (var k = 8u * lane; k < p.k; k += 8u * WG) {
@@ -159,17 +163,11 @@ fn gemm_few(
         b[i] = subgroupAdd(b[i]);
     }
     if lane == 0u {
-        for (var i = 0u; i < 4u; i++) {
-            if t0 + i < p.t {
-                store_few(t0 + i, a[i], b[i]);
-            }
+        store_tokens(t0, lo, a);
+        if p.m > 4u {
+            store_tokens(t0, hi, b);
         }
     }
-}
-
-// Rows first .. first + 3, clamped to the last row.
-fn few_rows(first: u32) -> vec4<u32> {
-    return min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.m - 1u));
 }
 
 // The 8 inputs of token t at k (a multiple of 8 below K), zero past K.
@@ -178,14 +176,6 @@ fn few_x8(t: u32, k: u32) -> array<vec4<f32>, 2> {
         return load_x8(t, 0u, k);
     }
     return load_x8_tail(t, 0u, k);
-}
-
-// Stores rows 0-3 (a) and 4-7 (b) of token t, those below M.
-fn store_few(t: u32, a: vec4<f32>, b: vec4<f32>) {
-    store_rows(t, vec4<u32>(0u, 1u, 2u, 3u), a);
-    if p.m > 4u {
-        store_rows(t, vec4<u32>(4u, 5u, 6u, 7u), b);
-    }
 }
 
 // acc + the span of 64 inputs at k (every lane's 8 inputs at 8 (lane % 8) in xs) dotted

@@ -60,11 +60,9 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
         let row = b * p.tokens + t;
         let qb = q_at(row, hd, 0u);
         let kb = k_at(row, hd, 0u);
-        let ip = gate_i(row, hd);
-        let lf = gate_log_f(row, hd);
-        let m_new = max(lf + mv, ip);
-        let fa = exp(lf + mv - m_new);
-        let ia = exp(ip - m_new);
+        let g = gate_step(row, hd, mv);
+        let fa = g.fa;
+        let ia = g.ia;
         let ik = ia * p.scale;
 
         // q . n' over all rows (n' = fa n + ia k scale).
@@ -77,7 +75,7 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
         for (; i < dk; i++) {
             qn += qkv[qb + i] * (fa * n[nbase + i] + ik * qkv[kb + i]);
         }
-        let den = max(abs(qn), exp(-m_new)) + p.eps;
+        let den = max(abs(qn), exp(-g.m_new)) + p.eps;
         // Every invocation has read n; each now writes the rows of its own blocks.
         workgroupBarrier();
 
@@ -143,7 +141,7 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
                 }
             }
         }
-        mv = m_new;
+        mv = g.m_new;
         // n is read again by the next token.
         workgroupBarrier();
     }
@@ -201,11 +199,9 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
         let row = b * p.tokens + t;
         let qb = q_at(row, hd, 0u);
         let kb = k_at(row, hd, 0u);
-        let ip = gate_i(row, hd);
-        let lf = gate_log_f(row, hd);
-        let m_new = max(lf + mv, ip);
-        let fa = exp(lf + mv - m_new);
-        let ia = exp(ip - m_new);
+        let g = gate_step(row, hd, mv);
+        let fa = g.fa;
+        let ia = g.ia;
         let ik = ia * p.scale;
 
         // n' = fa n + ia k scale, and q . n'.
@@ -215,7 +211,7 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
             nl[i] = nv;
             qn += dot(qkv_quad(qb + 4u * i), nv);
         }
-        let den = max(abs(qn), exp(-m_new)) + p.eps;
+        let den = max(abs(qn), exp(-g.m_new)) + p.eps;
 
         let vb = v_at(row, hd, j0);
         let v0 = ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
@@ -254,7 +250,7 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
                 h[hb + 4u + e] = a1[e] / den;
             }
         }
-        mv = m_new;
+        mv = g.m_new;
     }
     if mine {
         for (var r = 0u; r < dk; r++) {

@@ -21,22 +21,6 @@ var<workgroup> qs: array<f32, MAX_DH>;
 var<workgroup> ks: array<f32, MAX_DH>;
 var<workgroup> red: array<f32, 256>;
 
-// m' and the stabilised gates f' = exp(logsig(f) + m - m'), i' = exp(i - m') of head hd of
-// sequence row `row`, from the stored (old) m of state index sh.
-struct Step {
-    m_new: f32,
-    fa: f32,
-    ia: f32,
-}
-
-fn head_step(row: u32, hd: u32, sh: u32) -> Step {
-    let ip = gate_i(row, hd);
-    let lf = gate_log_f(row, hd);
-    let mv = m[sh];
-    let m_new = max(lf + mv, ip);
-    return Step(m_new, exp(lf + mv - m_new), exp(ip - m_new));
-}
-
 @compute @workgroup_size(256)
 fn tile(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let tiles = (p.v_dim + TILE - 1u) / TILE;
@@ -52,7 +36,7 @@ fn tile(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let dk = p.qk_dim;
     let sh = slot * p.heads + hd;
     let row = b * p.tokens + p.token_base;
-    let s = head_step(row, hd, sh);
+    let s = gate_step(row, hd, m[sh]);
     let nbase = sh * dk;
     var part = 0.0;
     for (var i = lid; i < dk; i += 256u) {
@@ -109,7 +93,7 @@ fn update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
     let sh = slot * p.heads + hd;
     let row = b * p.tokens + p.token_base;
-    let s = head_step(row, hd, sh);
+    let s = gate_step(row, hd, m[sh]);
     let nbase = sh * p.qk_dim;
     for (var i = lid; i < p.qk_dim; i += 64u) {
         n[nbase + i] = s.fa * n[nbase + i] + s.ia * qkv[k_at(row, hd, i)] * p.scale;

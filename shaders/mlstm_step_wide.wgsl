@@ -45,11 +45,9 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             qs[i] = qkv[q_at(row, hd, i)];
             ks[i] = qkv[k_at(row, hd, i)] * p.scale;
         }
-        let ip = gate_i(row, hd);
-        let lf = gate_log_f(row, hd);
-        let m_new = max(lf + mv, ip);
-        let fa = exp(lf + mv - m_new);
-        let ia = exp(ip - m_new);
+        let g = gate_step(row, hd, mv);
+        let fa = g.fa;
+        let ia = g.ia;
         workgroupBarrier();
 
         var part = 0.0;
@@ -66,7 +64,7 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             workgroupBarrier();
         }
-        let den = max(abs(red[0]), exp(-m_new)) + p.eps;
+        let den = max(abs(red[0]), exp(-g.m_new)) + p.eps;
 
         // i' v of the eight columns, zero past DV.
         let vb = v_at(row, hd, j0);
@@ -105,7 +103,7 @@ fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 }
             }
         }
-        mv = m_new;
+        mv = g.m_new;
         // qs, ks and red are rewritten by the next token.
         workgroupBarrier();
     }

@@ -87,3 +87,19 @@ fn gate_i(row: u32, hd: u32) -> f32 {
 fn gate_log_f(row: u32, hd: u32) -> f32 {
     return log_sigmoid(capped(gates[p.gate_offset + row * p.gate_stride + p.heads + hd]));
 }
+
+// One recurrent step's stabiliser m' = max(logsig(f) + m, i) and stabilised gates
+// f' = exp(logsig(f) + m - m'), i' = exp(i - m').
+struct GateStep {
+    m_new: f32,
+    fa: f32,
+    ia: f32,
+}
+
+// The step of head hd at `row` from the previous stabiliser `mv`.
+fn gate_step(row: u32, hd: u32, mv: f32) -> GateStep {
+    let ip = gate_i(row, hd);
+    let lf = gate_log_f(row, hd);
+    let m_new = max(lf + mv, ip);
+    return GateStep(m_new, exp(lf + mv - m_new), exp(ip - m_new));
+}

@@ -165,19 +165,7 @@ pub fn layer_norm_copying(
     y: View<'_>,
     copy: View<'_>,
 ) -> Result<()> {
-    layer_norm_copying_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, copy)
-}
-
-/// [`layer_norm_copying`] with an explicit kernel.
-pub fn layer_norm_copying_with(
-    ctx: &Context,
-    graph: &mut Graph,
-    kernel: NormKernel,
-    norm: &Norm<'_>,
-    x: View<'_>,
-    y: View<'_>,
-    copy: View<'_>,
-) -> Result<()> {
+    let kernel = NormKernel::choose(ctx);
     record(ctx, graph, kernel, norm, x, y, 0.0, Side::Copy(copy))
 }
 
@@ -191,19 +179,7 @@ pub fn layer_norm_gated(
     y: View<'_>,
     gate: View<'_>,
 ) -> Result<()> {
-    layer_norm_gated_with(ctx, graph, NormKernel::choose(ctx), norm, x, y, gate)
-}
-
-/// [`layer_norm_gated`] with an explicit kernel.
-pub fn layer_norm_gated_with(
-    ctx: &Context,
-    graph: &mut Graph,
-    kernel: NormKernel,
-    norm: &Norm<'_>,
-    x: View<'_>,
-    y: View<'_>,
-    gate: View<'_>,
-) -> Result<()> {
+    let kernel = NormKernel::choose(ctx);
     record(ctx, graph, kernel, norm, x, y, 0.0, Side::Gate(gate))
 }
 
@@ -457,7 +433,7 @@ mod tests {
                 let copy = View::of(&ct).select_cols(2..2 + cols);
                 let mut g = Graph::new();
                 let (xv, yv) = (View::of(&xt), View::of(&yt));
-                layer_norm_copying_with(ctx, &mut g, kernel, &norm, xv, yv, copy).unwrap();
+                record(ctx, &mut g, kernel, &norm, xv, yv, 0.0, Side::Copy(copy)).unwrap();
                 ctx.run(&[&g]).unwrap();
                 let what = format!("{kernel:?} {rows}x{cols}/{group}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);
@@ -502,7 +478,7 @@ mod tests {
                 let gate = View::of(&ot).select_cols(left..left + cols);
                 let mut g = Graph::new();
                 let (xv, yv) = (View::of(&xt), View::of(&yt));
-                layer_norm_gated_with(ctx, &mut g, kernel, &norm, xv, yv, gate).unwrap();
+                record(ctx, &mut g, kernel, &norm, xv, yv, 0.0, Side::Gate(gate)).unwrap();
                 ctx.run(&[&g]).unwrap();
                 let what = format!("gated {kernel:?} {rows}x{cols}/{group}");
                 assert_close(&yt.to_f32().unwrap(), &want, 2e-5, 2e-5, &what);

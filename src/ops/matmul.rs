@@ -250,22 +250,6 @@ pub fn matmul_gated(
     beta: f32,
 ) -> Result<()> {
     let kernel = MatmulKernel::choose(ctx, x.rows);
-    matmul_gated_with(ctx, graph, kernel, w, bias, act, x, y, beta)
-}
-
-/// [`matmul_gated`] with an explicit kernel variant.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_gated_with(
-    ctx: &Context,
-    graph: &mut Graph,
-    kernel: MatmulKernel,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    act: Activation,
-    x: View<'_>,
-    y: View<'_>,
-    beta: f32,
-) -> Result<()> {
     let epilogue = Epilogue {
         gated: Some(act),
         ..Epilogue::new(bias, beta)
@@ -843,18 +827,11 @@ mod tests {
                     let mut g = Graph::new();
                     let xv = View::of(&xt).select_cols(left..left + 2 * k);
                     let beta = (i % 2) as f32;
-                    matmul_gated_with(
-                        ctx,
-                        &mut g,
-                        kernel,
-                        &wt,
-                        Some(&bt),
-                        act,
-                        xv,
-                        View::of(&yt),
-                        beta,
-                    )
-                    .unwrap();
+                    let epilogue = Epilogue {
+                        gated: Some(act),
+                        ..Epilogue::new(Some(&bt), beta)
+                    };
+                    record(ctx, &mut g, kernel, &wt, xv, View::of(&yt), &epilogue, None).unwrap();
                     ctx.run(&[&g]).unwrap();
                     let mut want = reference(&round_to(dtype, &w, k), k, &gated, Some(&b));
                     for (v, y) in want.iter_mut().zip(&y0) {
