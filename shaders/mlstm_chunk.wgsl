@@ -61,14 +61,12 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let j = wid.x * WG + lid;
     let hd = wid.y;
     let b = wid.z;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barriers uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
     let dv = p.v_dim;
-    let sh = slot * p.heads + hd;
     let live = j < dv;
     // This invocation's 4x4 block of the pair products: tokens 4 bt .., keys 4 bs ...
     let bt = lid / L4;
@@ -217,12 +215,11 @@ fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 fn commit(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
-    let sh = slot * p.heads + hd;
     let pb = (b * p.heads + hd) * (dk + 1u);
     for (var i = lid; i < dk; i += WG) {
         n[sh * dk + i] = pending[pb + i];

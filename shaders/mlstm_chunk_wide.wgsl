@@ -133,14 +133,12 @@ fn scale_columns(a: mat4x4<f32>, w: vec4<f32>) -> mat4x4<f32> {
 fn chunk(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barriers uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
     let dv = p.v_dim;
-    let sh = slot * p.heads + hd;
     let cs4 = p.c_stride / 4u;
     // Invocations past DV repeat the last columns (so loops stay uniform) and store nothing.
     let j0 = min(8u * lid, ((dv - 1u) / 8u) * 8u);

@@ -31,14 +31,12 @@ var<workgroup> red: array<f32, WG>;
 fn step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barriers uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
     let dv = p.v_dim;
-    let sh = slot * p.heads + hd;
     let cs = p.c_stride;
     let cbase = sh * dk * cs;
     let nbase = sh * dk;

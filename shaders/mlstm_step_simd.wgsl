@@ -42,14 +42,12 @@ fn qkv_tail(b: u32, e: u32, len: u32) -> f32 {
 fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barriers uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
     let dv = p.v_dim;
-    let sh = slot * p.heads + hd;
     let nbase = sh * dk;
     let cs4 = p.c_stride / 4u;
     let blocks = (dv + 7u) / 8u;
@@ -166,13 +164,12 @@ const HELD_ROWS = 64u;
 fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
     let dv = p.v_dim;
-    let sh = slot * p.heads + hd;
     let nbase = sh * dk;
     let cs4 = p.c_stride / 4u;
     let quads = dk / 4u;

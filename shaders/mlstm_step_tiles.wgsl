@@ -28,13 +28,11 @@ fn tile(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let j = (wid.x % tiles) * TILE + lid % TILE;
     let g = lid / TILE;
     let b = wid.y;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barriers uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
     let dk = p.qk_dim;
-    let sh = slot * p.heads + hd;
     let row = b * p.tokens + p.token_base;
     let s = gate_step(row, hd, m[sh]);
     let nbase = sh * dk;
@@ -86,12 +84,10 @@ fn tile(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 fn update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
     let b = wid.y;
-    let slot = slots[b];
-    // Uniform per workgroup, so returning keeps the barrier uniform.
-    if slot >= p.slots || b >= p.seqs {
+    let sh = state_index(b, hd);
+    if sh == SKIPPED {
         return;
     }
-    let sh = slot * p.heads + hd;
     let row = b * p.tokens + p.token_base;
     let s = gate_step(row, hd, m[sh]);
     let nbase = sh * p.qk_dim;

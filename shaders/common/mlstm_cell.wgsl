@@ -15,7 +15,8 @@
 // c:     (slots, NH, DK, DV), C[i][j] at ((slot * NH + hd) * DK + i) * c_stride + j (rows
 //        padded to c_stride >= DV).
 // n:     (slots, NH, DK);  m: (slots, NH).
-// slots: u32 (B), the state slot of each sequence; slots >= p.slots are skipped.
+// slots: u32 (B), the state slot of each sequence; slots >= p.slots are skipped
+//        (state_index).
 
 struct Params {
     heads: u32,
@@ -45,6 +46,23 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
 @group(0) @binding(6) var<storage, read_write> n: array<f32>;
 @group(0) @binding(7) var<storage, read_write> m: array<f32>;
+
+// What state_index returns for a sequence past the batch or in a skipped slot.
+const SKIPPED: u32 = 0xffffffffu;
+
+// The state index slot * NH + hd of head hd of sequence b (its slot from `slots`), or
+// SKIPPED. Uniform per workgroup in every kernel (b and hd come from the workgroup id), so
+// returning on SKIPPED keeps the barriers uniform.
+fn state_index(b: u32, hd: u32) -> u32 {
+    if b >= p.seqs {
+        return SKIPPED;
+    }
+    let slot = slots[b];
+    if slot >= p.slots {
+        return SKIPPED;
+    }
+    return slot * p.heads + hd;
+}
 
 // log(sigmoid(x)) without overflow for either sign.
 fn log_sigmoid(x: f32) -> f32 {
