@@ -99,7 +99,7 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
             CellKernel::choose(ctx, 1, head_dim),
             CellKernel::choose(ctx, 512, head_dim),
         ];
-        for kernel in CellKernel::ALL {
+        for kernel in CellKernel::all_available(ctx) {
             let r = cell_prefill(ctx, kernel, 1, 4, head_dim, 512, budget_secs)?;
             let mark = if chosen.contains(&kernel) { "*" } else { " " };
             let _ = writeln!(

@@ -82,15 +82,31 @@ impl CellKernel {
     /// recurrent SIMD kernel too: `moxe bench kernels` on lavapipe times it 1.4x faster than
     /// chunkwise-wide over 512 tokens at DH 64 (5x slower at DH 512). Measured on lavapipe,
     /// see the shaders.
+    /// Where one subgroup cannot hold the SIMD kernel's workgroup of 8, CPU adapters decode
+    /// with the recurrent-wide kernel and prefill chunkwise-wide.
     pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
         let decode = tokens <= 1;
+        let simd = CellKernel::RecurrentSimd.available(ctx);
         match (ctx.cpu_kernels(), decode, head_dim) {
-            (true, true, _) | (true, false, ..=64) => CellKernel::RecurrentSimd,
+            (true, true, _) | (true, false, ..=64) if simd => CellKernel::RecurrentSimd,
+            (true, true, _) => CellKernel::RecurrentWide,
             (true, false, _) => CellKernel::ChunkwiseWide,
             (false, true, ..=127) => CellKernel::Recurrent,
             (false, true, _) => CellKernel::RecurrentTiles,
             (false, false, _) => CellKernel::Chunkwise,
         }
+    }
+
+    /// The kernels this device can run (for tests and benchmarks).
+    pub fn all_available(ctx: &Context) -> impl Iterator<Item = CellKernel> + '_ {
+        CellKernel::ALL.into_iter().filter(|k| k.available(ctx))
+    }
+
+    /// Whether the device can run this kernel: the SIMD kernel sums across its workgroup of
+    /// 8 with subgroup operations, so it needs one subgroup to hold the workgroup (a fixed
+    /// subgroup size of at least 8).
+    pub fn available(self, ctx: &Context) -> bool {
+        self != CellKernel::RecurrentSimd || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
     }
 
     /// Whether this is one of the chunkwise kernels.
@@ -373,6 +389,13 @@ pub fn record(
     seqs: usize,
     tokens: usize,
 ) -> Result<()> {
+    if !kernel.available(ctx) {
+        return Err(Error::Limit {
+            what: format!("the {kernel:?} mLSTM cell kernel"),
+            detail: "it needs subgroups of one fixed size of at least 8, which this device lacks"
+                .into(),
+        });
+    }
     if kernel.is_chunkwise() {
         let wide = kernel.is_wide();
         chunkwise::record(ctx, graph, wide, inputs, h, state, slots, seqs, tokens)

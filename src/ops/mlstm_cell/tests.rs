@@ -237,7 +237,7 @@ fn all_kernels_match_the_reference_on_random_shapes() {
         let gate_std = if shape.gate_cap > 0.0 { 12.0 } else { 2.0 };
         let case = Case::random(&mut rng, seqs, shape, tokens, gate_std);
         let init = warm_states(&mut rng, seqs, shape);
-        for kernel in CellKernel::ALL {
+        for kernel in CellKernel::all_available(gpu()) {
             check(kernel, &case, &init, 1e-4, "random");
         }
     }
@@ -258,7 +258,7 @@ fn all_kernels_match_at_paper_scale() {
     let short_state = flatten(&states);
     want_short.extend(case.slice(64, 400).reference(&mut states));
     let (want_long, long_state) = (want_short, flatten(&states));
-    for kernel in CellKernel::ALL {
+    for kernel in CellKernel::all_available(gpu()) {
         let (case, want, (wc, wn, wm)) = if kernel.is_chunkwise() {
             (&case, &want_long[..], &long_state)
         } else {
@@ -295,7 +295,10 @@ fn prefill_then_decode(rng: &mut Rng, shape: CellShape) {
         (CellKernel::Chunkwise, CellKernel::Recurrent),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentWide),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentSimd),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(_, decode)| decode.available(gpu()))
+    {
         let gpu_side = Gpu::new(seqs, shape, &zeros);
         let mut got = vec![Vec::new(); seqs];
         let mut collect = |h: Vec<f32>, n: usize| {
@@ -375,7 +378,7 @@ fn long_sequences_with_extreme_gates_stay_finite() {
     let zeros = vec![HeadState::zeros(head_dim, head_dim); heads];
     let mut states = zeros.clone();
     case.reference(&mut states);
-    for kernel in CellKernel::ALL {
+    for kernel in CellKernel::all_available(gpu()) {
         let gpu_side = Gpu::new(1, shape, &zeros);
         let got = gpu_side.run(kernel, &case);
         assert!(
@@ -465,7 +468,7 @@ fn all_kernels_match_the_package_fixtures() {
         };
         let want = heads_to_rows(&f.f32_any("out.h_recurrent").unwrap().0, &shape);
         let zeros = vec![HeadState::zeros(head_dim, head_dim); seqs * heads];
-        for kernel in CellKernel::ALL {
+        for kernel in CellKernel::all_available(gpu()) {
             let gpu_side = Gpu::new(seqs, cell, &zeros);
             let got = gpu_side.run(kernel, &case);
             let what = format!("{name} {kernel:?}");
