@@ -1,8 +1,13 @@
 // sLSTM cell (xlstm package, MODEL.md section 4) over B sequences of N tokens, the token
 // loop inside the kernel. One workgroup per (head, sequence); each invocation owns up to
 // UNITS hidden units j of the head (j = lid + u * WG) and keeps their c, n, m in registers;
-// the head's h lives in workgroup memory, where every invocation reads all of it for the
-// recurrent product.
+// every invocation reads all of the head's h for the recurrent product, through h_one /
+// h_quad: from workgroup memory behind barriers (shaders/common/slstm_h_shared.wgsl, the
+// registry's `slstm_cell`), or, where one subgroup holds the workgroup, from the other
+// invocations' registers by subgroup shuffles, without barriers
+// (common/slstm_h_subgroup.wgsl, `slstm_cell_subgroup`: CPU adapters, rows layout, WG 8;
+// llvmpipe implements a barrier by switching coroutines: the bundled model's cell ran
+// ~1.5x faster without them).
 //
 // Per token and unit (gates g in i, f, z, o; D = NH * DH, head h):
 //   raw_g = pre[row, g*D + h*DH + j] + sum_k h_prev[k] R[h, k, g*DH + j] + bias[g*D + h*DH + j]
@@ -73,8 +78,6 @@ const MAX_UNITS: u32 = 4u;
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
-var<workgroup> hs: array<f32, HS_LEN>;
-var<workgroup> hs4: array<vec4<f32>, HS4_LEN>;
 var<workgroup> rs: array<f32, RS_LEN>;
 
 // Element e of the global R.
@@ -100,16 +103,16 @@ fn r4(base: u32) -> vec4<f32> {
 }
 
 // Rows: R h_prev of the four gates of unit j of head `head`: four padded rows, each a
-// contiguous stream.
-fn recurrent_rows(head: u32, j: u32) -> vec4<f32> {
+// contiguous stream (hn: this invocation's units' h, for h_quad).
+fn recurrent_rows(head: u32, j: u32, hn: vec4<f32>) -> vec4<f32> {
     // Row of gate g: (head * 4 + g) * DH + j.
     let row = head * 4u * DH + j;
     var a = array<vec4<f32>, 4>();
     if WDT != 0u {
         let q = RSTRIDE / 8u;
         for (var k8 = 0u; k8 < q; k8++) {
-            let h0 = hs4[2u * k8];
-            let h1 = hs4[2u * k8 + 1u];
+            let h0 = h_quad(2u * k8, hn);
+            let h1 = h_quad(2u * k8 + 1u, hn);
             for (var g = 0u; g < 4u; g++) {
                 let w = r[(row + g * DH) * q + k8];
                 a[g] += vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)) * h0
@@ -119,7 +122,7 @@ fn recurrent_rows(head: u32, j: u32) -> vec4<f32> {
     } else {
         let q = RSTRIDE / 4u;
         for (var k4 = 0u; k4 < q; k4++) {
-            let hv = hs4[k4];
+            let hv = h_quad(k4, hn);
             for (var g = 0u; g < 4u; g++) {
                 a[g] += bitcast<vec4<f32>>(r[(row + g * DH) * q + k4]) * hv;
             }
@@ -130,27 +133,19 @@ fn recurrent_rows(head: u32, j: u32) -> vec4<f32> {
 }
 
 // The recurrent contribution (R h_prev) of the four gates of unit j of head `head`; `rbase`
-// is the offset of R[head] in whichever copy r4 reads (columns).
-fn recurrent(head: u32, j: u32, rbase: u32) -> vec4<f32> {
+// is the offset of R[head] in whichever copy r4 reads (columns). Every invocation calls it
+// together (the subgroup shuffles of h_one / h_quad need the whole subgroup).
+fn recurrent(head: u32, j: u32, rbase: u32, hn: vec4<f32>) -> vec4<f32> {
     if ROWS {
-        return recurrent_rows(head, j);
+        return recurrent_rows(head, j, hn);
     }
     var acc = vec4<f32>(0.0);
     var rb = rbase + j;
     for (var k = 0u; k < DH; k++) {
-        acc += hs[k] * r4(rb);
+        acc += h_one(k, hn) * r4(rb);
         rb += 4u * DH;
     }
     return acc;
-}
-
-// Stores h_prev[j] where `recurrent` reads it.
-fn set_h(j: u32, v: f32) {
-    if ROWS {
-        hs4[j >> 2u][j & 3u] = v;
-    } else {
-        hs[j] = v;
-    }
 }
 
 // log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), finite for every finite x.
@@ -178,22 +173,17 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             rs[e] = r_global(rhead + e);
         }
     }
-    if ROWS {
-        // The padding of h_prev meets the zero padding of R: keep it 0, not garbage.
-        for (var e = DH + lid; e < 4u * HS4_LEN; e += WG) {
-            hs4[e >> 2u][e & 3u] = 0.0;
-        }
-    }
 
     var c = array<f32, MAX_UNITS>();
     var n = array<f32, MAX_UNITS>();
     var m = array<f32, MAX_UNITS>();
-    var hn = array<f32, MAX_UNITS>();
+    // h of unit lid + u * WG in component u (0 for units past DH).
+    var hn = vec4<f32>(0.0);
     var bg = array<vec4<f32>, MAX_UNITS>();
     for (var u = 0u; u < UNITS; u++) {
         let j = lid + u * WG;
         if j < DH {
-            set_h(j, state[sbase + j]);
+            hn[u] = state[sbase + j];
             c[u] = state[sbase + d + j];
             n[u] = state[sbase + 2u * d + j];
             m[u] = state[sbase + 3u * d + j];
@@ -201,11 +191,17 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             bg[u] = vec4<f32>(bias[o], bias[d + o], bias[2u * d + o], bias[3u * d + o]);
         }
     }
-    workgroupBarrier();
+    init_h(lid, hn);
 
     for (var t = 0u; t < p.tokens; t++) {
         let row = b * p.total + p.first + t;
         let pbase = p.pre_offset + row * p.pre_stride + col0;
+        // R h_prev of every unit first, by all invocations together (units past DH read
+        // the last unit's rows and are dropped), as h changes below.
+        var rec = array<vec4<f32>, MAX_UNITS>();
+        for (var u = 0u; u < UNITS; u++) {
+            rec[u] = recurrent(head, min(lid + u * WG, DH - 1u), rbase, hn);
+        }
         for (var u = 0u; u < UNITS; u++) {
             let j = lid + u * WG;
             if j < DH {
@@ -215,7 +211,7 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                     pre[pbase + 2u * d + j],
                     pre[pbase + 3u * d + j],
                 );
-                raw += recurrent(head, j, rbase);
+                raw += rec[u];
                 let logfpm = m[u] + logsigmoid(raw.y);
                 let mn = select(max(raw.x, logfpm), raw.x, n[u] == 0.0);
                 let ig = min(exp(raw.x - mn), 1.0);
@@ -227,15 +223,7 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 y[p.y_offset + row * p.y_stride + col0 + j] = hn[u];
             }
         }
-        // Everyone has read h_prev before anyone overwrites it.
-        workgroupBarrier();
-        for (var u = 0u; u < UNITS; u++) {
-            let j = lid + u * WG;
-            if j < DH {
-                set_h(j, hn[u]);
-            }
-        }
-        workgroupBarrier();
+        publish_h(lid, hn);
     }
 
     for (var u = 0u; u < UNITS; u++) {
