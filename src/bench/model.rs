@@ -23,6 +23,8 @@ pub struct ModelBenchOptions {
     pub profile_tokens: usize,
     /// Also time one prefill of the prompt per kernel.
     pub profile_prefill: bool,
+    /// Also time the batched decode steps per kernel (with `batch` > 1).
+    pub profile_batch: bool,
     /// Timed runs of prefill and of decode; the fastest is reported (shared machines are
     /// noisy).
     pub repeats: usize,
@@ -52,6 +54,8 @@ pub struct ModelBenchReport {
     pub profile: Option<(String, usize)>,
     /// Per-kernel table of one profiled prefill, and its prompt tokens.
     pub prefill_profile: Option<(String, usize)>,
+    /// Per-kernel table of the profiled batched decode steps: (table, sequences, steps).
+    pub batch_profile: Option<(String, usize, usize)>,
 }
 
 fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -94,6 +98,7 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
         decode = decode.max(options.decode_tokens as f64 / t.elapsed().as_secs_f64());
     }
 
+    let mut batch_profile = None;
     let batch_decode = if options.batch > 1 {
         let mut sessions = Vec::new();
         let mut tokens = Vec::new();
@@ -114,10 +119,12 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
         for _ in 0..steps {
             step(&mut tokens)?;
         }
-        Some((
-            options.batch,
-            (steps * options.batch) as f64 / t.elapsed().as_secs_f64(),
-        ))
+        let tokens_per_s = (steps * options.batch) as f64 / t.elapsed().as_secs_f64();
+        if options.profile_batch {
+            batch_profile = profiled(model, || (0..steps).try_for_each(|_| step(&mut tokens)))?
+                .map(|table| (table, options.batch, steps));
+        }
+        Some((options.batch, tokens_per_s))
     } else {
         None
     };
@@ -164,6 +171,7 @@ pub fn run(model: &Arc<Model>, options: &ModelBenchOptions) -> Result<ModelBench
         probe_gbps,
         profile,
         prefill_profile,
+        batch_profile,
     })
 }
 
@@ -228,6 +236,12 @@ impl fmt::Display for ModelBenchReport {
         }
         if let Some((table, steps)) = &self.profile {
             writeln!(f, "\ndecode time by kernel over {steps} tokens:\n{table}")?;
+        }
+        if let Some((table, sequences, steps)) = &self.batch_profile {
+            writeln!(
+                f,
+                "\nbatched decode time by kernel, {steps} steps of {sequences} sequences:\n{table}"
+            )?;
         }
         if let Some((table, tokens)) = &self.prefill_profile {
             writeln!(

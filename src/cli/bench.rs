@@ -64,6 +64,9 @@ pub struct ModelBenchArgs {
     /// Also time one prefill of the prompt per kernel.
     #[arg(long)]
     pub profile_prefill: bool,
+    /// Also time the batched decode steps (`--batch` sequences) per kernel.
+    #[arg(long)]
+    pub profile_batch: bool,
     /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -176,6 +179,7 @@ fn model(gpu: &GpuArgs, args: &ModelBenchArgs) -> Result<()> {
         batch: args.batch,
         profile_tokens: args.profile_tokens,
         profile_prefill: args.profile_prefill,
+        profile_batch: args.profile_batch,
         repeats: args.repeats,
         probe: !args.no_probe,
     };
