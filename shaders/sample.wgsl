@@ -67,84 +67,11 @@ fn count4(b: vec4<bool>) -> u32 {
     return dot(select(vec4<u32>(0u), vec4<u32>(1u), b), vec4<u32>(1u));
 }
 
-var<workgroup> red_f: array<f32, 256>;
-var<workgroup> red_u: array<u32, 256>;
-
-fn wg_max(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red_f[lid] = max(red_f[lid], red_f[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
-}
-
-// Results of the last reduction, read back with workgroupUniformLoad so that loops may
-// stop on them (uniform control flow around the barriers).
-var<workgroup> total_f: f32;
-var<workgroup> total_u: u32;
-
-// Sum of `v` over the workgroup, uniform.
-fn wg_count(lid: u32, v: u32) -> u32 {
-    red_u[lid] = v;
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red_u[lid] += red_u[lid + s];
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        total_u = red_u[0];
-    }
-    return workgroupUniformLoad(&total_u);
-}
-
-// Sums of `v` and of `c` over the workgroup, uniform.
-fn wg_sum_count(lid: u32, v: f32, c: u32) -> vec2<f32> {
-    red_f[lid] = v;
-    red_u[lid] = c;
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red_f[lid] += red_f[lid + s];
-            red_u[lid] += red_u[lid + s];
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        total_f = red_f[0];
-        total_u = red_u[0];
-    }
-    let sum = workgroupUniformLoad(&total_f);
-    return vec2<f32>(sum, f32(workgroupUniformLoad(&total_u)));
-}
-
-// Lowest id among invocations proposing `id` with the largest `v` (argmax, ties low).
-fn wg_argmax(lid: u32, v: f32, id: u32) -> u32 {
-    red_f[lid] = v;
-    red_u[lid] = id;
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            let ov = red_f[lid + s];
-            let oi = red_u[lid + s];
-            if ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid]) {
-                red_f[lid] = ov;
-                red_u[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
-    let r = red_u[0];
-    workgroupBarrier();
-    return r;
-}
+// Reductions over the workgroup (every invocation gets the result, uniform): wg_max,
+// wg_count, wg_sum_count, wg_argmax, wg_inclusive_sum and wg_min, in
+// shaders/common/sample_reduce_shared.wgsl (workgroup memory and barriers; the registry's
+// `sample`) or common/sample_reduce_subgroup.wgsl (subgroup operations where one subgroup
+// holds the workgroup: CPU adapters, `sample_subgroup`).
 
 // PCG-style integer hash.
 fn hash(x: u32) -> u32 {
@@ -280,20 +207,10 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         let keep = q >= vec4<f32>(keep_from) & w >= vec4<f32>(w_from);
         kept += dot(select(vec4<f32>(0.0), w, keep), vec4<f32>(1.0));
     }
-    // Inclusive prefix sum of the segment masses (Hillis-Steele).
-    red_f[lid] = kept;
-    workgroupBarrier();
-    for (var d = 1u; d < THREADS; d <<= 1u) {
-        var add = 0.0;
-        if lid >= d {
-            add = red_f[lid - d];
-        }
-        workgroupBarrier();
-        red_f[lid] += add;
-        workgroupBarrier();
-    }
-    let incl = red_f[lid];
-    let all = red_f[THREADS - 1u];
+    // Inclusive prefix sum of the segment masses, and their total.
+    let sums = wg_inclusive_sum(lid, kept);
+    let incl = sums.x;
+    let all = sums.y;
     let r = hash(s.seed ^ hash(s.step));
     let u = f32(r >> 8u) * (1.0 / 16777216.0) * all;
     let excl = incl - kept;
@@ -322,15 +239,8 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         }
     }
     // Several segments can claim u on exact boundaries: the lowest id wins.
-    red_u[lid] = pick;
-    workgroupBarrier();
-    for (var st = THREADS / 2u; st > 0u; st >>= 1u) {
-        if lid < st {
-            red_u[lid] = min(red_u[lid], red_u[lid + st]);
-        }
-        workgroupBarrier();
-    }
+    let id = wg_min(lid, pick);
     if lid == 0u {
-        out[p.out_offset + b] = red_u[0];
+        out[p.out_offset + b] = id;
     }
 }

@@ -86,8 +86,8 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// Invocations per sequence for this adapter: one SIMD group on CPU adapters (barriers
-/// are cheap within it), 256 on GPUs.
+/// Invocations per sequence for this adapter: one SIMD group on CPU adapters (reducing by
+/// subgroup operations where the adapter has them), 256 on GPUs.
 pub fn threads_for(ctx: &Context) -> u32 {
     if ctx.cpu_kernels() {
         8
@@ -158,7 +158,12 @@ pub fn sample_with(
     // Every row starts on 16 bytes: quads of logits load as one vec4.
     let v4 = logits.offset % 4 == 0 && logits.stride % 4 == 0;
     let constants = [("THREADS", threads as f64), ("V4", v4 as u8 as f64)];
-    let pipeline = ctx.pipeline("sample", "sample", &constants)?;
+    // One subgroup holds the workgroup: reduce with subgroup operations, no barriers.
+    let module = match ctx.fixed_subgroup_size().is_some_and(|s| s >= threads) {
+        true => "sample_subgroup",
+        false => "sample",
+    };
+    let pipeline = ctx.pipeline(module, "sample", &constants)?;
     let uniform = ctx.uniform("sample params", &params)?;
     graph.dispatch(
         ctx,
