@@ -20,8 +20,10 @@
 //               grid (groups, rows split over y/z).
 //   norm_lanes: one workgroup of 8 (one SIMD group on llvmpipe) per (row, group); each
 //               invocation reads every eighth quad of the group (as one vec4 when X4) and
-//               the eight partial sums meet in workgroup memory: the fast pattern on CPU
-//               adapters, where every load costs a loop over the SIMD lanes.
+//               the eight partial sums meet by group_sum (shaders/common/group_sum_*.wgsl:
+//               workgroup memory, or one subgroupAdd in the registry's
+//               `layer_norm_subgroup`): the fast pattern on CPU adapters, where every load
+//               costs a loop over the SIMD lanes.
 //               grid (groups, rows split over y/z).
 //
 // X4 (override): x_offset, x_stride and group are multiples of 4, so x is read as vec4
@@ -174,20 +176,6 @@ fn norm_coop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
 }
 
-var<workgroup> lane_part: array<f32, 8>;
-
-// Sum of `v` over the 8 invocations; every invocation gets the same result.
-fn lanes_sum(lane: u32, v: f32) -> f32 {
-    lane_part[lane] = v;
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        total += lane_part[i];
-    }
-    workgroupBarrier();
-    return total;
-}
-
 // x[b .. b + 4], zero past `len` elements (b is 16-byte aligned when X4).
 fn x_quad(b: u32, len: u32) -> vec4<f32> {
     if X4 {
@@ -217,7 +205,7 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
         for (var e = 4u * lane; e < p.group; e += 32u) {
             sum += dot(x_quad(xb + e, p.group - e), vec4<f32>(1.0));
         }
-        mean = lanes_sum(lane, sum) / n;
+        mean = group_sum(lane, 8u, sum) / n;
     }
     var sq = 0.0;
     for (var e = 4u * lane; e < p.group; e += 32u) {
@@ -226,7 +214,7 @@ fn norm_lanes(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id)
         let d = select(vec4<f32>(0.0), x_quad(xb + e, len) - mean, live);
         sq += dot(d, d);
     }
-    let inv = inverseSqrt(lanes_sum(lane, sq) / n + p.eps);
+    let inv = inverseSqrt(group_sum(lane, 8u, sq) / n + p.eps);
     let sb = p.side_offset + row * p.side_stride + c0;
     for (var e = 4u * lane; e < p.group; e += 32u) {
         let len = p.group - e;

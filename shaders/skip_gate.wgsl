@@ -3,7 +3,9 @@
 // and, in norm_skip_gate, the same with h first normalised in groups of `group` columns
 // (the cell output's MultiHeadLayerNorm: mean and biased variance per group, then
 // * gamma, gamma = norm_w or 1 + norm_w with weight_offset): one workgroup of WG per
-// (row, group), grid (cols / group, rows split over y and z).
+// (row, group), grid (cols / group, rows split over y and z), whose sums meet by group_sum
+// (shaders/common/group_sum_*.wgsl: workgroup memory, or one subgroupAdd in the registry's
+// `skip_gate_subgroup`).
 // over (rows, cols) views of f32 buffers: element (r, c) of view v at v_offset + r * v_stride
 // + c; w is (cols). Grid: (ceil(cols / 64), rows split over y and z: row = wid.y + wid.z *
 // 65535).
@@ -75,20 +77,6 @@ fn gate(r: u32, c: u32, hv: f32) -> f32 {
     let xv = xc[p.xc_offset + r * p.xc_stride + c];
     let zv = z[p.z_offset + r * p.z_stride + c];
     return (hv + w[c] * xv) * silu(zv);
-}
-
-var<workgroup> partial: array<f32, 64>;
-
-// Sum of v over the workgroup (every invocation gets it).
-fn group_sum(lid: u32, v: f32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < WG; i++) {
-        total += partial[i];
-    }
-    workgroupBarrier();
-    return total;
 }
 
 // Elements i .. i + 3 of h, xc, z (row elements) or w, norm_w (columns), of which the first
@@ -176,7 +164,7 @@ fn norm_skip_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         for (var e = 4u * lid; e < p.group; e += 4u * WG) {
             sum += dot(h_quad(hb + e, p.group - e), vec4<f32>(1.0));
         }
-        mean = group_sum(lid, sum) / n;
+        mean = group_sum(lid, WG, sum) / n;
     }
     var sq = 0.0;
     for (var e = 4u * lid; e < p.group; e += 4u * WG) {
@@ -185,7 +173,7 @@ fn norm_skip_gate(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
         let d = select(vec4<f32>(0.0), h_quad(hb + e, len) - mean, live);
         sq += dot(d, d);
     }
-    let inv = inverseSqrt(group_sum(lid, sq) / n + p.eps);
+    let inv = inverseSqrt(group_sum(lid, WG, sq) / n + p.eps);
     for (var e = 4u * lid; e < p.group; e += 4u * WG) {
         let len = p.group - e;
         let c = c0 + e;

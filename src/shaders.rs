@@ -67,7 +67,8 @@ pub const SHADERS: &[ShaderSource] = registry![
         + "weights" + "soft_cap" + "activation" + "matmul" + "inputs_glu" + "words32",
     "gemv_subgroup" as "gemv_subgroup64_glu": subgroups int64
         + "weights" + "soft_cap" + "activation" + "matmul" + "inputs_glu" + "words64",
-    "layer_norm" + "activation",
+    "layer_norm" + "activation" + "group_sum_shared",
+    "layer_norm" as "layer_norm_subgroup": subgroups + "activation" + "group_sum_subgroup",
     "elementwise" + "activation",
     "bandwidth_probe" + "words32",
     "bandwidth_probe" as "bandwidth_probe64": int64 + "words64",
@@ -91,7 +92,8 @@ pub const SHADERS: &[ShaderSource] = registry![
     "mlstm_chunk" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",
     "mlstm_chunk_wide" + "soft_cap" + "mlstm_cell" + "mlstm_chunk",
     "mlstm_expert",
-    "skip_gate",
+    "skip_gate" + "group_sum_shared",
+    "skip_gate" as "skip_gate_subgroup": subgroups + "group_sum_subgroup",
 ];
 
 /// Looks a shader up by name.

@@ -330,6 +330,14 @@ impl Context {
             .then_some(info.subgroup_min_size)
     }
 
+    /// Whether one subgroup holds a whole workgroup of `invocations`: the SUBGROUP feature
+    /// with one fixed subgroup size of at least that many. Kernels then reduce and share
+    /// values across their workgroup by subgroup operations, without workgroup memory or
+    /// barriers (which llvmpipe implements by switching coroutines).
+    pub fn subgroup_holds(&self, invocations: u32) -> bool {
+        self.fixed_subgroup_size().is_some_and(|s| s >= invocations)
+    }
+
     /// What shaders may use on this device (for naga validation).
     pub fn shader_capabilities(&self) -> naga::valid::Capabilities {
         self.inner.shader_caps

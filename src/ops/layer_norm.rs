@@ -275,7 +275,12 @@ fn record(
             .view()
             .is_none_or(|c| c.offset % 4 == 0 && c.stride % 4 == 0);
     let constants = [("X4", x4 as u8 as f64), ("Y4", y4 as u8 as f64)];
-    let pipeline = ctx.pipeline("layer_norm", entry, &constants)?;
+    // norm_lanes' eight invocations sum by one subgroupAdd where one subgroup holds them.
+    let module = match kernel == NormKernel::Lanes && ctx.subgroup_holds(8) {
+        true => "layer_norm_subgroup",
+        false => "layer_norm",
+    };
+    let pipeline = ctx.pipeline(module, entry, &constants)?;
     let uniform = ctx.uniform("norm params", &params)?;
     let weight = norm.weight.map_or(x.tensor, |w| w);
     let bias = norm.bias.map_or(x.tensor, |b| b);

@@ -102,7 +102,7 @@ impl MatmulKernel {
 
     /// Whether the device can run this variant.
     pub fn available(self, ctx: &Context) -> bool {
-        (!self.is_subgroup() || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8))
+        (!self.is_subgroup() || ctx.subgroup_holds(8))
             && (!self.is_wide() || ctx.shader_int64())
     }
 

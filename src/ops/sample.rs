@@ -159,7 +159,7 @@ pub fn sample_with(
     let v4 = logits.offset % 4 == 0 && logits.stride % 4 == 0;
     let constants = [("THREADS", threads as f64), ("V4", v4 as u8 as f64)];
     // One subgroup holds the workgroup: reduce with subgroup operations, no barriers.
-    let module = match ctx.fixed_subgroup_size().is_some_and(|s| s >= threads) {
+    let module = match ctx.subgroup_holds(threads) {
         true => "sample_subgroup",
         false => "sample",
     };

@@ -109,7 +109,7 @@ const SUBGROUP_WORKGROUP: usize = 8;
 /// ~221 to ~140 us for 8 sequences at once.
 fn shares_h_by_subgroup(ctx: &Context, rows: bool, head_dim: usize) -> bool {
     rows && head_dim <= SUBGROUP_WORKGROUP * MAX_UNITS
-        && ctx.fixed_subgroup_size().is_some_and(|s| s >= SUBGROUP_WORKGROUP as u32)
+        && ctx.subgroup_holds(SUBGROUP_WORKGROUP as u32)
 }
 
 /// Whether one head's R (f32) and h fit the adapter's workgroup memory.

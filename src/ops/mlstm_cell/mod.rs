@@ -106,7 +106,7 @@ impl CellKernel {
     /// 8 with subgroup operations, so it needs one subgroup to hold the workgroup (a fixed
     /// subgroup size of at least 8).
     pub fn available(self, ctx: &Context) -> bool {
-        self != CellKernel::RecurrentSimd || ctx.fixed_subgroup_size().is_some_and(|s| s >= 8)
+        self != CellKernel::RecurrentSimd || ctx.subgroup_holds(8)
     }
 
     /// Whether this is one of the chunkwise kernels.
