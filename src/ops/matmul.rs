@@ -102,8 +102,7 @@ impl MatmulKernel {
 
     /// Whether the device can run this variant.
     pub fn available(self, ctx: &Context) -> bool {
-        (!self.is_subgroup() || ctx.subgroup_holds(8))
-            && (!self.is_wide() || ctx.shader_int64())
+        (!self.is_subgroup() || ctx.subgroup_holds(8)) && (!self.is_wide() || ctx.shader_int64())
     }
 
     /// Tokens one workgroup covers (the row grid's `per`).
