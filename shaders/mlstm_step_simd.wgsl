@@ -10,7 +10,8 @@
 // coroutines, is not needed (dropping the two barriers per token made the decode step
 // ~25% faster on lavapipe). On llvmpipe, where every load or store costs a loop over the
 // SIMD lanes, this is several times faster than the other recurrent kernels for decode.
-// `step_held` (below) keeps C and n in private memory over a segment's tokens instead:
+// `step_held` (below) keeps C (in workgroup memory) and n (private) over a segment's
+// tokens instead:
 // prefill of small heads. Both sum q . n alike (`n_rows` then subgroupAdd), so one token
 // gives the same bits through either.
 //
@@ -153,12 +154,18 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
     }
 }
 
-// Rows of C (DK) and columns per invocation that `step_held` holds in private memory.
+// Rows of C (DK) that `step_held` holds per invocation, and where: invocation l's 8-column
+// block, row r, at held[2 HELD_ROWS l + 2 r] (columns 0-3) and the next vec4 (4-7); 16 KiB,
+// WebGPU's guaranteed workgroup memory. Only invocation l touches its region, so no
+// barriers. A private array in its place (the first version) took llvmpipe ~4.8 s to
+// compile, this ~0.2 s, and ran no faster (lavapipe, 2026-12-04: 10.6-11.0 against
+// 10.1-10.2 ms for 512 tokens of 4 heads x 64).
 const HELD_ROWS = 64u;
+var<workgroup> held: array<vec4<f32>, 16u * HELD_ROWS>;
 
 // `step` for heads with DK <= 64 (a multiple of 4) and DV <= 64, the prefill of the
 // NeurIPS blocks' small heads on CPU adapters: each invocation holds its one 8-column block
-// of C (all DK rows) and its 8-row block of n in private memory for the segment's tokens,
+// of C (all DK rows, in `held`) and its 8-row block of n (private) for the segment's tokens,
 // loading them once before the token loop and storing them once after it, where `step`
 // loads and stores C and n at every token. Invocations past DV compute on zeros and store
 // no C.
@@ -181,13 +188,13 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     let j0 = 8u * lane;
     let mine = j0 < dv;
     let len = select(0u, dv - j0, mine);
-    // Row r of this invocation's block at cl[2 r] (columns 0-3) and cl[2 r + 1] (4-7).
-    var cl: array<vec4<f32>, 2u * HELD_ROWS>;
+    // This invocation's region of `held`.
+    let lb = lane * 2u * HELD_ROWS;
     let c0 = nbase * cs4 + 2u * lane;
     if mine {
         for (var r = 0u; r < dk; r++) {
-            cl[2u * r] = c[c0 + r * cs4];
-            cl[2u * r + 1u] = c[c0 + r * cs4 + 1u];
+            held[lb + 2u * r] = c[c0 + r * cs4];
+            held[lb + 2u * r + 1u] = c[c0 + r * cs4 + 1u];
         }
     }
     // This invocation's rows of n (its one 8-row block, at 8 lane) as nq quads.
@@ -227,22 +234,22 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
             let q = qkv_quad(qb + 4u * i);
             let k = p.scale * qkv_quad(kb + 4u * i);
             let r = 8u * i;
-            let c00 = fa * cl[r] + k.x * v0;
-            let c01 = fa * cl[r + 1u] + k.x * v1;
-            let c10 = fa * cl[r + 2u] + k.y * v0;
-            let c11 = fa * cl[r + 3u] + k.y * v1;
-            let c20 = fa * cl[r + 4u] + k.z * v0;
-            let c21 = fa * cl[r + 5u] + k.z * v1;
-            let c30 = fa * cl[r + 6u] + k.w * v0;
-            let c31 = fa * cl[r + 7u] + k.w * v1;
-            cl[r] = c00;
-            cl[r + 1u] = c01;
-            cl[r + 2u] = c10;
-            cl[r + 3u] = c11;
-            cl[r + 4u] = c20;
-            cl[r + 5u] = c21;
-            cl[r + 6u] = c30;
-            cl[r + 7u] = c31;
+            let c00 = fa * held[lb + r] + k.x * v0;
+            let c01 = fa * held[lb + r + 1u] + k.x * v1;
+            let c10 = fa * held[lb + r + 2u] + k.y * v0;
+            let c11 = fa * held[lb + r + 3u] + k.y * v1;
+            let c20 = fa * held[lb + r + 4u] + k.z * v0;
+            let c21 = fa * held[lb + r + 5u] + k.z * v1;
+            let c30 = fa * held[lb + r + 6u] + k.w * v0;
+            let c31 = fa * held[lb + r + 7u] + k.w * v1;
+            held[lb + r] = c00;
+            held[lb + r + 1u] = c01;
+            held[lb + r + 2u] = c10;
+            held[lb + r + 3u] = c11;
+            held[lb + r + 4u] = c20;
+            held[lb + r + 5u] = c21;
+            held[lb + r + 6u] = c30;
+            held[lb + r + 7u] = c31;
             a0 += q.x * c00 + q.y * c10 + q.z * c20 + q.w * c30;
             a1 += q.x * c01 + q.y * c11 + q.z * c21 + q.w * c31;
         }
@@ -259,8 +266,8 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     }
     if mine {
         for (var r = 0u; r < dk; r++) {
-            c[c0 + r * cs4] = cl[2u * r];
-            c[c0 + r * cs4 + 1u] = cl[2u * r + 1u];
+            c[c0 + r * cs4] = held[lb + 2u * r];
+            c[c0 + r * cs4 + 1u] = held[lb + 2u * r + 1u];
         }
     }
     for (var j = 0u; j < nq; j++) {

@@ -1,6 +1,6 @@
 //! The recurrent mLSTM cell kernels (`shaders/mlstm_step.wgsl`, one column of C per
 //! invocation, `shaders/mlstm_step_wide.wgsl`, eight, and `shaders/mlstm_step_simd.wgsl`,
-//! eight per invocation in a workgroup of eight, holding them in private memory over the
+//! eight per invocation in a workgroup of eight, holding them in workgroup memory over the
 //! tokens of a prefill when the heads are small): one workgroup per (head, sequence) loops
 //! over the tokens. Used for decode (N = 1); over N tokens it is the
 //! token-by-token form the chunkwise kernels are measured against. Long inputs are recorded
@@ -50,7 +50,7 @@ pub fn record(
             1,
             vec![],
         ),
-        CellKernel::RecurrentSimd if tokens > 1 && holds_state(state) => (
+        CellKernel::RecurrentSimd if tokens > 1 && holds_state(ctx, state) => (
             "mlstm_step_simd",
             "step_held",
             11 + dk / 2,
@@ -91,14 +91,20 @@ pub fn record(
 
 /// Whether `mlstm_step_simd.wgsl`'s `step_held` fits the state's heads: it holds one
 /// 8-column block of C per invocation (DV <= 64) and DK <= 64 rows (a multiple of 4) in
-/// private memory. Used for more than one token (prefill): at the bundled model's heads
+/// workgroup memory (16 KiB, where the device allows it). Used for more than one token (prefill): at the bundled model's heads
 /// (4 x 64) `moxe bench --profile-prefill` timed it at 7.3-9.3 ms per 128-token prompt
-/// against `step`'s 12.3 (lavapipe, 2026-12-04); for one token it only adds the private
-/// copy.
-fn holds_state(state: &CellState) -> bool {
+/// against `step`'s 12.3 (lavapipe, 2026-12-04, when `step` still had barriers; without
+/// them, 512 tokens of those heads took `step` 13.9-14.8 ms and `step_held` 10.1-10.2); for
+/// one token it only adds the copy.
+fn holds_state(ctx: &Context, state: &CellState) -> bool {
     const HELD_ROWS: usize = 64;
+    // The shader's `held`: 8 invocations x 2 HELD_ROWS vec4.
+    const HELD_BYTES: u32 = 8 * 2 * HELD_ROWS as u32 * 16;
     let dk = state.qk_dim();
-    dk <= HELD_ROWS && dk % 4 == 0 && state.v_dim() <= HELD_ROWS
+    dk <= HELD_ROWS
+        && dk % 4 == 0
+        && state.v_dim() <= HELD_ROWS
+        && ctx.limits().max_compute_workgroup_storage_size >= HELD_BYTES
 }
 
 /// Columns of C per workgroup of `mlstm_step_tiles.wgsl`'s `tile`.
