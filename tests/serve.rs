@@ -261,10 +261,13 @@ fn prompts_read_together_continue_as_prompts_read_alone() {
         ..options()
     });
     let addr = server.addr();
-    // Four prompts of 70 ids (a 64-id chunk, then 6): arriving together, their chunks are
-    // prefilled in batched steps.
-    let prompt =
-        |p: u32| -> Vec<u32> { (0..70u32).map(|i| (i * 53 + p * 977) % 4000 + 30).collect() };
+    // Four prompts of 140 ids (a 128-id chunk, then 12): arriving together, their chunks
+    // are prefilled in batched steps.
+    let prompt = |p: u32| -> Vec<u32> {
+        (0..140u32)
+            .map(|i| (i * 53 + p * 977) % 4000 + 30)
+            .collect()
+    };
     let request = |p: u32| {
         json!({"prompt": prompt(p), "max_tokens": 12, "temperature": 0.8, "seed": p,
                "ignore_eos": true})
@@ -562,7 +565,7 @@ fn a_cached_prefix_continues_exactly() {
         cache_bytes: 0,
         ..options()
     });
-    // 150 prompt ids (not a multiple of the 64-token prefill chunk), then 20 more.
+    // 150 prompt ids (not a multiple of the 128-token prefill chunk), then 20 more.
     let head: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 4000 + 50).collect();
     let mut whole = head.clone();
     whole.extend((0..20u32).map(|i| (i * 13 + 7) % 4000 + 50));

@@ -269,7 +269,7 @@ fn the_model_is_shared_by_sessions_on_several_threads() {
 #[test]
 fn a_batched_prefill_leaves_each_session_where_its_own_prefill_does() {
     let model = default_model(6);
-    // 37 ids each: chunks of 32, 4 and 1 (the default chunk is 64).
+    // 37 ids each: chunks of 32, 4 and 1 (the default chunk is 128).
     let prompts: Vec<Vec<u32>> = (0..3u32)
         .map(|p| {
             (0..37u32)

@@ -30,7 +30,9 @@ pub struct LoadOptions {
     /// Sequences whose state the model holds at once (sessions, batch members).
     pub max_sequences: usize,
     /// Prompt tokens per prefill submission (a power of two; longer prompts are split so
-    /// that no single submission runs for seconds).
+    /// that no single submission runs for seconds). Default 128: on lavapipe the bundled
+    /// model prefilled 128-token prompts 3-4% faster than in chunks of 64 (2026-12-04, four
+    /// runs each, interleaved), each chunk paying every kernel's dispatch once.
     pub prefill_chunk: usize,
     /// Told the bytes of weight matrices written to the GPU so far and the total, as they
     /// stream (for a progress bar on large models).
@@ -53,7 +55,7 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: None,
             max_sequences: 8,
-            prefill_chunk: 64,
+            prefill_chunk: 128,
             progress: None,
         }
     }
