@@ -1,18 +1,17 @@
 // mLSTM cell, recurrent form, for CPU adapters (same math and layouts as mlstm_step.wgsl;
 // read that file first): ONE workgroup of 8 invocations (one SIMD group on llvmpipe) per
-// (head, sequence), no workgroup memory and no barriers. Invocation `lane` owns the
-// 8-column blocks lane, lane + 8, .. of C (two aligned vec4 per row: c_stride is a multiple
-// of 8) and walks the rows four at a time with q and k read as vec4; it also owns the
-// 8-row blocks lane, lane + 8, .. of n, updates them and sums their share of q . n, and
-// the shares meet by subgroupAdd. The host runs these kernels only where one subgroup
-// holds the whole workgroup (a fixed subgroup size of at least 8): then no invocation
-// reads what another writes, and a barrier, which llvmpipe implements by switching
-// coroutines, is not needed (dropping the two barriers per token made the decode step
-// ~25% faster on lavapipe). On llvmpipe, where every load or store costs a loop over the
-// SIMD lanes, this is several times faster than the other recurrent kernels for decode.
-// `step_held` (below) keeps C (in workgroup memory) and n (private) over a segment's
-// tokens instead:
-// prefill of small heads. Both sum q . n alike (`n_rows` then subgroupAdd), so one token
+// (head, sequence), no barriers. Invocation `lane` owns the 8-column blocks lane, lane + 8,
+// .. of C (two aligned vec4 per row: c_stride is a multiple of 8) and walks the rows four
+// at a time with q and k read as vec4; it also owns the 8-row blocks lane, lane + 8, .. of
+// n, updates them and sums their share of q . n, and the shares meet by subgroupAdd. The
+// host runs these kernels only where one subgroup holds the whole workgroup (a fixed
+// subgroup size of at least 8): then no invocation reads what another writes, and a
+// barrier, which llvmpipe implements by switching coroutines, is not needed (dropping the
+// two barriers per token made the decode step ~25% faster on lavapipe). On llvmpipe, where
+// every load or store costs a loop over the SIMD lanes, `step` is several times faster than
+// the other recurrent kernels for decode. `step_held` (below) keeps C (in workgroup memory)
+// and n (private) over a segment's tokens instead: prefill of small heads. Both sum q . n
+// alike (each invocation's quads of its rows of n in order, then subgroupAdd), so one token
 // gives the same bits through either.
 //
 // VEC4 (override): qkv_offset, qkv_stride and DK are multiples of 4, so q and k are read as
@@ -225,9 +224,14 @@ fn held_load(r: u32) -> array<vec4<f32>, 8> {
 }
 
 fn held_store(r: u32, cq: array<vec4<f32>, 8>) {
-    for (var e = 0u; e < 8u; e++) {
-        held[r + e] = cq[e];
-    }
+    held[r] = cq[0];
+    held[r + 1u] = cq[1];
+    held[r + 2u] = cq[2];
+    held[r + 3u] = cq[3];
+    held[r + 4u] = cq[4];
+    held[r + 5u] = cq[5];
+    held[r + 6u] = cq[6];
+    held[r + 7u] = cq[7];
 }
 
 // h of token `tok` for this invocation's columns j0 .. j0 + len (at most 8), from q^T C in a.
@@ -251,10 +255,11 @@ fn held_h(tok: HeldToken, hd: u32, j0: u32, len: u32, a: array<vec4<f32>, 2>) {
 // loaded once, updated for the four in turn, stored once; the last few one per pass): the
 // same arithmetic, element for element, as one pass per token, with a quarter of the
 // accesses to `held` (lavapipe, 512 tokens of 4 heads x 64: 10.1 ms one token per pass,
-// 7.7 two, 5.2 four). Invocations past DV compute on zeros and store no C.
+// 7.7 two, 5.2 four). Invocations past DV own no columns: they skip the passes over C.
 //
 // Loop iterations of one invocation, counting one more for each loop's exit: at most
-// 2 * (DK + 1) + 6 outside the token loop, 9 + DK / 4 per token.
+// 2 * (DK + 1) + 8 outside the passes, 34 + DK / 4 per pass of four tokens and 10 + DK / 4
+// per token passed alone (at most 3 per segment).
 @compute @workgroup_size(8)
 fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
@@ -267,10 +272,12 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     let dv = p.v_dim;
     let nbase = sh * dk;
     let cs4 = p.c_stride / 4u;
-    let quads = dk / 4u;
     let j0 = 8u * lane;
     let mine = j0 < dv;
     let len = select(0u, dv - j0, mine);
+    // Row quads of C this invocation passes over: none past DV (its region of `held` is
+    // never written).
+    let mine_quads = select(0u, dk / 4u, mine);
     // This invocation's region of `held`.
     let lb = lane * 2u * HELD_ROWS;
     let c0 = nbase * cs4 + 2u * lane;
@@ -300,7 +307,7 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
         var ay = array<vec4<f32>, 2>();
         var az = array<vec4<f32>, 2>();
         var aw = array<vec4<f32>, 2>();
-        for (var i = 0u; i < quads; i++) {
+        for (var i = 0u; i < mine_quads; i++) {
             let r = lb + 8u * i;
             held_store(r, held_quad(held_quad(held_quad(held_quad(held_load(r), x, i, &ax), y, i, &ay), z, i, &az), w, i, &aw));
         }
@@ -313,17 +320,7 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     for (; t < end; t++) {
         let x = held_token(b * p.tokens + t, hd, mv, &nl, nq, r0, j0, len);
         var ax = array<vec4<f32>, 2>();
-        for (var i = 0u; i < quads; i++) {
-            let r = lb + 8u * i;
-            held_store(r, held_quad(held_load(r), x, i, &ax));
-        }
-        held_h(x, hd, j0, len, ax);
-        mv = x.m_new;
-    }
-    if t < end {
-        let x = held_token(b * p.tokens + t, hd, mv, &nl, nq, r0, j0, len);
-        var ax = array<vec4<f32>, 2>();
-        for (var i = 0u; i < quads; i++) {
+        for (var i = 0u; i < mine_quads; i++) {
             let r = lb + 8u * i;
             held_store(r, held_quad(held_load(r), x, i, &ax));
         }

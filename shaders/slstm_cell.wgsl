@@ -64,7 +64,8 @@ override RSTRIDE: u32 = 16u;
 override SHARED: bool = false;
 // Floats of workgroup memory for R: 4 * DH * DH when SHARED, else 1.
 override RS_LEN: u32 = 1u;
-// h_prev as scalars (columns: DH, rows: 1) and as vec4 (rows: RSTRIDE / 4, columns: 1).
+// h_prev as scalars (columns: DH, rows: 1) and as vec4 (rows: RSTRIDE / 4, columns: 1): the
+// sizes of common/slstm_h_shared.wgsl's workgroup arrays (unused by the subgroup variant).
 override HS_LEN: u32 = 16u;
 override HS4_LEN: u32 = 1u;
 
@@ -196,11 +197,14 @@ fn cell(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var t = 0u; t < p.tokens; t++) {
         let row = b * p.total + p.first + t;
         let pbase = p.pre_offset + row * p.pre_stride + col0;
-        // R h_prev of every unit first, by all invocations together (units past DH read
-        // the last unit's rows and are dropped), as h changes below.
+        // R h_prev of every unit first, as h changes below; with H_BY_SUBGROUP by all
+        // invocations together (the shuffles need them all: units past DH read the last
+        // unit's rows and are dropped).
         var rec = array<vec4<f32>, MAX_UNITS>();
         for (var u = 0u; u < UNITS; u++) {
-            rec[u] = recurrent(head, min(lid + u * WG, DH - 1u), rbase, hn);
+            if H_BY_SUBGROUP || lid + u * WG < DH {
+                rec[u] = recurrent(head, min(lid + u * WG, DH - 1u), rbase, hn);
+            }
         }
         for (var u = 0u; u < UNITS; u++) {
             let j = lid + u * WG;

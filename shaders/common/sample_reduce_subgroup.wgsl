@@ -2,7 +2,9 @@
 // registry's `sample_subgroup`; common/sample_reduce_shared.wgsl is the alternative): valid
 // only where one subgroup holds the whole workgroup, which the host checks (CPU adapters,
 // THREADS = 8). No workgroup memory and no barriers: on llvmpipe a barrier switches
-// coroutines, and a sampled draw took ~25 of them per sequence.
+// coroutines, and a sampled draw took ~25 of them per sequence. The prefix sum takes
+// invocation i of the workgroup to be lane i of its subgroup (as on llvmpipe; see
+// Context::subgroup_holds).
 
 // Largest `v` over the workgroup.
 fn wg_max(lid: u32, v: f32) -> f32 {

@@ -3,6 +3,10 @@
 // memory, written between barriers. hn holds the h of this invocation's units (unit
 // lid + u * WG in component u).
 
+// Whether h is shared by subgroup operations (every invocation must then take part in
+// each recurrent product).
+const H_BY_SUBGROUP = false;
+
 // h_prev as scalars (columns layout) and as vec4 (rows layout).
 var<workgroup> hs: array<f32, HS_LEN>;
 var<workgroup> hs4: array<vec4<f32>, HS4_LEN>;

@@ -4,9 +4,16 @@
 // reads the others' by subgroup shuffles, so no workgroup memory and no barriers. Valid
 // only where one subgroup holds the whole workgroup, with WG a multiple of 4 and without
 // SHARED (nothing here orders the copy of R into workgroup memory): the host runs it on
-// CPU adapters with a fixed subgroup size of at least 8, the rows layout and WG = 8.
+// CPU adapters with a fixed subgroup size of at least 8, the rows layout and WG = 8. The
+// shuffles take invocation i of the workgroup to be lane i of its subgroup (as on llvmpipe;
+// see Context::subgroup_holds).
 
-// h_prev[k] (columns layout).
+// Whether h is shared by subgroup operations (every invocation must then take part in
+// each recurrent product).
+const H_BY_SUBGROUP = true;
+
+// h_prev[k] (columns layout; the host never pairs it with this variant, it is here so that
+// the module is whole).
 fn h_one(k: u32, hn: vec4<f32>) -> f32 {
     return subgroupShuffle(hn[k / WG], k % WG);
 }

@@ -64,7 +64,7 @@ pub struct ModelBenchArgs {
     /// Also time one prefill of the prompt per kernel.
     #[arg(long)]
     pub profile_prefill: bool,
-    /// Also time the batched decode steps (`--batch` sequences) per kernel.
+    /// Also time the batched decode steps (`--batch` sequences, at least 2) per kernel.
     #[arg(long)]
     pub profile_batch: bool,
     /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.

@@ -350,12 +350,13 @@ pub fn slstm_cell(
     }
     let dh = w.head_dim;
     let rows = w.kernel == CellKernel::Rows;
-    let by_subgroup = shares_h_by_subgroup(ctx, rows, dh);
+    let shared = w.uses_workgroup_memory(ctx);
+    // The subgroup variant does not order the SHARED copy of R (columns only) either.
+    let by_subgroup = !shared && shares_h_by_subgroup(ctx, rows, dh);
     let workgroup = match by_subgroup {
         true => SUBGROUP_WORKGROUP,
         false => dh.next_multiple_of(8).min(MAX_WORKGROUP),
     };
-    let shared = w.uses_workgroup_memory(ctx);
     let stride = w.r.stride();
     let units = dh.div_ceil(workgroup);
     let per_token = if rows {

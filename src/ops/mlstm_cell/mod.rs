@@ -47,8 +47,9 @@ pub enum CellKernel {
     Recurrent,
     /// Token by token, eight columns of C per invocation (`mlstm_step_wide.wgsl`).
     RecurrentWide,
-    /// Token by token, one workgroup of 8 invocations per head, no workgroup reductions
-    /// (`mlstm_step_simd.wgsl`): CPU adapters.
+    /// Token by token, one workgroup of 8 invocations per head, reducing by subgroupAdd
+    /// without barriers (`mlstm_step_simd.wgsl`): CPU adapters whose subgroups hold the
+    /// workgroup ([`CellKernel::available`]).
     RecurrentSimd,
     /// One token per pair of dispatches, each head's columns of C spread over workgroups
     /// of 32 columns (`mlstm_step_tiles.wgsl`): GPUs, decode at DH >= 128.

@@ -91,11 +91,10 @@ pub fn record(
 
 /// Whether `mlstm_step_simd.wgsl`'s `step_held` fits the state's heads: it holds one
 /// 8-column block of C per invocation (DV <= 64) and DK <= 64 rows (a multiple of 4) in
-/// workgroup memory (16 KiB, where the device allows it). Used for more than one token (prefill): at the bundled model's heads
-/// (4 x 64) `moxe bench --profile-prefill` timed it at 7.3-9.3 ms per 128-token prompt
-/// against `step`'s 12.3 (lavapipe, 2026-12-04, when `step` still had barriers; without
-/// them, 512 tokens of those heads took `step` 13.9-14.8 ms and `step_held` 10.1-10.2); for
-/// one token it only adds the copy.
+/// workgroup memory (16 KiB, where the device allows it). Used for more than one token
+/// (prefill): on lavapipe (2026-12-04), 512 tokens of 4 heads x 64 took `step` 13.9-14.8
+/// ms and `step_held` 10.1-10.2 with one token per pass over C, 5.2 with four; for one
+/// token it only adds the copy.
 fn holds_state(ctx: &Context, state: &CellState) -> bool {
     const HELD_ROWS: usize = 64;
     // The shader's `held`: 8 invocations x 2 HELD_ROWS vec4.
