@@ -29,6 +29,19 @@ pub fn gpu_kernels() -> &'static Context {
     })
 }
 
+/// A shared context on the same adapter as [`gpu`] without the SUBGROUP feature: on an
+/// adapter that has subgroups it runs the paths of adapters that do not (the plain GEMVs,
+/// the recurrent-wide and chunkwise mLSTM cells, the norms', sLSTM cell's and sampler's
+/// sums through workgroup memory).
+pub fn gpu_without_subgroups() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let mut options = ContextOptions::from_env().expect("MOXE_BACKEND");
+        options.features_off = wgpu::Features::SUBGROUP;
+        Context::new(&options).unwrap_or_else(|e| panic!("no GPU context for tests: {e}"))
+    })
+}
+
 /// A fresh context whose storage bindings hold at most `bytes`, so tensors of a few hundred
 /// elements are split into chunks.
 pub fn gpu_with_binding_limit(bytes: u64) -> Context {

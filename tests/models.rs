@@ -9,7 +9,9 @@ use std::sync::Arc;
 use moxe::checkpoint::Weights;
 use moxe::ops::sample::Sampling;
 use moxe::runtime::{LoadOptions, Model, Session};
-use moxe::testing::{assert_close_rel_max, golden_ids, gpu, gpu_kernels, max_abs_diff};
+use moxe::testing::{
+    assert_close_rel_max, golden_ids, gpu, gpu_kernels, gpu_without_subgroups, max_abs_diff,
+};
 use moxe::{Context, DType};
 
 fn fixtures() -> Vec<PathBuf> {
@@ -85,6 +87,12 @@ fn f32_logits_match_the_reference_for_every_fixture() {
 fn the_gpu_kernels_match_the_reference_for_every_fixture() {
     // The kernel variants a GPU chooses (on this adapter, whatever it is), same tolerance.
     f32_logits_match_on(gpu_kernels());
+}
+
+#[test]
+fn the_paths_without_subgroups_match_the_reference_for_every_fixture() {
+    // The CPU family as an adapter without subgroups runs it (same tolerance).
+    f32_logits_match_on(gpu_without_subgroups());
 }
 
 fn f32_logits_match_on(ctx: &Context) {

@@ -76,6 +76,7 @@ impl GpuArgs {
             adapter: self.adapter.clone(),
             max_binding_bytes: None,
             kernels: moxe::context::KernelFamily::from_env()?,
+            features_off: wgpu::Features::empty(),
         })
     }
 }

@@ -39,6 +39,10 @@ pub struct ContextOptions {
     /// ([`Context::is_cpu`]). Both families compute the same results on any adapter; the
     /// tests run the GPU family on CPU adapters to check the GPU paths without a GPU.
     pub kernels: Option<KernelFamily>,
+    /// Optional features not to ask for even where the adapter has them (default none):
+    /// tests leave out SUBGROUP or SHADER_INT64 to run, on an adapter that has them, the
+    /// paths of adapters that do not.
+    pub features_off: wgpu::Features,
 }
 
 /// The two families of kernel variants: memory-access patterns for CPU adapters (one
@@ -74,6 +78,7 @@ impl ContextOptions {
             adapter: std::env::var("MOXE_ADAPTER").ok().filter(|s| !s.is_empty()),
             max_binding_bytes: None,
             kernels: KernelFamily::from_env()?,
+            features_off: wgpu::Features::empty(),
         })
     }
 }
@@ -135,7 +140,12 @@ impl Context {
     /// limits and whichever of [`OPTIONAL_FEATURES`] it has.
     pub fn new(options: &ContextOptions) -> Result<Self> {
         let adapter = select(options.backend, options.adapter.as_deref())?;
-        Self::open(adapter, options.max_binding_bytes, options.kernels)
+        Self::open(
+            adapter,
+            options.max_binding_bytes,
+            options.kernels,
+            options.features_off,
+        )
     }
 
     /// A context on the same adapter through a driver instance of its own, with a device of
@@ -148,6 +158,7 @@ impl Context {
             adapter,
             Some(self.inner.max_binding_bytes),
             Some(self.inner.kernels),
+            OPTIONAL_FEATURES & !self.inner.features,
         )
     }
 
@@ -156,9 +167,11 @@ impl Context {
         adapter: wgpu::Adapter,
         max_binding_bytes: Option<u64>,
         kernels: Option<KernelFamily>,
+        features_off: wgpu::Features,
     ) -> Result<Self> {
         let info = adapter.get_info();
-        let desc = device_descriptor(&adapter);
+        let mut desc = device_descriptor(&adapter);
+        desc.required_features &= !features_off;
         let features = desc.required_features;
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
             Error::RequestDevice {
@@ -333,7 +346,10 @@ impl Context {
     /// Whether one subgroup holds a whole workgroup of `invocations`: the SUBGROUP feature
     /// with one fixed subgroup size of at least that many. Kernels then reduce and share
     /// values across their workgroup by subgroup operations, without workgroup memory or
-    /// barriers (which llvmpipe implements by switching coroutines).
+    /// barriers (which llvmpipe implements by switching coroutines). The kernels that
+    /// shuffle or prefix-sum by position (the sLSTM cell's and the sampler's subgroup
+    /// variants) also take invocation i of a one-dimensional workgroup to be lane i of its
+    /// subgroup, as llvmpipe and the GPUs we know lay them out (WGSL does not promise it).
     pub fn subgroup_holds(&self, invocations: u32) -> bool {
         self.fixed_subgroup_size().is_some_and(|s| s >= invocations)
     }

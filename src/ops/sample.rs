@@ -252,23 +252,32 @@ pub fn reference(logits: &[f32], s: &Sampling, step: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{gpu, Rng};
+    use crate::testing::{gpu, gpu_without_subgroups, Rng};
 
     /// Samples every row of `logits` (B, V) on the GPU with per-row settings, with each
-    /// workgroup size (all must agree).
+    /// workgroup size, and with 8 invocations on a device without subgroups (where
+    /// [`gpu`] has them, 8 reduce by subgroup operations and the others through workgroup
+    /// memory): all must agree.
     fn run(logits: &[f32], v: usize, settings: &[(Sampling, u32)]) -> Vec<u32> {
         let ids: Vec<Vec<u32>> = [8, 64, 256]
             .iter()
-            .map(|&t| run_with(t, logits, v, settings))
+            .map(|&t| run_with(gpu(), t, logits, v, settings))
             .collect();
         for (t, other) in [64, 256].iter().zip(&ids[1..]) {
             assert_eq!(&ids[0], other, "{t} threads disagree with 8");
         }
+        let plain = run_with(gpu_without_subgroups(), 8, logits, v, settings);
+        assert_eq!(ids[0], plain, "8 threads without subgroups disagree");
         ids.into_iter().next().unwrap()
     }
 
-    fn run_with(threads: u32, logits: &[f32], v: usize, settings: &[(Sampling, u32)]) -> Vec<u32> {
-        let ctx = gpu();
+    fn run_with(
+        ctx: &Context,
+        threads: u32,
+        logits: &[f32],
+        v: usize,
+        settings: &[(Sampling, u32)],
+    ) -> Vec<u32> {
         let b = settings.len();
         let lt = Tensor::from_f32(ctx, "logits", &[b, v], logits).unwrap();
         let words: Vec<u32> = settings
