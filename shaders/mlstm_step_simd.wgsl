@@ -42,6 +42,63 @@ fn qkv_tail(b: u32, e: u32, len: u32) -> f32 {
     return 0.0;
 }
 
+// One token of a pass over an 8-column block of C (`step` and `step_held`): its stabilised
+// gates, q . n' turned into the denominator, and the block's i' v.
+struct BlockToken {
+    row: u32,
+    // q and k of the head at qkv[qb ..] and qkv[kb ..].
+    qb: u32,
+    kb: u32,
+    fa: f32,
+    // i' v of the block's eight columns (zero past DV).
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    den: f32,
+    m_new: f32,
+}
+
+// i' v of the eight columns j0 .. j0 + 8 of token `row` (of which the first len exist).
+fn block_v(row: u32, hd: u32, j0: u32, len: u32, ia: f32) -> array<vec4<f32>, 2> {
+    let vb = v_at(row, hd, j0);
+    return array<vec4<f32>, 2>(
+        ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len)),
+        ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len)),
+    );
+}
+
+// Rows 4 i .. 4 i + 3 of a block of C (cq: columns 0-3 then 4-7 of each row) after token
+// `tok`, with their share of q^T C added into a (columns 0-3, 4-7).
+fn quad_update(cq: array<vec4<f32>, 8>, tok: BlockToken, i: u32, a: ptr<function, array<vec4<f32>, 2>>) -> array<vec4<f32>, 8> {
+    let q = qkv_quad(tok.qb + 4u * i);
+    let k = p.scale * qkv_quad(tok.kb + 4u * i);
+    let c = array<vec4<f32>, 8>(
+        tok.fa * cq[0] + k.x * tok.v0,
+        tok.fa * cq[1] + k.x * tok.v1,
+        tok.fa * cq[2] + k.y * tok.v0,
+        tok.fa * cq[3] + k.y * tok.v1,
+        tok.fa * cq[4] + k.z * tok.v0,
+        tok.fa * cq[5] + k.z * tok.v1,
+        tok.fa * cq[6] + k.w * tok.v0,
+        tok.fa * cq[7] + k.w * tok.v1,
+    );
+    (*a)[0] += q.x * c[0] + q.y * c[2] + q.z * c[4] + q.w * c[6];
+    (*a)[1] += q.x * c[1] + q.y * c[3] + q.z * c[5] + q.w * c[7];
+    return c;
+}
+
+// h of token `tok` for the columns j0 .. j0 + min(len, 8), from q^T C in a.
+fn block_h(tok: BlockToken, hd: u32, j0: u32, len: u32, a: array<vec4<f32>, 2>) {
+    let hb = h_at(tok.row, hd, j0);
+    for (var e = 0u; e < 4u; e++) {
+        if e < len {
+            h[hb + e] = a[0][e] / tok.den;
+        }
+        if e + 4u < len {
+            h[hb + 4u + e] = a[1][e] / tok.den;
+        }
+    }
+}
+
 @compute @workgroup_size(8)
 fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let hd = wid.x;
@@ -64,8 +121,7 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
         let kb = k_at(row, hd, 0u);
         let g = gate_step(row, hd, mv);
         let fa = g.fa;
-        let ia = g.ia;
-        let ik = ia * p.scale;
+        let ik = g.ia * p.scale;
 
         // q . n' (n' = fa n + ia k scale), each invocation updating its own rows of n.
         var qn = 0.0;
@@ -93,58 +149,40 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
         for (var blk = lane; blk < blocks; blk += 8u) {
             let j0 = 8u * blk;
             let len = dv - j0;
-            // i' v of the eight columns, zero past DV.
-            let vb = v_at(row, hd, j0);
-            let v0 = ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
-            let v1 = ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len));
-            var a0 = vec4<f32>(0.0);
-            var a1 = vec4<f32>(0.0);
+            let v = block_v(row, hd, j0, len, g.ia);
+            let tok = BlockToken(row, qb, kb, g.fa, v[0], v[1], den, g.m_new);
+            var a = array<vec4<f32>, 2>();
             var ci = nbase * cs4 + 2u * blk;
             var r = 0u;
             // Four rows per iteration (q and k of the rows as one vec4 each), then the rest.
             for (; r < d4; r += 4u) {
-                let q = qkv_quad(qb + r);
-                let k = p.scale * qkv_quad(kb + r);
-                let c00 = fa * c[ci] + k.x * v0;
-                let c01 = fa * c[ci + 1u] + k.x * v1;
-                let c10 = fa * c[ci + cs4] + k.y * v0;
-                let c11 = fa * c[ci + cs4 + 1u] + k.y * v1;
-                let c20 = fa * c[ci + 2u * cs4] + k.z * v0;
-                let c21 = fa * c[ci + 2u * cs4 + 1u] + k.z * v1;
-                let c30 = fa * c[ci + 3u * cs4] + k.w * v0;
-                let c31 = fa * c[ci + 3u * cs4 + 1u] + k.w * v1;
-                c[ci] = c00;
-                c[ci + 1u] = c01;
-                c[ci + cs4] = c10;
-                c[ci + cs4 + 1u] = c11;
-                c[ci + 2u * cs4] = c20;
-                c[ci + 2u * cs4 + 1u] = c21;
-                c[ci + 3u * cs4] = c30;
-                c[ci + 3u * cs4 + 1u] = c31;
-                a0 += q.x * c00 + q.y * c10 + q.z * c20 + q.w * c30;
-                a1 += q.x * c01 + q.y * c11 + q.z * c21 + q.w * c31;
+                let cq = array<vec4<f32>, 8>(
+                    c[ci], c[ci + 1u], c[ci + cs4], c[ci + cs4 + 1u],
+                    c[ci + 2u * cs4], c[ci + 2u * cs4 + 1u], c[ci + 3u * cs4], c[ci + 3u * cs4 + 1u],
+                );
+                let nc = quad_update(cq, tok, r / 4u, &a);
+                c[ci] = nc[0];
+                c[ci + 1u] = nc[1];
+                c[ci + cs4] = nc[2];
+                c[ci + cs4 + 1u] = nc[3];
+                c[ci + 2u * cs4] = nc[4];
+                c[ci + 2u * cs4 + 1u] = nc[5];
+                c[ci + 3u * cs4] = nc[6];
+                c[ci + 3u * cs4 + 1u] = nc[7];
                 ci += 4u * cs4;
             }
             for (; r < dk; r++) {
                 let q = qkv[qb + r];
                 let k = p.scale * qkv[kb + r];
-                let c0 = fa * c[ci] + k * v0;
-                let c1 = fa * c[ci + 1u] + k * v1;
+                let c0 = g.fa * c[ci] + k * tok.v0;
+                let c1 = g.fa * c[ci + 1u] + k * tok.v1;
                 c[ci] = c0;
                 c[ci + 1u] = c1;
-                a0 += q * c0;
-                a1 += q * c1;
+                a[0] += q * c0;
+                a[1] += q * c1;
                 ci += cs4;
             }
-            let hb = h_at(row, hd, j0);
-            for (var e = 0u; e < 4u; e++) {
-                if e < len {
-                    h[hb + e] = a0[e] / den;
-                }
-                if e + 4u < len {
-                    h[hb + 4u + e] = a1[e] / den;
-                }
-            }
+            block_h(tok, hd, j0, len, a);
         }
         mv = g.m_new;
     }
@@ -162,25 +200,11 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
 const HELD_ROWS = 64u;
 var<workgroup> held: array<vec4<f32>, 16u * HELD_ROWS>;
 
-// One token of `step_held` before its pass over C: the stabilised gates, this invocation's
-// rows of n updated in nl, q . n' summed as `step` sums it, and what the pass needs.
-struct HeldToken {
-    row: u32,
-    // q and k of the head at qkv[qb ..] and qkv[kb ..].
-    qb: u32,
-    kb: u32,
-    fa: f32,
-    // i' v of this invocation's eight columns (zero past DV).
-    v0: vec4<f32>,
-    v1: vec4<f32>,
-    den: f32,
-    m_new: f32,
-}
-
-// Token `row` of head hd from the stabiliser mv; nl holds this invocation's nq quads of n
-// (rows r0 ..), j0 and len its first column and how many of its eight exist. Every
-// invocation calls it together (subgroupAdd).
-fn held_token(row: u32, hd: u32, mv: f32, nl: ptr<function, array<vec4<f32>, 2>>, nq: u32, r0: u32, j0: u32, len: u32) -> HeldToken {
+// Token `row` of head hd for `step_held`, from the stabiliser mv: this invocation's rows of
+// n updated in nl (its nq quads, rows r0 ..) and q . n' summed as `step` sums it; j0 and
+// len are its first column and how many of its eight exist. Every invocation calls it
+// together (subgroupAdd).
+fn held_token(row: u32, hd: u32, mv: f32, nl: ptr<function, array<vec4<f32>, 2>>, nq: u32, r0: u32, j0: u32, len: u32) -> BlockToken {
     let qb = q_at(row, hd, 0u);
     let kb = k_at(row, hd, 0u);
     let g = gate_step(row, hd, mv);
@@ -192,30 +216,8 @@ fn held_token(row: u32, hd: u32, mv: f32, nl: ptr<function, array<vec4<f32>, 2>>
         qn += dot(qkv_quad(qb + r0 + 4u * j), nv);
     }
     let den = max(abs(subgroupAdd(qn)), exp(-g.m_new)) + p.eps;
-    let vb = v_at(row, hd, j0);
-    let v0 = g.ia * vec4<f32>(qkv_tail(vb, 0u, len), qkv_tail(vb, 1u, len), qkv_tail(vb, 2u, len), qkv_tail(vb, 3u, len));
-    let v1 = g.ia * vec4<f32>(qkv_tail(vb, 4u, len), qkv_tail(vb, 5u, len), qkv_tail(vb, 6u, len), qkv_tail(vb, 7u, len));
-    return HeldToken(row, qb, kb, g.fa, v0, v1, den, g.m_new);
-}
-
-// Rows 4 i .. 4 i + 3 of this invocation's block of C (cq: columns 0-3 then 4-7 of each
-// row) after token `tok`, with their share of q^T C added into a (columns 0-3, 4-7).
-fn held_quad(cq: array<vec4<f32>, 8>, tok: HeldToken, i: u32, a: ptr<function, array<vec4<f32>, 2>>) -> array<vec4<f32>, 8> {
-    let q = qkv_quad(tok.qb + 4u * i);
-    let k = p.scale * qkv_quad(tok.kb + 4u * i);
-    let c = array<vec4<f32>, 8>(
-        tok.fa * cq[0] + k.x * tok.v0,
-        tok.fa * cq[1] + k.x * tok.v1,
-        tok.fa * cq[2] + k.y * tok.v0,
-        tok.fa * cq[3] + k.y * tok.v1,
-        tok.fa * cq[4] + k.z * tok.v0,
-        tok.fa * cq[5] + k.z * tok.v1,
-        tok.fa * cq[6] + k.w * tok.v0,
-        tok.fa * cq[7] + k.w * tok.v1,
-    );
-    (*a)[0] += q.x * c[0] + q.y * c[2] + q.z * c[4] + q.w * c[6];
-    (*a)[1] += q.x * c[1] + q.y * c[3] + q.z * c[5] + q.w * c[7];
-    return c;
+    let v = block_v(row, hd, j0, len, g.ia);
+    return BlockToken(row, qb, kb, g.fa, v[0], v[1], den, g.m_new);
 }
 
 // The quad of rows at `held` index r (eight vec4), and its store.
@@ -232,19 +234,6 @@ fn held_store(r: u32, cq: array<vec4<f32>, 8>) {
     held[r + 5u] = cq[5];
     held[r + 6u] = cq[6];
     held[r + 7u] = cq[7];
-}
-
-// h of token `tok` for this invocation's columns j0 .. j0 + len (at most 8), from q^T C in a.
-fn held_h(tok: HeldToken, hd: u32, j0: u32, len: u32, a: array<vec4<f32>, 2>) {
-    let hb = h_at(tok.row, hd, j0);
-    for (var e = 0u; e < 4u; e++) {
-        if e < len {
-            h[hb + e] = a[0][e] / tok.den;
-        }
-        if e + 4u < len {
-            h[hb + 4u + e] = a[1][e] / tok.den;
-        }
-    }
 }
 
 // `step` for heads with DK <= 64 (a multiple of 4) and DV <= 64, the prefill of the
@@ -309,12 +298,12 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
         var aw = array<vec4<f32>, 2>();
         for (var i = 0u; i < mine_quads; i++) {
             let r = lb + 8u * i;
-            held_store(r, held_quad(held_quad(held_quad(held_quad(held_load(r), x, i, &ax), y, i, &ay), z, i, &az), w, i, &aw));
+            held_store(r, quad_update(quad_update(quad_update(quad_update(held_load(r), x, i, &ax), y, i, &ay), z, i, &az), w, i, &aw));
         }
-        held_h(x, hd, j0, len, ax);
-        held_h(y, hd, j0, len, ay);
-        held_h(z, hd, j0, len, az);
-        held_h(w, hd, j0, len, aw);
+        block_h(x, hd, j0, len, ax);
+        block_h(y, hd, j0, len, ay);
+        block_h(z, hd, j0, len, az);
+        block_h(w, hd, j0, len, aw);
         mv = w.m_new;
     }
     for (; t < end; t++) {
@@ -322,9 +311,9 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
         var ax = array<vec4<f32>, 2>();
         for (var i = 0u; i < mine_quads; i++) {
             let r = lb + 8u * i;
-            held_store(r, held_quad(held_load(r), x, i, &ax));
+            held_store(r, quad_update(held_load(r), x, i, &ax));
         }
-        held_h(x, hd, j0, len, ax);
+        block_h(x, hd, j0, len, ax);
         mv = x.m_new;
     }
     if mine {
