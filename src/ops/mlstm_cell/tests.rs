@@ -244,6 +244,24 @@ fn all_kernels_match_the_reference_on_random_shapes() {
 }
 
 #[test]
+fn the_held_prefill_handles_every_tail_and_several_segments() {
+    // step_held (RecurrentSimd over several tokens, DK <= 64) takes four tokens per pass over
+    // C and the rest one at a time: every remainder, and a prompt long enough to be cut
+    // into several dispatches (LOOP_BUDGET), whose later segments start mid-prompt.
+    let mut rng = Rng::new(12);
+    let kernel = CellKernel::RecurrentSimd;
+    if !kernel.available(gpu()) {
+        return;
+    }
+    let shape = CellShape::square(4, 64);
+    for tokens in [2, 3, 4, 5, 6, 7, 8, 1500] {
+        let case = Case::random(&mut rng, 2, shape, tokens, 2.0);
+        let init = warm_states(&mut rng, 2, shape);
+        check(kernel, &case, &init, 1e-4, "held tails");
+    }
+}
+
+#[test]
 fn all_kernels_match_at_paper_scale() {
     // D = 1024 with 4 heads: Di = 2048, DH = 512 (one head here to keep the reference fast).
     // The chunkwise kernels see 400 tokens, the recurrent ones the first 64: several
