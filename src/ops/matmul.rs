@@ -152,11 +152,12 @@ impl MatmulKernel {
             (Coop4, _) => "coop4",
             (Rows8, _) => "rows8",
             (Gemm16, _) => "gemm16",
-            (GemvSubgroup | GemvSubgroup64, RowShape::Any) => "main",
+            (GemvSubgroup | GemvSubgroup64, RowShape::Any | RowShape::Medium) => "main",
             (GemvSubgroup | GemvSubgroup64, RowShape::Short) => "main_short",
             (GemvSubgroup | GemvSubgroup64, RowShape::Few) => "main_few",
             (GemmSubgroup | GemmSubgroup64, RowShape::Any) => "gemm",
             (GemmSubgroup | GemmSubgroup64, RowShape::Short) => "gemm_short",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Medium) => "gemm_medium",
             (GemmSubgroup | GemmSubgroup64, RowShape::Few) => "gemm_few",
         };
         (module, entry)
@@ -638,6 +639,9 @@ enum RowShape {
     Short,
     /// `*_few`: at most 8 rows, K split over the lanes.
     Few,
+    /// `gemm_medium` (the subgroup GEMMs only): dense rows of 192 or 256 weights, whose
+    /// inputs are loaded once per workgroup.
+    Medium,
 }
 
 impl RowShape {
@@ -645,6 +649,15 @@ impl RowShape {
         match kernel.is_subgroup() {
             true if rows <= 8 => RowShape::Few,
             true if dtype.quant().is_none() && (k == 64 || k == 128) => RowShape::Short,
+            true if dtype.quant().is_none()
+                && (k == 192 || k == 256)
+                && matches!(
+                    kernel,
+                    MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64
+                ) =>
+            {
+                RowShape::Medium
+            }
             _ => RowShape::Any,
         }
     }
@@ -663,7 +676,9 @@ fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, shape: Row
     }
     let looping = match kernel {
         MatmulKernel::GemvSubgroup | MatmulKernel::GemvSubgroup64 | MatmulKernel::Gemv => true,
-        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => shape == RowShape::Short,
+        MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 => {
+            matches!(shape, RowShape::Short | RowShape::Medium)
+        }
         _ => false,
     };
     match looping {
@@ -771,6 +786,10 @@ mod tests {
             (37, 128, 2),
             (45, 128, 11),
             (300, 64, 6),
+            // Rows of 192 or 256 weights, whose inputs the subgroup GEMM loads once per
+            // workgroup (`gemm_medium`).
+            (70, 256, 7),
+            (33, 192, 5),
             // At most 8 rows, K split over the lanes (`*_few`).
             (8, 768, 1),
             (5, 203, 6),
@@ -800,6 +819,8 @@ mod tests {
             (64, 40, 1, 0),
             (9, 96, 6, 4),
             (130, 33, 2, 4),
+            // `gemm_medium` (K = 256), as the gated FFNs' down-projections use it.
+            (40, 256, 6, 0),
         ];
         for (i, &(m, k, t, left)) in cases.iter().enumerate() {
             let act = [Activation::Gelu, Activation::Silu][i % 2];
