@@ -261,7 +261,11 @@ fn gemm(
         let kl = k + mine;
         let a = pair(load_x8(t.x, 0u, kl), load_x8(t.y, 0u, kl));
         let b = pair(load_x8(t.z, 0u, kl), load_x8(t.w, 0u, kl));
-        acc = tokens_span(acc, r, k, a, b);
+        if WDT >= 3u {
+            acc = quant_span(acc, r, k, a, b);
+        } else {
+            acc = tokens_span(acc, r, k, a, b);
+        }
     }
     // The last, partial span, as in `main`.
     if k < p.k {
@@ -373,6 +377,70 @@ fn tokens_span(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, a: array<vec4<f32
     s = tokens_block(s, r, k + 40u, lane5(a), lane5(b));
     s = tokens_block(s, r, k + 48u, lane6(a), lane6(b));
     return tokens_block(s, r, k + 56u, lane7(a), lane7(b));
+}
+
+// `tokens_span` for quantised rows: each row's two blocks of 32 weights are loaded once
+// (one or two 16-byte words and a scale word per block, where loading them 8 weights at a
+// time took three times the loads), then dequantised 8 at a time exactly as load_w8 does
+// and added in tokens_span's order, so the products are bit for bit those of tokens_span.
+fn quant_span(acc: array<vec4<f32>, 4>, r: vec4<u32>, k: u32, a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    let lo = held_block(r, k);
+    var s = held_tokens(acc, lo, 0u, lane0(a), lane0(b));
+    s = held_tokens(s, lo, 1u, lane1(a), lane1(b));
+    s = held_tokens(s, lo, 2u, lane2(a), lane2(b));
+    s = held_tokens(s, lo, 3u, lane3(a), lane3(b));
+    let hi = held_block(r, k + 32u);
+    s = held_tokens(s, hi, 0u, lane4(a), lane4(b));
+    s = held_tokens(s, hi, 1u, lane5(a), lane5(b));
+    s = held_tokens(s, hi, 2u, lane6(a), lane6(b));
+    return held_tokens(s, hi, 3u, lane7(a), lane7(b));
+}
+
+// One quantised block of 32 weights of four rows as stored: data words (q8: row i in d[2 i]
+// and d[2 i + 1]; q4: row i in d[i]) and the rows' scale words.
+struct HeldBlock {
+    d: array<vec4<u32>, 8>,
+    s: vec4<u32>,
+}
+
+// The block at k (a multiple of 32) of the four rows r.
+fn held_block(r: vec4<u32>, k: u32) -> HeldBlock {
+    var h: HeldBlock;
+    for (var i = 0u; i < 4u; i++) {
+        let row = w_row(r[i]);
+        let e = row * p.w_stride + k;
+        if WDT == 3u {
+            h.d[2u * i] = w_words(e / 16u);
+            h.d[2u * i + 1u] = w_words(e / 16u + 1u);
+        } else {
+            h.d[i] = w_words(e / 32u);
+        }
+        h.s[i] = scale_word(row, k / 32u);
+    }
+    return h;
+}
+
+// Weights 8 j .. 8 j + 7 of row i of a held block, dequantised as load_w8 does.
+fn held_w8(h: HeldBlock, i: u32, j: u32) -> array<vec4<f32>, 2> {
+    if WDT == 3u {
+        let v = h.d[2u * i + j / 2u];
+        if j % 2u == 0u {
+            return array<vec4<f32>, 2>(dequant_q8(v.x, h.s[i]), dequant_q8(v.y, h.s[i]));
+        }
+        return array<vec4<f32>, 2>(dequant_q8(v.z, h.s[i]), dequant_q8(v.w, h.s[i]));
+    }
+    return dequant_q4(h.d[i][j], h.s[i]);
+}
+
+// `tokens_block` for weights 8 j .. 8 j + 7 of a held block.
+fn held_tokens(acc: array<vec4<f32>, 4>, h: HeldBlock, j: u32, a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+    let wq = array<array<vec4<f32>, 2>, 4>(held_w8(h, 0u, j), held_w8(h, 1u, j), held_w8(h, 2u, j), held_w8(h, 3u, j));
+    return array<vec4<f32>, 4>(
+        acc[0] + rows_dot(wq, array<vec4<f32>, 2>(a[0], a[1])),
+        acc[1] + rows_dot(wq, array<vec4<f32>, 2>(a[2], a[3])),
+        acc[2] + rows_dot(wq, array<vec4<f32>, 2>(b[0], b[1])),
+        acc[3] + rows_dot(wq, array<vec4<f32>, 2>(b[2], b[3])),
+    );
 }
 
 // Stores the four rows r of tokens t0 .. t0 + 3 (those below T).
