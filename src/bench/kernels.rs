@@ -292,8 +292,8 @@ pub fn report(ctx: &Context, budget_secs: f64) -> Result<String> {
 const GEMM_TOKENS: usize = 64;
 
 /// The prefill GEMM at 4096x4096 over [`GEMM_TOKENS`] tokens in bf16 (xLSTM-7B's dtype) with
-/// every many-token kernel of this kind of adapter (the engine's choice marked *): time,
-/// GFLOP/s and weight bytes read per second.
+/// every many-token kernel of this kind of adapter (the engine's choice marked *), then in
+/// f16, q8 and q4 with the engine's choice: time, GFLOP/s and weight bytes read per second.
 fn gemm_report(ctx: &Context, budget_secs: f64) -> Result<String> {
     use MatmulKernel::*;
     let candidates: &[MatmulKernel] = if ctx.cpu_kernels() {
@@ -303,28 +303,25 @@ fn gemm_report(ctx: &Context, budget_secs: f64) -> Result<String> {
     };
     let chosen = MatmulKernel::choose(ctx, GEMM_TOKENS);
     let (rows, cols) = (4096, 4096);
+    let runs = candidates
+        .iter()
+        .filter(|k| k.available(ctx))
+        .map(|&k| (DType::BF16, k))
+        .chain([DType::F16, DType::Q8, DType::Q4].map(|d| (d, chosen)));
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<20} {:>13} {:>10} {:>9} {:>9}",
-        "gemm bf16", "kernel", "time us", "GFLOP/s", "W GB/s"
+        "\n{:<26} {:>13} {:>10} {:>9} {:>9}",
+        "gemm", "kernel", "time us", "GFLOP/s", "W GB/s"
     );
-    for &kernel in candidates.iter().filter(|k| k.available(ctx)) {
-        let r = product(
-            ctx,
-            rows,
-            cols,
-            GEMM_TOKENS,
-            DType::BF16,
-            kernel,
-            budget_secs,
-        )?;
+    for (dtype, kernel) in runs {
+        let r = product(ctx, rows, cols, GEMM_TOKENS, dtype, kernel, budget_secs)?;
         let marked = if kernel == chosen { "*" } else { "" };
         let flops = 2.0 * (rows * cols * GEMM_TOKENS) as f64 / r.seconds / 1e9;
         let _ = writeln!(
             s,
-            "{:<20} {:>13} {:>10.1} {:>9.1} {:>9.2}",
-            format!("{rows}x{cols}, {GEMM_TOKENS} tokens"),
+            "{:<26} {:>13} {:>10.1} {:>9.1} {:>9.2}",
+            format!("{rows}x{cols} {dtype}, {GEMM_TOKENS} tokens"),
             format!("{kernel:?}{marked}").to_lowercase(),
             r.seconds * 1e6,
             flops,
