@@ -235,8 +235,8 @@ fn rows_of(t: u32, q: u32, lane: u32) {
 // so that its lane0 .. lane7 broadcasts (and shuffle16 in the tail) hand block j to all
 // lanes; each block of a row's weights is loaded once and dotted with all four tokens'
 // inputs. So a span costs an invocation 8 input and 32 weight loads (f16) for 1024
-// products, where gemm4 issues 12 loads per 128. Any WDT (quantised blocks are dequantised 8
-// at a time). Written out for four tokens: loops over the tokens (or eight tokens) compiled
+// products, where gemm4 issues 12 loads per 128. Any WDT: quantised rows through
+// quant_span, each block of 32 weights loaded once. Written out for four tokens: loops over the tokens (or eight tokens) compiled
 // ~2 s slower on llvmpipe and ran no faster.
 @compute @workgroup_size(WG)
 fn gemm(
