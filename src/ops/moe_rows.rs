@@ -76,10 +76,15 @@ fn record(
         dst_stride: u32_param("destination stride", dst.2)?,
         dst_offset: u32_param("destination offset", dst.1)?,
     };
-    let pipeline = ctx.pipeline("moe_rows", entry, &[])?;
+    // Four columns per invocation where every row starts on a 16-byte boundary.
+    let vec4 = [cols, src.1, src.2, dst.1, dst.2]
+        .iter()
+        .all(|v| v % 4 == 0);
+    let pipeline = ctx.pipeline("moe_rows", entry, &[("VEC4", vec4 as u8 as f64)])?;
     let uniform = ctx.uniform("moe rows params", &params)?;
+    let per = if vec4 { 4 } else { 1 };
     let grid = RowGrid::YZ {
-        x: cols.div_ceil(64),
+        x: cols.div_ceil(64 * per),
     };
     graph.dispatch(
         ctx,
@@ -91,6 +96,8 @@ fn record(
             weights.binding()?,
             dst.0.binding()?,
             src_slots.binding()?,
+            src.0.binding()?,
+            dst.0.binding()?,
         ],
         grid.workgroups(tokens.len())?,
     )
@@ -275,32 +282,41 @@ mod tests {
     fn gather_and_combine_match_reference_per_chunk() {
         let ctx = gpu();
         let mut rng = Rng::new(21);
-        for &(n, e, k, chunk, d) in &[(1, 4, 2, 1, 37), (130, 8, 2, 64, 70), (9, 64, 64, 9, 3)] {
+        // The last two: rows of whole quads in aligned views (four columns per invocation).
+        let cases: [(usize, usize, usize, usize, usize, usize); 5] = [
+            (1, 4, 2, 1, 37, 1),
+            (130, 8, 2, 64, 70, 1),
+            (9, 64, 64, 9, 3, 1),
+            (130, 8, 2, 64, 128, 4),
+            (5, 4, 3, 5, 12, 4),
+        ];
+        for &(n, e, k, chunk, d, left) in &cases {
             let layout = RouteLayout::new(n, e, k, chunk).unwrap();
             let (_, slots) = routing(&mut rng, &layout);
             let rows = layout.region_rows();
-            // x is columns 1..1+D of a wider buffer, out columns 2..2+D of another.
-            let wide = rng.normal_vec(n * (d + 3), 1.0);
-            let xt = Tensor::from_f32(ctx, "x", &[n, d + 3], &wide).unwrap();
+            // x is columns left..left+D of a wider buffer, out columns ol..ol+D of another.
+            let (wx, ol) = ((d + left + 2).next_multiple_of(left), 2 * left.min(2));
+            let wo = d + 2 * ol;
+            let wide = rng.normal_vec(n * wx, 1.0);
+            let xt = Tensor::from_f32(ctx, "x", &[n, wx], &wide).unwrap();
             let x: Vec<f32> = wide
-                .chunks(d + 3)
-                .flat_map(|r| r[1..1 + d].to_vec())
+                .chunks(wx)
+                .flat_map(|r| r[left..left + d].to_vec())
                 .collect();
             let st = Tensor::from_u32(ctx, "slots", &[n, k], &slots).unwrap();
             let weights = rng.uniform_vec(n * k, 0.0, 1.0);
             let wt = Tensor::from_f32(ctx, "w", &[n, k], &weights).unwrap();
             let expert_out = rng.normal_vec(rows * d, 1.0);
             let ot = Tensor::from_f32(ctx, "expert out", &[rows, d], &expert_out).unwrap();
-            let out =
-                Tensor::from_f32(ctx, "out", &[n, d + 4], &vec![POISON; n * (d + 4)]).unwrap();
+            let out = Tensor::from_f32(ctx, "out", &[n, wo], &vec![POISON; n * wo]).unwrap();
             let what = format!("N={n} E={e} k={k} chunk={chunk} D={d}");
             for c in 0..layout.chunks() {
                 let tokens = layout.chunk_tokens(c);
                 let it = Tensor::from_f32(ctx, "in", &[rows, d], &vec![POISON; rows * d]).unwrap();
                 let mut g = Graph::new();
-                let xv = View::of(&xt).select_cols(1..1 + d);
+                let xv = View::of(&xt).select_cols(left..left + d);
                 gather(ctx, &mut g, xv, &st, tokens.clone(), &it).unwrap();
-                let ov = View::of(&out).select_cols(2..2 + d);
+                let ov = View::of(&out).select_cols(ol..ol + d);
                 combine(ctx, &mut g, &ot, &st, &wt, tokens.clone(), ov).unwrap();
                 ctx.run(&[&g]).unwrap();
                 let mut want = vec![POISON; rows * d];
@@ -311,10 +327,16 @@ mod tests {
             let got = out.to_f32().unwrap();
             let want = combine_reference(&expert_out, d, &slots, &weights, k, 0..n);
             for t in 0..n {
-                let row = &got[t * (d + 4)..(t + 1) * (d + 4)];
-                assert_close(&row[2..2 + d], &want[t * d..(t + 1) * d], 1e-6, 1e-6, &what);
+                let row = &got[t * wo..(t + 1) * wo];
+                assert_close(
+                    &row[ol..ol + d],
+                    &want[t * d..(t + 1) * d],
+                    1e-6,
+                    1e-6,
+                    &what,
+                );
                 assert!(
-                    row[..2].iter().chain(&row[2 + d..]).all(|&v| v == POISON),
+                    row[..ol].iter().chain(&row[ol + d..]).all(|&v| v == POISON),
                     "{what}"
                 );
             }
@@ -325,7 +347,13 @@ mod tests {
     fn relay_moves_group_rows_into_expert_regions() {
         let ctx = gpu();
         let mut rng = Rng::new(5);
-        for &(n, e, k, g, chunk, d) in &[(7, 4, 2, 2, 7, 5), (130, 8, 3, 4, 64, 9)] {
+        // D = 8: four columns per invocation.
+        let cases = [
+            (7, 4, 2, 2, 7, 5),
+            (130, 8, 3, 4, 64, 9),
+            (20, 4, 2, 2, 20, 8),
+        ];
+        for &(n, e, k, g, chunk, d) in &cases {
             let layout = RouteLayout::new(n, e, k, chunk).unwrap();
             let (idx, slots) = routing(&mut rng, &layout);
             let (group_slots, _) = crate::ops::group_route::reference(&layout, g, &idx);
