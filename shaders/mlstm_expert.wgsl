@@ -31,6 +31,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> gates: array<f32>;
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;
+// The same buffers as qkv and h, four elements at a time (V4: the head dim, offsets and
+// strides multiples of 4): on CPU adapters, where every storage access is a loop over the
+// SIMD lanes, a quarter of the accesses. The products are added in the same order.
+@group(0) @binding(4) var<storage, read> qkv4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> h4: array<vec4<f32>>;
+
+override V4: bool = false;
 
 @compute @workgroup_size(64)
 fn expert(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -44,13 +51,30 @@ fn expert(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let di = p.heads * dh;
     let qb = p.qkv_offset + row * p.qkv_stride + hd * dh;
     var qk = 0.0;
-    for (var i = 0u; i < dh; i++) {
-        qk += qkv[qb + i] * qkv[qb + di + i];
+    if V4 {
+        for (var i = 0u; i < dh; i += 4u) {
+            let q = qkv4[(qb + i) / 4u];
+            let k = qkv4[(qb + di + i) / 4u];
+            qk += q.x * k.x;
+            qk += q.y * k.y;
+            qk += q.z * k.z;
+            qk += q.w * k.w;
+        }
+    } else {
+        for (var i = 0u; i < dh; i++) {
+            qk += qkv[qb + i] * qkv[qb + di + i];
+        }
     }
     qk *= p.scale;
     let ip = gates[p.gate_offset + row * p.gate_stride + hd];
     let coef = qk / (max(abs(qk), exp(-ip)) + p.eps);
     let hb = p.h_offset + row * p.h_stride + hd * dh;
+    if V4 {
+        for (var j = 0u; j < dh; j += 4u) {
+            h4[(hb + j) / 4u] = coef * qkv4[(qb + 2u * di + j) / 4u];
+        }
+        return;
+    }
     for (var j = 0u; j < dh; j++) {
         h[hb + j] = coef * qkv[qb + 2u * di + j];
     }

@@ -81,7 +81,11 @@ pub fn mlstm_expert(
         h_offset: u32_param("output offset", h.offset)?,
         h_stride: u32_param("output stride", h.stride)?,
     };
-    let pipeline = ctx.pipeline("mlstm_expert", "expert", &[])?;
+    // Four elements per access where every head starts on a 16-byte boundary.
+    let v4 = [head_dim, qkv.offset, qkv.stride, h.offset, h.stride]
+        .iter()
+        .all(|v| v % 4 == 0);
+    let pipeline = ctx.pipeline("mlstm_expert", "expert", &[("V4", v4 as u8 as f64)])?;
     let uniform = ctx.uniform("mlstm expert params", &params)?;
     graph.dispatch_rows(
         ctx,
@@ -90,6 +94,8 @@ pub fn mlstm_expert(
             uniform.as_entire_binding(),
             qkv.binding()?,
             igate.binding()?,
+            h.binding()?,
+            qkv.binding()?,
             h.binding()?,
         ],
         RowGrid::Y {
@@ -178,6 +184,31 @@ mod tests {
             let what = format!("expert rows={rows} heads={heads} dh={dh}");
             assert_close(&got, &want, 1e-5, 1e-4, &what);
         }
+    }
+
+    #[test]
+    fn four_element_accesses_give_the_bits_of_single_ones() {
+        // Head dims of multiples of 4 in aligned views take the vec4 path; the same values
+        // one column into a wider buffer take the scalar one: the same sums in the same order.
+        let ctx = gpu();
+        let mut rng = Rng::new(23);
+        let (rows, heads, dh) = (5, 4, 64);
+        let w = 3 * heads * dh;
+        let qkv = rng.normal_vec(rows * w, 1.0);
+        let igate = rng.normal_vec(rows * heads, 2.0);
+        let aligned = run(&qkv, &igate, heads, None);
+        let shifted: Vec<f32> = qkv
+            .chunks(w)
+            .flat_map(|r| [vec![5.0], r.to_vec()].concat())
+            .collect();
+        let qt = Tensor::from_f32(ctx, "qkv", &[rows, w + 1], &shifted).unwrap();
+        let gt = Tensor::from_f32(ctx, "gates", &[rows, heads], &igate).unwrap();
+        let ht = Tensor::zeros(ctx, "h", &[rows, heads * dh], DType::F32).unwrap();
+        let mut g = Graph::new();
+        let qv = View::of(&qt).select_cols(1..1 + w);
+        mlstm_expert(ctx, &mut g, heads, qv, View::of(&gt), View::of(&ht)).unwrap();
+        ctx.run(&[&g]).unwrap();
+        assert_eq!(ht.to_f32().unwrap(), aligned);
     }
 
     #[test]
