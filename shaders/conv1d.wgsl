@@ -57,6 +57,10 @@ var<private> p: Params;
 @group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> state4: array<vec4<f32>>;
+// The same buffers as w and bias, read one channel's four taps (TAPS = 4) or four channels'
+// biases at a time when VEC4.
+@group(0) @binding(10) var<storage, read> w4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> bias4: array<vec4<f32>>;
 
 // silu without overflow: v / (1 + e^-v) for v >= 0, v e^v / (1 + e^v) below.
 fn activate(v: vec4<f32>) -> vec4<f32> {
@@ -123,13 +127,26 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     // wt[j]: tap j of the four channels (channels past C repeat the last).
     var wt = array<vec4<f32>, 16>();
     let last = p.channels - 1u;
-    for (var j = 0u; j < TAPS; j++) {
-        wt[j] = vec4<f32>(
-            w[c * TAPS + j],
-            w[min(c + 1u, last) * TAPS + j],
-            w[min(c + 2u, last) * TAPS + j],
-            w[min(c + 3u, last) * TAPS + j],
-        );
+    if VEC4 && TAPS == 4u {
+        // The four channels' rows of taps, transposed (a decode step's loads were mostly
+        // these sixteen weights).
+        let r0 = w4[c];
+        let r1 = w4[c + 1u];
+        let r2 = w4[c + 2u];
+        let r3 = w4[c + 3u];
+        wt[0] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+        wt[1] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+        wt[2] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+        wt[3] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+    } else {
+        for (var j = 0u; j < TAPS; j++) {
+            wt[j] = vec4<f32>(
+                w[c * TAPS + j],
+                w[min(c + 1u, last) * TAPS + j],
+                w[min(c + 2u, last) * TAPS + j],
+                w[min(c + 3u, last) * TAPS + j],
+            );
+        }
     }
     // hist[j] holds the input at token first - k1 + j (pos = first + j = that token + k1):
     // from x inside the sequence, else from the state's entry pos (or zero).
@@ -147,7 +164,9 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         }
     }
     var b0 = vec4<f32>(0.0);
-    if p.has_bias != 0u {
+    if p.has_bias != 0u && VEC4 {
+        b0 = bias4[c / 4u];
+    } else if p.has_bias != 0u {
         b0 = vec4<f32>(bias[c], bias[min(c + 1u, last)], bias[min(c + 2u, last)], bias[min(c + 3u, last)]);
     }
     for (var t = 0u; t < p.tokens; t++) {
