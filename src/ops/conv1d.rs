@@ -173,9 +173,8 @@ pub fn conv1d(
     };
     // Four channels per invocation move as one vec4 when every row start is aligned.
     let aligned = c % 4 == 0
-        && [x.offset, x.stride, y.offset, y.stride]
-            .iter()
-            .all(|v| v % 4 == 0)
+        && x.rows_in_quads()
+        && y.rows_in_quads()
         && pass.is_none_or(|v| v.offset % 4 == 0);
     let constants = [
         ("ACT", act_code),

@@ -249,7 +249,7 @@ fn record(
         NormKernel::Coop => ("norm_coop", groups),
         NormKernel::Lanes => ("norm_lanes", groups),
     };
-    let x4 = x.offset % 4 == 0 && x.stride % 4 == 0 && norm.group % 4 == 0;
+    let x4 = x.rows_in_quads() && norm.group % 4 == 0;
     let params = Params {
         rows: u32_param("rows", x.rows)?,
         cols: u32_param("cols", x.cols)?,
@@ -268,12 +268,7 @@ fn record(
         side_offset: u32_param("offset", side.view().map_or(0, |c| c.offset))?,
         side_stride: u32_param("stride", side.view().map_or(0, |c| c.stride))?,
     };
-    let y4 = x4
-        && y.offset % 4 == 0
-        && y.stride % 4 == 0
-        && side
-            .view()
-            .is_none_or(|c| c.offset % 4 == 0 && c.stride % 4 == 0);
+    let y4 = x4 && y.rows_in_quads() && side.view().is_none_or(|c| c.rows_in_quads());
     let constants = [("X4", x4 as u8 as f64), ("Y4", y4 as u8 as f64)];
     // norm_lanes' eight invocations sum by one subgroupAdd where one subgroup holds them.
     let module = match kernel == NormKernel::Lanes && ctx.subgroup_holds(8) {

@@ -527,8 +527,7 @@ fn record(
     // Block starts are c + k with k a multiple of 8 and c = head * K: aligned when the
     // view's offset and stride are, and K too for headwise weights.
     // Gates start K columns after their inputs: aligned when K is too.
-    let x4 = x.offset % 4 == 0
-        && x.stride % 4 == 0
+    let x4 = x.rows_in_quads()
         && heads.is_none_or(|h| h.aligned)
         && (epilogue.gated.is_none() || k % 4 == 0);
     let shape = RowShape::of(kernel, w.dtype(), m, k);

@@ -82,9 +82,7 @@ pub fn mlstm_expert(
         h_stride: u32_param("output stride", h.stride)?,
     };
     // Four elements per access where every head starts on a 16-byte boundary.
-    let v4 = [head_dim, qkv.offset, qkv.stride, h.offset, h.stride]
-        .iter()
-        .all(|v| v % 4 == 0);
+    let v4 = head_dim % 4 == 0 && qkv.rows_in_quads() && h.rows_in_quads();
     let pipeline = ctx.pipeline("mlstm_expert", "expert", &[("V4", v4 as u8 as f64)])?;
     let uniform = ctx.uniform("mlstm expert params", &params)?;
     graph.dispatch_rows(

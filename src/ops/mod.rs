@@ -79,6 +79,12 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Whether every row starts on a 16-byte boundary (offset and stride multiples of 4
+    /// elements), so kernels may move its quads as vec4s.
+    pub fn rows_in_quads(&self) -> bool {
+        self.offset % 4 == 0 && self.stride % 4 == 0
+    }
+
     /// Rows `range`.
     pub fn select_rows(self, range: Range<usize>) -> Self {
         View {

@@ -156,7 +156,7 @@ pub fn sample_with(
         _pad: [0; 3],
     };
     // Every row starts on 16 bytes: quads of logits load as one vec4.
-    let v4 = logits.offset % 4 == 0 && logits.stride % 4 == 0;
+    let v4 = logits.rows_in_quads();
     let constants = [("THREADS", threads as f64), ("V4", v4 as u8 as f64)];
     // One subgroup holds the workgroup: reduce with subgroup operations, no barriers.
     let module = match ctx.subgroup_holds(threads) {

@@ -146,10 +146,7 @@ fn record(
         // One SIMD group per (row, head) on CPU adapters, where every load loops over the
         // lanes; 64 invocations on GPUs.
         let wg = if ctx.cpu_kernels() { 8 } else { 64 };
-        let q4 = n.group % 4 == 0
-            && [h, xc, z, y]
-                .iter()
-                .all(|v| v.offset % 4 == 0 && v.stride % 4 == 0);
+        let q4 = n.group % 4 == 0 && [h, xc, z, y].iter().all(|v| v.rows_in_quads());
         let constants = [("WG", wg as f64), ("Q4", q4 as u8 as f64)];
         // The norm's sums by one subgroupAdd where one subgroup holds the workgroup.
         let module = match ctx.subgroup_holds(wg) {

@@ -40,7 +40,7 @@ pub fn record(
     let dh = state.qk_dim().max(state.v_dim());
     let qkv = inputs.qkv;
     // q and k as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
-    let vec4 = state.qk_dim() % 4 == 0 && qkv.offset % 4 == 0 && qkv.stride % 4 == 0;
+    let vec4 = state.qk_dim() % 4 == 0 && qkv.rows_in_quads();
     let dk = state.qk_dim();
     let (shader, entry, per_token, fixed, constants) = match kernel {
         CellKernel::RecurrentWide => (
