@@ -105,19 +105,36 @@ impl MatmulKernel {
         (!self.is_subgroup() || ctx.subgroup_holds(8)) && (!self.is_wide() || ctx.shader_int64())
     }
 
-    /// Tokens one workgroup covers (the row grid's `per`).
-    pub fn tokens_per_workgroup(self) -> usize {
+    /// Tokens one workgroup covers (the row grid's `per`), with the subgroup GEMM's pair
+    /// kernels when `pairs` ([`MatmulKernel::pairs`]); `pairs` true gives the most that
+    /// any of the variant's entry points covers.
+    pub fn tokens_per_workgroup(self, pairs: bool) -> usize {
         match self {
             MatmulKernel::Gemv
             | MatmulKernel::GemvSubgroup
             | MatmulKernel::GemvSubgroup64
             | MatmulKernel::Rows8 => 1,
+            MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64 if pairs => 8,
             MatmulKernel::Gemm4
             | MatmulKernel::GemmSubgroup
             | MatmulKernel::GemmSubgroup64
             | MatmulKernel::Coop4 => 4,
             MatmulKernel::Gemm16 => 16,
         }
+    }
+
+    /// Whether the subgroup GEMM takes its pair kernels (`gemm_pairs*` in
+    /// `shaders/gemv_subgroup.wgsl`: two rows and eight tokens per invocation, each weight
+    /// block loaded once for eight tokens) for `tokens` tokens: dense weights of more than 8
+    /// rows and more than four tokens (at four or fewer the four-token kernels waste less on
+    /// tokens past T).
+    fn pairs(self, dtype: DType, shape: RowShape, tokens: usize) -> bool {
+        matches!(
+            self,
+            MatmulKernel::GemmSubgroup | MatmulKernel::GemmSubgroup64
+        ) && dtype.quant().is_none()
+            && shape != RowShape::Few
+            && tokens > 4
     }
 
     /// Invocations per workgroup of the row-streaming kernels: one SIMD subgroup on CPU
@@ -135,8 +152,9 @@ impl MatmulKernel {
 
     /// (registry module, entry point): the `_glu` modules read gated inputs
     /// (`shaders/common/inputs_glu.wgsl`); `shape` picks the subgroup kernels' entry points
-    /// for short or few rows ([`RowShape`]).
-    fn entry(self, gated: bool, shape: RowShape) -> (&'static str, &'static str) {
+    /// for short or few rows ([`RowShape`]), `pairs` the subgroup GEMM's for two rows and
+    /// eight tokens per invocation ([`MatmulKernel::pairs`]).
+    fn entry(self, gated: bool, shape: RowShape, pairs: bool) -> (&'static str, &'static str) {
         use MatmulKernel::*;
         let module = match (self, gated) {
             (Gemv | Gemm4 | Coop4 | Rows8 | Gemm16, false) => "matmul",
@@ -155,10 +173,13 @@ impl MatmulKernel {
             (GemvSubgroup | GemvSubgroup64, RowShape::Any | RowShape::Medium) => "main",
             (GemvSubgroup | GemvSubgroup64, RowShape::Short) => "main_short",
             (GemvSubgroup | GemvSubgroup64, RowShape::Few) => "main_few",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Few) => "gemm_few",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Any) if pairs => "gemm_pairs",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Short) if pairs => "gemm_pairs_short",
+            (GemmSubgroup | GemmSubgroup64, RowShape::Medium) if pairs => "gemm_pairs_medium",
             (GemmSubgroup | GemmSubgroup64, RowShape::Any) => "gemm",
             (GemmSubgroup | GemmSubgroup64, RowShape::Short) => "gemm_short",
             (GemmSubgroup | GemmSubgroup64, RowShape::Medium) => "gemm_medium",
-            (GemmSubgroup | GemmSubgroup64, RowShape::Few) => "gemm_few",
         };
         (module, entry)
     }
@@ -531,6 +552,7 @@ fn record(
         && heads.is_none_or(|h| h.aligned)
         && (epilogue.gated.is_none() || k % 4 == 0);
     let shape = RowShape::of(kernel, w.dtype(), m, k);
+    let pairs = kernel.pairs(w.dtype(), shape, t);
     let gated = epilogue.gated.map(|act| ("GLU", act.code() + 1.0));
     let constants: Vec<(&str, f64)> = [
         ("WDT", w.dtype().weight_code()),
@@ -545,7 +567,7 @@ fn record(
     .into_iter()
     .chain(gated)
     .collect();
-    let (shader, entry) = kernel.entry(gated.is_some(), shape);
+    let (shader, entry) = kernel.entry(gated.is_some(), shape, pairs);
     let pipeline = ctx.pipeline(shader, entry, &constants)?;
     for chunk in w.chunks() {
         let rows = heads.map_or(chunk.rows, |h| h.rows);
@@ -571,8 +593,8 @@ fn record(
             // The row-streaming kernels.
             _ => (
                 RowGrid::Y {
-                    x: row_groups(kernel, rows, k, wg, shape),
-                    per: kernel.tokens_per_workgroup(),
+                    x: row_groups(kernel, rows, k, wg, shape, pairs),
+                    per: kernel.tokens_per_workgroup(pairs),
                 },
                 0,
             ),
@@ -667,9 +689,16 @@ impl RowShape {
 /// per token or four), so on CPU
 /// adapters (where a workgroup's start-up costs microseconds) short rows go several groups
 /// to a workgroup: each gets at least MIN_WORK weights.
-fn row_groups(kernel: MatmulKernel, rows: usize, k: usize, wg: usize, shape: RowShape) -> usize {
+fn row_groups(
+    kernel: MatmulKernel,
+    rows: usize,
+    k: usize,
+    wg: usize,
+    shape: RowShape,
+    pairs: bool,
+) -> usize {
     const MIN_WORK: usize = 4096 * 32;
-    let groups = rows.div_ceil(4 * wg);
+    let groups = rows.div_ceil(if pairs { 2 } else { 4 } * wg);
     if shape == RowShape::Few {
         return 1;
     }
@@ -785,10 +814,13 @@ mod tests {
             (37, 128, 2),
             (45, 128, 11),
             (300, 64, 6),
+            // (Past four tokens the subgroup GEMM takes its pair kernels, `gemm_pairs*`.)
             // Rows of 192 or 256 weights, whose inputs the subgroup GEMM loads once per
-            // workgroup (`gemm_medium`).
+            // workgroup (`gemm_medium`; `gemm_pairs_medium` past four tokens).
             (70, 256, 7),
             (33, 192, 5),
+            (33, 192, 4),
+            (70, 256, 19),
             // At most 8 rows, K split over the lanes (`*_few`).
             (8, 768, 1),
             (5, 203, 6),
@@ -799,6 +831,38 @@ mod tests {
                     let bias = i % 2 == 0;
                     let beta = if i % 3 == 0 { 1.0 } else { 0.0 };
                     check(ctx, kernel, dtype, m, k, t, bias, beta, 17 + i as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pair_kernels_give_the_bits_of_the_four_token_ones() {
+        // The first four of six tokens through `gemm_pairs*` and alone through the
+        // four-token kernels: each row is summed in the same order.
+        let ctx = gpu();
+        let mut rng = Rng::new(23);
+        let kernels = [MatmulKernel::GemmSubgroup64, MatmulKernel::GemmSubgroup];
+        for kernel in kernels.into_iter().filter(|k| k.available(ctx)) {
+            for (m, k) in [(37, 100), (45, 128), (33, 256)] {
+                for dtype in [DType::F32, DType::F16, DType::BF16] {
+                    assert!(kernel.pairs(dtype, RowShape::of(kernel, dtype, m, k), 6));
+                    let w = rng.normal_vec(m * k, 1.0 / (k as f32).sqrt());
+                    let x = rng.normal_vec(6 * k, 1.0);
+                    let wt = Tensor::weight(ctx, "w", &[m, k], dtype, HostData::F32(&w)).unwrap();
+                    let run = |t: usize| {
+                        let xt = Tensor::from_f32(ctx, "x", &[t, k], &x[..t * k]).unwrap();
+                        let yt = Tensor::zeros(ctx, "y", &[t, m], DType::F32).unwrap();
+                        let mut g = Graph::new();
+                        let (x, y) = (View::of(&xt), View::of(&yt));
+                        matmul_with(ctx, &mut g, kernel, &wt, None, x, y, 0.0).unwrap();
+                        ctx.run(&[&g]).unwrap();
+                        yt.to_f32().unwrap()
+                    };
+                    let (six, four) = (run(6), run(4));
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    let what = format!("{kernel:?} {dtype} m={m} k={k}");
+                    assert_eq!(bits(&six[..4 * m]), bits(&four), "{what}");
                 }
             }
         }
@@ -818,8 +882,10 @@ mod tests {
             (64, 40, 1, 0),
             (9, 96, 6, 4),
             (130, 33, 2, 4),
-            // `gemm_medium` (K = 256), as the gated FFNs' down-projections use it.
+            // `gemm_pairs_medium` and `gemm_medium` (K = 256), as the gated FFNs'
+            // down-projections use them.
             (40, 256, 6, 0),
+            (40, 256, 3, 0),
         ];
         for (i, &(m, k, t, left)) in cases.iter().enumerate() {
             let act = [Activation::Gelu, Activation::Silu][i % 2];

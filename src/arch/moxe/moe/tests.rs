@@ -463,7 +463,7 @@ fn swiglu_layer_matches_reference_for_decode_batches_and_all_experts() {
         // of the others past their count (rounded up to the matmul's row group) are
         // never written.
         let grids = step.read_expert_grids().unwrap();
-        let group = MatmulKernel::choose(ctx, n).tokens_per_workgroup();
+        let group = MatmulKernel::choose(ctx, n).tokens_per_workgroup(true);
         let regions = regions_out.to_f32().unwrap();
         for x in 0..e {
             let count = tel.expert_counts[x] as usize;
