@@ -19,7 +19,8 @@
 
 // `main_short` and `gemm_short` are `main` and `gemm` for dense rows of 64 or 128 weights,
 // loading their inputs once per workgroup rather than once per row group; `main_few` and
-// `gemm_few` for at most 8 rows split K over the lanes instead.
+// `gemm_few` for at most 8 rows split K over the lanes instead; `gemm_pairs*` are the GEMMs
+// with two rows and eight tokens per invocation.
 //
 // Params, overrides, bindings and helpers: shaders/common/matmul.wgsl (appended), the input
 // loads from shaders/common/inputs.wgsl (or inputs_glu.wgsl, gated, in the registry's
