@@ -368,10 +368,13 @@ fn held_rows(lid: u32, wid: vec3<u32>, nwg: vec3<u32>, lane: u32, most: u32) {
 }
 
 // The pair kernels: `gemm`, `gemm_short` and `gemm_medium` with two rows and eight tokens
-// per invocation instead of four and four, for dense weights and more than four tokens
-// (the host's choice). On llvmpipe a weight load is a loop over the SIMD lanes that costs
-// several times the block's products, so each block loaded once for eight tokens halves
-// the loads per product, for twice the broadcasts (two instructions each); the sixteen
+// per invocation instead of four and four, for f32/f16/bf16 weights and more than four
+// tokens (the host's choice; quantised rows keep `gemm`). On llvmpipe a weight load is a
+// loop over the SIMD lanes that costs several times the block's products, so each block
+// loaded once for eight tokens halves the weight loads per product, for twice the
+// broadcasts (two instructions each). Per span of 1024 products an invocation of `gemm`
+// issues 8 input and 32 weight loads, of `gemm_pairs` 16 and 16; the held forms load their
+// inputs once per workgroup, so theirs halve outright. The sixteen
 // accumulators are as many as the four-token kernels' (four rows of eight tokens would
 // spill them). Rows are summed block by block in `gemm`'s order, so a token's outputs
 // have the same bits through either. 2026-12-04 on this VM: the bundled model's 128-token

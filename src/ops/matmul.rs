@@ -29,8 +29,9 @@ pub enum MatmulKernel {
     /// One invocation per (4 rows, 4 tokens): CPU adapters, many tokens.
     Gemm4,
     /// Gemm4 with the inputs loaded once per subgroup and shared by broadcasts, and each
-    /// weight block loaded once for the four tokens (`shaders/gemv_subgroup.wgsl`): CPU
-    /// adapters as for GemvSubgroup, dense weights, many tokens.
+    /// weight block loaded once for the four tokens, or for eight in its pair kernels
+    /// ([`MatmulKernel::pairs`]) (`shaders/gemv_subgroup.wgsl`): CPU adapters as for
+    /// GemvSubgroup, dense weights, many tokens.
     GemmSubgroup,
     /// GemvSubgroup and GemmSubgroup reading their weights as 64-bit words
     /// (`shaders/common/words64.wgsl`, SHADER_INT64): CPU adapters, where every storage load
@@ -125,9 +126,12 @@ impl MatmulKernel {
 
     /// Whether the subgroup GEMM takes its pair kernels (`gemm_pairs*` in
     /// `shaders/gemv_subgroup.wgsl`: two rows and eight tokens per invocation, each weight
-    /// block loaded once for eight tokens) for `tokens` tokens: dense weights of more than 8
-    /// rows and more than four tokens (at four or fewer the four-token kernels waste less on
-    /// tokens past T).
+    /// block loaded once for eight tokens) for `tokens` tokens: f32/f16/bf16 weights of more
+    /// than 8 rows and more than four tokens. At four or fewer the four-token kernels waste
+    /// less on tokens past T; quantised rows keep `gemm`, whose held blocks of 32 weights
+    /// were as fast in an A/B of the two forms (2026-12-04). `tokens` is the capacity where
+    /// rows are counted on the GPU (MoE experts), so an expert given four rows or fewer of
+    /// a larger batch still computes eight.
     fn pairs(self, dtype: DType, shape: RowShape, tokens: usize) -> bool {
         matches!(
             self,
@@ -684,9 +688,10 @@ impl RowShape {
     }
 }
 
-/// Workgroups along the rows of a streaming kernel. The GEMVs' workgroups loop over row
-/// groups (and the subgroup GEMM's over short rows, `gemm_short`; `*_few` is one workgroup
-/// per token or four), so on CPU
+/// Workgroups along the rows of a streaming kernel (row groups of four rows per invocation,
+/// or two with `pairs`). The GEMVs' workgroups loop over row groups (and the subgroup GEMM's
+/// over short rows, `gemm_short`, `gemm_medium` and their pair forms; `*_few` is one
+/// workgroup per token or four), so on CPU
 /// adapters (where a workgroup's start-up costs microseconds) short rows go several groups
 /// to a workgroup: each gets at least MIN_WORK weights.
 fn row_groups(
@@ -952,6 +957,8 @@ mod tests {
         for kernel in MatmulKernel::ALL.into_iter().filter(|k| k.available(&ctx)) {
             for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8, DType::Q4] {
                 check(&ctx, kernel, dtype, 53, 24, 3, true, 0.0, 5);
+                // Past four tokens: the subgroup GEMM's pair kernels (y within one binding).
+                check(&ctx, kernel, dtype, 45, 24, 5, false, 1.0, 6);
             }
         }
         let w = Tensor::weight(

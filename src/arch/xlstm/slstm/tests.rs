@@ -510,7 +510,7 @@ fn the_expert_computes_only_the_rows_counted_on_the_gpu() {
     let xt = Tensor::from_f32(ctx, "x", &[cap, d], &x).unwrap();
     let yt = Tensor::zeros(ctx, "y", &[cap, d], DType::F32).unwrap();
     let scratch = Scratch::new(ctx, cap);
-    for count in [0usize, 5, cap] {
+    for count in [0usize, 5, 9, cap] {
         yt.write(HostData::F32(&vec![-7.0; cap * d])).unwrap();
         let counts = Tensor::from_u32(ctx, "counts", &[2], &[3, count as u32]).unwrap();
         let dynamic = DynamicRows::new(ctx, &counts, 32).unwrap();
@@ -524,8 +524,10 @@ fn the_expert_computes_only_the_rows_counted_on_the_gpu() {
         let got = yt.to_f32().unwrap();
         let what = format!("{count} counted rows");
         assert_close(&got[..count * d], &want[..count * d], 1e-5, 1e-5, &what);
-        // Matmuls cover rows in groups of 4; no group past the count is computed.
-        let end = (count.div_ceil(4) * 4).min(cap);
+        // Matmuls cover rows in groups of up to 8 (the subgroup GEMM's pair kernels); no
+        // group past the count is computed.
+        let group = matmul::MatmulKernel::choose(ctx, cap).tokens_per_workgroup(true);
+        let end = (count.div_ceil(group) * group).min(cap);
         assert!(got[end * d..].iter().all(|&v| v == -7.0), "{what}");
     }
 }
