@@ -22,8 +22,9 @@
 
 override VEC4: bool = false;
 
-// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended).
-@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
+// Params, bindings 0-4, 6, 7 and log_sigmoid: shaders/common/mlstm_cell.wgsl (appended); C
+// (binding 5) through c_load / c_store: shaders/common/state32.wgsl in the registry's
+// `mlstm_step_simd`, state64.wgsl (64-bit accesses, SHADER_INT64) in `mlstm_step_simd64`.
 @group(0) @binding(8) var<storage, read> qkv4: array<vec4<f32>>;
 
 // qkv[b .. b + 4].
@@ -157,27 +158,27 @@ fn step(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wid: 
             // Four rows per iteration (q and k of the rows as one vec4 each), then the rest.
             for (; r < d4; r += 4u) {
                 let cq = array<vec4<f32>, 8>(
-                    c[ci], c[ci + 1u], c[ci + cs4], c[ci + cs4 + 1u],
-                    c[ci + 2u * cs4], c[ci + 2u * cs4 + 1u], c[ci + 3u * cs4], c[ci + 3u * cs4 + 1u],
+                    c_load(ci), c_load(ci + 1u), c_load(ci + cs4), c_load(ci + cs4 + 1u),
+                    c_load(ci + 2u * cs4), c_load(ci + 2u * cs4 + 1u), c_load(ci + 3u * cs4), c_load(ci + 3u * cs4 + 1u),
                 );
                 let nc = quad_update(cq, tok, r / 4u, &a);
-                c[ci] = nc[0];
-                c[ci + 1u] = nc[1];
-                c[ci + cs4] = nc[2];
-                c[ci + cs4 + 1u] = nc[3];
-                c[ci + 2u * cs4] = nc[4];
-                c[ci + 2u * cs4 + 1u] = nc[5];
-                c[ci + 3u * cs4] = nc[6];
-                c[ci + 3u * cs4 + 1u] = nc[7];
+                c_store(ci, nc[0]);
+                c_store(ci + 1u, nc[1]);
+                c_store(ci + cs4, nc[2]);
+                c_store(ci + cs4 + 1u, nc[3]);
+                c_store(ci + 2u * cs4, nc[4]);
+                c_store(ci + 2u * cs4 + 1u, nc[5]);
+                c_store(ci + 3u * cs4, nc[6]);
+                c_store(ci + 3u * cs4 + 1u, nc[7]);
                 ci += 4u * cs4;
             }
             for (; r < dk; r++) {
                 let q = qkv[qb + r];
                 let k = p.scale * qkv[kb + r];
-                let c0 = g.fa * c[ci] + k * tok.v0;
-                let c1 = g.fa * c[ci + 1u] + k * tok.v1;
-                c[ci] = c0;
-                c[ci + 1u] = c1;
+                let c0 = g.fa * c_load(ci) + k * tok.v0;
+                let c1 = g.fa * c_load(ci + 1u) + k * tok.v1;
+                c_store(ci, c0);
+                c_store(ci + 1u, c1);
                 a[0] += q * c0;
                 a[1] += q * c1;
                 ci += cs4;
@@ -272,8 +273,8 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     let c0 = nbase * cs4 + 2u * lane;
     if mine {
         for (var r = 0u; r < dk; r++) {
-            held[lb + 2u * r] = c[c0 + r * cs4];
-            held[lb + 2u * r + 1u] = c[c0 + r * cs4 + 1u];
+            held[lb + 2u * r] = c_load(c0 + r * cs4);
+            held[lb + 2u * r + 1u] = c_load(c0 + r * cs4 + 1u);
         }
     }
     // This invocation's rows of n (its one 8-row block, at 8 lane) as nq quads.
@@ -318,8 +319,8 @@ fn step_held(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) 
     }
     if mine {
         for (var r = 0u; r < dk; r++) {
-            c[c0 + r * cs4] = held[lb + 2u * r];
-            c[c0 + r * cs4 + 1u] = held[lb + 2u * r + 1u];
+            c_store(c0 + r * cs4, held[lb + 2u * r]);
+            c_store(c0 + r * cs4 + 1u, held[lb + 2u * r + 1u]);
         }
     }
     for (var j = 0u; j < nq; j++) {

@@ -51,6 +51,11 @@ pub enum CellKernel {
     /// without barriers (`mlstm_step_simd.wgsl`): CPU adapters whose subgroups hold the
     /// workgroup ([`CellKernel::available`]).
     RecurrentSimd,
+    /// RecurrentSimd reading and writing C through a 64-bit view
+    /// (`shaders/common/state64.wgsl`, SHADER_INT64): CPU adapters, where every storage access
+    /// costs per vector component (the paper config's decode step at DH 512 on lavapipe,
+    /// 2026-12-04: 2.77-2.86 -> 2.36-2.39 ms a block).
+    RecurrentSimd64,
     /// One token per pair of dispatches, each head's columns of C spread over workgroups
     /// of 32 columns (`mlstm_step_tiles.wgsl`): GPUs, decode at DH >= 128.
     RecurrentTiles,
@@ -64,10 +69,11 @@ pub enum CellKernel {
 
 impl CellKernel {
     /// Every kernel (for tests and benchmarks).
-    pub const ALL: [CellKernel; 6] = [
+    pub const ALL: [CellKernel; 7] = [
         CellKernel::Recurrent,
         CellKernel::RecurrentWide,
         CellKernel::RecurrentSimd,
+        CellKernel::RecurrentSimd64,
         CellKernel::RecurrentTiles,
         CellKernel::Chunkwise,
         CellKernel::ChunkwiseWide,
@@ -87,9 +93,11 @@ impl CellKernel {
     /// with the recurrent-wide kernel and prefill chunkwise-wide.
     pub fn choose(ctx: &Context, tokens: usize, head_dim: usize) -> Self {
         let decode = tokens <= 1;
-        let simd = CellKernel::RecurrentSimd.available(ctx);
+        let simd = [CellKernel::RecurrentSimd64, CellKernel::RecurrentSimd]
+            .into_iter()
+            .find(|k| k.available(ctx));
         match (ctx.cpu_kernels(), decode, head_dim) {
-            (true, true, _) | (true, false, ..=64) if simd => CellKernel::RecurrentSimd,
+            (true, true, _) | (true, false, ..=64) if simd.is_some() => simd.unwrap(),
             (true, true, _) => CellKernel::RecurrentWide,
             (true, false, _) => CellKernel::ChunkwiseWide,
             (false, true, ..=127) => CellKernel::Recurrent,
@@ -105,9 +113,21 @@ impl CellKernel {
 
     /// Whether the device can run this kernel: the SIMD kernel sums across its workgroup of
     /// 8 with subgroup operations, so it needs one subgroup to hold the workgroup (a fixed
-    /// subgroup size of at least 8).
+    /// subgroup size of at least 8); its 64-bit form needs SHADER_INT64 too.
     pub fn available(self, ctx: &Context) -> bool {
-        self != CellKernel::RecurrentSimd || ctx.subgroup_holds(8)
+        match self {
+            CellKernel::RecurrentSimd => ctx.subgroup_holds(8),
+            CellKernel::RecurrentSimd64 => ctx.subgroup_holds(8) && ctx.shader_int64(),
+            _ => true,
+        }
+    }
+
+    /// Whether this is the SIMD kernel (`mlstm_step_simd.wgsl`), in either form.
+    pub fn is_simd(self) -> bool {
+        matches!(
+            self,
+            CellKernel::RecurrentSimd | CellKernel::RecurrentSimd64
+        )
     }
 
     /// Whether this is one of the chunkwise kernels.

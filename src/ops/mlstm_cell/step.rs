@@ -42,6 +42,10 @@ pub fn record(
     // q and k as vec4 (mlstm_step_simd): every quad of a head starts on 16 bytes.
     let vec4 = state.qk_dim() % 4 == 0 && qkv.rows_in_quads();
     let dk = state.qk_dim();
+    let simd = match kernel {
+        CellKernel::RecurrentSimd64 => "mlstm_step_simd64",
+        _ => "mlstm_step_simd",
+    };
     let (shader, entry, per_token, fixed, constants) = match kernel {
         CellKernel::RecurrentWide => (
             "mlstm_step_wide",
@@ -50,15 +54,15 @@ pub fn record(
             1,
             vec![],
         ),
-        CellKernel::RecurrentSimd if tokens > 1 && holds_state(ctx, state) => (
-            "mlstm_step_simd",
+        k if k.is_simd() && tokens > 1 && holds_state(ctx, state) => (
+            simd,
             "step_held",
             11 + dk / 2,
             3 * dk + 8,
             vec![("VEC4", vec4 as u8 as f64)],
         ),
-        CellKernel::RecurrentSimd => (
-            "mlstm_step_simd",
+        k if k.is_simd() => (
+            simd,
             "step",
             7 + dh / 4 + dh.div_ceil(64) * (20 + dh / 4),
             1,
@@ -76,7 +80,7 @@ pub fn record(
     for range in segments(tokens, 1, per_token, fixed) {
         let uniform = ctx.uniform("mlstm step params", &params.segment(range))?;
         let mut resources = bindings(&uniform, inputs, &h, state, slots)?;
-        if kernel == CellKernel::RecurrentSimd {
+        if kernel.is_simd() {
             resources.push(qkv.binding()?);
         }
         graph.dispatch(

@@ -245,19 +245,17 @@ fn all_kernels_match_the_reference_on_random_shapes() {
 
 #[test]
 fn the_held_prefill_handles_every_tail_and_several_segments() {
-    // step_held (RecurrentSimd over several tokens, DK <= 64) takes four tokens per pass over
+    // step_held (the SIMD kernel over several tokens, DK <= 64) takes four tokens per pass over
     // C and the rest one at a time: every remainder, and a prompt long enough to be cut
     // into several dispatches (LOOP_BUDGET), whose later segments start mid-prompt.
     let mut rng = Rng::new(12);
-    let kernel = CellKernel::RecurrentSimd;
-    if !kernel.available(gpu()) {
-        return;
-    }
     let shape = CellShape::square(4, 64);
-    for tokens in [2, 3, 4, 5, 6, 7, 8, 1500] {
-        let case = Case::random(&mut rng, 2, shape, tokens, 2.0);
-        let init = warm_states(&mut rng, 2, shape);
-        check(kernel, &case, &init, 1e-4, "held tails");
+    for kernel in CellKernel::all_available(gpu()).filter(|k| k.is_simd()) {
+        for tokens in [2, 3, 4, 5, 6, 7, 8, 1500] {
+            let case = Case::random(&mut rng, 2, shape, tokens, 2.0);
+            let init = warm_states(&mut rng, 2, shape);
+            check(kernel, &case, &init, 1e-4, "held tails");
+        }
     }
 }
 
@@ -313,9 +311,10 @@ fn prefill_then_decode(rng: &mut Rng, shape: CellShape) {
         (CellKernel::Chunkwise, CellKernel::Recurrent),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentWide),
         (CellKernel::ChunkwiseWide, CellKernel::RecurrentSimd),
+        (CellKernel::RecurrentSimd64, CellKernel::RecurrentSimd64),
     ]
     .into_iter()
-    .filter(|(_, decode)| decode.available(gpu()))
+    .filter(|(prefill, decode)| prefill.available(gpu()) && decode.available(gpu()))
     {
         let gpu_side = Gpu::new(seqs, shape, &zeros);
         let mut got = vec![Vec::new(); seqs];
