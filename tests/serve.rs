@@ -782,3 +782,299 @@ fn shutdown_finishes_running_requests_then_stops() {
         "still listening"
     );
 }
+
+/// A copy of the bundled model in a temporary directory of its own, with `template` as its
+/// chat template.
+fn model_with_template(name: &str, template: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moxe-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(bundled().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template}).to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+/// The plain chat template of the tests below: each message as `role: content`.
+const PLAIN_TEMPLATE: &str =
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:";
+
+#[test]
+fn a_chat_template_that_runs_away_gets_an_error_and_the_server_goes_on() {
+    // The first message picks the runaway: 10^10 loop iterations, or 36 MB of output.
+    let template = "{% if messages[0]['content'] == 'loop' %}{% for i in range(100000) %}\
+                    {% for j in range(100000) %}x{% endfor %}{% endfor %}\
+                    {% elif messages[0]['content'] == 'big' %}{% set s = 'ab ' * 1000 %}\
+                    {% for i in range(12000) %}{{ s }}{% endfor %}\
+                    {% else %}user: {{ messages[0]['content'] }}\nassistant:{% endif %}";
+    let dir = model_with_template("runaway", template);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    let ask = |content: &str| json!({"messages": [{"role": "user", "content": content}], "max_tokens": 3});
+    runtime().block_on(async {
+        for (content, limit) in [("loop", "instructions"), ("big", "bytes")] {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(60),
+                post(addr, "/v1/chat/completions", ask(content)),
+            )
+            .await;
+            let Ok((s, e)) = answer else {
+                panic!("the '{content}' template was still rendering after 60 s");
+            };
+            assert_eq!(s, 400, "{e}");
+            assert_eq!(e["error"]["param"], "messages", "{e}");
+            let message = e["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("the chat template exceeded its limits")
+                    && message.contains(limit),
+                "{e}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{content}: {:?}",
+                started.elapsed()
+            );
+        }
+        // The server goes on serving.
+        let (s, c) = post(addr, "/v1/chat/completions", ask("Hello")).await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["usage"]["completion_tokens"], 3);
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn max_tokens_0_generates_nothing_and_a_server_limit_of_0_is_refused() {
+    let dir = model_with_template("zero", PLAIN_TEMPLATE);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        // Plain: no text (but the echo), finish "length", no completion tokens.
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Once upon", "max_tokens": 0, "n": 2}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        for choice in c["choices"].as_array().unwrap() {
+            assert_eq!(choice["text"], "", "{c}");
+            assert_eq!(choice["finish_reason"], "length", "{c}");
+        }
+        assert_eq!(c["choices"].as_array().unwrap().len(), 2, "{c}");
+        assert_eq!(c["usage"]["completion_tokens"], 0, "{c}");
+        assert!(c["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{c}");
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Once upon", "max_tokens": 0, "echo": true}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["choices"][0]["text"], "Once upon", "{c}");
+        let chat = |stream: bool| {
+            json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 0,
+                   "stream": stream, "stream_options": {"include_usage": true}})
+        };
+        let (s, c) = post(addr, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["choices"][0]["message"]["content"], "", "{c}");
+        assert_eq!(c["choices"][0]["message"]["role"], "assistant", "{c}");
+        assert_eq!(c["choices"][0]["finish_reason"], "length", "{c}");
+        assert_eq!(c["usage"]["completion_tokens"], 0, "{c}");
+        let (s, c) = post(
+            addr,
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hello"}],
+                   "max_completion_tokens": 0}),
+        )
+        .await;
+        assert_eq!(
+            (s, c["usage"]["completion_tokens"].clone()),
+            (200, json!(0)),
+            "{c}"
+        );
+        // Streamed: one chunk per choice, empty, finished at its length; usage says 0.
+        let stream = |path: &str, body: Value| {
+            let body = body.to_string();
+            let path = path.to_string();
+            async move {
+                let (s, text) = call(addr, "POST", &path, Some(&body), None).await;
+                assert_eq!(s, 200, "{text}");
+                text
+            }
+        };
+        let text = stream(
+            "/v1/completions",
+            json!({"prompt": "Once upon", "max_tokens": 0, "stream": true, "echo": true,
+                   "stream_options": {"include_usage": true}}),
+        )
+        .await;
+        let (texts, finish) = streamed(&text);
+        assert_eq!(texts[0], "Once upon", "{text}");
+        assert_eq!(finish, vec!["length"], "{text}");
+        assert!(text.contains("\"completion_tokens\":0"), "{text}");
+        let text = stream("/v1/chat/completions", chat(true)).await;
+        let (texts, finish) = streamed(&text);
+        assert_eq!(texts[0], "", "{text}");
+        assert_eq!(finish, vec!["length"], "{text}");
+        assert!(text.contains("\"role\":\"assistant\""), "{text}");
+        assert!(text.contains("\"completion_tokens\":0"), "{text}");
+        // Still 400 when out of range, and still the prompt is checked.
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "", "max_tokens": 0}),
+        )
+        .await;
+        assert_eq!(
+            (s, e["error"]["param"].clone()),
+            (400, json!("prompt")),
+            "{e}"
+        );
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A server whose requests could ask for no more than 0 tokens is refused at startup.
+    let refused = Server::start(
+        moxe::testing::gpu().clone(),
+        ServeOptions {
+            port: 0,
+            max_tokens: 0,
+            ..options()
+        },
+    );
+    let message = refused
+        .err()
+        .expect("--max-tokens 0 was accepted")
+        .to_string();
+    assert!(
+        message.contains("--max-tokens must be at least 1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn sampler_errors_name_their_field() {
+    let server = start(options());
+    let addr = server.addr();
+    let cases = [
+        (json!({"temperature": -1}), "temperature"),
+        (json!({"top_p": 1.5}), "top_p"),
+        (json!({"min_p": -0.5}), "min_p"),
+        (json!({"presence_penalty": 3}), "presence_penalty"),
+        (json!({"frequency_penalty": -2.5}), "frequency_penalty"),
+        (json!({"logit_bias": {"99999": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"5": 500}}), "logit_bias"),
+    ];
+    runtime().block_on(async {
+        for (fields, param) in cases {
+            let mut body = json!({"prompt": "x", "max_tokens": 3});
+            for (k, v) in fields.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let (s, e) = post(addr, "/v1/completions", body.clone()).await;
+            assert_eq!(s, 400, "{body}: {e}");
+            assert_eq!(e["error"]["param"], param, "{body}: {e}");
+            let message = e["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(param), "{body}: {e}");
+            assert!(!message.contains("invalid argument"), "{body}: {e}");
+        }
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn an_empty_api_key_is_refused_at_startup() {
+    for key in ["", "  "] {
+        let refused = Server::start(
+            moxe::testing::gpu().clone(),
+            ServeOptions {
+                port: 0,
+                api_key: Some(key.into()),
+                ..options()
+            },
+        );
+        let message = refused
+            .err()
+            .unwrap_or_else(|| panic!("the API key {key:?} was accepted"))
+            .to_string();
+        assert!(
+            message.contains("--api-key") && message.contains("MOXE_API_KEY"),
+            "{message}"
+        );
+        assert!(message.contains("empty"), "{message}");
+    }
+}
+
+#[test]
+fn chat_content_parts_other_than_text_are_refused() {
+    let dir = model_with_template("parts", PLAIN_TEMPLATE);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    let ask = |content: Value| {
+        json!({"messages": [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": content}],
+               "max_tokens": 2, "temperature": 0})
+    };
+    let cases = [
+        (
+            json!([{"type": "text", "text": "Look"},
+                   {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]),
+            "messages[1].content[1]",
+            "content part type 'image_url' is not supported (text only)",
+        ),
+        (
+            json!([{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]),
+            "messages[1].content[0]",
+            "content part type 'input_audio' is not supported (text only)",
+        ),
+        (
+            json!([{"type": "text"}]),
+            "messages[1].content[0]",
+            "text part has no 'text'",
+        ),
+        (json!([]), "messages[1].content", "content is an empty list"),
+    ];
+    runtime().block_on(async {
+        for (content, param, message) in cases {
+            let (s, e) = post(addr, "/v1/chat/completions", ask(content.clone())).await;
+            assert_eq!(s, 400, "{content}: {e}");
+            assert_eq!(e["error"]["param"], param, "{content}: {e}");
+            assert_eq!(e["error"]["message"], message, "{content}: {e}");
+        }
+        // Text parts are joined, as the same text given whole.
+        let parts =
+            json!([{"type": "text", "text": "Tell me "}, {"type": "text", "text": "of the sea."}]);
+        let (s, a) = post(addr, "/v1/chat/completions", ask(parts)).await;
+        assert_eq!(s, 200, "{a}");
+        let (s, b) = post(
+            addr,
+            "/v1/chat/completions",
+            ask(json!("Tell me of the sea.")),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(a["usage"]["prompt_tokens"], b["usage"]["prompt_tokens"]);
+        assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -41,7 +41,8 @@ pub struct ServeArgs {
     /// keeps 4 slots; else 1].
     #[arg(long)]
     pub replicas: Option<usize>,
-    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health (not empty: leave
+    /// both this and MOXE_API_KEY unset to serve without a key).
     #[arg(long, env = "MOXE_API_KEY")]
     pub api_key: Option<String>,
     /// Requests that may wait for a slot; beyond them requests get 429.
@@ -56,7 +57,9 @@ pub struct ServeArgs {
     /// Longest prompt in tokens.
     #[arg(long, default_value_t = 32768)]
     pub max_prompt_tokens: usize,
-    /// Largest max_tokens a request may ask for.
+    /// Largest max_tokens a request may ask for, and the default of chat completions
+    /// (completions default to 16 or this, whichever is less). At least 1: a request may
+    /// still ask for 0 tokens itself.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
     /// Seconds running requests may go on after SIGTERM before they are ended.

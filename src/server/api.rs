@@ -145,7 +145,7 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
 }
 
-/// One chat message; `content` is text or a list of parts of which the text ones count.
+/// One chat message; `content` is text or a list of text parts.
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
@@ -296,7 +296,11 @@ impl Common {
             top_logprobs,
         };
         settings.validate(vocab).map_err(|e| {
-            let message = e.to_string();
+            // The sampler's messages start with the field ("logit_bias[5] must be ...").
+            let message = match e {
+                crate::error::Error::InvalidArgument(m) => m,
+                other => other.to_string(),
+            };
             let param = message
                 .split_whitespace()
                 .next()
@@ -322,17 +326,37 @@ impl Common {
 }
 
 impl Message {
-    /// The message's text (the text parts of a list, joined).
-    pub fn text(&self) -> String {
-        match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter(|p| p.kind == "text")
-                .filter_map(|p| p.text.clone())
-                .collect::<Vec<_>>()
-                .join(""),
+    /// The message's text (the text parts of a list, joined); `index` is its place in
+    /// `messages`, for the errors. Only text parts are taken: any other part, a text part
+    /// without text, or an empty list of parts is an error.
+    pub fn text(&self, index: usize) -> Result<String, ApiError> {
+        let parts = match &self.content {
+            None => return Ok(String::new()),
+            Some(Content::Text(t)) => return Ok(t.clone()),
+            Some(Content::Parts(parts)) => parts,
+        };
+        if parts.is_empty() {
+            return Err(ApiError::invalid(
+                Some(&format!("messages[{index}].content")),
+                "content is an empty list",
+            ));
         }
+        let mut text = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            let param = format!("messages[{index}].content[{i}]");
+            match (part.kind.as_str(), &part.text) {
+                ("text", Some(t)) => text += t,
+                ("text", None) => {
+                    return Err(ApiError::invalid(Some(&param), "text part has no 'text'"))
+                }
+                (kind, _) => {
+                    return Err(ApiError::invalid(
+                        Some(&param),
+                        format!("content part type '{kind}' is not supported (text only)"),
+                    ))
+                }
+            }
+        }
+        Ok(text)
     }
 }

@@ -3,7 +3,12 @@
 //! minijinja as transformers' `apply_chat_template` renders it: `messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, Python string
 //! methods, blocks trimmed.
+//!
+//! A template comes with the model, so it is run on a budget: at most [`Budget::fuel`]
+//! instructions and [`Budget::output`] bytes of output, beyond which the request gets an
+//! error (and the server goes on) rather than a CPU pinned or the memory exhausted.
 
+use std::io::Write;
 use std::path::Path;
 
 use minijinja::{Environment, ErrorKind};
@@ -11,16 +16,63 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// What one rendering may spend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Template instructions (minijinja's fuel: about one per expression step, loop
+    /// iteration or piece of output).
+    pub fuel: u64,
+    /// Bytes of rendered prompt.
+    pub output: usize,
+}
+
+impl Budget {
+    /// The budget of a server taking request bodies of up to `max_body_bytes`: 10 million
+    /// instructions and 16 MiB of output, or more for larger bodies (20 instructions and 4
+    /// bytes of output per body byte), so that every conversation a body can hold fits
+    /// with room to spare.
+    pub fn for_bodies_of(max_body_bytes: usize) -> Self {
+        Budget {
+            fuel: 10_000_000u64.max(20u64.saturating_mul(max_body_bytes as u64)),
+            output: (16usize << 20).max(max_body_bytes.saturating_mul(4)),
+        }
+    }
+}
+
 /// A model's chat template.
 pub(crate) struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    budget: Budget,
+}
+
+/// An output that fails once more than `limit` bytes have been written to it.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the output limit is reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl ChatTemplate {
-    /// The template of model directory `dir`; `None` when it has none.
-    pub fn of_model(dir: &Path) -> Result<Option<Self>> {
+    /// The template of model directory `dir`, rendered within `budget`; `None` when it has
+    /// none.
+    pub fn of_model(dir: &Path, budget: Budget) -> Result<Option<Self>> {
         let path = dir.join("tokenizer_config.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(None);
@@ -54,6 +106,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(budget.fuel));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -67,27 +120,48 @@ impl ChatTemplate {
             env,
             bos: token("bos_token"),
             eos: token("eos_token"),
+            budget,
         }))
     }
 
     /// The prompt text of `messages` ([{role, content}]), ending with the assistant's turn
-    /// opened; the template's own exceptions come back as the error text.
+    /// opened. The error is a message for the client: the template's own exception, another
+    /// failure of the template, or the budget exceeded.
     pub fn render(&self, messages: &[(String, String)]) -> std::result::Result<String, String> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
             .collect();
-        let template = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        template
-            .render(minijinja::context! {
+        let says = |e: &dyn std::fmt::Display| format!("the chat template says: {e}");
+        let template = self.env.get_template("chat").map_err(|e| says(&e))?;
+        let mut out = Capped {
+            out: Vec::new(),
+            limit: self.budget.output,
+            exceeded: false,
+        };
+        let rendered = template.render_captured_to(
+            minijinja::context! {
                 messages => messages,
                 add_generation_prompt => true,
                 bos_token => self.bos,
                 eos_token => self.eos,
-            })
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidOperation => e.detail().unwrap_or("invalid").to_string(),
-                _ => e.to_string(),
-            })
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.out).map_err(|_| says(&"its output is not valid UTF-8")),
+            Err(_) if out.exceeded => Err(format!(
+                "the chat template exceeded its limits (its output passed {} bytes)",
+                self.budget.output
+            )),
+            Err(e) if matches!(e.kind(), ErrorKind::OutOfFuel) => Err(format!(
+                "the chat template exceeded its limits (it ran more than {} instructions)",
+                self.budget.fuel
+            )),
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidOperation) => {
+                Err(says(&e.detail().unwrap_or("invalid")))
+            }
+            Err(e) => Err(says(&e)),
+        }
     }
 }

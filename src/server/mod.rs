@@ -35,7 +35,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runtime::{LoadOptions, Model};
 use api::{ApiError, Limits};
-use chat::ChatTemplate;
+use chat::{Budget, ChatTemplate};
 use engine::{EngineHandle, EngineOptions};
 use metrics::Metrics;
 
@@ -54,7 +54,7 @@ pub struct ServeOptions {
     /// Copies of the model, each on a device of its own with its share of the slots and an
     /// engine thread that decodes its sequences beside the others (see [`auto_replicas`]).
     pub replicas: usize,
-    /// Required as `Authorization: Bearer KEY` when set.
+    /// Required as `Authorization: Bearer KEY` when set (it may not be empty).
     pub api_key: Option<String>,
     /// Requests that may wait for a slot; more get 429.
     pub queue: usize,
@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub cache_bytes: usize,
     pub max_body_bytes: usize,
     pub max_prompt_tokens: usize,
+    /// The largest `max_tokens` a request may ask for (at least 1), and chat completions'
+    /// default.
     pub max_tokens: usize,
     /// How long running requests may go on after SIGTERM.
     pub shutdown_grace: Duration,
@@ -149,6 +151,24 @@ impl Server {
                 "--replicas must be between 1 and the slots ({}), got {}",
                 options.slots, options.replicas
             )));
+        }
+        if options.max_tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "--max-tokens must be at least 1: it is the largest max_tokens a request may \
+                 ask for (a request may still ask for 0)"
+                    .into(),
+            ));
+        }
+        if options
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            return Err(Error::InvalidArgument(
+                "the API key (--api-key or MOXE_API_KEY) is empty or blank, which no client \
+                 could send: give a key, or unset both to serve without one"
+                    .into(),
+            ));
         }
         let addr = format!("{}:{}", options.host, options.port);
         let listener = std::net::TcpListener::bind(&addr)
@@ -341,7 +361,10 @@ fn load(
         model.require_tokenizer()?;
         models.push(model);
     }
-    let chat = ChatTemplate::of_model(&options.model_dir)?;
+    let chat = ChatTemplate::of_model(
+        &options.model_dir,
+        Budget::for_bodies_of(options.max_body_bytes),
+    )?;
     let model = models[0].clone();
     let (engine, threads) = engine::start(
         models,

@@ -314,13 +314,13 @@ pub(crate) async fn chat(
     let req: ChatRequest = parse(&raw)?;
     let common: Common = parse(&raw)?;
     check_model(&s, &common.model)?;
-    let Some(template) = &ready.chat else {
+    if ready.chat.is_none() {
         return Err(ApiError::invalid(
             Some("messages"),
             "this model has no chat template (tokenizer_config.json has no chat_template): \
              use /v1/completions with a prompt",
         ));
-    };
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid(Some("messages"), "messages is empty"));
     }
@@ -351,11 +351,26 @@ pub(crate) async fn chat(
     let messages: Vec<(String, String)> = req
         .messages
         .iter()
-        .map(|m| (m.role.clone(), m.text()))
-        .collect();
-    let text = template
-        .render(&messages)
-        .map_err(|e| ApiError::invalid(Some("messages"), format!("the chat template says: {e}")))?;
+        .enumerate()
+        .map(|(i, m)| Ok((m.role.clone(), m.text(i)?)))
+        .collect::<Result<_, ApiError>>()?;
+    // The template runs on its budget (instructions and output), off the async workers.
+    let text = {
+        let ready = ready.clone();
+        tokio::task::spawn_blocking(move || {
+            let template = ready.chat.as_ref().expect("checked above");
+            template.render(&messages)
+        })
+        .await
+        .map_err(|_| {
+            ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "chat_template_error",
+                "the chat template's rendering failed",
+            )
+        })?
+        .map_err(|e| ApiError::invalid(Some("messages"), e))?
+    };
     let ids = tokenizer(&ready)
         .encode_continuation(&text)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
@@ -436,35 +451,52 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let mut receivers = Vec::with_capacity(prompts.len());
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-    for prompt in prompts {
-        let (tx, rx) = unbounded_channel();
-        let job = Job {
-            prompt,
-            n: plan.n,
-            max_tokens: plan.max_tokens,
-            settings: plan.settings.clone(),
-            stop: plan.stop.clone(),
-            stop_at_eos: plan.stop_at_eos,
-            events: tx,
-            arrived: Instant::now(),
-        };
-        match ready.engine.submit(job) {
-            Ok(()) => receivers.push(rx),
-            Err(Rejected::Busy { waiting }) => {
-                return Err(ApiError::status(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "server_busy",
-                    format!(
-                        "{waiting} requests are already waiting for a slot (--queue): retry later"
-                    ),
-                ))
+    if plan.max_tokens == 0 {
+        // Nothing to generate (as `moxe generate --max-tokens 0`): every choice ends at
+        // once, at its length limit, and the engine is not asked.
+        for _ in &prompts {
+            let (tx, rx) = unbounded_channel();
+            let _ = tx.send(Event::Prefilled { cached: 0 });
+            for choice in 0..plan.n {
+                let _ = tx.send(Event::Finished {
+                    choice,
+                    reason: Finish::MaxTokens,
+                });
             }
-            Err(Rejected::Closed) => {
-                return Err(ApiError::status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the server is shutting down",
-                ))
+            receivers.push(rx);
+        }
+    } else {
+        for prompt in prompts {
+            let (tx, rx) = unbounded_channel();
+            let job = Job {
+                prompt,
+                n: plan.n,
+                max_tokens: plan.max_tokens,
+                settings: plan.settings.clone(),
+                stop: plan.stop.clone(),
+                stop_at_eos: plan.stop_at_eos,
+                events: tx,
+                arrived: Instant::now(),
+            };
+            match ready.engine.submit(job) {
+                Ok(()) => receivers.push(rx),
+                Err(Rejected::Busy { waiting }) => {
+                    return Err(ApiError::status(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "server_busy",
+                        format!(
+                            "{waiting} requests are already waiting for a slot (--queue): \
+                             retry later"
+                        ),
+                    ))
+                }
+                Err(Rejected::Closed) => {
+                    return Err(ApiError::status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting_down",
+                        "the server is shutting down",
+                    ))
+                }
             }
         }
     }
@@ -691,13 +723,13 @@ impl Output {
                     }
                     Event::Finished { choice, reason } => {
                         open -= 1;
-                        self.chunk(
-                            p * self.n + choice,
-                            "",
-                            None,
-                            Some(finish_reason(reason)),
-                            false,
-                        )
+                        // A choice that ends before its first token (max_tokens 0) still
+                        // opens with its echo and, for chat, its role.
+                        let i = p * self.n + choice;
+                        let text = if first[i] { self.echo[p].as_str() } else { "" };
+                        let v = self.chunk(i, text, None, Some(finish_reason(reason)), first[i]);
+                        first[i] = false;
+                        v
                     }
                     Event::Failed(message) => {
                         let _ = tx.send(Ok(send(failed(message).body()))).await;
