@@ -70,6 +70,14 @@ pub enum Error {
     /// An invalid argument given by the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// The model computed NaN or infinite logits or scores: weights or a config whose values
+    /// are finite one by one but overflow together.
+    #[error(
+        "the model computed non-finite values ({what}): its weights or config give NaN or \
+         infinity"
+    )]
+    NonFinite { what: String },
 }
 
 impl Error {

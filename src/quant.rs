@@ -93,6 +93,25 @@ impl QuantFormat {
         }
     }
 
+    /// The first block of a row of `cols` weights whose scale word gives a non-finite weight
+    /// (a NaN or infinite scale or minimum, or a largest code past f32's range), with what
+    /// is wrong with it: corrupt data.
+    pub fn bad_scale(self, scales: &[u32], cols: usize) -> Option<(usize, String)> {
+        let blocks = self.stride(cols) / BLOCK;
+        scales.iter().take(blocks).enumerate().find_map(|(b, &s)| {
+            let (scale, min) = match self {
+                QuantFormat::Q8 => (f32::from_bits(s), 0.0),
+                QuantFormat::Q4 => q4_scale_min(s),
+            };
+            let top = match self {
+                QuantFormat::Q8 => 127.0 * scale.abs(),
+                QuantFormat::Q4 => 15.0 * scale + min,
+            };
+            (!(scale.is_finite() && min.is_finite() && top.is_finite()))
+                .then(|| (b, format!("scale {scale}, minimum {min}")))
+        })
+    }
+
     /// The `cols` weights of a quantised row.
     pub fn dequantize_row(self, data: &[u8], scales: &[u32], cols: usize) -> Vec<f32> {
         (0..cols)

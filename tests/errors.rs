@@ -299,3 +299,127 @@ fn a_bad_kernel_family_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_layer_count_past_the_limit_is_refused_before_anything_is_listed() {
+    let m = ModelCopy::new("layers");
+    let mut c = m.config();
+    c["num_layers"] = 5000.into();
+    m.set_config(&c);
+    assert_mentions(
+        &m.load_error(),
+        &[
+            "config.json",
+            "num_layers",
+            "between 1 and 4096",
+            "found 5000",
+        ],
+    );
+}
+
+#[test]
+fn config_numbers_beyond_f32_are_refused() {
+    let m = ModelCopy::new("f32-range");
+    let mut c = m.config();
+    c["gamma"] = serde_json::json!(1e39);
+    m.set_config(&c);
+    assert_mentions(&m.load_error(), &["config.json", "gamma", "f32", "1e39"]);
+}
+
+#[test]
+fn non_finite_logits_are_an_error_not_output() {
+    // Finite weights that overflow together: an LM head of 3e38 gives infinite logits.
+    let m = ModelCopy::new("overflow");
+    m.rewrite(|name, s, d| {
+        let d = match name {
+            "lm_head.weight" => vec![3e38; d.len()],
+            _ => d,
+        };
+        Some((s, d))
+    });
+    let options = LoadOptions {
+        dtype: Some(moxe::DType::F32),
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(gpu(), &m.0, &options).unwrap());
+    let mut s = Session::new(&model).unwrap();
+    assert_mentions(
+        &s.logits(&[1, 2, 3]).unwrap_err().to_string(),
+        &["non-finite", "logit"],
+    );
+}
+
+#[test]
+fn output_files_are_replaced_only_when_asked() {
+    let dir = std::env::temp_dir().join(format!("moxe-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("saved.txt");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog.").unwrap();
+    let moxe = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (s, t) = (saved.to_str().unwrap(), text.to_str().unwrap());
+    for args in [
+        &["logits", "--ids", "1,2", "--out", s][..],
+        &["perplexity", "--text", t, "--nll-out", s],
+        &[
+            "generate",
+            "-p",
+            "Hi",
+            "--max-tokens",
+            "1",
+            "--save-session",
+            s,
+        ],
+    ] {
+        std::fs::write(&saved, "precious").unwrap();
+        let out = moxe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} replaced the file");
+        assert!(err.contains("exists: pass --force"), "{args:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&saved).unwrap(), "precious");
+        let forced = moxe(&[args, &["--force"]].concat());
+        assert!(forced.status.success(), "{args:?} --force: {forced:?}");
+        assert_ne!(std::fs::read(&saved).unwrap(), b"precious");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn command_lines_that_cannot_mean_anything_are_named() {
+    let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/paper.json");
+    let paper = paper.to_str().unwrap();
+    for (args, needle) in [
+        (
+            &["generate", "-p", "Hi", "--stop", ""][..],
+            "--stop is empty",
+        ),
+        (
+            &["generate", "--lines", "-p", "Hi"],
+            "--lines reads one prompt",
+        ),
+        (&["generate", "-p", "-", "-p", "-"], "read only once"),
+        (
+            &["generate", "-p", "Hi", "--temperature", "-1"],
+            "temperature must be",
+        ),
+        (&["bench", "--prompt-tokens", "0"], "--prompt-tokens"),
+        (
+            &["bench", "--config", paper, "--blocks", "99"],
+            "the config has 12",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

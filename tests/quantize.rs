@@ -360,3 +360,82 @@ fn quantize_keeps_what_users_saved() {
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&q8).unwrap();
 }
+
+/// A copy of the bundled model whose last tensor in file order holds a NaN: a quantiser
+/// meets it only after writing the rest.
+fn float_copy_with_late_nan(name: &str) -> PathBuf {
+    let out = out_dir(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let src = fixture("models/default");
+    std::fs::copy(src.join("config.json"), out.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, last) = st
+        .tensors()
+        .into_iter()
+        .max_by_key(|(_, v)| v.data().as_ptr() as usize)
+        .unwrap();
+    let at = last.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut broken = bytes.clone();
+    let nan = match last.dtype() {
+        safetensors::Dtype::F32 => f32::NAN.to_le_bytes().to_vec(),
+        _ => vec![0xc0, 0x7f],
+    };
+    broken[at..at + nan.len()].copy_from_slice(&nan);
+    std::fs::write(out.join("model.safetensors"), broken).unwrap();
+    out
+}
+
+#[test]
+fn a_failed_quantize_leaves_the_output_as_it_was() {
+    let bad = float_copy_with_late_nan("late-nan");
+    // Over a saved model with --force: the error, and the saved files byte for byte.
+    let out = quantised_copy("kept-on-failure");
+    let before: Vec<(String, Vec<u8>)> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(out.join(f)).unwrap()))
+        .collect();
+    let err = quantize(&bad, &out, QuantFormat::Q8, true, None)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["NaN"]);
+    for (f, bytes) in &before {
+        assert!(std::fs::read(out.join(f)).unwrap() == *bytes, "{f} changed");
+    }
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), before.len(), "files left behind: {left:?}");
+    load(&out, None);
+    // Into a new directory: nothing is left behind, so a rerun needs no --force.
+    let fresh = out_dir("fresh-on-failure");
+    assert!(quantize(&bad, &fresh, QuantFormat::Q4, false, None).is_err());
+    assert!(!fresh.exists(), "{} left behind", fresh.display());
+    for dir in [bad, out] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn non_finite_block_scales_are_named_at_load() {
+    let dir = quantised_copy("nan-scale");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let name = "token_embedding.weight.qscales";
+    let at = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let scales = st.tensor(name).unwrap();
+        // Row 1, block 0 (q4: a NaN bf16 scale in the low half of the word).
+        let row = scales.shape()[1] * 4;
+        scales.data().as_ptr() as usize - bytes.as_ptr() as usize + row
+    };
+    let mut broken = bytes;
+    broken[at..at + 2].copy_from_slice(&[0xc0, 0x7f]);
+    std::fs::write(&path, broken).unwrap();
+    assert_mentions(
+        &load_error(&dir),
+        &["model.safetensors", name, "row 1, block 0", "NaN"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -196,10 +196,11 @@ impl ModelConfig {
     /// The same model with `n` layers (MoxE) or blocks (dense, xLSTM-Large): a slice of a
     /// model too large to load whole, for benchmarks.
     pub fn with_layers(&self, n: usize) -> Result<Self> {
-        if n == 0 {
-            return Err(Error::InvalidArgument(
-                "the number of blocks must be at least 1".into(),
-            ));
+        if n == 0 || n > self.layers() {
+            return Err(Error::InvalidArgument(format!(
+                "{n} blocks: the config has {} (keep between 1 and that many)",
+                self.layers()
+            )));
         }
         let mut c = self.clone();
         match &mut c.architecture {

@@ -6,6 +6,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// Most layers (blocks) a config may declare: far above any trained xLSTM (xLSTM-7B has 32),
+/// and low enough that the tensors a config implies are listed in moments.
+pub const MAX_LAYERS: usize = 4096;
+
 /// A JSON object at `path` (e.g. `xlstm.mlstm_block.mlstm`) inside `file`.
 #[derive(Clone)]
 pub(crate) struct Obj<'a> {
@@ -119,6 +123,31 @@ impl<'a> Obj<'a> {
             None | Some(Value::Null) => Ok(default),
             Some(v) => v.as_f64().ok_or_else(|| self.wrong(key, "a number", v)),
         }
+    }
+
+    /// An optional number with a default that f32 holds as a finite value (the kernels
+    /// compute in f32, where a larger magnitude would be infinite).
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        let v = self.f64_or(key, default as f64)?;
+        if !v.is_finite() || v.abs() > f32::MAX as f64 {
+            return Err(self.error(
+                key,
+                format!("expected a finite number within f32's range (|x| <= 3.4e38), found {v:e}"),
+            ));
+        }
+        Ok(v as f32)
+    }
+
+    /// A count of layers or blocks already read as `n` under `key`: at least 1 and at most
+    /// [`MAX_LAYERS`].
+    pub fn check_layers(&self, key: &str, n: usize) -> Result<()> {
+        if n == 0 || n > MAX_LAYERS {
+            return Err(self.error(
+                key,
+                format!("must be between 1 and {MAX_LAYERS}, found {n}"),
+            ));
+        }
+        Ok(())
     }
 
     /// An optional boolean with a default.

@@ -41,8 +41,9 @@ pub struct Expected {
 #[derive(Debug, Default)]
 pub struct Manifest {
     pub tensors: Vec<Expected>,
-    /// Present or not, these are ignored (e.g. `lm_head.weight` of a tied model).
-    pub ignored: BTreeSet<String>,
+    /// Present or not, these are ignored, but when present they must have their shape (e.g.
+    /// `lm_head.weight` of a tied model, a copy of the embedding (V, D)).
+    pub ignored: BTreeMap<String, Vec<usize>>,
 }
 
 impl Manifest {
@@ -159,7 +160,18 @@ impl Manifest {
             }
         }
         for name in w.names() {
-            if !expected.contains(name) && !self.ignored.contains(name) {
+            if let (Some(want), Some(found)) = (self.ignored.get(name), w.shape(name)) {
+                if want.as_slice() != found {
+                    return Err(Error::file(
+                        w.file_of(name),
+                        format!(
+                            "tensor '{name}' (unused by this config): expected shape {want:?}, \
+                             found {found:?}"
+                        ),
+                    ));
+                }
+            }
+            if !expected.contains(name) && !self.ignored.contains_key(name) {
                 return Err(Error::file(
                     w.path(),
                     format!(
@@ -205,7 +217,7 @@ mod tests {
         m.add_matrix("w".into(), &[2, 3]);
         m.add_matrix_dims("a.A".into(), vec![Dim::Fixed(4), Dim::Rank("r".into())]);
         m.add_matrix_dims("b.A".into(), vec![Dim::Fixed(5), Dim::Rank("r".into())]);
-        m.ignored.insert("extra".into());
+        m.ignored.insert("extra".into(), vec![1]);
         m
     }
 
@@ -242,6 +254,15 @@ mod tests {
                     ("z", vec![1]),
                 ]),
                 "unexpected tensor 'z'",
+            ),
+            (
+                weights(&[
+                    ("w", vec![2, 3]),
+                    ("a.A", vec![4, 7]),
+                    ("b.A", vec![5, 7]),
+                    ("extra", vec![2]),
+                ]),
+                "tensor 'extra' (unused by this config): expected shape [1], found [2]",
             ),
         ];
         for (w, needle) in cases {

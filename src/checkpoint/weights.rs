@@ -157,6 +157,12 @@ fn parse_shard(
 }
 
 fn map_file(path: &Path) -> Result<Storage> {
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory, where a safetensors file was expected",
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
     // SAFETY: the map is read-only; like every reader of memory-mapped checkpoints we assume
     // that no other process truncates or rewrites the file while the model loads.
@@ -572,8 +578,20 @@ impl Weights {
         let bytes = self.raw(name, e)?;
         let shard = &self.shards[e.shard];
         let all = &shard.bytes()[shard.data_start..];
+        let scales = &all[s0 + r * sb..s0 + (r + 1) * sb];
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(scales);
+        if let Some((b, what)) = q.bad_scale(&words, cols) {
+            return Err(Error::file(
+                &shard.path,
+                format!(
+                    "tensor '{name}{}': row {r}, block {b}: {what} gives non-finite weights \
+                     (corrupt weights)",
+                    super::quantized::SCALES_SUFFIX
+                ),
+            ));
+        }
         dst[..db].copy_from_slice(&bytes[r * db..(r + 1) * db]);
-        dst[db..].copy_from_slice(&all[s0 + r * sb..s0 + (r + 1) * sb]);
+        dst[db..].copy_from_slice(scales);
         Ok(())
     }
 

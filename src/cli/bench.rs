@@ -50,13 +50,13 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub no_probe: bool,
     /// Prompt tokens of the timed prefill.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prompt_tokens: usize,
     /// Timed decode steps.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub decode_tokens: usize,
     /// Sequences of the batched decode measurement (1 = skip).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch: usize,
     /// Decode steps timed per kernel (0 = skip the per-kernel split).
     #[arg(long, default_value_t = 16)]
@@ -68,7 +68,7 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub profile_batch: bool,
     /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub repeats: usize,
     /// Do not run the PyTorch reference beside the engine.
     #[arg(long)]

@@ -27,24 +27,24 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "prompt")]
     pub prompt_file: Option<PathBuf>,
     /// Treat each non-empty line of --prompt-file as its own prompt.
-    #[arg(long, requires = "prompt_file")]
+    #[arg(long)]
     pub lines: bool,
     /// Most tokens to generate [default: the model's generation_config.json, else 128].
     #[arg(long)]
     pub max_tokens: Option<usize>,
     /// Sampling temperature; 0 = greedy [default: the model's generation_config.json
     /// (greedy when it says do_sample false), else 0.8].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Keep the k most likely tokens (0 = all) [default: generation_config.json, else 40].
     #[arg(long)]
     pub top_k: Option<u32>,
     /// Keep the most likely tokens up to this probability mass (1 = all) [default:
     /// generation_config.json, else 0.95].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Random seed: the same seed and prompt give the same text.
-    #[arg(long, default_value_t = 1234)]
+    #[arg(long, default_value_t = 1234, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop before this string (may be given several times).
     #[arg(long)]
@@ -59,23 +59,52 @@ pub struct GenerateArgs {
     /// prompt is read as the continuation of that text.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Save the session's recurrent state after generating (one prompt only).
+    /// Save the session's recurrent state after generating (one prompt only). An existing
+    /// file is replaced only with --force, or when it is the --resume file.
     #[arg(long)]
     pub save_session: Option<PathBuf>,
+    /// Replace --save-session if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Whether paths `a` and `b` name one existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    if args.lines && args.prompt_file.is_none() {
+        return Err(Error::InvalidArgument(
+            "--lines reads one prompt per line of --prompt-file, which is missing".into(),
+        ));
+    }
     if let Some(path) = &args.prompt_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        return Ok(if args.lines {
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect()
-        } else {
-            vec![text]
-        });
+        if !args.lines {
+            return Ok(vec![text]);
+        }
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        if lines.is_empty() {
+            return Err(Error::file(
+                path,
+                "no prompts: every line is empty (--lines takes one prompt per non-empty line)",
+            ));
+        }
+        return Ok(lines);
+    }
+    if args.prompt.iter().filter(|p| *p == "-").count() > 1 {
+        return Err(Error::InvalidArgument(
+            "--prompt - reads standard input, which can be read only once".into(),
+        ));
     }
     if args.prompt.is_empty() {
         return Err(Error::InvalidArgument(
@@ -129,16 +158,27 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::InvalidArgument("a prompt is empty".into()));
     }
+    if args.stop.iter().any(|s| s.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "--stop is empty: give the text to stop before".into(),
+        ));
+    }
     if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
         return Err(Error::InvalidArgument(
             "--resume and --save-session take a single prompt".into(),
         ));
+    }
+    if let Some(path) = &args.save_session {
+        // Saving back to the session it resumed is what the user asked for.
+        let resumed = args.resume.as_ref().is_some_and(|r| same_file(r, path));
+        super::check_output_file(path, "--save-session", args.force || resumed)?;
     }
     // Bad settings on the command line are reported before the model loads.
     options(args, &GenerationDefaults::default())
         .sampling
         .validate()?;
     let model = args.model.load(gpu, prompts.len())?;
+    model.require_tokenizer()?;
     let opts = options(args, model.generation_defaults());
     opts.sampling.validate()?;
     let mut out = std::io::stdout();

@@ -21,9 +21,13 @@ pub struct LogitsArgs {
     /// Output file: `logits` (N, V) f32 and `ids` (N) i32.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(gpu: &GpuArgs, args: &LogitsArgs) -> Result<()> {
+    super::check_output_file(&args.out, "--out", args.force)?;
     let model = args.model.load(gpu, 1)?;
     let mut s = Session::new(&model)?;
     let logits = s.logits(&args.ids)?;

@@ -81,6 +81,23 @@ impl GpuArgs {
     }
 }
 
+/// Fails when the output file `path` (given by option `flag`) exists, unless `force`: a file
+/// the user saved is only replaced when asked. Checked before any work, so a refused run
+/// costs nothing.
+fn check_output_file(path: &std::path::Path, flag: &str, force: bool) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(moxe::Error::file(
+            path,
+            format!("{flag} names a directory; give a file path"),
+        )),
+        Ok(_) if !force => Err(moxe::Error::file(
+            path,
+            format!("exists: pass --force to replace it, or choose another {flag} path"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

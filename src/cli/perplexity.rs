@@ -28,12 +28,18 @@ pub struct PerplexityArgs {
     /// Write the per-token NLL (nats) as CSV `position,token_id,nll`.
     #[arg(long)]
     pub nll_out: Option<PathBuf>,
+    /// Replace --nll-out if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     let bad_window = || Error::InvalidArgument("--window must be 0 or at least 2".into());
     if args.window == Some(1) {
         return Err(bad_window());
+    }
+    if let Some(path) = &args.nll_out {
+        super::check_output_file(path, "--nll-out", args.force)?;
     }
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read as UTF-8 text: {e}")))?;
@@ -45,10 +51,15 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
             format!("too short: {} token(s); at least 2 are needed", ids.len()),
         ));
     }
-    let window = match args.window.or(model.config().context_length) {
-        Some(0) | None => ids.len(),
-        Some(w) if w < 2 => return Err(bad_window()),
-        Some(w) => w,
+    let window = match (args.window, model.config().context_length) {
+        (Some(0), _) | (None, None) => ids.len(),
+        (None, Some(w)) if w < 2 => {
+            return Err(Error::InvalidArgument(format!(
+                "the model's context_length ({w}) is too short to score a window (at least \
+                 2 tokens): pass --window (0 streams the whole text)"
+            )))
+        }
+        (Some(w), _) | (None, Some(w)) => w,
     };
     let bar = ProgressBar::new(ids.len() as u64);
     bar.set_style(

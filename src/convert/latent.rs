@@ -353,7 +353,7 @@ pub fn convert(
 ) -> Result<ConversionReport> {
     choice.check()?;
     let dir = ModelDir::open(input)?;
-    super::prepare_output(
+    let staging = super::prepare_output(
         input,
         output,
         &["config.json", "model.safetensors", "tokenizer.json"],
@@ -376,22 +376,18 @@ pub fn convert(
     }
     write_config(
         &dir.path.join("config.json"),
-        &output.join("config.json"),
+        &staging.path("config.json"),
         groups,
     )?;
-    write_weights(&dir, &replaced, &new, &output.join("model.safetensors"))?;
-    let tokenizer = output.join("tokenizer.json");
-    match &dir.tokenizer {
-        Some(tok) => {
-            std::fs::copy(tok, &tokenizer)
-                .map_err(|e| Error::file(tok, format!("cannot copy: {e}")))?;
-        }
-        // Not one left over from an earlier model in the output directory.
-        None if tokenizer.exists() => std::fs::remove_file(&tokenizer)
-            .map_err(|e| Error::file(&tokenizer, format!("cannot remove: {e}")))?,
-        None => {}
+    write_weights(&dir, &replaced, &new, &staging.path("model.safetensors"))?;
+    // Without a tokenizer of its own, the commit removes one left over from an earlier
+    // model in the output directory.
+    if let Some(tok) = &dir.tokenizer {
+        std::fs::copy(tok, staging.path("tokenizer.json"))
+            .map_err(|e| Error::file(tok, format!("cannot copy: {e}")))?;
     }
-    let after = ModelDir::open(output)?.parameters();
+    let after = ModelDir::open(staging.dir())?.parameters();
+    staging.commit()?;
     Ok(ConversionReport {
         slots: reports,
         before: dir.parameters(),

@@ -8,20 +8,21 @@
 pub mod latent;
 pub mod quantize;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Makes the output directory of a conversion of `input`: never the input's own, and files
-/// already there that the conversion would replace (`files`), or weights that a load would
-/// read instead of the new `model.safetensors`, are an error unless `overwrite`, when the
-/// latter are removed.
+/// Makes the output directory of a conversion of `input` and its [`Staging`]: never the
+/// input's own directory, and files already there that the conversion would replace
+/// (`files`), or weights that a load would read instead of the new `model.safetensors`, are
+/// an error unless `overwrite` (then they are replaced or removed when the conversion
+/// commits, not before).
 pub(crate) fn prepare_output(
     input: &Path,
     output: &Path,
     files: &[&str],
     overwrite: bool,
-) -> Result<()> {
+) -> Result<Staging> {
     if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
         if a == b {
             return Err(Error::InvalidArgument(format!(
@@ -65,14 +66,104 @@ pub(crate) fn prepare_output(
             ),
         ));
     }
+    let created = !output.exists();
     std::fs::create_dir_all(output)
         .map_err(|e| Error::file(output, format!("cannot create the directory: {e}")))?;
-    for name in stale {
-        let path = output.join(&name);
-        std::fs::remove_file(&path)
-            .map_err(|e| Error::file(&path, format!("cannot remove: {e}")))?;
+    let dir = output.join(STAGING_DIR);
+    if dir.exists() {
+        // Left by a run that was killed: never a user's file (the name is ours).
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Error::file(&dir, format!("cannot remove: {e}")))?;
     }
-    Ok(())
+    std::fs::create_dir(&dir)
+        .map_err(|e| Error::file(&dir, format!("cannot create the directory: {e}")))?;
+    Ok(Staging {
+        output: output.to_path_buf(),
+        dir,
+        files: files.iter().map(|f| f.to_string()).collect(),
+        stale,
+        created,
+        committed: false,
+    })
+}
+
+/// Where a conversion writes inside its output directory until it commits.
+const STAGING_DIR: &str = ".moxe-partial";
+
+/// A conversion's output in the making: its files are written into a hidden directory inside
+/// the output directory ([`Staging::path`]) and moved into place by [`Staging::commit`] once
+/// the whole conversion has succeeded, so a failed run (a corrupt input found halfway, a
+/// full disk) leaves the output directory as it was. Dropped without a commit, it removes
+/// what it wrote, and the output directory too if the conversion created it.
+pub(crate) struct Staging {
+    output: PathBuf,
+    dir: PathBuf,
+    /// The files the conversion may write: one of them it did not write is removed from the
+    /// output at commit (left over from an earlier model).
+    files: Vec<String>,
+    /// Weights a load would read instead of the new ones, removed at commit.
+    stale: Vec<String>,
+    created: bool,
+    committed: bool,
+}
+
+impl Staging {
+    /// The staging directory (to open the result before it commits).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where to write output file `name` until the commit.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The path output file `name` has after the commit.
+    pub fn final_path(&self, name: &str) -> PathBuf {
+        self.output.join(name)
+    }
+
+    /// Moves the written files into the output directory, replacing those there, and removes
+    /// the stale weights and the left-over files.
+    pub fn commit(mut self) -> Result<()> {
+        let remove = |name: &str| -> Result<()> {
+            let path = self.output.join(name);
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::file(&path, format!("cannot remove: {e}")))
+        };
+        for name in &self.stale {
+            remove(name)?;
+        }
+        for name in &self.files {
+            if !self.dir.join(name).exists() && self.output.join(name).exists() {
+                remove(name)?;
+            }
+        }
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::file(&self.dir, format!("cannot list: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::file(&self.dir, format!("cannot list: {e}")))?;
+            let to = self.output.join(entry.file_name());
+            std::fs::rename(entry.path(), &to)
+                .map_err(|e| Error::file(&to, format!("cannot move into place: {e}")))?;
+        }
+        std::fs::remove_dir(&self.dir)
+            .map_err(|e| Error::file(&self.dir, format!("cannot remove: {e}")))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: an error here must not hide the conversion's own.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if self.created {
+                let _ = std::fs::remove_dir(&self.output);
+            }
+        }
+    }
 }
 
 /// Writes `input`'s config.json to `output` with the field `key` set to `value`, every other

@@ -75,10 +75,12 @@ pub fn quantize(
 ) -> Result<QuantizeReport> {
     let started = Instant::now();
     let dir = ModelDir::open(input)?;
-    let weights_path = output.join("model.safetensors");
+    // Every file the output may hold: one of the copied files that the input lacks is
+    // removed from the output, not left over from an earlier model.
     let mut written = vec!["config.json", "model.safetensors"];
-    written.extend(COPIED.iter().filter(|f| input.join(f).exists()));
-    prepare_output(input, output, &written, overwrite)?;
+    written.extend(COPIED);
+    let staging = prepare_output(input, output, &written, overwrite)?;
+    let weights_path = staging.path("model.safetensors");
 
     let w = &dir.weights;
     let target = DType::of_quant(format);
@@ -126,21 +128,23 @@ pub fn quantize(
     result?;
     write_config(
         &input.join("config.json"),
-        &output.join("config.json"),
+        &staging.path("config.json"),
         format,
     )?;
     for f in COPIED {
         let from = input.join(f);
         if from.exists() {
-            std::fs::copy(&from, output.join(f))
+            std::fs::copy(&from, staging.path(f))
                 .map_err(|e| Error::file(&from, format!("cannot copy: {e}")))?;
         }
     }
     // The result must load: check it the way every load does.
-    ModelDir::open(output)?;
+    ModelDir::open(staging.dir())?;
     let bytes_after = std::fs::metadata(&weights_path)
         .map_err(|e| Error::file(&weights_path, format!("cannot read: {e}")))?
         .len();
+    let weights_path = staging.final_path("model.safetensors");
+    staging.commit()?;
     Ok(QuantizeReport {
         format,
         quantized: plan

@@ -196,7 +196,10 @@ impl Model {
     pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
             Error::InvalidArgument(
-                "this model directory has no tokenizer.json: pass token ids instead of text".into(),
+                "this model directory has no tokenizer.json, which text needs: add the \
+                 model's tokenizer.json (token ids work without it: `moxe logits --ids`, or the \
+                 server's prompts given as lists of ids)"
+                    .into(),
             )
         })
     }

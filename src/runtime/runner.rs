@@ -70,6 +70,31 @@ pub struct StepResult {
     pub logits: Vec<f32>,
 }
 
+impl StepResult {
+    /// Fails when the step computed NaN or infinity: a sampled id past the vocabulary (the
+    /// sampler finds no finite logit), a non-finite NLL or logit.
+    fn check_finite(&self, vocab: usize) -> Result<()> {
+        let what = if let Some(b) = self.sampled.iter().position(|&id| id as usize >= vocab) {
+            format!("no finite logit to sample from for sequence {b}")
+        } else if let Some(i) = self.nll.iter().position(|v| !v.is_finite()) {
+            format!("the NLL of token {i} of the step is {}", self.nll[i])
+        } else {
+            return check_logits(&self.logits, vocab);
+        };
+        Err(Error::NonFinite { what })
+    }
+}
+
+/// Fails on a NaN or infinite value in `logits`, rows of `vocab`.
+pub(crate) fn check_logits(logits: &[f32], vocab: usize) -> Result<()> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            what: format!("logit {} of row {} is {}", i % vocab, i / vocab, logits[i]),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The step graphs recorded so far, and which one ran last (for telemetry and logits).
 #[derive(Default)]
 pub(crate) struct Runner {
@@ -264,6 +289,7 @@ impl StepGraph {
             Output::Score => out.nll = bytemuck::pod_collect_to_vec(&raw),
             Output::Logits => out.logits = bytemuck::pod_collect_to_vec(&raw),
         }
+        out.check_finite(model.vocab())?;
         Ok(out)
     }
 }

@@ -128,7 +128,9 @@ impl Session {
             let mut runner = self.model.runner.lock().expect("runner poisoned");
             let g = runner.graph(&self.model, key)?;
             g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
-            out.extend(g.logits.to_f32()?);
+            let logits = g.logits.to_f32()?;
+            super::runner::check_logits(&logits, self.model.vocab())?;
+            out.extend(logits);
             runner.last = Some(key);
             self.position += chunk.len();
         }

@@ -88,9 +88,7 @@ pub(crate) fn parse_moxe(root: &Obj<'_>, xlstm: XlstmConfig) -> Result<MoxeConfi
         ));
     }
     let num_layers = root.usize("num_layers")?;
-    if num_layers == 0 {
-        return Err(root.error("num_layers", "must be at least 1"));
-    }
+    root.check_layers("num_layers", num_layers)?;
     let router = match root.choice(
         "router_type",
         "conditioned_addition",
@@ -122,13 +120,8 @@ pub(crate) fn parse_moxe(root: &Obj<'_>, xlstm: XlstmConfig) -> Result<MoxeConfi
              mixer is an sLSTM block then an mLSTM block)",
         ));
     }
-    let gamma = root.f64_or("gamma", 0.7)?;
-    let tau = root.f64_or("difficulty_threshold", 0.5)?;
-    for (key, v) in [("gamma", gamma), ("difficulty_threshold", tau)] {
-        if !v.is_finite() {
-            return Err(root.error(key, format!("expected a finite number, found {v}")));
-        }
-    }
+    let gamma = root.f32_or("gamma", 0.7)?;
+    let tau = root.f32_or("difficulty_threshold", 0.5)?;
     let latent = match root.object("latent")? {
         None => None,
         Some(l) => {
@@ -159,8 +152,8 @@ pub(crate) fn parse_moxe(root: &Obj<'_>, xlstm: XlstmConfig) -> Result<MoxeConfi
         expert_type,
         modulation,
         gate_bias: root.bool_or("gate_bias", true)?,
-        gamma: gamma as f32,
-        difficulty_threshold: tau as f32,
+        gamma,
+        difficulty_threshold: tau,
         post_layers_norm: root.bool_or("post_layers_norm", false)?,
         latent,
         xlstm,

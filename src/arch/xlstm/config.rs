@@ -294,9 +294,7 @@ fn parse_slstm(block: &Obj<'_>, d: usize) -> Result<SlstmConfig> {
 /// Parses a dense stack from the `xlstm` object `x` with its blocks `xlstm`.
 pub(crate) fn parse_dense(x: &Obj<'_>, xlstm: XlstmConfig) -> Result<DenseConfig> {
     let num_blocks = x.usize_or("num_blocks", 1)?;
-    if num_blocks == 0 {
-        return Err(x.error("num_blocks", "must be at least 1"));
-    }
+    x.check_layers("num_blocks", num_blocks)?;
     let slstm_at = match x.get("slstm_at") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) if s == "all" => (0..num_blocks).collect(),

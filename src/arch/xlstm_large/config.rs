@@ -113,13 +113,17 @@ impl LargeConfig {
         for (key, v) in [
             ("embedding_dim", dim),
             ("num_heads", num_heads),
-            ("num_blocks", num_blocks),
             ("vocab_size", vocab_size),
         ] {
             if v == 0 {
                 return Err(root.error(key, "must be at least 1"));
             }
         }
+        let blocks_key = match root.get("num_blocks") {
+            Some(v) if !v.is_null() => "num_blocks",
+            _ => "num_hidden_layers",
+        };
+        root.check_layers(blocks_key, num_blocks)?;
         let factor = |key: &str, default: f64| -> Result<f64> {
             let f = root.f64_or(key, default)?;
             if !(f > 0.0 && f.is_finite()) {
@@ -160,12 +164,12 @@ impl LargeConfig {
             return Err(root.error("ffn_round_up_to_multiple_of", "must be at least 1"));
         }
         let ffn_dim = round_up_to_next_multiple_of(dim as f64 * ffn_factor, multiple as f64);
-        let positive = |key: &str, default: f64| -> Result<f32> {
-            let v = root.f64_or(key, default)?;
-            if !(v > 0.0 && v.is_finite()) {
+        let positive = |key: &str, default: f32| -> Result<f32> {
+            let v = root.f32_or(key, default)?;
+            if v <= 0.0 {
                 return Err(root.error(key, format!("expected a positive number, found {v}")));
             }
-            Ok(v as f32)
+            Ok(v)
         };
         let norm_eps = positive("norm_eps", 1e-6)?;
         let eps = positive("eps", 1e-6)?;

@@ -80,7 +80,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
         norm(&mut m, "backbone.out_norm".into(), d, l.out_norm_bias());
     }
     if cfg.tie_weights {
-        m.ignored.insert("lm_head.weight".into());
+        m.ignored.insert("lm_head.weight".into(), vec![v, d]);
     } else {
         m.add_matrix("lm_head.weight".into(), &[v, d]);
     }
