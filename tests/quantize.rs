@@ -295,6 +295,10 @@ fn inconsistent_quantised_checkpoints_are_clear_errors() {
         &load_error(&dir),
         &["config.json", "the config says the weights are q8", "q4"],
     );
+    // A config whose block size is not the weights'.
+    std::fs::write(&config, text.replace("\"block\": 32", "\"block\": 64")).unwrap();
+    assert_mentions(&load_error(&dir), &["config.json", "block size 64"]);
+    std::fs::write(&config, text.replace("\"q4\"", "\"q8\"")).unwrap();
     std::fs::copy(fixture("models/default/model.safetensors"), weights(&dir)).unwrap();
     assert_mentions(&load_error(&dir), &["no quantised tensors"]);
     // A config of another model: the logical shapes disagree with it.

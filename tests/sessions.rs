@@ -306,3 +306,30 @@ fn a_batched_prefill_leaves_each_session_where_its_own_prefill_does() {
     let mut refs: Vec<&mut Session> = batched.iter_mut().collect();
     assert!(model.feed_logits_batch(&mut refs, &ids[..10]).is_err());
 }
+
+#[test]
+fn a_session_file_with_an_array_the_model_lacks_is_rejected() {
+    let model = default_model(1);
+    let path = std::env::temp_dir().join(format!("moxe-extra-{}.safetensors", std::process::id()));
+    let mut s = Session::new(&model).unwrap();
+    s.feed(&[1, 2, 3], &Sampling::greedy()).unwrap();
+    s.save(&path).unwrap();
+    drop(s);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let extra = vec![0u8; 16];
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    views.push((
+        "state99".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &extra).unwrap(),
+    ));
+    let data = safetensors::serialize(views, meta.metadata().clone()).unwrap();
+    std::fs::write(&path, data).unwrap();
+    let err = Session::load(&model, &path)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("'state99'"), "{err}");
+    std::fs::remove_file(path).unwrap();
+}

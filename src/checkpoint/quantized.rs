@@ -62,6 +62,15 @@ pub(crate) fn check_config(config: &Path, weights: &super::Weights) -> Result<()
             entry["format"]
         )));
     }
+    if let Some(block) = entry
+        .get("block")
+        .filter(|b| b.as_u64() != Some(BLOCK as u64))
+    {
+        return Err(bad(format!(
+            "block size {block}, but this moxe's {format} blocks hold {BLOCK} weights (the \
+             weights' own metadata says so too)"
+        )));
+    }
     let found = weights.quant_formats();
     if found.len() != 1 || !found.contains(format) {
         let held = match found.len() {

@@ -19,7 +19,7 @@ fn decode(src: &[u8], from: Dtype, i: usize) -> f32 {
 }
 
 fn not_finite(col: usize, v: f32) -> Problem {
-    (col, format!("is {v} (corrupt weights)"))
+    (col, format!("is {v} (corrupt data)"))
 }
 
 /// Writes `v` as element `i` of `dst` in `to`.

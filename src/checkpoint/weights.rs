@@ -273,6 +273,18 @@ impl Weights {
             })?;
             entries.insert(name, entry);
         }
+        // A tensor the index does not assign (a second copy, or a shard of another download).
+        for (file, &i) in &files {
+            if let Some(name) = held[i].keys().min() {
+                return Err(Error::file(
+                    index,
+                    format!(
+                        "shard '{file}' holds tensor '{name}', which weight_map does not assign \
+                         to it (an index and shards of different checkpoints?)"
+                    ),
+                ));
+            }
+        }
         let shards = shards
             .into_iter()
             .map(|s| s.expect("every shard opened"))
@@ -1132,6 +1144,20 @@ mod tests {
         write_index(r#"{"a": "s1.safetensors", "b": "s3.safetensors"}"#);
         let err = Weights::open_index(&index).unwrap_err().to_string();
         assert!(err.contains("shard 's3.safetensors' is missing"), "{err}");
+        // A second copy of 'a' in the shard that holds 'b'.
+        std::fs::write(
+            dir.0.join("s3.safetensors"),
+            file(&[
+                ("a", Dtype::F32, vec![2], f32_bytes(&[1.0, 2.0])),
+                ("b", Dtype::F32, vec![1], f32_bytes(&[3.0])),
+            ]),
+        )
+        .unwrap();
+        let err = Weights::open_index(&index).unwrap_err().to_string();
+        assert!(
+            err.contains("shard 's3.safetensors' holds tensor 'a', which weight_map does not"),
+            "{err}"
+        );
         write_index(r#"{"a": "../s1.safetensors"}"#);
         let err = Weights::open_index(&index).unwrap_err().to_string();
         assert!(err.contains("not a file name"), "{err}");

@@ -371,7 +371,19 @@ impl Model {
         slot: usize,
         arrays: &BTreeMap<String, StateArray>,
     ) -> Result<()> {
-        for (i, t) in self.network.state_tensors().into_iter().enumerate() {
+        let tensors = self.network.state_tensors();
+        let known = |name: &str| {
+            name.strip_prefix("state")
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i < tensors.len() && name == format!("state{i}"))
+        };
+        if let Some(name) = arrays.keys().find(|n| !known(n)) {
+            return Err(Error::InvalidArgument(format!(
+                "session state has an array '{name}' this model does not have (saved from \
+                 another model or a modified file?)"
+            )));
+        }
+        for (i, t) in tensors.into_iter().enumerate() {
             {
                 let name = format!("state{i}");
                 let want = &t.shape()[1..];

@@ -74,9 +74,11 @@ impl ChatTemplate {
     /// none.
     pub fn of_model(dir: &Path, budget: Budget) -> Result<Option<Self>> {
         let path = dir.join("tokenizer_config.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        if !path.exists() {
             return Ok(None);
-        };
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::file(&path, format!("cannot read as UTF-8 text: {e}")))?;
         let config: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
         let source = match &config["chat_template"] {
