@@ -423,3 +423,74 @@ fn bad_generation_and_tokenizer_configs_are_named() {
         .to_string();
     mentions(&err, &["tokenizer", "<|nope|>"]);
 }
+
+/// Rewrites `file` of `copy`: `edit(name, bytes)` gives each tensor's new bytes, or `None` to drop it.
+fn rewrite_shard(copy: &Copy, file: &str, edit: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) {
+    let path = copy.0.join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(n, v)| {
+            edit(&n, v.data()).map(|data| (n, v.dtype(), v.shape().to_vec(), data))
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = kept
+        .iter()
+        .map(|(n, d, s, b)| {
+            let view = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn a_stored_head_is_the_model_s_even_where_the_config_says_tied() {
+    // transformers' xLSTMForCausalLM keeps its own lm_head whatever tie_word_embeddings says
+    // (5.x saves and reads it): a stored head is used; without one, the embedding is.
+    let tied = Copy::new("hf_single_bf16", "tied-flag");
+    tied.edit_json("config.json", |v| v["tie_word_embeddings"] = true.into());
+    let g = golden(&tied.0);
+    let (prompt, _) = run(&load(&tied.0, None), &g);
+    assert_close_rel_max(&prompt, &g.prompt_logits, 1e-5, "tied flag, stored head");
+
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tied.0.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let shard_of = |n: &str| index["weight_map"][n].as_str().unwrap().to_string();
+    let (head_shard, embedding_shard) = (
+        shard_of("lm_head.weight"),
+        shard_of("backbone.embeddings.weight"),
+    );
+    tied.edit_json("model.safetensors.index.json", |v| {
+        v["weight_map"]
+            .as_object_mut()
+            .unwrap()
+            .remove("lm_head.weight");
+    });
+    rewrite_shard(&tied, &head_shard, |n, b| {
+        (n != "lm_head.weight").then(|| b.to_vec())
+    });
+    let (without, _) = run(&load(&tied.0, None), &g);
+    // The same as an untied model whose stored head is a copy of the embedding.
+    let copied = Copy::new("hf_single_bf16", "head-copied");
+    let st_bytes = std::fs::read(copied.0.join(&embedding_shard)).unwrap();
+    let embedding = safetensors::SafeTensors::deserialize(&st_bytes)
+        .unwrap()
+        .tensor("backbone.embeddings.weight")
+        .unwrap()
+        .data()
+        .to_vec();
+    rewrite_shard(&copied, &head_shard, |n, b| {
+        Some(match n {
+            "lm_head.weight" => embedding.clone(),
+            _ => b.to_vec(),
+        })
+    });
+    let (want, _) = run(&load(&copied.0, None), &g);
+    assert_eq!(without, want, "a tied head is the embedding");
+    assert!(rel_err(&without, &g.prompt_logits) > 1e-2);
+}
