@@ -248,10 +248,17 @@ impl ModelConfig {
     }
 
     /// Adapts the configuration to the tensor names a checkpoint uses where an architecture
-    /// accepts several namings (xLSTM-Large: the package's, transformers', `q` or `query`).
+    /// accepts several namings (xLSTM-Large: the package's, transformers', `q` or `query`),
+    /// and to whether an xLSTM-Large checkpoint stores its own LM head.
     pub fn adapt_to(&mut self, weights: &Weights) {
         if let Architecture::Large(l) = &mut self.architecture {
             l.adapt_naming(weights);
+            // transformers' xLSTMForCausalLM does not tie (5.x saves and reads its own head
+            // whatever tie_word_embeddings says): a stored head is the model's; without one
+            // the embedding is.
+            if weights.contains("lm_head.weight") {
+                self.tie_weights = false;
+            }
         }
     }
 

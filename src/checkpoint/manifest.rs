@@ -41,9 +41,6 @@ pub struct Expected {
 #[derive(Debug, Default)]
 pub struct Manifest {
     pub tensors: Vec<Expected>,
-    /// Used when present (checked like `tensors`), not required (e.g. `lm_head.weight` of a
-    /// Hugging Face xLSTM-Large checkpoint whose config says tie_word_embeddings).
-    pub optional: Vec<Expected>,
     /// Present or not, these are ignored, but when present they must have their shape (e.g.
     /// `lm_head.weight` of a tied model, a copy of the embedding (V, D)).
     pub ignored: BTreeMap<String, Vec<usize>>,
@@ -81,23 +78,9 @@ impl Manifest {
         });
     }
 
-    /// Expects the weight matrix `name` with a fixed `shape` where it is present
-    /// ([`Manifest::optional`]).
-    pub(crate) fn add_optional_matrix(&mut self, name: String, shape: &[usize]) {
-        self.optional.push(Expected {
-            name,
-            shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
-            init: RandomInit::default_for(shape.len()),
-            matrix: true,
-        });
-    }
-
     /// Whether `name` is one of the weight matrices.
     pub fn is_matrix(&self, name: &str) -> bool {
-        self.tensors
-            .iter()
-            .chain(&self.optional)
-            .any(|t| t.matrix && t.name == name)
+        self.tensors.iter().any(|t| t.matrix && t.name == name)
     }
 
     /// Checks every expected tensor in `w` (presence, shape, float dtype, finite values) and
@@ -105,8 +88,7 @@ impl Manifest {
     pub fn check(&self, w: &Weights) -> Result<BTreeMap<String, usize>> {
         let mut ranks: BTreeMap<String, (usize, String)> = BTreeMap::new();
         let mut expected = BTreeSet::new();
-        let present = self.optional.iter().filter(|t| w.shape(&t.name).is_some());
-        for t in self.tensors.iter().chain(present) {
+        for t in &self.tensors {
             expected.insert(t.name.as_str());
             let Some(found) = w.shape(&t.name) else {
                 return Err(Error::file(

@@ -80,9 +80,7 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
         norm(&mut m, "backbone.out_norm".into(), d, l.out_norm_bias());
     }
     if cfg.tie_weights {
-        // transformers' xLSTMForCausalLM does not tie (5.x saves and reads its own head
-        // whatever the flag): a stored head is the model's; without one the embedding is.
-        m.add_optional_matrix("lm_head.weight".into(), &[v, d]);
+        m.ignored.insert("lm_head.weight".into(), vec![v, d]);
     } else {
         m.add_matrix("lm_head.weight".into(), &[v, d]);
     }
@@ -122,7 +120,7 @@ pub(crate) fn load(
         )),
         false => None,
     };
-    let lm_head = match cfg.tie_weights && !root.has("lm_head.weight") {
+    let lm_head = match cfg.tie_weights {
         true => None,
         false => Some(root.matrix(ctx, "lm_head.weight", &[v, d], dtype)?),
     };
