@@ -12,13 +12,16 @@ use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
 fn main() -> moxe::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1);
     let dir = args
         .next()
         .map_or_else(moxe::checkpoint::default_model_dir, Into::into);
-    let prompt = args
-        .next()
-        .unwrap_or_else(|| "Once upon a time".to_string());
+    let prompt = match args.next() {
+        Some(p) => p
+            .into_string()
+            .map_err(|_| moxe::Error::InvalidArgument("the prompt is not valid UTF-8".into()))?,
+        None => "Once upon a time".to_string(),
+    };
 
     let ctx = Context::new(&ContextOptions::from_env()?)?;
     let model = Arc::new(Model::load(&ctx, &dir, &LoadOptions::default())?);

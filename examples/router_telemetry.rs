@@ -10,9 +10,12 @@ use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
 fn main() -> moxe::Result<()> {
-    let text = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "The LORD is my shepherd; I shall not want.".to_string());
+    let text = match std::env::args_os().nth(1) {
+        Some(t) => t
+            .into_string()
+            .map_err(|_| moxe::Error::InvalidArgument("the text is not valid UTF-8".into()))?,
+        None => "The LORD is my shepherd; I shall not want.".to_string(),
+    };
     let ctx = Context::new(&ContextOptions::from_env()?)?;
     let model = Arc::new(Model::load(
         &ctx,

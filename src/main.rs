@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     #[cfg(unix)]
     end_quietly_on_a_closed_pipe(&args.command);
+    report_failed_writes_to_stdout();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -44,4 +45,22 @@ fn end_quietly_on_a_closed_pipe(command: &cli::Command) {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+}
+
+/// A failed write to standard output (`moxe info > /dev/full`, a terminal gone) ends the
+/// command with an error naming it, not a panic: `print!` panics when a write fails, so this
+/// hook turns that one panic into a message and exit code 1. Every other panic keeps the
+/// default report.
+fn report_failed_writes_to_stdout() {
+    const PREFIX: &str = "failed printing to stdout: ";
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        match info.payload_as_str().and_then(|m| m.strip_prefix(PREFIX)) {
+            Some(reason) => {
+                eprintln!("error: cannot write to standard output: {reason}");
+                std::process::exit(1);
+            }
+            None => default(info),
+        }
+    }));
 }

@@ -423,3 +423,17 @@ fn command_lines_that_cannot_mean_anything_are_named() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_on_standard_output_is_an_error_not_a_panic() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .arg("info")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
+}
