@@ -55,7 +55,12 @@ fn report_failed_writes_to_stdout() {
     const PREFIX: &str = "failed printing to stdout: ";
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        match info.payload_as_str().and_then(|m| m.strip_prefix(PREFIX)) {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        match message.and_then(|m| m.strip_prefix(PREFIX)) {
             Some(reason) => {
                 eprintln!("error: cannot write to standard output: {reason}");
                 std::process::exit(1);
