@@ -1078,3 +1078,211 @@ fn chat_content_parts_other_than_text_are_refused() {
     server.shutdown().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn unsupported_openai_features_are_refused_naming_the_field() {
+    let dir = model_with_template("unsupported", PLAIN_TEMPLATE);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    let tool = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
+    let call = json!([{"id": "c1", "type": "function",
+                       "function": {"name": "f", "arguments": "{}"}}]);
+    let user = json!({"role": "user", "content": "Tell me of the sea."});
+    // (extra fields or messages, param, start of the message)
+    let cases = [
+        (json!({"tools": [tool]}), "tools", "tools are not supported"),
+        (
+            json!({"tool_choice": "auto"}),
+            "tool_choice",
+            "tool_choice other than",
+        ),
+        (
+            json!({"functions": [{"name": "f", "parameters": {}}]}),
+            "functions",
+            "functions are not supported",
+        ),
+        (
+            json!({"function_call": {"name": "f"}}),
+            "function_call",
+            "function_call other than",
+        ),
+        (
+            json!({"parallel_tool_calls": true}),
+            "parallel_tool_calls",
+            "parallel_tool_calls is not supported",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+            "response_format type 'json_object' is not supported",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema",
+                   "json_schema": {"name": "x", "schema": {}}}}),
+            "response_format",
+            "response_format type 'json_schema' is not supported",
+        ),
+        (
+            json!({"modalities": ["text", "audio"]}),
+            "modalities",
+            "modalities other than",
+        ),
+        (
+            json!({"audio": {"voice": "alloy", "format": "wav"}}),
+            "audio",
+            "audio output is not supported",
+        ),
+        (
+            json!({"prediction": {"type": "content", "content": "x"}}),
+            "prediction",
+            "prediction (predicted outputs) is not supported",
+        ),
+        (
+            json!({"messages": [user, {"role": "assistant", "content": "ok", "tool_calls": call}]}),
+            "messages[1].tool_calls",
+            "tool_calls in messages are not supported",
+        ),
+        (
+            json!({"messages": [user, {"role": "tool", "content": "42", "tool_call_id": "c1"}]}),
+            "messages[1].role",
+            "messages with role 'tool' are not supported",
+        ),
+        (
+            json!({"messages": [user, {"role": "function", "name": "f", "content": "42"}]}),
+            "messages[1].role",
+            "messages with role 'function' are not supported",
+        ),
+        (
+            json!({"max_tokens": 2, "max_completion_tokens": 3}),
+            "max_completion_tokens",
+            "max_completion_tokens (3) and max_tokens (2) differ",
+        ),
+    ];
+    let ask = |extra: &Value| {
+        let mut body = json!({"messages": [user], "max_tokens": 2, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    runtime().block_on(async {
+        for (extra, param, message) in &cases {
+            let (s, e) = post(addr, "/v1/chat/completions", ask(extra)).await;
+            assert_eq!(s, 400, "{extra}: {e}");
+            assert_eq!(e["error"]["param"], *param, "{extra}: {e}");
+            assert_eq!(e["error"]["code"], "invalid_request_error", "{extra}: {e}");
+            let m = e["error"]["message"].as_str().unwrap();
+            assert!(m.starts_with(message), "{extra}: {e}");
+        }
+        // The legacy endpoint refuses them too.
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 2,
+                   "response_format": {"type": "json_object"}}),
+        )
+        .await;
+        assert_eq!(
+            (s, e["error"]["param"].clone()),
+            (400, json!("response_format"))
+        );
+        // Values that ask for nothing are accepted.
+        let harmless = [
+            json!({"response_format": {"type": "text"}}),
+            json!({"modalities": ["text"]}),
+            json!({"tool_choice": "none"}),
+            json!({"tools": null, "tool_choice": "none", "function_call": "none"}),
+            json!({"max_tokens": 2, "max_completion_tokens": 2}),
+            json!({"messages": [user, {"role": "assistant", "content": "ok", "tool_calls": []},
+                                user]}),
+        ];
+        for extra in &harmless {
+            let (s, c) = post(addr, "/v1/chat/completions", ask(extra)).await;
+            assert_eq!(s, 200, "{extra}: {c}");
+        }
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_prompt_list_the_server_can_never_hold_is_400_up_front() {
+    let server = start(ServeOptions {
+        slots: 2,
+        queue: 2,
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        // 2 running and 2 waiting at most: 5 prompts can never be held.
+        let prompts = |k: usize| json!(vec!["It was the best of times"; k]);
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": prompts(5), "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(s, 400, "{e}");
+        assert_eq!(e["error"]["param"], "prompt", "{e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("5 prompts x n=1 choices need 5 sequences"),
+            "{e}"
+        );
+        assert!(m.contains("--slots") && m.contains("--queue"), "{e}");
+        // With n=2 one runs (both slots) and 2 wait: 4 prompts can never be held.
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": prompts(4), "n": 2, "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(s, 400, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("4 prompts x n=2 choices need 8 sequences"),
+            "{e}"
+        );
+        // Nothing was queued: the server is idle and takes the next request.
+        assert_eq!(gauge(addr, "moxe_queue_depth ").await, 0);
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": prompts(2), "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["choices"].as_array().unwrap().len(), 2);
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_model_is_retrieved_by_id() {
+    let server = start(options());
+    let addr = server.addr();
+    runtime().block_on(async {
+        let (s, list) = call(addr, "GET", "/v1/models", None, None).await;
+        assert_eq!(s, 200);
+        let (s, one) = call(addr, "GET", "/v1/models/default", None, None).await;
+        assert_eq!(s, 200, "{one}");
+        assert_eq!(parse(&one), parse(&list)["data"][0]);
+        let (s, e) = call(addr, "GET", "/v1/models/other", None, None).await;
+        assert_eq!(s, 404, "{e}");
+        let e = parse(&e);
+        assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("model 'other' is not served here"),
+            "{e}"
+        );
+    });
+    server.shutdown().unwrap();
+}

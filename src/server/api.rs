@@ -145,11 +145,103 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
 }
 
-/// One chat message; `content` is text or a list of text parts.
+/// OpenAI request fields for what this server cannot do (it generates plain text: no tool
+/// calls, structured output or audio). A body is read as this too, and each field is refused
+/// unless its value asks for nothing (see [`Unsupported::check`]).
+#[derive(Debug, Default, Deserialize)]
+pub struct Unsupported {
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    functions: Option<Value>,
+    function_call: Option<Value>,
+    parallel_tool_calls: Option<Value>,
+    response_format: Option<Value>,
+    modalities: Option<Value>,
+    audio: Option<Value>,
+    prediction: Option<Value>,
+}
+
+const PLAIN: &str = "(this server generates plain text)";
+
+impl Unsupported {
+    /// Refuses each field that asks for something; accepts the no-op values (`tools: []`,
+    /// `tool_choice: "none"`, `response_format: {"type": "text"}`, `modalities: ["text"]`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        let refuse = |param: &str, what: &str| {
+            Err(ApiError::invalid(Some(param), format!("{what} {PLAIN}")))
+        };
+        let empty = |v: &Value| v.as_array().is_some_and(Vec::is_empty);
+        if self.tools.as_ref().is_some_and(|v| !empty(v)) {
+            return refuse("tools", "tools are not supported");
+        }
+        if self.functions.as_ref().is_some_and(|v| !empty(v)) {
+            return refuse("functions", "functions are not supported");
+        }
+        if self.tool_choice.as_ref().is_some_and(|v| v != "none") {
+            return refuse(
+                "tool_choice",
+                "tool_choice other than \"none\" is not supported",
+            );
+        }
+        if self.function_call.as_ref().is_some_and(|v| v != "none") {
+            return refuse(
+                "function_call",
+                "function_call other than \"none\" is not supported",
+            );
+        }
+        if self.parallel_tool_calls.is_some() {
+            return refuse(
+                "parallel_tool_calls",
+                "parallel_tool_calls is not supported",
+            );
+        }
+        if let Some(v) = &self.response_format {
+            match v.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some(kind) => {
+                    return refuse(
+                        "response_format",
+                        &format!("response_format type '{kind}' is not supported"),
+                    )
+                }
+                None => {
+                    return refuse(
+                        "response_format",
+                        "response_format other than {\"type\": \"text\"} is not supported",
+                    )
+                }
+            }
+        }
+        if let Some(v) = &self.modalities {
+            let text_only = v.as_array().is_some_and(|m| m.iter().all(|x| x == "text"));
+            if !text_only {
+                return refuse(
+                    "modalities",
+                    "modalities other than [\"text\"] are not supported",
+                );
+            }
+        }
+        if self.audio.is_some() {
+            return refuse("audio", "audio output is not supported");
+        }
+        if self.prediction.is_some() {
+            return refuse(
+                "prediction",
+                "prediction (predicted outputs) is not supported",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One chat message; `content` is text or a list of text parts. `tool_calls` and
+/// `function_call` are read only to refuse them.
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    pub tool_calls: Option<Value>,
+    pub function_call: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +288,37 @@ pub struct Limits {
     pub max_prompt_tokens: usize,
     pub max_tokens: usize,
     pub max_n: usize,
+    /// Each replica's slots (`--slots` shared out over `--replicas`).
+    pub replica_slots: Vec<usize>,
+    /// Requests (jobs: one per prompt) that may wait for a slot (`--queue`).
+    pub queue: usize,
+}
+
+impl Limits {
+    /// Refuses a request whose `prompts` prompts of `n` choices each could never be held
+    /// at once (running on the slots, or waiting in the queue): a retry would not help.
+    pub fn check_capacity(&self, prompts: usize, n: usize) -> Result<(), ApiError> {
+        let running: usize = self.replica_slots.iter().map(|s| s / n).sum();
+        let held = running + self.queue;
+        if prompts <= held {
+            return Ok(());
+        }
+        Err(ApiError::invalid(
+            Some("prompt"),
+            format!(
+                "{prompts} prompts x n={n} choices need {} sequences; this server holds at \
+                 most {} at once ({} running on its slots (--slots {}, --replicas {}) and {} \
+                 waiting (--queue {})): send at most {held} prompts with n={n} per request",
+                prompts * n,
+                held * n,
+                running * n,
+                self.replica_slots.iter().sum::<usize>(),
+                self.replica_slots.len(),
+                self.queue * n,
+                self.queue,
+            ),
+        ))
+    }
 }
 
 /// What a completion asks for, checked: choices, length, stop strings, sampling.

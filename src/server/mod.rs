@@ -2,7 +2,7 @@
 //! continuous batching and a prefix-state cache.
 //!
 //! - [`api`]: request bodies, validation and JSON errors;
-//! - `routes`: the endpoints (`/health`, `/v1/models`, `/v1/completions`,
+//! - `routes`: the endpoints (`/health`, `/v1/models`, `/v1/models/{id}`, `/v1/completions`,
 //!   `/v1/chat/completions`, `/tokenize`, `/detokenize`, `/metrics`);
 //! - `engine`: the thread that owns the model's slots and runs the steps;
 //! - `cache`: prompt-prefix states under a byte budget;
@@ -193,6 +193,10 @@ impl Server {
                 max_tokens: options.max_tokens,
                 // A request's choices run on one replica.
                 max_n: options.slots / options.replicas,
+                replica_slots: (0..options.replicas)
+                    .map(|i| replica_slots(options.slots, options.replicas, i))
+                    .collect(),
+                queue: options.queue,
             },
             metrics: Arc::new(Metrics::new()),
             model_id,
@@ -256,6 +260,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/v1/models", get(routes::models))
+        .route("/v1/models/{*id}", get(routes::model))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat))
         .route("/tokenize", post(routes::tokenize))
@@ -352,8 +357,7 @@ fn load(
     for i in 0..options.replicas {
         // The slots shared out as evenly as they go.
         let load = LoadOptions {
-            max_sequences: options.slots / options.replicas
-                + usize::from(i < options.slots % options.replicas),
+            max_sequences: replica_slots(options.slots, options.replicas, i),
             ..options.load.clone()
         };
         let ctx = if i == 0 { ctx.clone() } else { ctx.replica()? };
@@ -380,6 +384,11 @@ fn load(
         chat,
     }));
     Ok(threads)
+}
+
+/// Replica `i`'s share of `slots` over `replicas` (shared out as evenly as they go).
+fn replica_slots(slots: usize, replicas: usize, i: usize) -> usize {
+    slots / replicas + usize::from(i < slots % replicas)
 }
 
 /// The replicas `moxe serve` uses unless told: on a CPU adapter whose driver runs each

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -22,7 +22,7 @@ use tokio_stream::{StreamExt, StreamMap};
 
 use super::api::{
     parse, ApiError, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Plan, PromptInput,
-    TokenizeRequest,
+    TokenizeRequest, Unsupported,
 };
 use super::engine::{Event, Job, Rejected};
 use super::{AppState, Ready};
@@ -47,7 +47,7 @@ pub(crate) async fn count(State(s): State<Arc<AppState>>, req: Request, next: Ne
     let path = req.uri().path().to_string();
     let endpoint = ENDPOINTS
         .iter()
-        .find(|e| **e == path)
+        .find(|e| **e == path || (e.ends_with('/') && path.starts_with(**e)))
         .copied()
         .unwrap_or("other");
     let response = next.run(req).await;
@@ -86,8 +86,9 @@ pub(crate) async fn not_found(req: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no endpoint {} {} (see GET /v1/models, POST /v1/completions, POST \
-             /v1/chat/completions, POST /tokenize, POST /detokenize, GET /health, GET /metrics)",
+            "no endpoint {} {} (see GET /v1/models, GET /v1/models/{{id}}, POST \
+             /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize, \
+             GET /health, GET /metrics)",
             req.method(),
             req.uri().path()
         ),
@@ -113,13 +114,39 @@ pub(crate) async fn health(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub(crate) async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{
+/// The served model as `/v1/models` lists it.
+fn model_object(s: &AppState) -> Value {
+    json!({
         "id": s.model_id,
         "object": "model",
         "created": s.started,
         "owned_by": "moxe",
-    }]}))
+    })
+}
+
+pub(crate) async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&s)]}))
+}
+
+/// `GET /v1/models/{id}`: the served model, or 404.
+pub(crate) async fn model(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if id != s.model_id {
+        return Err(ApiError {
+            param: Some("model".into()),
+            ..ApiError::status(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!(
+                    "model '{id}' is not served here; this server serves '{}'",
+                    s.model_id
+                ),
+            )
+        });
+    }
+    Ok(Json(model_object(&s)))
 }
 
 pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
@@ -237,6 +264,7 @@ pub(crate) async fn completions(
     let req: CompletionRequest = parse(&raw)?;
     let common: Common = parse(&raw)?;
     check_model(&s, &common.model)?;
+    parse::<Unsupported>(&raw)?.check()?;
     if req.suffix.is_some() {
         return Err(ApiError::invalid(
             Some("suffix"),
@@ -289,6 +317,9 @@ pub(crate) async fn completions(
             "the prompt list is empty",
         ));
     }
+    if plan.max_tokens > 0 {
+        s.limits.check_capacity(prompts.len(), plan.n)?;
+    }
     for p in &prompts {
         check_prompt(&s, p)?;
         crate::runtime::tokenizer::check_ids(p, ready.model.vocab())
@@ -314,6 +345,7 @@ pub(crate) async fn chat(
     let req: ChatRequest = parse(&raw)?;
     let common: Common = parse(&raw)?;
     check_model(&s, &common.model)?;
+    parse::<Unsupported>(&raw)?.check()?;
     if ready.chat.is_none() {
         return Err(ApiError::invalid(
             Some("messages"),
@@ -340,6 +372,46 @@ pub(crate) async fn chat(
         (true, k) => k.unwrap_or(0) as usize,
         (false, None) => 0,
     };
+    if let (Some(a), Some(b)) = (req.max_completion_tokens, common.max_tokens) {
+        if a != b {
+            return Err(ApiError::invalid(
+                Some("max_completion_tokens"),
+                format!(
+                    "max_completion_tokens ({a}) and max_tokens ({b}) differ: give one \
+                     (max_completion_tokens replaces max_tokens) or the same value in both"
+                ),
+            ));
+        }
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        if m.role == "tool" || m.role == "function" {
+            return Err(ApiError::invalid(
+                Some(&format!("messages[{i}].role")),
+                format!(
+                    "messages with role '{}' are not supported (this server has no tool \
+                     calling and generates plain text)",
+                    m.role
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("tool_calls", &m.tool_calls),
+            ("function_call", &m.function_call),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+            {
+                return Err(ApiError::invalid(
+                    Some(&format!("messages[{i}].{field}")),
+                    format!(
+                        "{field} in messages are not supported (this server has no tool \
+                         calling and generates plain text)"
+                    ),
+                ));
+            }
+        }
+    }
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     let plan = common.plan(
         s.limits.max_tokens,
