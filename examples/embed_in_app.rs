@@ -4,13 +4,15 @@
 //!
 //!     cargo run --release --example embed_in_app
 
+mod common;
+
 use std::sync::Arc;
 
 use moxe::runtime::generate::GenerateOptions;
 use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{wgpu, Context};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     // --- The application's own GPU setup (normally next to its window surface) ---
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let adapter =
@@ -60,4 +62,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     device.poll(wgpu::PollType::wait_indefinitely())?;
     println!("app buffer still alive: {} bytes", app_buffer.size());
     Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    common::main("cargo run --release --example embed_in_app", 0, run)
 }

@@ -3,6 +3,8 @@
 //!
 //!     cargo run --release --example generate -- [MODEL_DIR] ["prompt"]
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use moxe::runtime::generate::GenerateOptions;
 use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
-fn main() -> moxe::Result<()> {
+fn run() -> moxe::Result<()> {
     let mut args = std::env::args_os().skip(1);
     let dir = args
         .next()
@@ -43,4 +45,12 @@ fn main() -> moxe::Result<()> {
     }
     println!();
     Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(
+        "cargo run --release --example generate -- [MODEL_DIR] [\"prompt\"]",
+        2,
+        run,
+    )
 }

@@ -4,12 +4,14 @@
 //!
 //!     cargo run --release --example router_telemetry -- ["text"]
 
+mod common;
+
 use std::sync::Arc;
 
 use moxe::runtime::{LoadOptions, Model, Session};
 use moxe::{Context, ContextOptions};
 
-fn main() -> moxe::Result<()> {
+fn run() -> moxe::Result<()> {
     let text = match std::env::args_os().nth(1) {
         Some(t) => t
             .into_string()
@@ -56,4 +58,12 @@ fn main() -> moxe::Result<()> {
         }
     }
     Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    common::main(
+        "cargo run --release --example router_telemetry -- [\"text\"]",
+        1,
+        run,
+    )
 }

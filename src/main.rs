@@ -49,10 +49,12 @@ fn end_quietly_on_a_closed_pipe(command: &cli::Command) {
 
 /// A failed write to standard output (`moxe info > /dev/full`, a terminal gone) ends the
 /// command with an error naming it, not a panic: `print!` panics when a write fails, so this
-/// hook turns that one panic into a message and exit code 1. Every other panic keeps the
-/// default report.
+/// hook turns that one panic into a message and exit code 1 (and a failed write to standard
+/// error into exit code 1 alone: nothing can be said). Every other panic keeps the default
+/// report.
 fn report_failed_writes_to_stdout() {
     const PREFIX: &str = "failed printing to stdout: ";
+    const STDERR: &str = "failed printing to stderr: ";
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let payload = info.payload();
@@ -60,9 +62,16 @@ fn report_failed_writes_to_stdout() {
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with(STDERR)) {
+            std::process::exit(1);
+        }
         match message.and_then(|m| m.strip_prefix(PREFIX)) {
             Some(reason) => {
-                eprintln!("error: cannot write to standard output: {reason}");
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: cannot write to standard output: {reason}"
+                );
                 std::process::exit(1);
             }
             None => default(info),

@@ -437,3 +437,60 @@ fn a_full_disk_on_standard_output_is_an_error_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("cannot write to standard output"), "{err}");
 }
+
+#[test]
+fn text_inputs_are_bounded_and_a_byte_order_mark_is_not_text() {
+    let moxe = |args: &[&str], stdin: std::process::Stdio| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(args)
+            .stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    let perplexity_line = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .find(|l| l.starts_with("perplexity:"))
+            .unwrap()
+            .to_string()
+    };
+    let dir = std::env::temp_dir().join(format!("moxe-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (plain, bom) = (dir.join("plain.txt"), dir.join("bom.txt"));
+    let text = "The quick brown fox jumps over the lazy dog. It was a bright cold day.";
+    std::fs::write(&plain, text).unwrap();
+    std::fs::write(&bom, format!("\u{feff}{text}")).unwrap();
+    let want = perplexity_line(&moxe(
+        &["perplexity", "--text", plain.to_str().unwrap()],
+        std::process::Stdio::null(),
+    ));
+    let got = perplexity_line(&moxe(
+        &["perplexity", "--text", bom.to_str().unwrap()],
+        std::process::Stdio::null(),
+    ));
+    assert_eq!(got, want, "a byte-order mark changed the score");
+    let piped = perplexity_line(&moxe(
+        &["perplexity", "--text", "-"],
+        std::fs::File::open(&plain).unwrap().into(),
+    ));
+    assert_eq!(piped, want, "--text - reads standard input");
+    // An endless source is an error past the limit, not unbounded memory.
+    #[cfg(target_os = "linux")]
+    for args in [
+        &["perplexity", "--text", "/dev/zero"][..],
+        &["generate", "--prompt-file", "/dev/zero"],
+    ] {
+        let out = moxe(args, std::process::Stdio::null());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("MiB of text"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,13 +3,15 @@
 //! downloaded, the xlstm_large package's state dicts), safetensors files and shards
 //! ([`weights`]), the tensors a configuration implies ([`manifest`]), the generation
 //! defaults and special tokens of the tokenizer and generation config files
-//! ([`generation`]), quantised checkpoints ([`quantized`]), and random weights for any
-//! configuration ([`random`]).
+//! ([`generation`]), quantised checkpoints ([`quantized`]), random weights for any
+//! configuration ([`random`]), and the files written for a user, whole or not at all
+//! ([`output`]).
 
 pub mod dir;
 pub mod generation;
 pub(crate) mod json;
 pub mod manifest;
+pub mod output;
 pub mod quantized;
 pub mod random;
 pub mod values;

@@ -29,9 +29,18 @@ pub struct BenchArgs {
     pub what: Option<BenchWhat>,
     #[command(flatten)]
     pub model: ModelBenchArgs,
-    /// Seconds to spend on each kernel measurement.
-    #[arg(long, global = true, default_value_t = 1.0)]
+    /// Seconds to spend on each kernel measurement (0 to 3600).
+    #[arg(long, global = true, default_value_t = 1.0, value_parser = seconds)]
     pub seconds: f64,
+}
+
+/// A number of seconds from 0 to an hour.
+fn seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=3600.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not between 0 and 3600 seconds")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Whole-model benchmark options.

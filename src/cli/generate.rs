@@ -1,6 +1,6 @@
 //! `moxe generate`: text from a prompt, streamed as it is decoded.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -76,6 +76,10 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
+/// The most bytes of prompt text read from a file or standard input (a few GB of memory
+/// while they are tokenised).
+const PROMPT_BYTES: u64 = 16 << 20;
+
 fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
     if args.lines && args.prompt_file.is_none() {
         return Err(Error::InvalidArgument(
@@ -83,8 +87,7 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
         ));
     }
     if let Some(path) = &args.prompt_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let text = super::read_text_file(path, PROMPT_BYTES)?;
         if !args.lines {
             return Ok(vec![text]);
         }
@@ -115,11 +118,7 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
         .iter()
         .map(|p| {
             if p == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).map_err(|e| {
-                    Error::InvalidArgument(format!("cannot read standard input: {e}"))
-                })?;
-                Ok(s)
+                super::read_text(std::io::stdin(), None, PROMPT_BYTES)
             } else {
                 Ok(p.clone())
             }
@@ -177,7 +176,18 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     options(args, &GenerationDefaults::default())
         .sampling
         .validate()?;
-    let model = args.model.load(gpu, prompts.len())?;
+    let model = args.model.load(gpu, prompts.len()).map_err(|e| match e {
+        // Each prompt of a batch holds its own recurrent state on the device.
+        Error::Limit { .. } | Error::OutOfMemory { .. } if prompts.len() > 1 => {
+            Error::InvalidArgument(format!(
+                "{} prompts in one batch need {} sequences of state, more than this device \
+                 holds ({e}): give fewer prompts at once",
+                prompts.len(),
+                prompts.len()
+            ))
+        }
+        e => e,
+    })?;
     model.require_tokenizer()?;
     let opts = options(args, model.generation_defaults());
     opts.sampling.validate()?;
@@ -220,7 +230,7 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let results = generate_batch(&model, &refs, &opts, |_, _| tokens += 1)?;
         for (i, (p, r)) in prompts.iter().zip(&results).enumerate() {
-            println!("--- [{i}] ({:?})\n{p}{}", r.finish, r.text);
+            println!("--- [{i}] ({})\n{p}{}", r.finish, r.text);
         }
     }
     let secs = t.elapsed().as_secs_f64();

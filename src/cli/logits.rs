@@ -46,8 +46,7 @@ pub fn run(gpu: &GpuArgs, args: &LogitsArgs) -> Result<()> {
         ),
     ];
     let data = safetensors::serialize(views, None).map_err(enc)?;
-    std::fs::write(&args.out, data)
-        .map_err(|e| Error::file(&args.out, format!("cannot write: {e}")))?;
+    moxe::checkpoint::output::write_atomically(&args.out, &data)?;
     println!("wrote {} ({n} x {v} logits)", args.out.display());
     Ok(())
 }

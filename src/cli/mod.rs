@@ -98,6 +98,45 @@ fn check_output_file(path: &std::path::Path, flag: &str, force: bool) -> Result<
     }
 }
 
+/// Reads UTF-8 text of at most `limit` bytes from `reader` (a file at `path`, or standard
+/// input when `path` is `None`): an endless source (`/dev/zero`, a FIFO that never closes
+/// fed by a runaway writer) is an error once past the limit, not unbounded memory.
+fn read_text(
+    reader: impl std::io::Read,
+    path: Option<&std::path::Path>,
+    limit: u64,
+) -> Result<String> {
+    use std::io::Read;
+    let fail = |message: String| match path {
+        Some(p) => moxe::Error::file(p, message),
+        None => moxe::Error::InvalidArgument(format!("standard input: {message}")),
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(fail(format!(
+            "more than {} MiB of text, the most this command reads",
+            limit >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
+    // A byte-order mark is not text (editors on Windows write one).
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+/// [`read_text`] of the file at `path`.
+fn read_text_file(path: &std::path::Path, limit: u64) -> Result<String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| moxe::Error::file(path, format!("cannot read: {e}")))?;
+    read_text(file, Some(path), limit)
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

@@ -1,6 +1,6 @@
 //! `moxe perplexity`: per-token NLL and perplexity of a text.
 
-use std::io::Write;
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use super::GpuArgs;
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The text to score (UTF-8).
+    /// The text to score (UTF-8, at most 32 MiB; `-` reads standard input).
     #[arg(long)]
     pub text: PathBuf,
     /// Score consecutive windows of this many tokens, each from a fresh state (the first
@@ -41,8 +41,12 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     if let Some(path) = &args.nll_out {
         super::check_output_file(path, "--nll-out", args.force)?;
     }
-    let text = std::fs::read_to_string(&args.text)
-        .map_err(|e| Error::file(&args.text, format!("cannot read as UTF-8 text: {e}")))?;
+    // 32 MiB: millions of tokens, and a few GB of memory while they are tokenised.
+    const TEXT_BYTES: u64 = 32 << 20;
+    let text = match args.text.as_os_str() == "-" {
+        true => super::read_text(std::io::stdin(), None, TEXT_BYTES)?,
+        false => super::read_text_file(&args.text, TEXT_BYTES)?,
+    };
     let model = args.model.load(gpu, 1)?;
     let ids = model.require_tokenizer()?.encode(&text)?;
     if ids.len() < 2 {
@@ -90,15 +94,11 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let mean = nll.iter().map(|&v| v as f64).sum::<f64>() / nll.len() as f64;
     if let Some(path) = &args.nll_out {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .map_err(|e| Error::file(path, format!("cannot create: {e}")))?,
-        );
-        let io = |e: std::io::Error| Error::file(path, format!("cannot write: {e}"));
-        writeln!(f, "position,token_id,nll").map_err(io)?;
+        let mut csv = String::from("position,token_id,nll\n");
         for ((pos, id), v) in scored.iter().zip(&nll) {
-            writeln!(f, "{pos},{id},{v}").map_err(io)?;
+            writeln!(csv, "{pos},{id},{v}").expect("a String takes every write");
         }
+        moxe::checkpoint::output::write_atomically(path, csv.as_bytes())?;
     }
     println!("text:       {} ({} tokens)", args.text.display(), ids.len());
     println!(

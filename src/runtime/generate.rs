@@ -49,6 +49,16 @@ pub enum Finish {
     Stop,
 }
 
+impl std::fmt::Display for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Finish::MaxTokens => "max tokens",
+            Finish::Eos => "end of sequence",
+            Finish::Stop => "stop string",
+        })
+    }
+}
+
 /// The per-sequence bookkeeping of a generation: text stream, held-back text, budget.
 pub(crate) struct Emitter {
     stream: TextStream,

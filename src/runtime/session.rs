@@ -206,7 +206,7 @@ impl Session {
         .collect();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
-        std::fs::write(path, data).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        crate::checkpoint::output::write_atomically(path, &data)
     }
 
     /// Resumes a session saved with [`Session::save`] for the same model.
