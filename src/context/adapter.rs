@@ -160,7 +160,16 @@ fn preference(kind: wgpu::DeviceType) -> u8 {
 /// substring of the adapter name. Without a selector, the primary backends are preferred
 /// over OpenGL, and discrete over integrated over software adapters.
 pub fn select(backend: Backend, selector: Option<&str>) -> Result<wgpu::Adapter> {
-    let adapters = enumerate(backend);
+    pick(enumerate(backend), backend, selector)
+}
+
+/// [`select`] among `adapters` (those of `backend`), for a host that enumerates them itself
+/// (a window's renderer).
+pub fn pick(
+    adapters: Vec<wgpu::Adapter>,
+    backend: Backend,
+    selector: Option<&str>,
+) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         let hint = if cfg!(target_os = "linux") {
             ". On Linux without a GPU, install Mesa's software Vulkan driver: \

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use adapter::{
-    auto_backends, enumerate, instance_flags, report, select, skip_mesa_device_select, Backend,
-    OPTIONAL_FEATURES,
+    auto_backends, enumerate, instance_flags, pick, report, select, skip_mesa_device_select,
+    Backend, OPTIONAL_FEATURES,
 };
 
 use crate::error::{Error, Result};

@@ -61,7 +61,12 @@ impl FrameClock {
 /// Writes `image` as an 8-bit RGBA PNG.
 pub fn save_png(path: &Path, image: &ColorImage) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
+    // Never over a file that appeared while the window ran.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| fail(&e))?;
     let [w, h] = image.size;
     let mut encoder = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
     encoder.set_color(png::ColorType::Rgba);

@@ -51,14 +51,35 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(moxe::checkpoint::default_model_dir);
     if let Some(path) = &args.screenshot {
-        if path.exists() {
+        // Before any work: the file is created only at the end, and never over another
+        // (`frames::save_png` creates it exclusively); a dangling link counts as taken.
+        if path.symlink_metadata().is_ok() {
             eprintln!(
                 "error: {} exists: choose another --screenshot file (nothing is overwritten)",
                 path.display()
             );
             return ExitCode::FAILURE;
         }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            eprintln!(
+                "error: {}: the directory of the --screenshot file does not exist",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
     }
+    // The engine's MOXE_BACKEND and MOXE_ADAPTER, as every moxe command reads them.
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
+    let backend = match env("MOXE_BACKEND").map(|b| b.parse::<moxe::Backend>()) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            eprintln!("error: MOXE_BACKEND: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let adapter = env("MOXE_ADAPTER");
     let outcome = Arc::new(Mutex::new(None));
     let auto = args.prompt.as_ref().map(|prompt| app::Auto {
         prompt: prompt.clone(),
@@ -67,11 +88,21 @@ fn main() -> ExitCode {
         outcome: outcome.clone(),
     });
     // The engine's backend choice (OpenGL only where nothing else exists: probing it prints
-    // windowing errors) and instance flags; WGPU_BACKEND overrides the backends.
+    // windowing errors) and instance flags; MOXE_BACKEND, else WGPU_BACKEND, chooses.
     let mut setup = WgpuSetupCreateNew::without_display_handle();
-    let backends = wgpu::Backends::from_env().unwrap_or_else(moxe::context::auto_backends);
+    let backends = match backend {
+        Some(b) => b.backends(),
+        None => wgpu::Backends::from_env().unwrap_or_else(moxe::context::auto_backends),
+    };
     setup.instance_descriptor.backends = backends;
     setup.instance_descriptor.flags = moxe::context::instance_flags(backends);
+    if let Some(selector) = adapter {
+        let backend = backend.unwrap_or_default();
+        setup.native_adapter_selector = Some(Arc::new(move |adapters, _surface| {
+            moxe::context::pick(adapters.to_vec(), backend, Some(&selector))
+                .map_err(|e| format!("MOXE_ADAPTER: {e}"))
+        }));
+    }
     let setup = WgpuSetupCreateNew {
         device_descriptor: Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
             label: Some("moxe-chat"),

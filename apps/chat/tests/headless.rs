@@ -120,3 +120,49 @@ fn an_engine_error_is_reported_not_a_crash() {
     assert!(!shot.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_engine_s_backend_and_adapter_choices_are_honoured_or_refused() {
+    let dir = std::env::temp_dir().join(format!("moxe-chat-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("shot.png");
+    // Refused before any window: a backend that does not exist, a screenshot directory that
+    // does not exist.
+    let bogus = Command::new(env!("CARGO_BIN_EXE_moxe-chat"))
+        .env("MOXE_BACKEND", "bogus")
+        .args(["--prompt", "hi", "--screenshot", shot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bogus.stderr);
+    assert!(
+        !bogus.status.success() && err.contains("MOXE_BACKEND"),
+        "{err}"
+    );
+    let nowhere = dir.join("missing").join("shot.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_moxe-chat"))
+        .args(["--prompt", "hi", "--screenshot", nowhere.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not exist"),
+        "{err}"
+    );
+    // An adapter that matches nothing is named with the ones there are.
+    let _x = XVFB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(xvfb_run())
+        .args(["-a", "-s", "-screen 0 1280x800x24"])
+        .arg(env!("CARGO_BIN_EXE_moxe-chat"))
+        .env("MOXE_ADAPTER", "no-such-adapter")
+        .args(["--prompt", "hi", "--screenshot", shot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("MOXE_ADAPTER") && err.contains("no-such-adapter"),
+        "{err}"
+    );
+    assert!(!shot.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
