@@ -103,6 +103,14 @@ impl Field<'_> {
         }
     }
 
+    /// A number within [lo, hi] (`expected` says which, for the error).
+    fn f32_in(&self, lo: f32, hi: f32, expected: &str) -> Result<f32> {
+        match self.f32() {
+            Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+            _ => Err(self.error(expected)),
+        }
+    }
+
     fn usize(&self) -> Result<usize> {
         self.value
             .as_u64()
@@ -164,9 +172,13 @@ impl GenerationDefaults {
                     "pad_token_id" => d.pad = Some(f.id()?),
                     _ if name == "config.json" => {}
                     "do_sample" => d.do_sample = Some(f.bool()?),
-                    "temperature" => d.temperature = Some(f.f32()?),
+                    "temperature" => {
+                        d.temperature = Some(f.f32_in(0.0, f32::MAX, "a number >= 0")?)
+                    }
                     "top_k" => d.top_k = Some(f.usize()?.min(u32::MAX as usize) as u32),
-                    "top_p" => d.top_p = Some(f.f32()?),
+                    "top_p" => {
+                        d.top_p = Some(f.f32_in(f32::MIN_POSITIVE, 1.0, "a number in (0, 1]")?)
+                    }
                     "max_new_tokens" => d.max_new_tokens = Some(f.usize()?),
                     _ => {}
                 }
@@ -270,6 +282,16 @@ mod tests {
                 "generation_config.json",
                 r#"{"temperature": "hot"}"#,
                 "temperature",
+            ),
+            (
+                "generation_config.json",
+                r#"{"temperature": -1}"#,
+                "temperature': expected a number >= 0",
+            ),
+            (
+                "generation_config.json",
+                r#"{"top_p": 5}"#,
+                "top_p': expected a number in (0, 1]",
             ),
             (
                 "tokenizer_config.json",
