@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,winit=error"))
         .init();
     let args = Args::parse();
+    report_a_lost_display();
     let model_dir = args
         .model
         .clone()
@@ -157,4 +158,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// winit unwraps its X11 calls, so a display that goes away while the window runs (the X
+/// server dies, `xkill`, an SSH forwarding drops) panics inside it: that panic becomes one
+/// line and exit code 1. Every other panic keeps the default report.
+fn report_a_lost_display() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_winit = info
+            .location()
+            .is_some_and(|l| l.file().contains("/winit-"));
+        if in_winit && info.to_string().contains("Connection") {
+            eprintln!("error: lost the connection to the display");
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }
