@@ -163,12 +163,15 @@ impl ChatApp {
             return;
         }
         self.screenshot_requested = true;
+        let ttft = match self.ttft {
+            Some(t) => format!("{t:.3} s"),
+            None => "none (no token generated)".to_string(),
+        };
         let report = format!(
             "frames drawn during generation: {}\n95th-percentile frame time: {:.1} ms\n\
-             time to first token: {:.3} s\n{}",
+             time to first token: {ttft}\n{}",
             self.frames.count(),
             self.frames.percentile_ms(0.95),
-            self.ttft.unwrap_or(f64::NAN),
             self.status
         );
         let outcome = a.outcome.clone();
