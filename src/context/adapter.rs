@@ -33,7 +33,9 @@ impl Backend {
     /// Reads `MOXE_BACKEND`; unset or empty means [`Backend::Auto`].
     pub fn from_env() -> Result<Self> {
         match std::env::var("MOXE_BACKEND") {
-            Ok(s) if !s.trim().is_empty() => s.parse(),
+            Ok(s) if !s.trim().is_empty() => s
+                .parse()
+                .map_err(|e| Error::InvalidArgument(format!("MOXE_BACKEND: {e}"))),
             _ => Ok(Backend::Auto),
         }
     }

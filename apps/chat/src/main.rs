@@ -70,17 +70,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // The engine's MOXE_BACKEND and MOXE_ADAPTER, as every moxe command reads them.
-    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
-    let backend = match env("MOXE_BACKEND").map(|b| b.parse::<moxe::Backend>()) {
-        None => None,
-        Some(Ok(b)) => Some(b),
-        Some(Err(e)) => {
-            eprintln!("error: MOXE_BACKEND: {e}");
+    // The engine's MOXE_BACKEND and MOXE_ADAPTER, read as every moxe command reads them.
+    let engine = match moxe::ContextOptions::from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let adapter = env("MOXE_ADAPTER");
     let outcome = Arc::new(Mutex::new(None));
     let auto = args.prompt.as_ref().map(|prompt| app::Auto {
         prompt: prompt.clone(),
@@ -91,14 +88,16 @@ fn main() -> ExitCode {
     // The engine's backend choice (OpenGL only where nothing else exists: probing it prints
     // windowing errors) and instance flags; MOXE_BACKEND, else WGPU_BACKEND, chooses.
     let mut setup = WgpuSetupCreateNew::without_display_handle();
-    let backends = match backend {
-        Some(b) => b.backends(),
-        None => wgpu::Backends::from_env().unwrap_or_else(moxe::context::auto_backends),
+    let backends = match engine.backend {
+        moxe::Backend::Auto => {
+            wgpu::Backends::from_env().unwrap_or_else(moxe::context::auto_backends)
+        }
+        chosen => chosen.backends(),
     };
     setup.instance_descriptor.backends = backends;
     setup.instance_descriptor.flags = moxe::context::instance_flags(backends);
-    if let Some(selector) = adapter {
-        let backend = backend.unwrap_or_default();
+    if let Some(selector) = engine.adapter {
+        let backend = engine.backend;
         setup.native_adapter_selector = Some(Arc::new(move |adapters, _surface| {
             moxe::context::pick(adapters.to_vec(), backend, Some(&selector))
                 .map_err(|e| format!("MOXE_ADAPTER: {e}"))
