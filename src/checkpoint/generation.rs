@@ -11,6 +11,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ops::sample::Sampling;
 
 /// What the checkpoint's files say about special tokens and sampling.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,14 +104,6 @@ impl Field<'_> {
         }
     }
 
-    /// A number within [lo, hi] (`expected` says which, for the error).
-    fn f32_in(&self, lo: f32, hi: f32, expected: &str) -> Result<f32> {
-        match self.f32() {
-            Ok(v) if (lo..=hi).contains(&v) => Ok(v),
-            _ => Err(self.error(expected)),
-        }
-    }
-
     fn usize(&self) -> Result<usize> {
         self.value
             .as_u64()
@@ -172,17 +165,22 @@ impl GenerationDefaults {
                     "pad_token_id" => d.pad = Some(f.id()?),
                     _ if name == "config.json" => {}
                     "do_sample" => d.do_sample = Some(f.bool()?),
-                    "temperature" => {
-                        d.temperature = Some(f.f32_in(0.0, f32::MAX, "a number >= 0")?)
-                    }
+                    "temperature" => d.temperature = Some(f.f32()?),
                     "top_k" => d.top_k = Some(f.usize()?.min(u32::MAX as usize) as u32),
-                    "top_p" => {
-                        d.top_p = Some(f.f32_in(f32::MIN_POSITIVE, 1.0, "a number in (0, 1]")?)
-                    }
+                    "top_p" => d.top_p = Some(f.f32()?),
                     "max_new_tokens" => d.max_new_tokens = Some(f.usize()?),
                     _ => {}
                 }
             }
+            // The sampler's own range checks, at load and naming the file.
+            let sampling = Sampling {
+                temperature: d.temperature.unwrap_or(0.0),
+                top_p: d.top_p.unwrap_or(1.0),
+                ..Sampling::greedy()
+            };
+            sampling
+                .validate()
+                .map_err(|e| Error::file(&path, e.to_string()))?;
         }
         Ok(d)
     }
@@ -286,12 +284,12 @@ mod tests {
             (
                 "generation_config.json",
                 r#"{"temperature": -1}"#,
-                "temperature': expected a number >= 0",
+                "temperature must be a finite number >= 0",
             ),
             (
                 "generation_config.json",
                 r#"{"top_p": 5}"#,
-                "top_p': expected a number in (0, 1]",
+                "top_p must be in (0, 1]",
             ),
             (
                 "tokenizer_config.json",
