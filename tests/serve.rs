@@ -1258,6 +1258,19 @@ fn a_prompt_list_the_server_can_never_hold_is_400_up_front() {
         .await;
         assert_eq!(s, 200, "{c}");
         assert_eq!(c["choices"].as_array().unwrap().len(), 2);
+        // A list as large as the server holds is taken whole on an idle server, every
+        // time: two prompts start at once and two wait (the jobs are placed together, not
+        // counted as waiting one by one before the engine starts any).
+        for _ in 0..5 {
+            let (s, c) = post(
+                addr,
+                "/v1/completions",
+                json!({"prompt": prompts(4), "max_tokens": 2}),
+            )
+            .await;
+            assert_eq!(s, 200, "{c}");
+            assert_eq!(c["choices"].as_array().unwrap().len(), 4);
+        }
     });
     server.shutdown().unwrap();
 }

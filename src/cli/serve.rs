@@ -45,7 +45,8 @@ pub struct ServeArgs {
     /// both this and MOXE_API_KEY unset to serve without a key).
     #[arg(long, env = "MOXE_API_KEY")]
     pub api_key: Option<String>,
-    /// Requests that may wait for a slot; beyond them requests get 429.
+    /// Prompts that may wait for a slot (on all replicas together); a request whose prompts
+    /// would pass them gets 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// MiB of host memory for the prefix-state cache (0 turns it off).

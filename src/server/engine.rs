@@ -61,14 +61,28 @@ pub(crate) enum Event {
 }
 
 /// Slots a job claims on the engine it was sent to, given back when the job leaves that
-/// engine (finished, failed, cancelled or drained: whenever it is dropped).
+/// engine (finished, failed, cancelled or drained: whenever it is dropped), and, for a job
+/// that could not start at once, its place in the shared queue, given back when it starts
+/// or leaves.
 pub(crate) struct Claim {
     load: Arc<AtomicUsize>,
     n: usize,
+    /// The shared count of waiting jobs, while this job is one of them.
+    waiting: Option<Arc<AtomicUsize>>,
+}
+
+impl Claim {
+    /// The job has started: it no longer waits.
+    fn started(&mut self) {
+        if let Some(w) = self.waiting.take() {
+            w.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        self.started();
         self.load.fetch_sub(self.n, Ordering::SeqCst);
     }
 }
@@ -82,10 +96,11 @@ pub(crate) enum Command {
     },
 }
 
-/// One engine as the handle sees it: its channel and the slots its jobs claim.
+/// One engine as the handle sees it: its channel, its slots and the slots its jobs claim.
 #[derive(Clone)]
 struct Link {
     tx: Sender<Command>,
+    slots: usize,
     load: Arc<AtomicUsize>,
 }
 
@@ -93,42 +108,68 @@ struct Link {
 #[derive(Clone)]
 pub(crate) struct EngineHandle {
     links: Vec<Link>,
-    queued: Arc<AtomicUsize>,
+    /// Jobs accepted that wait for slots (on all engines together).
+    waiting: Arc<AtomicUsize>,
     queue_limit: usize,
+    /// Held while a request's jobs are placed, so that requests are placed one at a time.
+    placing: Arc<Mutex<()>>,
 }
 
-/// Why a job was not accepted.
+/// Why a request's jobs were not accepted.
 pub(crate) enum Rejected {
-    /// The queue is full.
-    Busy { waiting: usize },
+    /// The queue cannot take the jobs that would have to wait.
+    Busy { waiting: usize, more: usize },
     /// The engine has stopped (shutting down).
     Closed,
 }
 
 impl EngineHandle {
-    /// Queues `job` on the least loaded engine; refused when `queue_limit` jobs already
-    /// wait (on all engines together).
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
-        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
-        if waiting >= self.queue_limit {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Rejected::Busy { waiting });
-        }
-        let link = self
+    /// Queues a request's jobs, all or none: each on the engine with the fewest claimed
+    /// slots at that moment. The jobs that find no free slots wait; the request is refused
+    /// when they would take the waiting jobs past `queue_limit` (on all engines together).
+    pub fn submit(&self, jobs: Vec<Job>) -> std::result::Result<(), Rejected> {
+        let _placing = self.placing.lock().expect("submission lock poisoned");
+        let mut loads: Vec<usize> = self
             .links
             .iter()
-            .min_by_key(|l| l.load.load(Ordering::SeqCst))
-            .expect("at least one engine");
-        link.load.fetch_add(job.n, Ordering::SeqCst);
-        let claim = Claim {
-            load: link.load.clone(),
-            n: job.n,
-        };
-        // A refused command drops its claim with it.
-        link.tx.send(Command::Submit(job, claim)).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            Rejected::Closed
-        })
+            .map(|l| l.load.load(Ordering::SeqCst))
+            .collect();
+        // Where each job goes and whether it waits there: an engine starts its jobs in
+        // arrival order while their choices fit, so a job whose engine has all claims,
+        // its own included, within its slots starts at once.
+        let placed: Vec<(usize, bool)> = jobs
+            .iter()
+            .map(|job| {
+                let i = (0..loads.len())
+                    .min_by_key(|&i| loads[i])
+                    .expect("at least one engine");
+                loads[i] += job.n;
+                (i, loads[i] > self.links[i].slots)
+            })
+            .collect();
+        let more = placed.iter().filter(|(_, waits)| *waits).count();
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if waiting + more > self.queue_limit {
+            return Err(Rejected::Busy { waiting, more });
+        }
+        for (job, (i, waits)) in jobs.into_iter().zip(placed) {
+            let link = &self.links[i];
+            link.load.fetch_add(job.n, Ordering::SeqCst);
+            if waits {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+            let claim = Claim {
+                load: link.load.clone(),
+                n: job.n,
+                waiting: waits.then(|| self.waiting.clone()),
+            };
+            // A refused command drops its claim with it (the jobs sent before fail with
+            // the shutdown).
+            link.tx
+                .send(Command::Submit(job, claim))
+                .map_err(|_| Rejected::Closed)?;
+        }
+        Ok(())
     }
 
     /// Asks every engine to drain (see [`Command::Drain`]).
@@ -154,14 +195,23 @@ struct Choice {
 /// An admitted job.
 struct Running {
     job: Job,
-    /// Held while the job runs here.
-    _claim: Claim,
+    /// Held while the job runs here; given back as its last event is sent.
+    claim: Option<Claim>,
     /// Reading the prompt: the session and how many prompt ids it has consumed.
     prefill: Option<(Session, usize)>,
     /// Prompt ids that came from the prefix cache.
     cached: usize,
     choices: Vec<Choice>,
     first_token: bool,
+}
+
+impl Running {
+    /// Ends the job with an error, its slots given back first (a client that retries at
+    /// once finds them free).
+    fn fail(mut self, message: String) {
+        self.claim = None;
+        let _ = self.job.events.send(Event::Failed(message));
+    }
 }
 
 /// Engine settings (each engine has its model's `max_sequences` slots).
@@ -178,20 +228,20 @@ pub(crate) fn start(
     options: EngineOptions,
     metrics: Arc<Metrics>,
 ) -> Result<(EngineHandle, Vec<std::thread::JoinHandle<()>>)> {
-    let queued = Arc::new(AtomicUsize::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
     let cache = Arc::new(Mutex::new(PrefixCache::new(options.cache_bytes)));
     let mut links = Vec::new();
     let mut threads = Vec::new();
     for (i, model) in replicas.into_iter().enumerate() {
         let (tx, rx) = std::sync::mpsc::channel();
         let load = Arc::new(AtomicUsize::new(0));
-        links.push(Link { tx, load });
+        let slots = model.options().max_sequences;
+        links.push(Link { tx, slots, load });
         let engine = Engine {
             cache: cache.clone(),
-            slots: model.options().max_sequences,
+            slots,
             model,
             rx,
-            queued: queued.clone(),
             metrics: metrics.clone(),
             shown: Shown::default(),
             queue: VecDeque::new(),
@@ -208,8 +258,9 @@ pub(crate) fn start(
     }
     let handle = EngineHandle {
         links,
-        queued,
+        waiting,
         queue_limit: options.queue_limit,
+        placing: Arc::new(Mutex::new(())),
     };
     Ok((handle, threads))
 }
@@ -224,7 +275,6 @@ struct Shown {
 struct Engine {
     model: Arc<Model>,
     rx: Receiver<Command>,
-    queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     slots: usize,
     shown: Shown,
@@ -245,10 +295,7 @@ impl Engine {
             if let Some(deadline) = self.draining {
                 if Instant::now() >= deadline {
                     for r in self.running.drain(..) {
-                        let _ = r
-                            .job
-                            .events
-                            .send(Event::Failed("the server is shutting down".into()));
+                        r.fail("the server is shutting down".into());
                     }
                 }
             }
@@ -264,7 +311,7 @@ impl Engine {
                 // A device error ends every running job: report it to each.
                 log::error!("engine step failed: {e}");
                 for r in self.running.drain(..) {
-                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                    r.fail(e.to_string());
                 }
             }
             self.show();
@@ -297,7 +344,6 @@ impl Engine {
         match c {
             Command::Submit(job, claim) => {
                 if self.draining.is_some() {
-                    self.queued.fetch_sub(1, Ordering::SeqCst);
                     let _ = job
                         .events
                         .send(Event::Failed("the server is shutting down".into()));
@@ -308,7 +354,6 @@ impl Engine {
             Command::Drain { deadline } => {
                 self.draining = Some(deadline);
                 for (job, _) in self.queue.drain(..) {
-                    self.queued.fetch_sub(1, Ordering::SeqCst);
                     let _ = job
                         .events
                         .send(Event::Failed("the server is shutting down".into()));
@@ -330,10 +375,7 @@ impl Engine {
 
     /// Forgets the jobs whose client has gone (their sessions, and slots, are dropped).
     fn drop_cancelled(&mut self) {
-        let before = self.queue.len();
         self.queue.retain(|(j, _)| !j.events.is_closed());
-        self.queued
-            .fetch_sub(before - self.queue.len(), Ordering::SeqCst);
         self.running.retain(|r| !r.job.events.is_closed());
         self.show();
     }
@@ -348,13 +390,13 @@ impl Engine {
             if self.busy_slots() + job.n > self.slots {
                 break;
             }
-            let (job, claim) = self.queue.pop_front().expect("front exists");
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let (job, mut claim) = self.queue.pop_front().expect("front exists");
+            claim.started();
             self.show();
             self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
             let mut running = Running {
                 job,
-                _claim: claim,
+                claim: Some(claim),
                 prefill: None,
                 cached: 0,
                 choices: Vec::new(),
@@ -363,7 +405,7 @@ impl Engine {
             match self.start(&mut running) {
                 Ok(()) => self.running.push(running),
                 Err(e) => {
-                    let _ = running.job.events.send(Event::Failed(e.to_string()));
+                    running.fail(e.to_string());
                 }
             }
         }
@@ -469,8 +511,7 @@ impl Engine {
             Err(e) => {
                 // Descending, so that swap_remove leaves the lower indices in place.
                 for &j in batch.iter().rev() {
-                    let r = self.running.swap_remove(j);
-                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                    self.running.swap_remove(j).fail(e.to_string());
                 }
                 return Ok(());
             }
@@ -497,9 +538,7 @@ impl Engine {
         let _ = r.job.events.send(Event::Prefilled { cached: r.cached });
         match begin_choices(&self.model, &self.metrics, &mut r, session, logits) {
             Ok(()) => self.running.push(r),
-            Err(e) => {
-                let _ = r.job.events.send(Event::Failed(e.to_string()));
-            }
+            Err(e) => r.fail(e.to_string()),
         }
         Ok(())
     }
@@ -636,6 +675,12 @@ fn accept(
     match c.emitter.finish {
         Some(reason) => {
             c.next = None;
+            // The job's last choice has ended: its slots are given back before the client
+            // hears of it, so that a request sent at once is placed on them (the job
+            // itself leaves the engine at the end of this turn, before any admission).
+            if r.choices.iter().all(|c| c.emitter.finish.is_some()) {
+                r.claim = None;
+            }
             let _ = r.job.events.send(Event::Finished { choice: i, reason });
         }
         None => c.next = Some(id),

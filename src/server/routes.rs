@@ -538,9 +538,10 @@ async fn run(
             receivers.push(rx);
         }
     } else {
+        let mut jobs = Vec::with_capacity(prompts.len());
         for prompt in prompts {
             let (tx, rx) = unbounded_channel();
-            let job = Job {
+            jobs.push(Job {
                 prompt,
                 n: plan.n,
                 max_tokens: plan.max_tokens,
@@ -549,26 +550,28 @@ async fn run(
                 stop_at_eos: plan.stop_at_eos,
                 events: tx,
                 arrived: Instant::now(),
-            };
-            match ready.engine.submit(job) {
-                Ok(()) => receivers.push(rx),
-                Err(Rejected::Busy { waiting }) => {
-                    return Err(ApiError::status(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "server_busy",
-                        format!(
-                            "{waiting} requests are already waiting for a slot (--queue): \
-                             retry later"
-                        ),
-                    ))
-                }
-                Err(Rejected::Closed) => {
-                    return Err(ApiError::status(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "shutting_down",
-                        "the server is shutting down",
-                    ))
-                }
+            });
+            receivers.push(rx);
+        }
+        match ready.engine.submit(jobs) {
+            Ok(()) => {}
+            Err(Rejected::Busy { waiting, more }) => {
+                return Err(ApiError::status(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "server_busy",
+                    format!(
+                        "{waiting} prompts already wait for a slot and this request would add \
+                         {more} more, past the queue's {} (--queue): retry later",
+                        s.limits.queue
+                    ),
+                ))
+            }
+            Err(Rejected::Closed) => {
+                return Err(ApiError::status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down",
+                ))
             }
         }
     }
