@@ -56,7 +56,7 @@ pub struct ServeOptions {
     pub replicas: usize,
     /// Required as `Authorization: Bearer KEY` when set (it may not be empty).
     pub api_key: Option<String>,
-    /// Requests that may wait for a slot; more get 429.
+    /// Prompts that may wait for a slot; a request whose prompts would pass them gets 429.
     pub queue: usize,
     /// Host bytes of the prefix-state cache (0 turns it off).
     pub cache_bytes: usize,
