@@ -333,3 +333,53 @@ fn a_session_file_with_an_array_the_model_lacks_is_rejected() {
     assert!(err.contains("'state99'"), "{err}");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn a_watched_feed_reads_like_a_feed_and_stops_between_chunks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let options = LoadOptions {
+        max_sequences: 3,
+        prefill_chunk: 16,
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(gpu(), &dir, &options).unwrap());
+    // 40 ids: chunks of 16, 16 and 8.
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 53 + 11) % 4000 + 20).collect();
+    let sampling = Sampling {
+        temperature: 0.9,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 7,
+    };
+    let mut plain = Session::new(&model).unwrap();
+    let first = plain.feed(&ids, &sampling).unwrap();
+    let expected = continue_from(&mut plain, first, 8, &sampling);
+
+    // Asked before each chunk with what the device has read.
+    let mut asked = Vec::new();
+    let mut watched = Session::new(&model).unwrap();
+    let got = watched
+        .feed_watched(
+            &ids,
+            &sampling,
+            Some(&mut |read, total| {
+                asked.push((read, total));
+                true
+            }),
+        )
+        .unwrap();
+    assert_eq!(asked, vec![(0, 40), (16, 40), (32, 40)]);
+    assert_eq!(got, Some(first));
+    assert_eq!(continue_from(&mut watched, first, 8, &sampling), expected);
+
+    // Stopped before the last chunk: the session holds the whole chunks read, and feeding
+    // the rest continues exactly (no random draw was spent on the stopped feed).
+    let mut stopped = Session::new(&model).unwrap();
+    let none = stopped
+        .feed_watched(&ids, &sampling, Some(&mut |read, _| read < 32))
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(stopped.position(), 32);
+    assert_eq!(stopped.feed(&ids[32..], &sampling).unwrap(), first);
+    assert_eq!(continue_from(&mut stopped, first, 8, &sampling), expected);
+}

@@ -250,6 +250,26 @@ impl Model {
         super::runner::dispatches(self, key)
     }
 
+    /// Records ahead of time the step graphs one sequence's feeds use: the decode step
+    /// and a prompt chunk of every length a feed cuts (powers of two up to
+    /// `prefill_chunk`), compiling their pipelines. For interactive use right after
+    /// loading, so that the first request does not wait for them; a graph is otherwise
+    /// recorded the first time its shape runs.
+    pub fn prepare_steps(&self) -> Result<()> {
+        let mut runner = self.runner.lock().expect("runner poisoned");
+        let mut tokens = 1;
+        while tokens <= self.options.prefill_chunk {
+            let key = super::runner::StepKey {
+                seqs: 1,
+                tokens,
+                output: super::runner::Output::Sample,
+            };
+            runner.graph(self, key)?;
+            tokens *= 2;
+        }
+        Ok(())
+    }
+
     /// Bytes of weights one decode step reads: every matrix (the experts' k of E), the
     /// embedding's one row unless it is also the LM head, and the f32 vectors.
     pub fn decode_weight_bytes(&self) -> u64 {

@@ -51,21 +51,47 @@ impl Session {
     /// Feeds `ids` and samples the token that follows them. Long inputs run in chunks of
     /// at most `prefill_chunk` tokens (powers of two), each one submission.
     pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
+        let sampled = self.feed_watched(ids, sampling, None)?;
+        Ok(sampled.expect("an unwatched feed runs to its end"))
+    }
+
+    /// [`Session::feed`] under the caller's eye, for long prompts in interactive use:
+    /// before each chunk `go_on(read, total)` is asked whether to continue, with the ids
+    /// read so far (each chunk is waited for, so `read` is what the device has done). It
+    /// returns None where `go_on` said stop; the session has then read the first
+    /// [`Session::position`] ids (whole chunks, exactly as a feed of them alone would).
+    /// The chunks and the result are those of `feed`.
+    pub fn feed_watched(
+        &mut self,
+        ids: &[u32],
+        sampling: &Sampling,
+        go_on: Option<&mut dyn FnMut(usize, usize) -> bool>,
+    ) -> Result<Option<u32>> {
         sampling.validate()?;
         let words = settings_words(sampling, self.draws);
-        let r = self.feed_chunks(ids, Output::Sample, &words)?;
+        let Some(r) = self.feed_chunks(ids, Output::Sample, &words, go_on)? else {
+            return Ok(None);
+        };
         self.draws += 1;
-        Ok(r.sampled[0])
+        Ok(Some(r.sampled[0]))
     }
 
     /// Feeds `ids` (in chunks, as [`Session::feed`]) and returns the logits (V) after the
     /// last of them, for sampling on the host.
     pub fn feed_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.feed_chunks(ids, Output::Logits, &[])?.logits)
+        let r = self.feed_chunks(ids, Output::Logits, &[], None)?;
+        Ok(r.expect("an unwatched feed runs to its end").logits)
     }
 
-    /// Runs `ids` through the model in chunks; only the last chunk's result is read.
-    fn feed_chunks(&mut self, ids: &[u32], output: Output, input: &[u32]) -> Result<StepResult> {
+    /// Runs `ids` through the model in chunks; only the last chunk's result is read, or,
+    /// watched, every chunk is waited for and `go_on` asked before it (None: stopped).
+    fn feed_chunks(
+        &mut self,
+        ids: &[u32],
+        output: Output,
+        input: &[u32],
+        mut go_on: Option<&mut dyn FnMut(usize, usize) -> bool>,
+    ) -> Result<Option<StepResult>> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "nothing to feed: the input has no tokens".into(),
@@ -74,18 +100,26 @@ impl Session {
         check_ids(ids, self.model.vocab())?;
         let chunks = chunks(ids, self.model.options.prefill_chunk);
         let mut result = StepResult::default();
+        let mut read = 0;
         for (i, chunk) in chunks.iter().enumerate() {
+            if let Some(go_on) = go_on.as_mut() {
+                if !go_on(read, ids.len()) {
+                    return Ok(None);
+                }
+            }
             let key = StepKey {
                 seqs: 1,
                 tokens: chunk.len(),
                 output,
             };
-            // The others are submitted unread: queue order keeps them before the last.
-            let last = i + 1 == chunks.len();
-            result = run(&self.model, key, chunk, &[self.slot as u32], input, last)?;
+            // The others are submitted unread (queue order keeps them before the last),
+            // unless watched.
+            let wait = go_on.is_some() || i + 1 == chunks.len();
+            result = run(&self.model, key, chunk, &[self.slot as u32], input, wait)?;
             self.position += chunk.len();
+            read += chunk.len();
         }
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// Feeds `ids` and returns the NLL of each `targets[i]` given `ids[..=i]` (for

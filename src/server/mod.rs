@@ -363,6 +363,9 @@ fn load(
         let ctx = if i == 0 { ctx.clone() } else { ctx.replica()? };
         let model = Arc::new(Model::load(&ctx, &options.model_dir, &load)?);
         model.require_tokenizer()?;
+        // The step graphs' pipelines before the server says it is ready, not at the
+        // first request.
+        model.prepare_steps()?;
         models.push(model);
     }
     let chat = ChatTemplate::of_model(

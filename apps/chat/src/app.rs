@@ -34,7 +34,9 @@ pub struct ChatApp {
     text: String,
     columns: Vec<Column>,
     generating: bool,
-    ttft: Option<f64>,
+    /// Time to first token and the prompt tokens read before it.
+    ttft: Option<(f64, usize)>,
+    /// Decode steps and their seconds, the prompt excluded.
     speed: Option<(usize, f64)>,
     frames: FrameClock,
     auto: Option<Auto>,
@@ -125,15 +127,23 @@ impl ChatApp {
                         c.layers = Some(layers);
                     }
                 }
-                Event::FirstToken { seconds } => self.ttft = Some(seconds),
+                Event::Reading { read, total } => {
+                    self.status = format!("reading the prompt: {read} of {total} tokens");
+                }
+                Event::FirstToken {
+                    seconds,
+                    prompt_tokens,
+                } => self.ttft = Some((seconds, prompt_tokens)),
                 Event::Finished {
                     reason,
                     tokens,
                     seconds,
+                    steps,
+                    step_seconds,
                 } => {
                     self.generating = false;
                     self.frames.stop();
-                    self.speed = Some((tokens, seconds));
+                    self.speed = Some((steps, step_seconds));
                     self.status = format!("{reason}: {tokens} tokens in {seconds:.2} s");
                     self.request_screenshot(ctx);
                 }
@@ -164,14 +174,15 @@ impl ChatApp {
         }
         self.screenshot_requested = true;
         let ttft = match self.ttft {
-            Some(t) => format!("{t:.3} s"),
+            Some((t, _)) => format!("{t:.3} s"),
             None => "none (no token generated)".to_string(),
         };
         let report = format!(
             "frames drawn during generation: {}\n95th-percentile frame time: {:.1} ms\n\
-             time to first token: {ttft}\n{}",
+             time to first token: {ttft}\ndecode: {}\n{}",
             self.frames.count(),
             self.frames.percentile_ms(0.95),
+            self.decode_speed(),
             self.status
         );
         let outcome = a.outcome.clone();
@@ -184,6 +195,16 @@ impl ChatApp {
             ctx2.request_repaint();
         });
         ctx.request_repaint();
+    }
+
+    /// Tokens per second of the last run's decode steps (the prompt's reading excluded).
+    fn decode_speed(&self) -> String {
+        match self.speed {
+            Some((n, s)) if n > 0 && s > 0.0 => {
+                format!("{:.1} tokens/s ({n} steps)", n as f64 / s)
+            }
+            _ => "–".to_string(),
+        }
     }
 
     fn controls(&mut self, ui: &mut egui::Ui) {
@@ -229,15 +250,13 @@ impl ChatApp {
         ui.separator();
         ui.heading("Speed");
         match self.ttft {
-            Some(t) => ui.label(format!("time to first token: {:.0} ms", t * 1e3)),
+            Some((t, n)) => ui.label(format!(
+                "time to first token: {:.0} ms (a prompt of {n} tokens)",
+                t * 1e3
+            )),
             None => ui.label("time to first token: –"),
         };
-        match self.speed {
-            Some((n, s)) if s > 0.0 => {
-                ui.label(format!("{:.1} tokens/s ({n} tokens)", n as f64 / s))
-            }
-            _ => ui.label("tokens/s: –"),
-        };
+        ui.label(format!("decode: {}", self.decode_speed()));
         ui.label(format!(
             "frames while generating: {} (p95 {:.1} ms)",
             self.frames.count(),
@@ -296,11 +315,18 @@ impl eframe::App for ChatApp {
         }
         egui::CentralPanel::default().show(ui, |ui| {
             ui.label("Prompt");
-            ui.add(
-                egui::TextEdit::multiline(&mut self.prompt)
-                    .desired_rows(3)
-                    .desired_width(f32::INFINITY),
-            );
+            // A long prompt scrolls in its own box, at most a third of the panel, so the
+            // generated text stays in view.
+            egui::ScrollArea::vertical()
+                .id_salt("prompt")
+                .max_height((ui.available_height() / 3.0).max(60.0))
+                .show(ui, |ui| {
+                    ui.add(
+                        egui::TextEdit::multiline(&mut self.prompt)
+                            .desired_rows(3)
+                            .desired_width(f32::INFINITY),
+                    );
+                });
             ui.separator();
             egui::ScrollArea::vertical()
                 .stick_to_bottom(true)

@@ -81,14 +81,24 @@ pub enum Event {
         index: usize,
         layers: Vec<LayerRouting>,
     },
-    /// Time to first token, after a `Generate`.
+    /// The prompt is being read: `read` of its `total` tokens so far (before each chunk).
+    Reading {
+        read: usize,
+        total: usize,
+    },
+    /// Time to first token, after a `Generate`: the prompt's `prompt_tokens` were read.
     FirstToken {
         seconds: f64,
+        prompt_tokens: usize,
     },
     Finished {
         reason: &'static str,
         tokens: usize,
+        /// Since the command (prompt reading included).
         seconds: f64,
+        /// Decode steps (one per token fed back) and their time, the prompt excluded.
+        steps: usize,
+        step_seconds: f64,
     },
     Failed(String),
 }
@@ -206,6 +216,13 @@ impl Engine {
             model.dtype(),
             self.ctx.adapter_info().name
         );
+        // The step graphs' pipelines now, not at the first Generate.
+        let preparing = Instant::now();
+        model.prepare_steps()?;
+        log::info!(
+            "step graphs prepared in {:.2} s",
+            preparing.elapsed().as_secs_f64()
+        );
         self.model = Some(model);
         self.send(Event::Loaded(ModelInfo {
             summary,
@@ -235,7 +252,22 @@ impl Engine {
         self.send(Event::Started { fresh: true });
         let started = Instant::now();
         let mut session = Session::new(&model)?;
-        let first = session.feed(&ids, &settings.sampling())?;
+        // Chunk by chunk, so that Stop ends a long prompt's reading too.
+        let mut watch = |read, total| {
+            self.send(Event::Reading { read, total });
+            !self.stop.load(Ordering::SeqCst)
+        };
+        let Some(first) = session.feed_watched(&ids, &settings.sampling(), Some(&mut watch))?
+        else {
+            self.send(Event::Finished {
+                reason: "stopped while reading the prompt",
+                tokens: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                steps: 0,
+                step_seconds: 0.0,
+            });
+            return Ok(());
+        };
         self.current = Some(Current {
             session,
             stream: tokenizer.stream_after(&ids),
@@ -263,9 +295,11 @@ impl Engine {
         if started.is_none() {
             self.send(Event::Started { fresh: false });
         }
-        let begin = started.unwrap_or_else(Instant::now);
+        let decoding = Instant::now();
+        let begin = started.unwrap_or(decoding);
         let sampling = settings.sampling();
         let mut produced = 0;
+        let mut steps = 0;
         let reason = loop {
             if produced == settings.max_tokens {
                 break "max tokens";
@@ -286,8 +320,10 @@ impl Engine {
             if produced == 1 && started.is_some() {
                 self.send(Event::FirstToken {
                     seconds: begin.elapsed().as_secs_f64(),
+                    prompt_tokens: cur.session.position(),
                 });
             }
+            steps += 1;
             next = match cur.session.feed(&[id], &sampling) {
                 Ok(n) => n,
                 Err(e) => {
@@ -310,6 +346,8 @@ impl Engine {
             reason,
             tokens: produced,
             seconds: begin.elapsed().as_secs_f64(),
+            steps,
+            step_seconds: decoding.elapsed().as_secs_f64(),
         });
         self.current = Some(cur);
         Ok(())

@@ -79,6 +79,9 @@ fn the_window_keeps_drawing_while_the_model_generates_and_screenshots_the_result
     assert!(frames >= 5.0, "frames stopped during generation:\n{stdout}");
     assert!(p95.is_finite() && p95 > 0.0, "{stdout}");
     assert!(stdout.contains("max tokens: 32 tokens"), "{stdout}");
+    // The decode rate counts the 32 steps after the prompt, not its reading.
+    assert!(number(&stdout, "decode: ") > 0.0, "{stdout}");
+    assert!(stdout.contains("tokens/s (32 steps)"), "{stdout}");
     let (w, h, colours) = picture(&shot);
     assert!(w >= 800 && h >= 500, "a {w}x{h} screenshot");
     // Text, panels and the router grid: many colours, not a blank or single-colour frame.
