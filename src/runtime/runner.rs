@@ -103,6 +103,12 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
+    /// How many step graphs are recorded.
+    #[cfg(test)]
+    pub(crate) fn recorded(&self) -> usize {
+        self.graphs.len()
+    }
+
     /// The graph of `key`, recorded on first use.
     pub(crate) fn graph(&mut self, model: &Model, key: StepKey) -> Result<&mut StepGraph> {
         match self.graphs.entry(key) {

@@ -517,7 +517,35 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
-    use super::chunks;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{chunks, Session};
+    use crate::ops::sample::Sampling;
+    use crate::runtime::{LoadOptions, Model};
+
+    #[test]
+    fn prepared_steps_serve_every_prompt_length_and_the_decode_step() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let options = LoadOptions {
+            max_sequences: 1,
+            prefill_chunk: 16,
+            ..Default::default()
+        };
+        let model = Arc::new(Model::load(crate::testing::gpu(), &dir, &options).unwrap());
+        model.prepare_steps().unwrap();
+        let recorded = || model.runner.lock().unwrap().recorded();
+        // Chunks of 1, 2, 4, 8 and 16 tokens.
+        assert_eq!(recorded(), 5);
+        let greedy = Sampling::greedy();
+        for len in 1..=37u32 {
+            let ids: Vec<u32> = (0..len).map(|i| i * 7 + 20).collect();
+            let mut s = Session::new(&model).unwrap();
+            let next = s.feed(&ids, &greedy).unwrap();
+            s.feed(&[next], &greedy).unwrap();
+        }
+        assert_eq!(recorded(), 5, "a feed recorded a graph of its own");
+    }
 
     #[test]
     fn prompts_split_into_power_of_two_chunks() {
