@@ -118,3 +118,17 @@ impl Error {
         }
     }
 }
+
+/// Whether `e`, or an error in its chain of sources, is a `T`.
+pub(crate) fn caused_by<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<T>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}

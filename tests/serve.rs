@@ -886,8 +886,12 @@ fn max_tokens_0_generates_nothing_and_a_server_limit_of_0_is_refused() {
         assert_eq!(s, 200, "{c}");
         assert_eq!(c["choices"][0]["text"], "Once upon", "{c}");
         let chat = |stream: bool| {
-            json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 0,
-                   "stream": stream, "stream_options": {"include_usage": true}})
+            let mut body = json!({"messages": [{"role": "user", "content": "Hello"}],
+                                  "max_tokens": 0, "stream": stream});
+            if stream {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            body
         };
         let (s, c) = post(addr, "/v1/chat/completions", chat(false)).await;
         assert_eq!(s, 200, "{c}");
@@ -1232,6 +1236,14 @@ fn a_prompt_list_the_server_can_never_hold_is_400_up_front() {
             m.starts_with("5 prompts x n=1 choices need 5 sequences"),
             "{e}"
         );
+        // Nothing to generate or not, a request holds no more than the server does.
+        let (s, e) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": prompts(5), "max_tokens": 0}),
+        )
+        .await;
+        assert_eq!(s, 400, "{e}");
         assert!(m.contains("--slots") && m.contains("--queue"), "{e}");
         // With n=2 one runs (both slots) and 2 wait: 4 prompts can never be held.
         let (s, e) = post(
@@ -1296,6 +1308,256 @@ fn a_model_is_retrieved_by_id() {
                 .contains("model 'other' is not served here"),
             "{e}"
         );
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_stream_ended_by_an_error_still_ends_with_done() {
+    let server = start(ServeOptions {
+        shutdown_grace: Duration::from_millis(0),
+        ..options()
+    });
+    let addr = server.addr();
+    let rt = runtime();
+    let body = json!({"prompt": "Far away", "max_tokens": 4000, "ignore_eos": true,
+                      "stream": true})
+    .to_string();
+    let running =
+        rt.spawn(async move { call(addr, "POST", "/v1/completions", Some(&body), None).await });
+    rt.block_on(async {
+        while busy_slots(addr).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    server.shutdown().unwrap();
+    let (s, text) = rt.block_on(running).unwrap();
+    assert_eq!(s, 200, "{text}");
+    let ev = client::events(&text);
+    assert_eq!(ev.last().copied(), Some("[DONE]"), "{text:.300}");
+    let error = parse(ev[ev.len() - 2]);
+    assert_eq!(error["error"]["code"], "engine_error", "{error}");
+}
+
+#[test]
+fn logprobs_name_each_token_s_bytes_and_offsets_count_characters() {
+    let dir = model_with_template("logprobs", PLAIN_TEMPLATE);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        // Tokens 129 and 104 are the two bytes of "é" (the bias forces them in turn: the
+        // presence penalty takes the first back once drawn).
+        let forced = json!({"prompt": "Caf", "max_tokens": 2, "temperature": 0,
+                            "logit_bias": {"129": 50, "104": 49}, "presence_penalty": 2});
+        let mut body = forced.clone();
+        body["logprobs"] = json!(1);
+        let (s, c) = post(addr, "/v1/completions", body).await;
+        assert_eq!(s, 200, "{c}");
+        let choice = &c["choices"][0];
+        assert_eq!(choice["text"], "é", "{c}");
+        let lp = &choice["logprobs"];
+        assert_eq!(lp["tokens"], json!(["bytes:\\xc3", "bytes:\\xa9"]), "{c}");
+        assert_eq!(lp["text_offset"], json!([0, 0]), "{c}");
+        let mut chat = forced.clone();
+        chat.as_object_mut().unwrap().remove("prompt");
+        chat["messages"] = json!([{"role": "user", "content": "Caf"}]);
+        chat["logprobs"] = json!(true);
+        let (s, c) = post(addr, "/v1/chat/completions", chat).await;
+        assert_eq!(s, 200, "{c}");
+        let content = &c["choices"][0]["logprobs"]["content"];
+        assert_eq!(content[0]["bytes"], json!([0xc3]), "{c}");
+        assert_eq!(content[1]["bytes"], json!([0xa9]), "{c}");
+
+        // Streamed offsets are those of the plain response, in characters of the text
+        // (the echoed prompt included).
+        let body = json!({"prompt": "Naïve", "max_tokens": 12, "seed": 3, "temperature": 1.2,
+                          "logprobs": 2, "echo": false});
+        let (_, plain) = post(addr, "/v1/completions", body.clone()).await;
+        let plain = &plain["choices"][0]["logprobs"];
+        let mut stream = body.clone();
+        stream["stream"] = json!(true);
+        let (_, text) = call(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(&stream.to_string()),
+            None,
+        )
+        .await;
+        let ev = client::events(&text);
+        let offsets: Vec<Value> = ev[..ev.len() - 1]
+            .iter()
+            .filter_map(|e| {
+                parse(e)["choices"][0]["logprobs"]["text_offset"]
+                    .get(0)
+                    .cloned()
+            })
+            .collect();
+        assert_eq!(json!(offsets), plain["text_offset"], "{text:.500}");
+        let tokens: Vec<Value> = ev[..ev.len() - 1]
+            .iter()
+            .filter_map(|e| parse(e)["choices"][0]["logprobs"]["tokens"].get(0).cloned())
+            .collect();
+        assert_eq!(json!(tokens), plain["tokens"]);
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn openai_s_optional_forms_are_taken_and_unknown_features_refused() {
+    // A template reading names, with loop controls, transformers' generation marks and the
+    // date.
+    let template = "{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}\
+                    {% generation %}{{ m.get('name', m['role']) }}: {{ m['content'] }}\n\
+                    {% endgeneration %}{% endfor %}{{ strftime_now('%Y') }} assistant:";
+    let dir = model_with_template("optional", template);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        let base = json!({"prompt": "Hi", "max_tokens": 2, "seed": -1, "stream": null,
+                          "echo": null, "ignore_eos": null, "user": "u1"});
+        let (s, c) = post(addr, "/v1/completions", base.clone()).await;
+        assert_eq!(s, 200, "{c}");
+        let mut same = base.clone();
+        same["seed"] = json!(u64::MAX);
+        let (_, d) = post(addr, "/v1/completions", same).await;
+        assert_eq!(
+            c["choices"][0]["text"], d["choices"][0]["text"],
+            "-1 is 2^64 - 1"
+        );
+        for (field, value) in [
+            ("user", json!(123)),
+            ("stream_options", json!({"include_usage": true})),
+        ] {
+            let mut bad = base.clone();
+            bad[field] = value;
+            let (s, e) = post(addr, "/v1/completions", bad).await;
+            assert_eq!((s, e["error"]["param"].as_str()), (400, Some(field)), "{e}");
+        }
+        // The name reaches the template; the system message is skipped by `continue`.
+        let chat = json!({"messages": [{"role": "system", "content": "S"},
+                                       {"role": "user", "name": "ada", "content": "Hi"}],
+                          "max_tokens": 1, "logprobs": null});
+        let (s, c) = post(addr, "/v1/chat/completions", chat.clone()).await;
+        assert_eq!(s, 200, "{c}");
+        let prompt_tokens = c["usage"]["prompt_tokens"].as_u64().unwrap();
+        let rendered = format!("ada: Hi\n{} assistant:", this_year());
+        let (_, t) = post(
+            addr,
+            "/tokenize",
+            json!({"prompt": rendered, "add_special_tokens": false}),
+        )
+        .await;
+        assert_eq!(
+            t["tokens"].as_array().unwrap().len() as u64,
+            prompt_tokens,
+            "{t}"
+        );
+        let mut web = chat.clone();
+        web["web_search_options"] = json!({});
+        let (s, e) = post(addr, "/v1/chat/completions", web).await;
+        assert_eq!(
+            (s, e["error"]["param"].as_str()),
+            (400, Some("web_search_options"))
+        );
+        // A bad path is a JSON error too.
+        let (s, body) = call(addr, "GET", "/v1/models/%ff", None, None).await;
+        assert_eq!(s, 400);
+        assert_eq!(parse(&body)["error"]["param"], "model", "{body}");
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The year now, as `strftime_now('%Y')` renders it.
+fn this_year() -> String {
+    let out = std::process::Command::new("date")
+        .arg("+%Y")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_template_that_fails_is_the_server_s_error_and_one_that_refuses_the_client_s() {
+    let template = "{% if messages[0]['content'] == 'bad' %}{{ raise_exception('no bad') }}\
+                    {% endif %}{% if messages[0]['content'] == 'broken' %}{{ nope() }}{% endif %}\
+                    {{ messages[0]['content'] }}";
+    let dir = model_with_template("fails", template);
+    let server = start(ServeOptions {
+        model_dir: dir.clone(),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        let ask = |content: &str| {
+            json!({"messages": [{"role": "user", "content": content}],
+                                          "max_tokens": 1})
+        };
+        let (s, e) = post(addr, "/v1/chat/completions", ask("bad")).await;
+        assert_eq!(s, 400, "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("no bad"),
+            "{e}"
+        );
+        let (s, e) = post(addr, "/v1/chat/completions", ask("broken")).await;
+        assert_eq!(s, 500, "{e}");
+        assert_eq!(e["error"]["code"], "chat_template_error", "{e}");
+        let (s, c) = post(addr, "/v1/chat/completions", ask("fine")).await;
+        assert_eq!(s, 200, "{c}");
+    });
+    server.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn clients_that_send_too_slowly_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(ServeOptions {
+        client_timeout: Duration::from_secs(1),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        // Headers never finished: the connection is closed.
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), half.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection was held open");
+        // A body that never comes: 408, naming the setting.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"prompt\"",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf))
+            .await
+            .expect("no answer to a slow body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("--client-timeout"), "{text}");
+        // The server goes on.
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "Hi", "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
     });
     server.shutdown().unwrap();
 }

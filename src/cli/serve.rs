@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Seconds running requests may go on after SIGTERM before they are ended.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Seconds a client has to send a request's headers (from connecting, or from the
+    /// previous response on a kept-alive connection), and again its body; slower ones are
+    /// disconnected (headers) or answered 408 (body).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub client_timeout: u64,
 }
 
 pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
@@ -93,6 +98,7 @@ pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
         max_prompt_tokens: args.max_prompt_tokens,
         max_tokens: args.max_tokens,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        client_timeout: Duration::from_secs(args.client_timeout),
     };
     let server = Server::start(ctx, options)?;
     eprintln!(

@@ -86,12 +86,16 @@ impl Emitter {
         id: u32,
     ) -> Result<Piece> {
         self.produced += 1;
-        if opts.stop_at_eos && tokenizer.is_eos(id) {
-            self.finish = Some(Finish::Eos);
-            let text = std::mem::take(&mut self.pending) + &self.stream.finish(tokenizer)?;
-            return Ok(Piece { id, text });
+        let eos = opts.stop_at_eos && tokenizer.is_eos(id);
+        let last = eos || self.produced >= opts.max_tokens;
+        if !eos {
+            self.pending += &self.stream.push(tokenizer, id)?;
         }
-        self.pending += &self.stream.push(tokenizer, id)?;
+        if last {
+            // The text the stream still holds (bytes of a character not yet complete) is
+            // checked for stop strings like the rest.
+            self.pending += &self.stream.finish(tokenizer)?;
+        }
         if let Some(pos) = opts
             .stop
             .iter()
@@ -103,9 +107,9 @@ impl Emitter {
             self.pending.clear();
             return Ok(Piece { id, text });
         }
-        if self.produced >= opts.max_tokens {
-            self.finish = Some(Finish::MaxTokens);
-            let text = std::mem::take(&mut self.pending) + &self.stream.finish(tokenizer)?;
+        if last {
+            self.finish = Some(if eos { Finish::Eos } else { Finish::MaxTokens });
+            let text = std::mem::take(&mut self.pending);
             return Ok(Piece { id, text });
         }
         // Keep back the longest tail that could still grow into a stop string.
@@ -302,7 +306,32 @@ pub fn generate_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::held_back;
+    use std::path::Path;
+
+    use super::{held_back, Emitter, Finish, GenerateOptions};
+    use crate::checkpoint::GenerationDefaults;
+    use crate::runtime::tokenizer::Tokenizer;
+
+    #[test]
+    fn text_flushed_at_the_end_is_checked_for_stop_strings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let t = Tokenizer::open(&path, 4096, &GenerationDefaults::default()).unwrap();
+        // Token 129 is the first byte of "é": alone at the token budget it flushes as U+FFFD.
+        let opts = |stop: &[&str]| GenerateOptions {
+            max_tokens: 1,
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            ..GenerateOptions::default()
+        };
+        let mut e = Emitter::new(&t, &[]);
+        let piece = e.accept(&t, &opts(&["\u{fffd}"]), 129).unwrap();
+        assert_eq!((piece.text.as_str(), e.finish), ("", Some(Finish::Stop)));
+        let mut e = Emitter::new(&t, &[]);
+        let piece = e.accept(&t, &opts(&["x"]), 129).unwrap();
+        assert_eq!(
+            (piece.text.as_str(), e.finish),
+            ("\u{fffd}", Some(Finish::MaxTokens))
+        );
+    }
 
     #[test]
     fn holds_back_text_that_may_start_a_stop_string() {

@@ -141,6 +141,33 @@ impl Tokenizer {
             .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
     }
 
+    /// The bytes token `id` stands for, which may be part of a character (a byte-level
+    /// BPE token, or a byte-fallback token `<0xHH>`); special tokens as their text. Empty
+    /// for an id the tokenizer does not have.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(token) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        let byte_level = self.inner.get_decoder().is_some_and(|d| match d {
+            tokenizers::DecoderWrapper::ByteLevel(_) => true,
+            tokenizers::DecoderWrapper::Sequence(s) => s
+                .get_decoders()
+                .iter()
+                .any(|d| matches!(d, tokenizers::DecoderWrapper::ByteLevel(_))),
+            _ => false,
+        });
+        if let Some(bytes) = byte_level.then(|| byte_level_bytes(&token)).flatten() {
+            return bytes;
+        }
+        if let Some(byte) = fallback_byte(&token) {
+            return vec![byte];
+        }
+        self.inner
+            .decode(&[id], false)
+            .unwrap_or_default()
+            .into_bytes()
+    }
+
     /// A streaming decoder of the ids pushed to it, which continue `context` (the prompt):
     /// its last few ids are the decoding context of the first piece, so that piece keeps
     /// the leading space a Metaspace (SentencePiece) tokenizer drops at the start of a text.
@@ -152,6 +179,36 @@ impl Tokenizer {
             prefix: 0,
         }
     }
+}
+
+/// The bytes of a byte-level BPE token (GPT-2's alphabet: the printable bytes `!`..`~`,
+/// `¡`..`¬` and `®`..`ÿ` stand for themselves, the other 68 bytes, in order, for the
+/// characters from U+0100 on); None when a character is outside the alphabet (a special
+/// token).
+fn byte_level_bytes(token: &str) -> Option<Vec<u8>> {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
+    token
+        .chars()
+        .map(|c| {
+            let c = c as u32;
+            if c < 0x100 {
+                return printable(c).then_some(c as u8);
+            }
+            (0..=255u32)
+                .filter(|&b| !printable(b))
+                .nth((c - 0x100) as usize)
+                .map(|b| b as u8)
+        })
+        .collect()
+}
+
+/// The byte of a byte-fallback token (`<0x41>` is b'A').
+fn fallback_byte(token: &str) -> Option<u8> {
+    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 /// Prompt ids kept as the decoding context of a stream's first piece.
@@ -213,6 +270,26 @@ mod tests {
     fn default_tokenizer() -> Tokenizer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
         Tokenizer::open(&path, 4096, &GenerationDefaults::default()).unwrap()
+    }
+
+    #[test]
+    fn token_bytes_concatenate_to_the_text_s_utf8() {
+        let t = default_tokenizer();
+        let text = "naïve café — 1851, \u{1F600} déjà\tvu\n";
+        let ids = t.encode_continuation(text).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| t.token_bytes(id)).collect();
+        assert_eq!(bytes, text.as_bytes());
+        // A character split over two tokens: each holds one of its bytes.
+        assert_eq!(t.token_bytes(129), vec![0xc3]);
+        assert_eq!(t.token_bytes(104), vec![0xa9]);
+        assert_eq!(fallback_byte("<0xC3>"), Some(0xc3));
+        assert_eq!(fallback_byte("<0xC3"), None);
+        assert_eq!(byte_level_bytes("Ġthe"), Some(b" the".to_vec()));
+        assert_eq!(
+            byte_level_bytes("<|endoftext|>"),
+            Some(b"<|endoftext|>".to_vec())
+        );
+        assert_eq!(byte_level_bytes("\u{4e00}"), None);
     }
 
     #[test]

@@ -105,8 +105,35 @@ pub enum StopInput {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
+}
+
+/// An optional field given as `null` reads as its default, as OpenAI's API allows.
+pub fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+/// `seed`: OpenAI's is a signed 64-bit integer; unsigned ones up to 2^64 - 1 are taken too
+/// (a negative seed draws as its two's complement bits).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Seed {
+    Unsigned(u64),
+    Signed(i64),
+}
+
+impl Seed {
+    pub fn bits(self) -> u64 {
+        match self {
+            Seed::Unsigned(v) => v,
+            Seed::Signed(v) => v as u64,
+        }
+    }
 }
 
 /// The sampling and length fields shared by both completion endpoints.
@@ -122,14 +149,17 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub stop: Option<StopInput>,
-    pub seed: Option<u64>,
+    pub seed: Option<Seed>,
     pub n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     /// Generate past the end-of-sequence token (vLLM's extension).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ignore_eos: bool,
+    /// The end user, for the client's own records: read only to check that it is a string.
+    #[serde(rename = "user")]
+    _user: Option<String>,
 }
 
 /// `POST /v1/completions`: the fields beside [`Common`] (a body is read as both, so that
@@ -139,7 +169,7 @@ pub struct CompletionRequest {
     pub prompt: PromptInput,
     /// Log probabilities of the `logprobs` most likely tokens at each step (0 to 20).
     pub logprobs: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub echo: bool,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
@@ -159,6 +189,7 @@ pub struct Unsupported {
     modalities: Option<Value>,
     audio: Option<Value>,
     prediction: Option<Value>,
+    web_search_options: Option<Value>,
 }
 
 const PLAIN: &str = "(this server generates plain text)";
@@ -230,6 +261,9 @@ impl Unsupported {
                 "prediction (predicted outputs) is not supported",
             );
         }
+        if self.web_search_options.is_some() {
+            return refuse("web_search_options", "web search is not supported");
+        }
         Ok(())
     }
 }
@@ -240,6 +274,8 @@ impl Unsupported {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// The participant's name, handed to the chat template as `message.name`.
+    pub name: Option<String>,
     pub tool_calls: Option<Value>,
     pub function_call: Option<Value>,
 }
@@ -263,7 +299,7 @@ pub struct Part {
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub max_completion_tokens: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
 }
@@ -343,6 +379,12 @@ impl Common {
         limits: &Limits,
         vocab: usize,
     ) -> Result<Plan, ApiError> {
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::invalid(
+                Some("stream_options"),
+                "stream_options is only allowed with stream: true",
+            ));
+        }
         let max_tokens = match max_tokens {
             None => default_max_tokens.min(limits.max_tokens),
             Some(m) if m < 0 => {
@@ -415,7 +457,7 @@ impl Common {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias,
-            seed: self.seed,
+            seed: self.seed.map(Seed::bits),
             top_logprobs,
         };
         settings.validate(vocab).map_err(|e| {

@@ -1,8 +1,9 @@
 //! Chat templates: the Jinja template of a model's `tokenizer_config.json` (`chat_template`,
 //! a string or a list of named templates of which `default` is used), rendered with
 //! minijinja as transformers' `apply_chat_template` renders it: `messages`,
-//! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, Python string
-//! methods, blocks trimmed.
+//! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, `strftime_now`,
+//! Python string methods, `{% break %}`/`{% continue %}`, blocks trimmed; transformers'
+//! `{% generation %}` marks (assistant spans for training masks) render their content.
 //!
 //! A template comes with the model, so it is run on a budget: at most [`Budget::fuel`]
 //! instructions and [`Budget::output`] bytes of output, beyond which the request gets an
@@ -37,6 +38,23 @@ impl Budget {
             output: (16usize << 20).max(max_body_bytes.saturating_mul(4)),
         }
     }
+}
+
+/// One message of a conversation, as the template sees it.
+pub(crate) struct Turn {
+    pub role: String,
+    pub content: String,
+    pub name: Option<String>,
+}
+
+/// Why a conversation did not render.
+#[derive(Debug)]
+pub(crate) enum RenderError {
+    /// The template refused the conversation (its `raise_exception`) or it is too large
+    /// for the budget: the client's to change.
+    Refused(String),
+    /// The template itself failed (the model's to fix).
+    Broken(String),
 }
 
 /// A model's chat template.
@@ -113,10 +131,11 @@ impl ChatTemplate {
         env.add_function(
             "raise_exception",
             |message: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message).with_source(Raised))
             },
         );
-        env.add_template_owned("chat", source)
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", generation_marks_as_ifs(&source))
             .map_err(|e| Error::file(&path, format!("chat_template does not parse: {e}")))?;
         Ok(Some(ChatTemplate {
             env,
@@ -126,16 +145,24 @@ impl ChatTemplate {
         }))
     }
 
-    /// The prompt text of `messages` ([{role, content}]), ending with the assistant's turn
-    /// opened. The error is a message for the client: the template's own exception, another
-    /// failure of the template, or the budget exceeded.
-    pub fn render(&self, messages: &[(String, String)]) -> std::result::Result<String, String> {
+    /// The prompt text of `messages`, ending with the assistant's turn opened. The error
+    /// is a message for the client: the template's own exception or the budget exceeded
+    /// ([`RenderError::Refused`]), or another failure of the template.
+    pub fn render(&self, messages: &[Turn]) -> std::result::Result<String, RenderError> {
         let messages: Vec<Value> = messages
             .iter()
-            .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+            .map(|m| {
+                let mut v = serde_json::json!({"role": m.role, "content": m.content});
+                if let Some(name) = &m.name {
+                    v["name"] = Value::from(name.as_str());
+                }
+                v
+            })
             .collect();
-        let says = |e: &dyn std::fmt::Display| format!("the chat template says: {e}");
-        let template = self.env.get_template("chat").map_err(|e| says(&e))?;
+        let broken = |e: &dyn std::fmt::Display| {
+            RenderError::Broken(format!("the model's chat template failed: {e}"))
+        };
+        let template = self.env.get_template("chat").map_err(|e| broken(&e))?;
         let mut out = Capped {
             out: Vec::new(),
             limit: self.budget.output,
@@ -151,19 +178,87 @@ impl ChatTemplate {
             &mut out,
         );
         match rendered {
-            Ok(_) => String::from_utf8(out.out).map_err(|_| says(&"its output is not valid UTF-8")),
-            Err(_) if out.exceeded => Err(format!(
+            Ok(_) => String::from_utf8(out.out).map_err(|_| broken(&"its output is not UTF-8")),
+            Err(_) if out.exceeded => Err(RenderError::Refused(format!(
                 "the chat template exceeded its limits (its output passed {} bytes)",
                 self.budget.output
-            )),
-            Err(e) if matches!(e.kind(), ErrorKind::OutOfFuel) => Err(format!(
-                "the chat template exceeded its limits (it ran more than {} instructions)",
-                self.budget.fuel
-            )),
-            Err(e) if matches!(e.kind(), ErrorKind::InvalidOperation) => {
-                Err(says(&e.detail().unwrap_or("invalid")))
+            ))),
+            Err(e) if matches!(e.kind(), ErrorKind::OutOfFuel) => {
+                Err(RenderError::Refused(format!(
+                    "the chat template exceeded its limits (it ran more than {} instructions)",
+                    self.budget.fuel
+                )))
             }
-            Err(e) => Err(says(&e)),
+            Err(e) if crate::error::caused_by::<Raised>(&e) => Err(RenderError::Refused(format!(
+                "the chat template says: {}",
+                e.detail().unwrap_or("invalid")
+            ))),
+            Err(e) => Err(broken(&e)),
         }
     }
+}
+
+/// Marks the errors of the template's own `raise_exception` (their source).
+#[derive(Debug)]
+struct Raised;
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("raised by the template")
+    }
+}
+
+impl std::error::Error for Raised {}
+
+/// transformers' `strftime_now(format)`: the local time now, formatted as C's strftime.
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    use std::fmt::Write;
+    let items: Vec<_> = chrono::format::StrftimeItems::new(&format).collect();
+    let mut out = String::new();
+    write!(
+        out,
+        "{}",
+        chrono::Local::now().format_with_items(items.into_iter())
+    )
+    .map_err(|_| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: '{format}' is not a strftime format"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// The template with transformers' `{% generation %}` / `{% endgeneration %}` marks as
+/// `{% if true %}` / `{% endif %}` (same whitespace control): rendering, they only mark
+/// the assistant's spans, which minijinja does not know.
+fn generation_marks_as_ifs(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out += &rest[..start + 2];
+        rest = &rest[start + 2..];
+        let control = rest.len() - rest.trim_start_matches(['-', '+']).len();
+        let body = &rest[control..];
+        let word = body.trim_start();
+        let lead = body.len() - word.len();
+        let ends = |w: &str| {
+            word.strip_prefix(w).is_some_and(|after| {
+                after.starts_with(|c: char| c.is_whitespace() || c == '-' || c == '+' || c == '%')
+            })
+        };
+        let swap = if ends("endgeneration") {
+            Some(("endgeneration", "endif"))
+        } else if ends("generation") {
+            Some(("generation", "if true"))
+        } else {
+            None
+        };
+        if let Some((from, to)) = swap {
+            out += &rest[..control + lead];
+            out += to;
+            rest = &word[from.len()..];
+        }
+    }
+    out + rest
 }

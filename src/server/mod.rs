@@ -17,6 +17,7 @@ mod cache;
 mod chat;
 pub mod client;
 mod engine;
+mod listen;
 mod metrics;
 mod routes;
 
@@ -67,6 +68,9 @@ pub struct ServeOptions {
     pub max_tokens: usize,
     /// How long running requests may go on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a client has to send a request's headers (from the connection's opening
+    /// or the previous response), and again its body.
+    pub client_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -85,6 +89,7 @@ impl Default for ServeOptions {
             max_prompt_tokens: 32768,
             max_tokens: 4096,
             shutdown_grace: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -104,6 +109,7 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub model_id: String,
     pub max_body: usize,
+    pub client_timeout: Duration,
     pub started: u64,
 }
 
@@ -201,6 +207,7 @@ impl Server {
             metrics: Arc::new(Metrics::new()),
             model_id,
             max_body: options.max_body_bytes,
+            client_timeout: options.client_timeout,
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -270,6 +277,10 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
+            state.client_timeout,
+            listen::with_body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::authorize,
         ))
@@ -329,10 +340,8 @@ fn serve(
                 ready.engine.drain(Instant::now() + grace);
             }
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("the HTTP server failed: {e}")))
+        listen::serve(listener, app, shutdown, options.client_timeout).await;
+        Ok(())
     });
     // Dropping the state's engine handle lets the engine threads finish.
     let engines = loader.join().ok().flatten();

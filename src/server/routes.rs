@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -24,7 +24,9 @@ use super::api::{
     parse, ApiError, ChatRequest, Common, CompletionRequest, DetokenizeRequest, Plan, PromptInput,
     TokenizeRequest, Unsupported,
 };
+use super::chat::{RenderError, Turn};
 use super::engine::{Event, Job, Rejected};
+use super::listen::BodyTimedOut;
 use super::{AppState, Ready};
 use crate::runtime::generate::Finish;
 use crate::runtime::sampler::Sampled;
@@ -131,8 +133,12 @@ pub(crate) async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
 /// `GET /v1/models/{id}`: the served model, or 404.
 pub(crate) async fn model(
     State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError {
+        param: Some("model".into()),
+        ..ApiError::invalid(None, e.body_text())
+    })?;
     if id != s.model_id {
         return Err(ApiError {
             param: Some("model".into()),
@@ -163,6 +169,12 @@ pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 /// The body, or a JSON error when it is too large or unreadable.
 fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
+        // The body failed for want of time (super::listen::with_body_deadline).
+        _ if crate::error::caused_by::<BodyTimedOut>(&e) => ApiError::status(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            BodyTimedOut(state.client_timeout).to_string(),
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
@@ -227,16 +239,15 @@ fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
 }
 
 /// Checks a prompt's length against the limit.
-fn check_prompt(s: &AppState, ids: &[u32]) -> Result<(), ApiError> {
+/// Checks a prompt's length; `param` is the request field it came from (`prompt`, or
+/// `messages` rendered by the chat template).
+fn check_prompt(s: &AppState, ids: &[u32], param: &str) -> Result<(), ApiError> {
     if ids.is_empty() {
-        return Err(ApiError::invalid(
-            Some("prompt"),
-            "the prompt has no tokens",
-        ));
+        return Err(ApiError::invalid(Some(param), "the prompt has no tokens"));
     }
     if ids.len() > s.limits.max_prompt_tokens {
         return Err(ApiError::invalid(
-            Some("prompt"),
+            Some(param),
             format!(
                 "the prompt has {} tokens, more than this server's limit of {} \
                  (--max-prompt-tokens)",
@@ -317,11 +328,10 @@ pub(crate) async fn completions(
             "the prompt list is empty",
         ));
     }
-    if plan.max_tokens > 0 {
-        s.limits.check_capacity(prompts.len(), plan.n)?;
-    }
+    // Also for max_tokens 0: a request never asks for more choices than the server holds.
+    s.limits.check_capacity(prompts.len(), plan.n)?;
     for p in &prompts {
-        check_prompt(&s, p)?;
+        check_prompt(&s, p, "prompt")?;
         crate::runtime::tokenizer::check_ids(p, ready.model.vocab())
             .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
     }
@@ -420,11 +430,17 @@ pub(crate) async fn chat(
         &s.limits,
         ready.model.vocab(),
     )?;
-    let messages: Vec<(String, String)> = req
+    let messages: Vec<Turn> = req
         .messages
         .iter()
         .enumerate()
-        .map(|(i, m)| Ok((m.role.clone(), m.text(i)?)))
+        .map(|(i, m)| {
+            Ok(Turn {
+                role: m.role.clone(),
+                content: m.text(i)?,
+                name: m.name.clone(),
+            })
+        })
         .collect::<Result<_, ApiError>>()?;
     // The template runs on its budget (instructions and output), off the async workers.
     let text = {
@@ -441,12 +457,17 @@ pub(crate) async fn chat(
                 "the chat template's rendering failed",
             )
         })?
-        .map_err(|e| ApiError::invalid(Some("messages"), e))?
+        .map_err(|e| match e {
+            RenderError::Refused(m) => ApiError::invalid(Some("messages"), m),
+            RenderError::Broken(m) => {
+                ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, "chat_template_error", m)
+            }
+        })?
     };
     let ids = tokenizer(&ready)
         .encode_continuation(&text)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
-    check_prompt(&s, &ids)?;
+    check_prompt(&s, &ids, "messages")?;
     run(
         &s,
         &ready,
@@ -635,8 +656,7 @@ impl Output {
                     } => {
                         let out = &mut choices[p * self.n + choice];
                         out.text += &piece.text;
-                        let text = self.tokenizer().decode(&[sampled.id]).unwrap_or_default();
-                        out.tokens.push((sampled, text));
+                        out.tokens.push((sampled, piece.text));
                     }
                     Event::Finished { choice, reason } => {
                         choices[p * self.n + choice].finish = Some(finish_reason(reason));
@@ -663,7 +683,8 @@ impl Output {
     }
 
     fn choice_json(&self, index: usize, c: &ChoiceOut) -> Value {
-        let logprobs = self.logprobs_json(&c.tokens, 0);
+        let echo = self.echo[index / self.n].chars().count();
+        let logprobs = self.logprobs_json(&c.tokens, echo);
         match self.id.kind {
             Kind::Completion => json!({
                 "index": index,
@@ -680,54 +701,59 @@ impl Output {
         }
     }
 
-    /// The `logprobs` object of `tokens` (null unless asked for); `offset` is the text
-    /// offset of the first token (completions' `text_offset`).
+    /// The `logprobs` object of `tokens` (each with the text it completed; null unless
+    /// asked for). A token is named by its own bytes (as text where they are UTF-8, else as
+    /// `bytes:\xNN..`, part of a character); `offset` is the character offset in the
+    /// choice's text of the first token's text (completions' `text_offset`).
     fn logprobs_json(&self, tokens: &[(Sampled, String)], offset: usize) -> Value {
         if !self.logprobs {
             return Value::Null;
         }
         let t = self.tokenizer();
-        let text_of = |id: u32| t.decode(&[id]).unwrap_or_default();
+        let name = |id: u32| token_name(&t.token_bytes(id));
         match self.id.kind {
             Kind::Completion => {
                 let mut at = offset;
                 let mut offsets = Vec::new();
                 for (_, text) in tokens {
                     offsets.push(at);
-                    at += text.len();
+                    at += text.chars().count();
                 }
                 json!({
-                    "tokens": tokens.iter().map(|t| t.1.clone()).collect::<Vec<_>>(),
+                    "tokens": tokens.iter().map(|(s, _)| name(s.id)).collect::<Vec<_>>(),
                     "token_logprobs": tokens.iter().map(|t| t.0.logprob).collect::<Vec<_>>(),
                     "top_logprobs": tokens.iter().map(|(s, _)| {
-                        s.top.iter().map(|&(id, lp)| (text_of(id), json!(lp))).collect::<BTreeMap<_, _>>()
+                        s.top.iter().map(|&(id, lp)| (name(id), json!(lp))).collect::<BTreeMap<_, _>>()
                     }).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
             }
-            Kind::Chat => json!({"content": tokens.iter().map(|(s, text)| json!({
-                "token": text,
-                "logprob": s.logprob,
-                "bytes": text.as_bytes(),
-                "top_logprobs": s.top.iter().map(|&(id, lp)| {
-                    let tt = text_of(id);
-                    json!({"token": tt, "logprob": lp, "bytes": tt.as_bytes()})
-                }).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>()}),
+            Kind::Chat => {
+                let entry = |id: u32, lp: f32| {
+                    let bytes = t.token_bytes(id);
+                    json!({"token": token_name(&bytes), "logprob": lp, "bytes": bytes})
+                };
+                json!({"content": tokens.iter().map(|(s, _)| {
+                    let mut e = entry(s.id, s.logprob);
+                    e["top_logprobs"] = s.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                    e
+                }).collect::<Vec<_>>()})
+            }
         }
     }
 
-    /// A chunk of the stream for choice `index`: `text` (and `role` first for chat).
+    /// A chunk of the stream for choice `index`: `text` (and `role` first for chat), and
+    /// the token that completed it, its text starting at character `offset` of the choice.
     fn chunk(
         &self,
         index: usize,
         text: &str,
-        token: Option<&(Sampled, String)>,
+        token: Option<(&(Sampled, String), usize)>,
         finish: Option<&str>,
         first: bool,
     ) -> Value {
         let logprobs = match token {
-            Some(t) => self.logprobs_json(std::slice::from_ref(t), 0),
+            Some((t, offset)) => self.logprobs_json(std::slice::from_ref(t), offset),
             None => Value::Null,
         };
         let choice = match self.id.kind {
@@ -766,13 +792,15 @@ impl Output {
                 map.insert(p, UnboundedReceiverStream::new(r));
             }
             let mut first = vec![true; jobs * self.n];
+            // Characters each choice's text has so far (for `text_offset`).
+            let mut chars = vec![0; jobs * self.n];
             let mut open = jobs * self.n;
             let (mut completion_tokens, mut cached) = (0, 0);
+            let mut error = None;
             while open > 0 {
                 let Some((p, event)) = map.next().await else {
-                    let e = engine_gone();
-                    let _ = tx.send(Ok(send(e.body()))).await;
-                    return;
+                    error = Some(engine_gone());
+                    break;
                 };
                 let message = match event {
                     Event::Prefilled { cached: c } => {
@@ -789,10 +817,13 @@ impl Output {
                         let mut text = String::new();
                         if first[i] {
                             text += &self.echo[p];
+                            chars[i] += self.echo[p].chars().count();
                         }
                         text += &piece.text;
-                        let token_text = self.tokenizer().decode(&[sampled.id]).unwrap_or_default();
-                        let v = self.chunk(i, &text, Some(&(sampled, token_text)), None, first[i]);
+                        let at = chars[i];
+                        chars[i] += piece.text.chars().count();
+                        let token = (sampled, piece.text);
+                        let v = self.chunk(i, &text, Some((&token, at)), None, first[i]);
                         first[i] = false;
                         v
                     }
@@ -807,15 +838,18 @@ impl Output {
                         v
                     }
                     Event::Failed(message) => {
-                        let _ = tx.send(Ok(send(failed(message).body()))).await;
-                        return;
+                        error = Some(failed(message));
+                        break;
                     }
                 };
                 if tx.send(Ok(send(message))).await.is_err() {
                     return; // the client has gone: dropping `map` cancels the jobs
                 }
             }
-            if self.include_usage {
+            if let Some(e) = error {
+                // The error as the stream's last event, then its end as ever.
+                let _ = tx.send(Ok(send(e.body()))).await;
+            } else if self.include_usage {
                 let v = json!({
                     "id": self.id.id,
                     "object": self.id.object(true),
@@ -829,6 +863,18 @@ impl Output {
             let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
         });
         Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+    }
+}
+
+/// A token's name in logprobs: its bytes as text where they are UTF-8, else OpenAI's
+/// `bytes:\xNN..` (a token that is part of a character).
+fn token_name(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => bytes.iter().fold("bytes:".to_string(), |mut s, b| {
+            s += &format!("\\x{b:02x}");
+            s
+        }),
     }
 }
 
