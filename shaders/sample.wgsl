@@ -10,7 +10,8 @@
 //   alone or batched.
 // Thresholds are found by bisection on values (no sort); a value tie at the top-k
 // threshold keeps every tied token.
-// out: u32 (B) sampled ids, written at out_offset + b.
+// out: u32 (B) sampled ids, written at out_offset + b; NON_FINITE (past any vocabulary) for
+// a row holding a NaN or infinite logit, whatever the settings (the host reports it).
 // Each invocation owns a contiguous segment of ceil(V / THREADS) ids rounded up to a multiple
 // of 4, and walks it a quad at a time (ids past the segment read as -inf): one vec4 load per
 // quad through logits4 when V4 (offset and stride multiples of 4), else four scalar loads. On
@@ -42,6 +43,8 @@ struct Settings {
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
 // The same buffer as logits, a quad at a time (V4).
 @group(0) @binding(4) var<storage, read> logits4: array<vec4<f32>>;
+
+const NON_FINITE: u32 = 0xffffffffu;
 
 override THREADS: u32 = 256u;
 override V4: bool = false;
@@ -93,17 +96,28 @@ fn sample(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let lo = min(lid * seg, p.vocab);
     let hi = min(lo + seg, p.vocab);
 
-    // Largest logit of this segment (and its lowest id).
+    // Largest logit of this segment (and its lowest id), and how many of its logits are
+    // NaN or infinite (an all-ones exponent: bits, which no fast-math assumption drops).
     var best = -3.4e38;
     var best_id = 0xffffffffu;
+    var bad = 0u;
     for (var i = lo; i < hi; i += 4u) {
         let q = quad(base, i, hi);
+        let live = vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(hi);
+        let exponent = bitcast<vec4<u32>>(q) & vec4<u32>(0x7f800000u);
+        bad += count4(live & (exponent == vec4<u32>(0x7f800000u)));
         for (var j = 0u; j < 4u; j++) {
             if q[j] > best {
                 best = q[j];
                 best_id = i + j;
             }
         }
+    }
+    if wg_count(lid, bad) > 0u {
+        if lid == 0u {
+            out[p.out_offset + b] = NON_FINITE;
+        }
+        return;
     }
     if s.temperature <= 0.0 || s.top_k == 1u {
         let id = wg_argmax(lid, best, best_id);

@@ -42,12 +42,14 @@ impl Sampling {
         }
     }
 
-    /// Checks the ranges: temperature finite and >= 0, top_p in (0, 1].
+    /// Checks the ranges: temperature 0 (greedy) or a finite normal number (the kernel
+    /// takes its reciprocal in f32), top_p in (0, 1].
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+        let t = self.temperature;
+        if !(t == 0.0 || (t.is_finite() && t >= f32::MIN_POSITIVE)) {
             return Err(Error::InvalidArgument(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
+                "temperature must be 0 (greedy) or a finite number >= {:e}, got {t:e}",
+                f32::MIN_POSITIVE
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -191,8 +193,15 @@ pub fn draw(s: &Sampling, step: u32) -> f32 {
     (r >> 8) as f32 / 16_777_216.0
 }
 
-/// CPU reference of the kernel's rule (computed in f64): the id drawn for one row.
+/// What the kernel writes for a row holding a NaN or infinite logit (past any vocabulary).
+pub const NON_FINITE: u32 = u32::MAX;
+
+/// CPU reference of the kernel's rule (computed in f64): the id drawn for one row, or
+/// [`NON_FINITE`].
 pub fn reference(logits: &[f32], s: &Sampling, step: u32) -> u32 {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return NON_FINITE;
+    }
     let argmax = || {
         let mut best = 0;
         for (i, &v) in logits.iter().enumerate() {
@@ -312,6 +321,37 @@ mod tests {
     }
 
     #[test]
+    fn a_row_with_a_nan_or_infinite_logit_is_flagged_whatever_the_settings() {
+        let v = 301;
+        let mut rng = Rng::new(9);
+        let clean = rng.normal_vec(v, 2.0);
+        let mut logits = Vec::new();
+        for (i, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY]
+            .iter()
+            .enumerate()
+        {
+            let mut row = clean.clone();
+            row[37 + 100 * i] = *bad;
+            logits.extend(row);
+        }
+        logits.extend(&clean);
+        let draw = Sampling {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.8,
+            seed: 4,
+        };
+        for s in [Sampling::greedy(), draw] {
+            let settings = vec![(s, 3); 4];
+            let got = run(&logits, v, &settings);
+            let want: Vec<u32> = logits.chunks(v).map(|row| reference(row, &s, 3)).collect();
+            assert_eq!(got, want);
+            assert_eq!(&got[..3], &[NON_FINITE; 3]);
+            assert!((got[3] as usize) < v);
+        }
+    }
+
+    #[test]
     fn draws_match_the_reference_rule() {
         let v = 777;
         let mut rng = Rng::new(5);
@@ -392,6 +432,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("temperature"));
+        // A subnormal temperature's reciprocal overflows f32.
+        let tiny = Sampling {
+            temperature: 1e-39,
+            ..Sampling::default()
+        };
+        assert!(tiny.validate().is_err());
+        let small = Sampling {
+            temperature: 1e-37,
+            ..Sampling::default()
+        };
+        small.validate().unwrap();
         let bad = Sampling {
             top_p: 0.0,
             ..Sampling::greedy()

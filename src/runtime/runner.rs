@@ -72,10 +72,10 @@ pub struct StepResult {
 
 impl StepResult {
     /// Fails when the step computed NaN or infinity: a sampled id past the vocabulary (the
-    /// sampler finds no finite logit), a non-finite NLL or logit.
+    /// sampler's flag for a NaN or infinite logit), a non-finite NLL or logit.
     fn check_finite(&self, vocab: usize) -> Result<()> {
         let what = if let Some(b) = self.sampled.iter().position(|&id| id as usize >= vocab) {
-            format!("no finite logit to sample from for sequence {b}")
+            format!("a logit of sequence {b} is NaN or infinite")
         } else if let Some(i) = self.nll.iter().position(|v| !v.is_finite()) {
             format!("the NLL of token {i} of the step is {}", self.nll[i])
         } else {
