@@ -443,3 +443,54 @@ fn non_finite_block_scales_are_named_at_load() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tensors_copied_as_stored_are_checked_like_a_load_checks_them() {
+    // A NaN in a vector (copied unchanged by both conversions): an error naming it, not a
+    // checkpoint that cannot load.
+    let dir = out_dir("vector-nan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("models/default");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (name, vector) = st
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.shape().len() == 1)
+        .min_by_key(|(n, _)| n.clone())
+        .unwrap();
+    let nan = match vector.dtype() {
+        safetensors::Dtype::F32 => f32::NAN.to_le_bytes().to_vec(),
+        safetensors::Dtype::F16 => vec![0x00, 0x7e],
+        _ => vec![0xc0, 0x7f],
+    };
+    let at = vector.data().as_ptr() as usize - bytes.as_ptr() as usize + nan.len();
+    let mut broken = bytes.clone();
+    broken[at..at + nan.len()].copy_from_slice(&nan);
+    std::fs::write(dir.join("model.safetensors"), broken).unwrap();
+    let err = quantize(
+        &dir,
+        &out_dir("vector-nan-q4"),
+        QuantFormat::Q4,
+        false,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_mentions(&err, &[&name, "element 1", "NaN"]);
+    let err = moxe::convert::latent::convert(
+        &dir,
+        &out_dir("vector-nan-latent"),
+        moxe::convert::latent::RankChoice::Rank(4),
+        2,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_mentions(&err, &[&name, "NaN"]);
+    assert!(!out_dir("vector-nan-q4").exists() && !out_dir("vector-nan-latent").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -22,6 +22,27 @@ fn not_finite(col: usize, v: f32) -> Problem {
     (col, format!("is {v} (corrupt data)"))
 }
 
+/// Fails at the first infinity or NaN of the f32, f16 or bf16 values `src` (their bit
+/// patterns: an all-ones exponent); other types pass.
+pub(crate) fn check_finite(src: &[u8], dtype: Dtype) -> Result<(), Problem> {
+    let bad = match dtype {
+        Dtype::F32 => src.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::F16 => src
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => src
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => None,
+    };
+    match bad {
+        Some(i) => Err(not_finite(i, decode(src, dtype, i))),
+        None => Ok(()),
+    }
+}
+
 /// Writes `v` as element `i` of `dst` in `to`.
 fn encode(dst: &mut [u8], to: DType, i: usize, v: f32) -> Result<(), Problem> {
     match to {
@@ -63,23 +84,8 @@ pub(crate) fn convert_row(
         (Dtype::F32, DType::F32) | (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
     );
     if same {
-        // Copy, then check the bit patterns: an all-ones exponent is an infinity or NaN.
         dst[..src.len()].copy_from_slice(src);
-        let bad = match from {
-            Dtype::F32 => src.chunks_exact(4).position(|b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
-            }),
-            Dtype::F16 => src
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            _ => src
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
-        };
-        return match bad {
-            Some(i) => Err(not_finite(i, decode(src, from, i))),
-            None => Ok(()),
-        };
+        return check_finite(src, from);
     }
     for i in 0..n {
         let v = decode(src, from, i);

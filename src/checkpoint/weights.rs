@@ -410,7 +410,8 @@ impl Weights {
         })
     }
 
-    /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged).
+    /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged;
+    /// its values are checked finite, as a load checks them).
     pub fn raw_tensor(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
         let e = self.entry(name)?;
         if let Some((format, ..)) = e.quant {
@@ -422,7 +423,15 @@ impl Weights {
                 ),
             ));
         }
-        Ok((e.dtype, &e.shape, self.raw(name, e)?))
+        let bytes = self.raw(name, e)?;
+        // A copy is checked as a load checks it: every value finite.
+        super::values::check_finite(bytes, e.dtype).map_err(|(i, what)| {
+            Error::file(
+                &self.shards[e.shard].path,
+                format!("tensor '{name}': element {i} {what}"),
+            )
+        })?;
+        Ok((e.dtype, &e.shape, bytes))
     }
 
     /// The `__metadata__` map of the (first) file's header.
