@@ -9,6 +9,7 @@
 
 pub mod dir;
 pub mod generation;
+mod header;
 pub(crate) mod json;
 pub mod manifest;
 pub mod output;

@@ -127,8 +127,11 @@ fn parse_shard(
         Storage::Mapped(m) => &m[..],
         Storage::Random(_) => unreachable!("random sources have no header"),
     };
-    let (header_len, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::file(&path, header_error(e, bytes.len())))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        let message =
+            super::header::diagnose(bytes).unwrap_or_else(|| header_error(e, bytes.len()));
+        Error::file(&path, message)
+    })?;
     let entries = metadata
         .tensors()
         .into_iter()
