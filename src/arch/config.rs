@@ -58,15 +58,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::file(
-                path,
-                match e.kind() {
-                    std::io::ErrorKind::NotFound => "file not found".to_string(),
-                    _ => format!("cannot read: {e}"),
-                },
-            )
-        })?;
+        let text = crate::checkpoint::files::read_text(path, crate::checkpoint::files::JSON_LIMIT)?;
         Self::from_json(path, &text)
     }
 

@@ -41,8 +41,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let text = super::files::read_text(path, super::files::JSON_LIMIT)?;
     serde_json::from_str(&text).map(Some).map_err(|e| {
         Error::file(
             path,
@@ -284,7 +283,7 @@ mod tests {
             (
                 "generation_config.json",
                 r#"{"temperature": -1}"#,
-                "temperature must be a finite number >= 0",
+                "temperature must be 0 (greedy) or a finite number",
             ),
             (
                 "generation_config.json",

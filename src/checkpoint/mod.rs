@@ -3,11 +3,13 @@
 //! downloaded, the xlstm_large package's state dicts), safetensors files and shards
 //! ([`weights`]), the tensors a configuration implies ([`manifest`]), the generation
 //! defaults and special tokens of the tokenizer and generation config files
-//! ([`generation`]), quantised checkpoints ([`quantized`]), random weights for any
+//! ([`generation`]), quantised checkpoints ([`quantized`]), the safe reading of text files
+//! ([`files`]), random weights for any
 //! configuration ([`random`]), and the files written for a user, whole or not at all
 //! ([`output`]).
 
 pub mod dir;
+pub mod files;
 pub mod generation;
 mod header;
 pub(crate) mod json;

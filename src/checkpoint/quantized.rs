@@ -36,7 +36,7 @@ pub fn config_entry(format: QuantFormat) -> Value {
 /// version, and the format of the quantised tensors. (A float config beside quantised
 /// weights is fine: the weights say what they are.)
 pub(crate) fn check_config(config: &Path, weights: &super::Weights) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(config) else {
+    let Ok(text) = super::files::read_text(config, super::files::JSON_LIMIT) else {
         return Ok(()); // ModelConfig::from_file has reported it
     };
     let Ok(value) = serde_json::from_str::<Value>(&text) else {

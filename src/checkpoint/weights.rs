@@ -160,12 +160,7 @@ fn parse_shard(
 }
 
 fn map_file(path: &Path) -> Result<Storage> {
-    if path.is_dir() {
-        return Err(Error::file(
-            path,
-            "is a directory, where a safetensors file was expected",
-        ));
-    }
+    super::files::check_regular(path, u64::MAX)?;
     let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
     // SAFETY: the map is read-only; like every reader of memory-mapped checkpoints we assume
     // that no other process truncates or rewrites the file while the model loads.
@@ -205,7 +200,7 @@ impl Weights {
     /// that is missing, an index entry whose shard lacks the tensor, or a malformed index is
     /// an error naming the file.
     pub fn open_index(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|e| read_error(index, e))?;
+        let text = super::files::read_text(index, super::files::JSON_LIMIT)?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::file(
                 index,

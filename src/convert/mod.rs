@@ -174,8 +174,7 @@ fn write_config_with(
     key: &str,
     value: serde_json::Value,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| Error::file(input, format!("cannot read: {e}")))?;
+    let text = crate::checkpoint::files::read_text(input, crate::checkpoint::files::JSON_LIMIT)?;
     let mut config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::file(input, format!("invalid JSON: {e}")))?;
     let Some(obj) = config.as_object_mut() else {

@@ -48,7 +48,7 @@ impl Sampling {
         let t = self.temperature;
         if !(t == 0.0 || (t.is_finite() && t >= f32::MIN_POSITIVE)) {
             return Err(Error::InvalidArgument(format!(
-                "temperature must be 0 (greedy) or a finite number >= {:e}, got {t:e}",
+                "temperature must be 0 (greedy) or a finite number >= {:e}, got {t:?}",
                 f32::MIN_POSITIVE
             )));
         }

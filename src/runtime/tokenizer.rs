@@ -28,7 +28,9 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::file(path, "file not found"));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let text =
+            crate::checkpoint::files::read_text(path, crate::checkpoint::files::TOKENIZER_LIMIT)?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
         let size = inner.get_vocab_size(true);
         if size > vocab {

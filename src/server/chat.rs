@@ -95,8 +95,8 @@ impl ChatTemplate {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::file(&path, format!("cannot read as UTF-8 text: {e}")))?;
+        let text =
+            crate::checkpoint::files::read_text(&path, crate::checkpoint::files::JSON_LIMIT)?;
         let config: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
         let source = match &config["chat_template"] {
