@@ -494,3 +494,28 @@ fn text_inputs_are_bounded_and_a_byte_order_mark_is_not_text() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn one_non_finite_logit_fails_a_sampled_step() {
+    // One row of the LM head at 3e38: that logit alone is infinite, the others finite.
+    let m = ModelCopy::new("one-inf");
+    m.rewrite(|name, s, mut d| {
+        if name == "lm_head.weight" {
+            let cols = s[1];
+            d[7 * cols..8 * cols].fill(3e38);
+        }
+        Some((s, d))
+    });
+    let options = LoadOptions {
+        dtype: Some(moxe::DType::F32),
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(gpu(), &m.0, &options).unwrap());
+    for sampling in [Sampling::greedy(), Sampling::default()] {
+        let mut s = Session::new(&model).unwrap();
+        assert_mentions(
+            &s.feed(&[1, 2, 3], &sampling).unwrap_err().to_string(),
+            &["non-finite", "NaN or infinite"],
+        );
+    }
+}

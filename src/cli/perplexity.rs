@@ -93,6 +93,14 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
     bar.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let mean = nll.iter().map(|&v| v as f64).sum::<f64>() / nll.len() as f64;
+    if !mean.exp().is_finite() {
+        // A mean NLL past ~709 nats (each token less likely than 1e-308): logits that no
+        // working model gives.
+        return Err(moxe::Error::NonFinite {
+            what: format!("the perplexity, exp of a mean NLL of {mean:e} nats per token"),
+        }
+        .into());
+    }
     if let Some(path) = &args.nll_out {
         let mut csv = String::from("position,token_id,nll\n");
         for ((pos, id), v) in scored.iter().zip(&nll) {

@@ -42,6 +42,21 @@ impl Tokenizer {
                 ),
             ));
         }
+        // Ids need not be dense: the largest must still have an embedding.
+        if let Some((token, &id)) = inner
+            .get_vocab(true)
+            .iter()
+            .max_by_key(|(_, &id)| id)
+            .filter(|(_, &id)| id as usize >= vocab)
+        {
+            return Err(Error::file(
+                path,
+                format!(
+                    "token {token:?} has id {id}, but the model embeds only {vocab} tokens \
+                     (tokenizer and model do not belong together)"
+                ),
+            ));
+        }
         let named = |token: &Option<String>, what: &str| -> Result<Option<u32>> {
             match token {
                 None => Ok(None),
@@ -272,6 +287,34 @@ mod tests {
     fn default_tokenizer() -> Tokenizer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
         Tokenizer::open(&path, 4096, &GenerationDefaults::default()).unwrap()
+    }
+
+    #[test]
+    fn a_token_id_past_the_model_s_vocabulary_names_the_token() {
+        // The bundled tokenizer with every id moved up by 5000: as many tokens as the
+        // model embeds, but ids past them.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (_, id) in json["model"]["vocab"].as_object_mut().unwrap() {
+            *id = (id.as_u64().unwrap() + 5000).into();
+        }
+        for t in json["added_tokens"].as_array_mut().unwrap() {
+            t["id"] = (t["id"].as_u64().unwrap() + 5000).into();
+        }
+        let dir = std::env::temp_dir().join(format!("moxe-sparse-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shifted = dir.join("tokenizer.json");
+        std::fs::write(&shifted, json.to_string()).unwrap();
+        let err = Tokenizer::open(&shifted, 4096, &GenerationDefaults::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("has id 9095") && err.contains("embeds only 4096"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
