@@ -98,8 +98,7 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
         // working model gives.
         return Err(moxe::Error::NonFinite {
             what: format!("the perplexity, exp of a mean NLL of {mean:e} nats per token"),
-        }
-        .into());
+        });
     }
     if let Some(path) = &args.nll_out {
         let mut csv = String::from("position,token_id,nll\n");
