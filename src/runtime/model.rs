@@ -252,17 +252,19 @@ impl Model {
 
     /// Records ahead of time the step graphs one sequence's feeds use: the decode step
     /// and a prompt chunk of every length a feed cuts (powers of two up to
-    /// `prefill_chunk`), compiling their pipelines. For interactive use right after
-    /// loading, so that the first request does not wait for them; a graph is otherwise
-    /// recorded the first time its shape runs.
-    pub fn prepare_steps(&self) -> Result<()> {
+    /// `prefill_chunk`), ending in `output` (`Sample` for [`Session::feed`](super::Session::feed),
+    /// `Logits` for host sampling), compiling their pipelines. For interactive use right
+    /// after loading, so that the first request does not wait for them (batches of other
+    /// sizes record graphs of their own, mostly from the same pipelines); a graph is
+    /// otherwise recorded the first time its shape runs.
+    pub fn prepare_steps(&self, output: super::runner::Output) -> Result<()> {
         let mut runner = self.runner.lock().expect("runner poisoned");
         let mut tokens = 1;
         while tokens <= self.options.prefill_chunk {
             let key = super::runner::StepKey {
                 seqs: 1,
                 tokens,
-                output: super::runner::Output::Sample,
+                output,
             };
             runner.graph(self, key)?;
             tokens *= 2;

@@ -112,10 +112,13 @@ impl Session {
                 tokens: chunk.len(),
                 output,
             };
-            // The others are submitted unread (queue order keeps them before the last),
-            // unless watched.
-            let wait = go_on.is_some() || i + 1 == chunks.len();
-            result = run(&self.model, key, chunk, &[self.slot as u32], input, wait)?;
+            // The others are submitted unread (queue order keeps them before the last);
+            // watched, each is waited for (not read: a feed reads only its last chunk).
+            let last = i + 1 == chunks.len();
+            result = run(&self.model, key, chunk, &[self.slot as u32], input, last)?;
+            if go_on.is_some() && !last {
+                self.model.ctx.wait("reading a prompt chunk")?;
+            }
             self.position += chunk.len();
             read += chunk.len();
         }
@@ -533,7 +536,9 @@ mod tests {
             ..Default::default()
         };
         let model = Arc::new(Model::load(crate::testing::gpu(), &dir, &options).unwrap());
-        model.prepare_steps().unwrap();
+        model
+            .prepare_steps(crate::runtime::runner::Output::Sample)
+            .unwrap();
         let recorded = || model.runner.lock().unwrap().recorded();
         // Chunks of 1, 2, 4, 8 and 16 tokens.
         assert_eq!(recorded(), 5);

@@ -159,30 +159,40 @@ impl Tokenizer {
     }
 
     /// The bytes token `id` stands for, which may be part of a character (a byte-level
-    /// BPE token, or a byte-fallback token `<0xHH>`); special tokens as their text. Empty
-    /// for an id the tokenizer does not have.
+    /// BPE token, or a byte-fallback token `<0xHH>`): added and special tokens as their
+    /// text, SentencePiece's word mark `▁` as the space it stands for, a WordPiece
+    /// continuation without its `##`. Empty for an id the tokenizer does not have.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let added = self.inner.get_added_vocabulary().get_added_tokens_decoder();
+        if let Some(t) = added.get(&id) {
+            return t.content.clone().into_bytes();
+        }
         let Some(token) = self.inner.id_to_token(id) else {
             return Vec::new();
         };
-        let byte_level = self.inner.get_decoder().is_some_and(|d| match d {
-            tokenizers::DecoderWrapper::ByteLevel(_) => true,
-            tokenizers::DecoderWrapper::Sequence(s) => s
-                .get_decoders()
-                .iter()
-                .any(|d| matches!(d, tokenizers::DecoderWrapper::ByteLevel(_))),
-            _ => false,
-        });
+        let decoders = match self.inner.get_decoder() {
+            Some(tokenizers::DecoderWrapper::Sequence(s)) => s.get_decoders().iter().collect(),
+            Some(d) => vec![d],
+            None => Vec::new(),
+        };
+        let byte_level = decoders
+            .iter()
+            .any(|d| matches!(d, tokenizers::DecoderWrapper::ByteLevel(_)));
         if let Some(bytes) = byte_level.then(|| byte_level_bytes(&token)).flatten() {
             return bytes;
         }
         if let Some(byte) = fallback_byte(&token) {
             return vec![byte];
         }
-        self.inner
-            .decode(&[id], false)
-            .unwrap_or_default()
-            .into_bytes()
+        let wordpiece = decoders.iter().find_map(|d| match d {
+            tokenizers::DecoderWrapper::WordPiece(w) => Some(w.prefix.as_str()),
+            _ => None,
+        });
+        let text = match wordpiece.and_then(|prefix| token.strip_prefix(prefix)) {
+            Some(rest) => rest.to_string(),
+            None => token.replace('\u{2581}', " "),
+        };
+        text.into_bytes()
     }
 
     /// A streaming decoder of the ids pushed to it, which continue `context` (the prompt):
@@ -421,6 +431,8 @@ mod tests {
         // The first generated piece keeps its space (decoded alone it would lose it).
         let pieces = streams_exactly(&sp, "Once upon a time", 1);
         assert_eq!(pieces[0], " upon");
+        // A token's own bytes keep its word mark as the space it stands for.
+        assert_eq!(sp.token_bytes(2), b" upon");
         let wp = tokenizer_from_json(
             "wordpiece",
             skeleton(
@@ -436,6 +448,7 @@ mod tests {
         // A continuation piece (##s) joins its word; a new word starts with a space.
         let pieces = streams_exactly(&wp, "hello worlds hello!", 1);
         assert_eq!(pieces[..2], [" world".to_string(), "s".to_string()]);
+        assert_eq!(wp.token_bytes(3), b"s");
     }
 
     #[test]

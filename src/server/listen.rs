@@ -7,7 +7,8 @@
 //! - its body within the client timeout of the headers ([`with_body_deadline`], a 408).
 //!
 //! Stopping (the `shutdown` future) stops accepting, lets every connection finish its
-//! request in flight and closes it.
+//! request in flight and closes it, waiting at most a given time (a client that stops
+//! reading its stream would hold the server open for ever).
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -26,13 +27,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits for the open
-/// connections to finish their requests; a client has `timeout` to send a request's headers.
+/// Serves `app` on `listener` until `shutdown` completes, then waits up to `drain` for the
+/// open connections to finish their requests; a client has `timeout` to send a request's
+/// headers.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()>,
     timeout: Duration,
+    drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -40,12 +43,16 @@ pub(crate) async fn serve(
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                // One connection's failure (reset before it was taken): the next.
+                Err(e) if connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors, say: the connections open now must close
                     // (they time out) before another is taken.
                     log::warn!("cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        _ = &mut shutdown => break,
+                    }
                 }
             },
             _ = &mut shutdown => break,
@@ -62,7 +69,24 @@ pub(crate) async fn serve(
             }
         });
     }
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "stopping with connections still open after {} s",
+            drain.as_secs()
+        );
+    }
+}
+
+/// Whether an accept error concerns only the connection being accepted.
+fn connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// Middleware: a request body that has not arrived `timeout` after the headers ends in an

@@ -165,6 +165,19 @@ impl Server {
                     .into(),
             ));
         }
+        let hour = Duration::from_secs(3600);
+        if options.client_timeout.is_zero() || options.client_timeout > hour {
+            return Err(Error::InvalidArgument(format!(
+                "--client-timeout must be between 1 ms and 3600 s, got {:?}",
+                options.client_timeout
+            )));
+        }
+        if options.shutdown_grace > 24 * hour {
+            return Err(Error::InvalidArgument(format!(
+                "--shutdown-grace must be at most a day, got {:?}",
+                options.shutdown_grace
+            )));
+        }
         if options
             .api_key
             .as_ref()
@@ -340,7 +353,10 @@ fn serve(
                 ready.engine.drain(Instant::now() + grace);
             }
         };
-        listen::serve(listener, app, shutdown, options.client_timeout).await;
+        // Running requests end at the grace; their clients then have a client timeout to
+        // read what is left.
+        let drain = grace + options.client_timeout;
+        listen::serve(listener, app, shutdown, options.client_timeout, drain).await;
         Ok(())
     });
     // Dropping the state's engine handle lets the engine threads finish.
@@ -373,8 +389,8 @@ fn load(
         let model = Arc::new(Model::load(&ctx, &options.model_dir, &load)?);
         model.require_tokenizer()?;
         // The step graphs' pipelines before the server says it is ready, not at the
-        // first request.
-        model.prepare_steps()?;
+        // first request (the engine samples on the host, from the logits).
+        model.prepare_steps(crate::runtime::runner::Output::Logits)?;
         models.push(model);
     }
     let chat = ChatTemplate::of_model(

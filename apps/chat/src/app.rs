@@ -133,7 +133,10 @@ impl ChatApp {
                 Event::FirstToken {
                     seconds,
                     prompt_tokens,
-                } => self.ttft = Some((seconds, prompt_tokens)),
+                } => {
+                    self.ttft = Some((seconds, prompt_tokens));
+                    self.status = format!("generating after a prompt of {prompt_tokens} tokens…");
+                }
                 Event::Finished {
                     reason,
                     tokens,

@@ -218,7 +218,7 @@ impl Engine {
         );
         // The step graphs' pipelines now, not at the first Generate.
         let preparing = Instant::now();
-        model.prepare_steps()?;
+        model.prepare_steps(moxe::runtime::runner::Output::Sample)?;
         log::info!(
             "step graphs prepared in {:.2} s",
             preparing.elapsed().as_secs_f64()
