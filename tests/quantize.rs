@@ -494,3 +494,26 @@ fn tensors_copied_as_stored_are_checked_like_a_load_checks_them() {
     assert!(!out_dir("vector-nan-q4").exists() && !out_dir("vector-nan-latent").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_side_file_that_is_not_a_regular_file_is_an_error_not_a_hang() {
+    let dir = out_dir("fifo-tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("models/default");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let fifo = dir.join("tokenizer.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = quantize(&dir, &out_dir("fifo-q8"), QuantFormat::Q8, false, None)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["tokenizer.json", "not a regular file"]);
+    assert!(!out_dir("fifo-q8").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

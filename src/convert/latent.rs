@@ -383,8 +383,7 @@ pub fn convert(
     // Without a tokenizer of its own, the commit removes one left over from an earlier
     // model in the output directory.
     if let Some(tok) = &dir.tokenizer {
-        std::fs::copy(tok, staging.path("tokenizer.json"))
-            .map_err(|e| Error::file(tok, format!("cannot copy: {e}")))?;
+        super::copy_side_file(tok, &staging.path("tokenizer.json"))?;
     }
     let after = ModelDir::open(staging.dir())?.parameters();
     staging.commit()?;

@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Copies a model's side file (tokenizer, generation config) into a conversion's output:
+/// a regular file within the size a load reads (a FIFO would block the copy for ever).
+pub(crate) fn copy_side_file(from: &Path, to: &Path) -> Result<()> {
+    crate::checkpoint::files::check_regular(from, crate::checkpoint::files::TOKENIZER_LIMIT)?;
+    std::fs::copy(from, to).map_err(|e| Error::file(from, format!("cannot copy: {e}")))?;
+    Ok(())
+}
+
 /// Makes the output directory of a conversion of `input` and its [`Staging`]: never the
 /// input's own directory, and files already there that the conversion would replace
 /// (`files`), or weights that a load would read instead of the new `model.safetensors`, are

@@ -133,9 +133,9 @@ pub fn quantize(
     )?;
     for f in COPIED {
         let from = input.join(f);
-        if from.exists() {
-            std::fs::copy(&from, staging.path(f))
-                .map_err(|e| Error::file(&from, format!("cannot copy: {e}")))?;
+        // Present, or a link to nothing (an error, not a file left out).
+        if std::fs::symlink_metadata(&from).is_ok() {
+            super::copy_side_file(&from, &staging.path(f))?;
         }
     }
     // The result must load: check it the way every load does.

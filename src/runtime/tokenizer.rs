@@ -42,10 +42,12 @@ impl Tokenizer {
                 ),
             ));
         }
-        // Ids need not be dense: the largest must still have an embedding.
-        if let Some((token, &id)) = inner
-            .get_vocab(true)
+        // Ids need not be dense: the largest must still have an embedding (the model's
+        // vocabulary and the added tokens each, as an added token may shadow a model entry).
+        let (model, added) = (inner.get_vocab(false), inner.get_vocab(true));
+        if let Some((token, &id)) = model
             .iter()
+            .chain(&added)
             .max_by_key(|(_, &id)| id)
             .filter(|(_, &id)| id as usize >= vocab)
         {
@@ -324,6 +326,17 @@ mod tests {
             err.contains("has id 9095") && err.contains("embeds only 4096"),
             "{err}"
         );
+        // One model entry moved past the vocabulary, shadowed by an added token of the
+        // same text at its old id: the model's id is still found.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["model"]["vocab"]["<|endoftext|>"] = 5000.into();
+        std::fs::write(&shifted, json.to_string()).unwrap();
+        let err = Tokenizer::open(&shifted, 4096, &GenerationDefaults::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("has id 5000"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
