@@ -274,7 +274,11 @@ impl TextStream {
         self.ids.push(id);
         let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
-        if text.ends_with('\u{FFFD}') || !text.starts_with(&before) || text.len() == before.len() {
+        // An incomplete character is held back until its bytes arrive, but no longer than
+        // a character's 4 bytes could take: bytes that never form one (a stray
+        // continuation byte) go out as U+FFFD instead of holding the stream.
+        let incomplete = text.ends_with('\u{FFFD}') && self.ids.len() - self.read < 4;
+        if incomplete || !text.starts_with(&before) || text.len() == before.len() {
             return Ok(String::new());
         }
         self.prefix = self.read;
@@ -358,6 +362,21 @@ mod tests {
             Some(b"<|endoftext|>".to_vec())
         );
         assert_eq!(byte_level_bytes("\u{4e00}"), None);
+    }
+
+    #[test]
+    fn stray_bytes_are_not_held_for_ever() {
+        let t = default_tokenizer();
+        // Token 104 is the byte 0xA9, a continuation byte: alone, it never completes.
+        let mut s = t.stream_after(&[]);
+        let pieces: Vec<String> = (0..6).map(|_| s.push(&t, 104).unwrap()).collect();
+        assert_eq!(pieces[..3], ["", "", ""]);
+        assert_eq!(pieces[3], "\u{FFFD}".repeat(4));
+        assert_eq!(pieces[4..], ["", ""]);
+        // "é" split over two tokens still comes whole.
+        let mut s = t.stream_after(&[]);
+        assert_eq!(s.push(&t, 129).unwrap(), "");
+        assert_eq!(s.push(&t, 104).unwrap(), "é");
     }
 
     #[test]
