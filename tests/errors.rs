@@ -407,6 +407,19 @@ fn command_lines_that_cannot_mean_anything_are_named() {
             &["generate", "-p", "Hi", "--temperature", "-1"],
             "temperature must be",
         ),
+        // Neither read as greedy nor as infinity.
+        (
+            &["generate", "-p", "Hi", "--temperature", "1e-300"],
+            "beyond the range of f32",
+        ),
+        (
+            &["generate", "-p", "Hi", "--top-p", "1e39"],
+            "beyond the range of f32",
+        ),
+        (
+            &["generate", "-p", "Hi", "--temperature", "1e-40"],
+            "temperature must be 0 (greedy)",
+        ),
         (&["bench", "--prompt-tokens", "0"], "--prompt-tokens"),
         (
             &["bench", "--config", paper, "--blocks", "99"],

@@ -34,14 +34,14 @@ pub struct GenerateArgs {
     pub max_tokens: Option<usize>,
     /// Sampling temperature; 0 = greedy [default: the model's generation_config.json
     /// (greedy when it says do_sample false), else 0.8].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = exact_f32)]
     pub temperature: Option<f32>,
     /// Keep the k most likely tokens (0 = all) [default: generation_config.json, else 40].
     #[arg(long)]
     pub top_k: Option<u32>,
     /// Keep the most likely tokens up to this probability mass (1 = all) [default:
     /// generation_config.json, else 0.95].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = exact_f32)]
     pub top_p: Option<f32>,
     /// Random seed: the same seed and prompt give the same text.
     #[arg(long, default_value_t = 1234, allow_negative_numbers = true)]
@@ -251,4 +251,20 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         eprintln!("{report}");
     }
     Ok(())
+}
+
+/// An f32 argument that f32 holds: a value that would round to 0 or to infinity (1e-300,
+/// 1e39) is refused rather than read as 0 or infinity.
+fn exact_f32(text: &str) -> Result<f32, String> {
+    let wide: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number"))?;
+    let narrow = wide as f32;
+    if (wide != 0.0 && narrow == 0.0) || (wide.is_finite() && !narrow.is_finite()) {
+        return Err(format!(
+            "{text} is beyond the range of f32 numbers (about 1e-38 to 3e38)"
+        ));
+    }
+    Ok(narrow)
 }
