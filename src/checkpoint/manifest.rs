@@ -93,7 +93,11 @@ impl Manifest {
             let Some(found) = w.shape(&t.name) else {
                 return Err(Error::file(
                     w.path(),
-                    format!("missing tensor '{}'", t.name),
+                    format!(
+                        "missing tensor '{}', which config.json implies (do the config and \
+                         the weights belong together?)",
+                        t.name
+                    ),
                 ));
             };
             let shape_text = || {
@@ -116,7 +120,7 @@ impl Manifest {
                 return Err(Error::file(
                     w.file_of(&t.name),
                     format!(
-                        "tensor '{}': expected shape {}, found {found:?}",
+                        "tensor '{}': expected shape {} (from config.json), found {found:?}",
                         t.name,
                         shape_text()
                     ),
@@ -240,7 +244,7 @@ mod tests {
             ),
             (
                 weights(&[("w", vec![3, 2]), ("a.A", vec![4, 7]), ("b.A", vec![5, 7])]),
-                "expected shape [2, 3], found [3, 2]",
+                "expected shape [2, 3] (from config.json), found [3, 2]",
             ),
             (
                 weights(&[("w", vec![2, 3]), ("a.A", vec![4, 7]), ("b.A", vec![5, 6])]),
