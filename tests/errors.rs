@@ -18,7 +18,12 @@ struct ModelCopy(PathBuf);
 
 impl ModelCopy {
     fn new(tag: &str) -> Self {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+        Self::of(FIXTURE, tag)
+    }
+
+    /// A scratch copy of another fixture model.
+    fn of(fixture: &str, tag: &str) -> Self {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture);
         let dst = std::env::temp_dir().join(format!("moxe-bad-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dst).unwrap();
         for f in ["config.json", "model.safetensors"] {
@@ -45,6 +50,16 @@ impl ModelCopy {
 
     /// Rewrites the checkpoint, letting `edit` drop or replace tensors (name, shape, f32 data).
     fn rewrite(&self, edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>) {
+        self.rewrite_full(edit, Vec::new(), &[]);
+    }
+
+    /// [`ModelCopy::rewrite`] with `extra` tensors added and `metadata` in the header.
+    fn rewrite_full(
+        &self,
+        edit: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>,
+        extra: Vec<(String, Vec<usize>, Vec<f32>)>,
+        metadata: &[(&str, &str)],
+    ) {
         let bytes = self.weights();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut kept: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -53,6 +68,9 @@ impl ModelCopy {
             if let Some((shape, data)) = edit(&name, view.shape().to_vec(), data) {
                 kept.push((name, shape, bytemuck::cast_slice(&data).to_vec()));
             }
+        }
+        for (name, shape, data) in extra {
+            kept.push((name, shape, bytemuck::cast_slice(&data).to_vec()));
         }
         let views: Vec<(String, TensorView<'_>)> = kept
             .iter()
@@ -63,7 +81,13 @@ impl ModelCopy {
                 )
             })
             .collect();
-        self.set_weights(&safetensors::serialize(views, None).unwrap());
+        let metadata = (!metadata.is_empty()).then(|| {
+            metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        });
+        self.set_weights(&safetensors::serialize(views, metadata).unwrap());
     }
 
     fn load_error(&self) -> String {
@@ -531,4 +555,61 @@ fn one_non_finite_logit_fails_a_sampled_step() {
             &["non-finite", "NaN or infinite"],
         );
     }
+}
+
+const TIED: &str = "tests/fixtures/models/moxe_mlp_e8_k1_proportional_tied";
+
+#[test]
+fn a_tied_head_stored_under_either_name_loads_and_a_different_head_is_refused() {
+    let f32_load = |dir: &Path| {
+        let options = LoadOptions {
+            dtype: Some(moxe::DType::F32),
+            ..Default::default()
+        };
+        Model::load(gpu(), dir, &options).map(Arc::new)
+    };
+    let logits = |model: &Arc<Model>| Session::new(model).unwrap().logits(&[1, 2, 3]).unwrap();
+    let original = ModelCopy::of(TIED, "tied-original");
+    let want = logits(&f32_load(&original.0).unwrap());
+    let bytes = original.weights();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embedding = st.tensor("token_embedding.weight").unwrap();
+    let shape = embedding.shape().to_vec();
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec(embedding.data());
+    let head = |scale: f32| {
+        let v: Vec<f32> = values.iter().map(|x| x * scale).collect();
+        vec![("lm_head.weight".to_string(), shape.clone(), v)]
+    };
+    let no_head =
+        |name: &str, s: Vec<usize>, d: Vec<f32>| (name != "lm_head.weight").then_some((s, d));
+
+    // safetensors' save_model: the shared tensor kept once, as the head, the embedding's
+    // name recorded in the metadata.
+    let m = ModelCopy::of(TIED, "tied-save-model");
+    m.rewrite_full(
+        |name, s, d| {
+            (name != "token_embedding.weight" && name != "lm_head.weight").then_some((s, d))
+        },
+        head(1.0),
+        &[
+            ("token_embedding.weight", "lm_head.weight"),
+            ("format", "pt"),
+        ],
+    );
+    assert_eq!(logits(&f32_load(&m.0).unwrap()), want);
+    // Both names stored, equal: the same model.
+    let m = ModelCopy::of(TIED, "tied-both");
+    m.rewrite_full(no_head, head(1.0), &[]);
+    assert_eq!(logits(&f32_load(&m.0).unwrap()), want);
+    // A head that differs: which one the config means is ambiguous.
+    let m = ModelCopy::of(TIED, "tied-differs");
+    m.rewrite_full(no_head, head(1.5), &[]);
+    assert_mentions(
+        &m.load_error(),
+        &[
+            "lm_head.weight",
+            "differs from 'token_embedding.weight'",
+            "tie_weights",
+        ],
+    );
 }

@@ -41,9 +41,10 @@ pub struct Expected {
 #[derive(Debug, Default)]
 pub struct Manifest {
     pub tensors: Vec<Expected>,
-    /// Present or not, these are ignored, but when present they must have their shape (e.g.
-    /// `lm_head.weight` of a tied model, a copy of the embedding (V, D)).
-    pub ignored: BTreeMap<String, Vec<usize>>,
+    /// Copies, present or not: a tensor a checkpoint may also store, which must then be
+    /// the tensor it names (shape and values), e.g. `lm_head.weight` of a tied model, the
+    /// embedding (a file that stores a different head is ambiguous: refused).
+    pub copies: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -164,18 +165,31 @@ impl Manifest {
             }
         }
         for name in w.names() {
-            if let (Some(want), Some(found)) = (self.ignored.get(name), w.shape(name)) {
-                if want.as_slice() != found {
+            if let Some(original) = self.copies.get(name) {
+                // The original is an expected tensor: present, as checked above.
+                let want = w.shape(original).unwrap_or(&[]);
+                let found = w.shape(name).unwrap_or(&[]);
+                if want != found {
                     return Err(Error::file(
                         w.file_of(name),
                         format!(
-                            "tensor '{name}' (unused by this config): expected shape {want:?}, \
-                             found {found:?}"
+                            "tensor '{name}' (a copy of '{original}' for this config): expected \
+                             shape {want:?}, found {found:?}"
+                        ),
+                    ));
+                }
+                if !w.same_values(name, original)? {
+                    return Err(Error::file(
+                        w.file_of(name),
+                        format!(
+                            "tensor '{name}' differs from '{original}', which config.json ties \
+                             it to: set tie_weights (tie_word_embeddings) false to use it as \
+                             stored, or remove it"
                         ),
                     ));
                 }
             }
-            if !expected.contains(name) && !self.ignored.contains_key(name) {
+            if !expected.contains(name) && !self.copies.contains_key(name) {
                 return Err(Error::file(
                     w.path(),
                     format!(
@@ -221,7 +235,7 @@ mod tests {
         m.add_matrix("w".into(), &[2, 3]);
         m.add_matrix_dims("a.A".into(), vec![Dim::Fixed(4), Dim::Rank("r".into())]);
         m.add_matrix_dims("b.A".into(), vec![Dim::Fixed(5), Dim::Rank("r".into())]);
-        m.ignored.insert("extra".into(), vec![1]);
+        m.copies.insert("extra".into(), "w".into());
         m
     }
 
@@ -231,7 +245,7 @@ mod tests {
             ("w", vec![2, 3]),
             ("a.A", vec![4, 7]),
             ("b.A", vec![5, 7]),
-            ("extra", vec![1]),
+            ("extra", vec![2, 3]),
         ]);
         assert_eq!(
             manifest().check(&ok).unwrap(),
@@ -266,7 +280,7 @@ mod tests {
                     ("b.A", vec![5, 7]),
                     ("extra", vec![2]),
                 ]),
-                "tensor 'extra' (unused by this config): expected shape [1], found [2]",
+                "tensor 'extra' (a copy of 'w' for this config): expected shape [2, 3], found [2]",
             ),
         ];
         for (w, needle) in cases {

@@ -149,10 +149,24 @@ fn parse_shard(
             (name, entry)
         })
         .collect();
+    let mut entries: Vec<(String, Entry)> = entries;
+    let shard_metadata = metadata.metadata().clone().unwrap_or_default();
+    // safetensors' `save_model` stores a tensor shared by two names once and records the
+    // dropped name in the metadata, as `"dropped": "kept"`: the dropped name reads the kept
+    // tensor.
+    let aliases: Vec<(String, Entry)> = shard_metadata
+        .iter()
+        .filter(|(dropped, _)| entries.iter().all(|(n, _)| n != *dropped))
+        .filter_map(|(dropped, kept)| {
+            let (_, e) = entries.iter().find(|(n, _)| n == kept)?;
+            Some((dropped.clone(), e.clone()))
+        })
+        .collect();
+    entries.extend(aliases);
     let shard = Shard {
         path,
         data_start: 8 + header_len,
-        metadata: metadata.metadata().clone().unwrap_or_default(),
+        metadata: shard_metadata,
         storage,
     };
     let entries = super::quantized::join(&shard.path, &shard.metadata, entries)?;
@@ -406,6 +420,28 @@ impl Weights {
             let scales = e.quant.map_or(0, |(_, start, end)| end - start);
             (e.end - e.start + scales) as u64
         })
+    }
+
+    /// Whether tensors `a` and `b` hold the same values (as stored, or as f32 where their
+    /// storage differs); both must be present, with the same shape.
+    pub fn same_values(&self, a: &str, b: &str) -> Result<bool> {
+        let (ea, eb) = (self.entry(a)?, self.entry(b)?);
+        if ea.quant.is_none() && eb.quant.is_none() && ea.dtype == eb.dtype {
+            return Ok(self.raw(a, ea)? == self.raw(b, eb)?);
+        }
+        let cols = *ea.shape.last().unwrap_or(&1);
+        let rows: usize = ea.shape[..ea.shape.len().saturating_sub(1)]
+            .iter()
+            .product();
+        let (mut ra, mut rb) = (vec![0u8; 4 * cols], vec![0u8; 4 * cols]);
+        for r in 0..rows {
+            self.fill_rows(a, r..r + 1, DType::F32, cols, &mut ra)?;
+            self.fill_rows(b, r..r + 1, DType::F32, cols, &mut rb)?;
+            if ra != rb {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A tensor as stored: dtype, shape and little-endian bytes (for copying it unchanged;

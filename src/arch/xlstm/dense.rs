@@ -43,7 +43,8 @@ pub(crate) fn embedding_and_head(m: &mut Manifest, cfg: &ModelConfig) {
     let (d, v) = (cfg.embedding_dim, cfg.vocab_size);
     m.add_matrix("token_embedding.weight".into(), &[v, d]);
     if cfg.tie_weights {
-        m.ignored.insert("lm_head.weight".into(), vec![v, d]);
+        m.copies
+            .insert("lm_head.weight".into(), "token_embedding.weight".into());
     } else {
         m.add_matrix("lm_head.weight".into(), &[v, d]);
     }

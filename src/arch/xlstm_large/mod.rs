@@ -80,7 +80,8 @@ pub(crate) fn manifest(cfg: &ModelConfig, l: &LargeConfig) -> Manifest {
         norm(&mut m, "backbone.out_norm".into(), d, l.out_norm_bias());
     }
     if cfg.tie_weights {
-        m.ignored.insert("lm_head.weight".into(), vec![v, d]);
+        m.copies
+            .insert("lm_head.weight".into(), l.naming.embedding.into());
     } else {
         m.add_matrix("lm_head.weight".into(), &[v, d]);
     }
