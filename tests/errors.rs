@@ -613,3 +613,19 @@ fn a_tied_head_stored_under_either_name_loads_and_a_different_head_is_refused() 
         ],
     );
 }
+
+#[test]
+fn a_pytorch_pickle_in_place_of_safetensors_says_how_to_convert() {
+    let m = ModelCopy::new("pickle");
+    std::fs::remove_file(m.0.join("model.safetensors")).unwrap();
+    std::fs::write(m.0.join("pytorch_model.bin"), b"PK").unwrap();
+    assert_mentions(
+        &m.load_error(),
+        &[
+            "no weights",
+            "pytorch_model.bin",
+            "PyTorch pickle",
+            "save_pretrained",
+        ],
+    );
+}

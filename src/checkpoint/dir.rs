@@ -84,11 +84,28 @@ pub fn open_weights(dir: &Path) -> Result<Weights> {
     if !numbered.is_empty() {
         return Weights::open_files(&numbered);
     }
+    let expected = "no weights: expected model.safetensors, a sharded checkpoint \
+         (model.safetensors.index.json and the model-*.safetensors shards it names), or \
+         model_0.safetensors, model_1.safetensors, ..";
+    // PyTorch pickles are not read (loading one runs code): say how to convert them.
+    let pickled = [
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "model.pt",
+        "model.pth",
+    ]
+    .into_iter()
+    .find(|f| dir.join(f).exists());
     Err(Error::file(
         dir,
-        "no weights: expected model.safetensors, a sharded checkpoint \
-         (model.safetensors.index.json and the model-*.safetensors shards it names), or \
-         model_0.safetensors, model_1.safetensors, ..",
+        match pickled {
+            Some(f) => format!(
+                "{expected}; found {f}, a PyTorch pickle, which moxe does not read: save \
+                 the model as safetensors first (transformers: from_pretrained then \
+                 save_pretrained; a state dict: safetensors.torch.save_model)"
+            ),
+            None => expected.to_string(),
+        },
     ))
 }
 
