@@ -154,12 +154,12 @@ fn parse_shard(
     // safetensors' `save_model` stores a tensor shared by two names once and records the
     // dropped name in the metadata, as `"dropped": "kept"`: the dropped name reads the kept
     // tensor.
+    let by_name: HashMap<&str, &Entry> = entries.iter().map(|(n, e)| (n.as_str(), e)).collect();
     let aliases: Vec<(String, Entry)> = shard_metadata
         .iter()
-        .filter(|(dropped, _)| entries.iter().all(|(n, _)| n != *dropped))
+        .filter(|(dropped, _)| !by_name.contains_key(dropped.as_str()))
         .filter_map(|(dropped, kept)| {
-            let (_, e) = entries.iter().find(|(n, _)| n == kept)?;
-            Some((dropped.clone(), e.clone()))
+            Some((dropped.clone(), (*by_name.get(kept.as_str())?).clone()))
         })
         .collect();
     entries.extend(aliases);
