@@ -525,7 +525,7 @@ fn text_inputs_are_bounded_and_a_byte_order_mark_is_not_text() {
         let out = moxe(args, std::process::Stdio::null());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && err.contains("MiB of text"),
+            !out.status.success() && err.contains("MiB), the most read"),
             "{args:?}: {err}"
         );
     }

@@ -58,24 +58,29 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String> {
     check_regular(path, limit)?;
     let file =
         std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    // The size was checked; a file growing meanwhile is cut at the limit.
+    read_utf8(file, limit).map_err(|message| Error::file(path, message))
+}
+
+/// At most `limit` bytes of UTF-8 text from `reader` (a file, a pipe, standard input: an
+/// endless source is cut at the limit, never unbounded memory); else what is wrong, for the
+/// caller to name the source.
+pub fn read_utf8(reader: impl Read, limit: u64) -> std::result::Result<String, String> {
     let mut bytes = Vec::new();
-    // The size was checked; a file growing meanwhile is cut at the limit and fails below.
-    file.take(limit + 1)
+    reader
+        .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::file(
-            path,
-            format!("grew past {limit} bytes while read"),
+        return Err(format!(
+            "holds more than {limit} bytes ({} MiB), the most read from it",
+            limit >> 20
         ));
     }
     String::from_utf8(bytes).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "is not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
+        format!(
+            "is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
         )
     })
 }

@@ -106,23 +106,11 @@ fn read_text(
     path: Option<&std::path::Path>,
     limit: u64,
 ) -> Result<String> {
-    use std::io::Read;
-    let fail = |message: String| match path {
-        Some(p) => moxe::Error::file(p, message),
-        None => moxe::Error::InvalidArgument(format!("standard input: {message}")),
-    };
-    let mut bytes = Vec::new();
-    reader
-        .take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > limit {
-        return Err(fail(format!(
-            "more than {} MiB of text, the most this command reads",
-            limit >> 20
-        )));
-    }
-    let mut text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
+    let mut text =
+        moxe::checkpoint::files::read_utf8(reader, limit).map_err(|message| match path {
+            Some(p) => moxe::Error::file(p, message),
+            None => moxe::Error::InvalidArgument(format!("standard input: {message}")),
+        })?;
     // A byte-order mark is not text (editors on Windows write one).
     if text.starts_with('\u{feff}') {
         text.drain(..'\u{feff}'.len_utf8());

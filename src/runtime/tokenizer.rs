@@ -25,9 +25,6 @@ impl Tokenizer {
     /// Loads `tokenizer.json` for a model with `vocab` embeddings, with the special tokens of
     /// `defaults` (the model directory's config files).
     pub fn open(path: &Path, vocab: usize, defaults: &GenerationDefaults) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::file(path, "file not found"));
-        }
         let text =
             crate::checkpoint::files::read_text(path, crate::checkpoint::files::TOKENIZER_LIMIT)?;
         let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
