@@ -813,6 +813,8 @@ mod tests {
             (33, 257, 9),
             (200, 64, 2),
             (41, 1030, 2),
+            // One token over many spans of 128 and a tail (the quantised GEMV's held words).
+            (45, 1030, 1),
             (70, 100, 21),
             // Short rows whose inputs the subgroup kernels load once per workgroup (`*_short`).
             (100, 192, 1),
