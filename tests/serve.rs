@@ -885,6 +885,17 @@ fn max_tokens_0_generates_nothing_and_a_server_limit_of_0_is_refused() {
         .await;
         assert_eq!(s, 200, "{c}");
         assert_eq!(c["choices"][0]["text"], "Once upon", "{c}");
+        // A prompt text is echoed as given, its special tokens included.
+        let prompt = "Once<|endoftext|> upon";
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": [prompt, "a"], "max_tokens": 0, "echo": true}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["choices"][0]["text"], prompt, "{c}");
+        assert_eq!(c["choices"][1]["text"], "a", "{c}");
         let chat = |stream: bool| {
             let mut body = json!({"messages": [{"role": "user", "content": "Hello"}],
                                   "max_tokens": 0, "stream": stream});

@@ -316,11 +316,19 @@ pub(crate) async fn completions(
         t.encode(text)
             .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))
     };
-    let prompts: Vec<Vec<u32>> = match req.prompt {
-        PromptInput::Text(p) => vec![encode(&p)?],
-        PromptInput::Texts(ps) => ps.iter().map(|p| encode(p)).collect::<Result<_, _>>()?,
-        PromptInput::Ids(ids) => vec![ids],
-        PromptInput::IdLists(lists) => lists,
+    // Each prompt's ids, and its text when given as text (echoed as given: decoding would
+    // drop its special tokens).
+    let (prompts, texts): (Vec<Vec<u32>>, Vec<Option<String>>) = match req.prompt {
+        PromptInput::Text(p) => (vec![encode(&p)?], vec![Some(p)]),
+        PromptInput::Texts(ps) => (
+            ps.iter().map(|p| encode(p)).collect::<Result<_, _>>()?,
+            ps.into_iter().map(Some).collect(),
+        ),
+        PromptInput::Ids(ids) => (vec![ids], vec![None]),
+        PromptInput::IdLists(lists) => {
+            let n = lists.len();
+            (lists, vec![None; n])
+        }
     };
     if prompts.is_empty() {
         return Err(ApiError::invalid(
@@ -338,7 +346,8 @@ pub(crate) async fn completions(
     let echo: Vec<String> = match req.echo {
         true => prompts
             .iter()
-            .map(|p| t.decode(p).unwrap_or_default())
+            .zip(texts)
+            .map(|(p, text)| text.unwrap_or_else(|| t.decode(p).unwrap_or_default()))
             .collect(),
         false => vec![String::new(); prompts.len()],
     };
