@@ -629,3 +629,28 @@ fn a_pytorch_pickle_in_place_of_safetensors_says_how_to_convert() {
         ],
     );
 }
+
+#[test]
+fn inspect_names_special_tokens_the_files_give_as_text() {
+    let m = ModelCopy::new("inspect-names");
+    std::fs::write(
+        m.0.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": true}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args(["inspect", "--model"])
+        .arg(&m.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(r#"special tokens: bos "<s>" (prepended), eos "</s>", pad none"#),
+        "{text}"
+    );
+}

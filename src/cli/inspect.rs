@@ -166,13 +166,29 @@ pub fn run(model: &Path) -> Result<()> {
         None => println!("tokenizer: none (token ids only)"),
     }
     let g = &dir.generation;
-    if g.bos.is_some() || !g.eos.is_empty() || g.add_bos {
+    if g.bos.is_some()
+        || !g.eos.is_empty()
+        || g.add_bos
+        || g.bos_token.is_some()
+        || g.eos_token.is_some()
+    {
+        // Ids where the files give them, else the token's text (the tokenizer finds its id).
+        let named = |ids: String, text: &Option<String>| match text {
+            Some(t) if ids.is_empty() => format!("{t:?}"),
+            Some(t) => format!("{ids} {t:?}"),
+            None if ids.is_empty() => "none".to_string(),
+            None => ids,
+        };
+        let eos: Vec<String> = g.eos.iter().map(u32::to_string).collect();
         println!(
-            "special tokens: bos {:?}{}, eos {:?}, pad {:?}",
-            g.bos,
+            "special tokens: bos {}{}, eos {}, pad {}",
+            named(
+                g.bos.map_or(String::new(), |id| id.to_string()),
+                &g.bos_token
+            ),
             if g.add_bos { " (prepended)" } else { "" },
-            g.eos,
-            g.pad
+            named(eos.join(", "), &g.eos_token),
+            g.pad.map_or("none".to_string(), |id| id.to_string())
         );
     }
     let sampling: Vec<String> = [
