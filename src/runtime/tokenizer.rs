@@ -160,7 +160,9 @@ impl Tokenizer {
     /// The bytes token `id` stands for, which may be part of a character (a byte-level
     /// BPE token, or a byte-fallback token `<0xHH>`): added and special tokens as their
     /// text, SentencePiece's word mark `▁` as the space it stands for, a WordPiece
-    /// continuation without its `##`. Empty for an id the tokenizer does not have.
+    /// continuation without its `##` and a WordPiece word with the space before it (as
+    /// after a prompt; not before the punctuation its cleanup joins). Empty for an id the
+    /// tokenizer does not have.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let added = self.inner.get_added_vocabulary().get_added_tokens_decoder();
         if let Some(t) = added.get(&id) {
@@ -184,11 +186,17 @@ impl Tokenizer {
             return vec![byte];
         }
         let wordpiece = decoders.iter().find_map(|d| match d {
-            tokenizers::DecoderWrapper::WordPiece(w) => Some(w.prefix.as_str()),
+            tokenizers::DecoderWrapper::WordPiece(w) => Some(w),
             _ => None,
         });
-        let text = match wordpiece.and_then(|prefix| token.strip_prefix(prefix)) {
-            Some(rest) => rest.to_string(),
+        let text = match wordpiece {
+            // WordPiece joins words with spaces, a continuation to its word, and its cleanup
+            // takes the space before these marks away.
+            Some(w) => match token.strip_prefix(w.prefix.as_str()) {
+                Some(rest) => rest.to_string(),
+                None if w.cleanup && [".", "?", "!", ","].contains(&token.as_str()) => token,
+                None => format!(" {token}"),
+            },
             None => token.replace('\u{2581}', " "),
         };
         text.into_bytes()
@@ -508,6 +516,11 @@ mod tests {
         let pieces = streams_exactly(&wp, "hello worlds hello!", 1);
         assert_eq!(pieces[..2], [" world".to_string(), "s".to_string()]);
         assert_eq!(wp.token_bytes(3), b"s");
+        // A word's bytes start with the space that joins it; cleanup's marks without one:
+        // after a prompt, the pieces' bytes are the text.
+        let ids = wp.encode("hello worlds hello!").unwrap();
+        let bytes: Vec<u8> = ids[1..].iter().flat_map(|&id| wp.token_bytes(id)).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), pieces.concat());
     }
 
     #[test]
