@@ -281,8 +281,11 @@ impl TextStream {
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
         // An incomplete character is held back until its bytes arrive, but no longer than
         // a character's 4 bytes could take: bytes that never form one (a stray
-        // continuation byte) go out as U+FFFD instead of holding the stream.
-        let incomplete = text.ends_with('\u{FFFD}') && self.ids.len() - self.read < 4;
+        // continuation byte) go out as U+FFFD instead of holding the stream. Ids that
+        // decode to nothing (special tokens) do not count.
+        let adding = |&&id: &&u32| tokenizer.decode(&[id]).is_ok_and(|t| !t.is_empty());
+        let incomplete =
+            text.ends_with('\u{FFFD}') && self.ids[self.read..].iter().filter(adding).count() < 4;
         let piece = added_text(&before, &text);
         if incomplete || piece.is_empty() {
             return Ok(String::new());
@@ -412,6 +415,14 @@ mod tests {
         let mut s = t.stream_after(&[]);
         assert_eq!(s.push(&t, 129).unwrap(), "");
         assert_eq!(s.push(&t, 104).unwrap(), "é");
+        // Also with special tokens (decoded as nothing) between its bytes, however many.
+        let mut s = t.stream_after(&[]);
+        let pieces: Vec<String> = [129, 0, 0, 0, 0, 104]
+            .iter()
+            .map(|&id| s.push(&t, id).unwrap())
+            .collect();
+        assert_eq!(pieces.concat(), "é");
+        assert_eq!(t.decode(&[129, 0, 0, 0, 0, 104]).unwrap(), "é");
     }
 
     #[test]
