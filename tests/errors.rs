@@ -409,6 +409,35 @@ fn output_files_are_replaced_only_when_asked() {
         let forced = moxe(&[args, &["--force"]].concat());
         assert!(forced.status.success(), "{args:?} --force: {forced:?}");
         assert_ne!(std::fs::read(&saved).unwrap(), b"precious");
+        // Even with --force, a link, device or FIFO is not replaced by a regular file, and a
+        // missing directory is named before any work.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            let link = dir.join("link");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&saved, &link).unwrap();
+            let (l, missing) = (link.to_str().unwrap(), dir.join("no/such.out"));
+            for (out, needle) in [
+                (l, "symbolic link"),
+                ("/dev/null", "not a regular file"),
+                (missing.to_str().unwrap(), "does not exist"),
+            ] {
+                let args: Vec<&str> = args.iter().map(|&a| if a == s { out } else { a }).collect();
+                let refused = moxe(&[&args[..], &["--force"]].concat());
+                let err = String::from_utf8_lossy(&refused.stderr);
+                assert!(!refused.status.success(), "{args:?} --force succeeded");
+                assert!(err.contains(needle), "{args:?}: {err}");
+            }
+            assert!(std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            assert!(std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device());
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

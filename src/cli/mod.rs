@@ -81,21 +81,20 @@ impl GpuArgs {
     }
 }
 
-/// Fails when the output file `path` (given by option `flag`) exists, unless `force`: a file
-/// the user saved is only replaced when asked. Checked before any work, so a refused run
-/// costs nothing.
+/// Fails when the output file `path` (given by option `flag`) exists, unless `force` (a
+/// file the user saved is only replaced when asked), or cannot be written as a whole file
+/// (a directory, link, device or FIFO, or a missing directory: `check_target`). Checked
+/// before any work, so a refused run costs nothing.
 fn check_output_file(path: &std::path::Path, flag: &str, force: bool) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Err(moxe::Error::file(
-            path,
-            format!("{flag} names a directory; give a file path"),
-        )),
-        Ok(_) if !force => Err(moxe::Error::file(
+    let exists = moxe::checkpoint::output::check_target(path)
+        .map_err(|e| moxe::Error::InvalidArgument(format!("{flag}: {e}")))?;
+    if exists && !force {
+        return Err(moxe::Error::file(
             path,
             format!("exists: pass --force to replace it, or choose another {flag} path"),
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 /// Reads UTF-8 text of at most `limit` bytes from `reader` (a file at `path`, or standard
