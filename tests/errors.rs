@@ -474,6 +474,20 @@ fn command_lines_that_cannot_mean_anything_are_named() {
             "temperature must be 0 (greedy)",
         ),
         (&["bench", "--prompt-tokens", "0"], "--prompt-tokens"),
+        // Bounded before a model loads: a huge batch or slot count would allocate its state.
+        (&["serve", "--slots", "5000"], "--slots"),
+        (&["bench", "--batch", "18446744073709551614"], "--batch"),
+        (&["serve", "--max-body-bytes", "10"], "--max-body-bytes"),
+        (
+            &["serve", "--max-prompt-tokens", "0"],
+            "--max-prompt-tokens",
+        ),
+        (&["bench", "moe", "--dim", "0"], "--dim"),
+        (&["bench", "moe", "--experts", "1"], "--experts"),
+        (
+            &["bench", "moe", "--dim", "8192", "--experts", "64"],
+            "GiB of expert weights",
+        ),
         (
             &["bench", "--config", paper, "--blocks", "99"],
             "the config has 12",

@@ -122,6 +122,9 @@ impl fmt::Display for MoeBenchReport {
     }
 }
 
+/// The most expert weight bytes (host and device together) the benchmark allocates.
+const MAX_WEIGHT_BYTES: u64 = 8 << 30;
+
 /// One recorded configuration.
 struct Case {
     top_k: usize,
@@ -138,8 +141,30 @@ pub fn moe_layer(ctx: &Context, options: &MoeBenchOptions) -> Result<MoeBenchRep
             "the MoE benchmark needs at least one top-k, one timed step and one token".into(),
         ));
     }
-    let mut rng = Rng::new(2026);
+    let gate = Router::Conditioned {
+        modulation: Modulation::Standard,
+        gamma: 0.7,
+        tau: 0.5,
+    };
+    let specs = options
+        .top_ks
+        .iter()
+        .map(|&k| GateSpec::new(e, k, gate))
+        .collect::<Result<Vec<_>>>()?;
     let hidden = 2 * d;
+    // Host copies in f32 plus one device copy per top-k, before anything is allocated.
+    let weights_each = 3 * (hidden as u64) * (d as u64) * e as u64;
+    let bytes = weights_each * (4 + specs.len() as u64 * options.dtype.size() as u64);
+    if bytes > MAX_WEIGHT_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "the MoE benchmark at D {d} with {e} experts and {} top-k values would hold {:.1} GiB \
+             of expert weights (host and device), more than its {} GiB: lower the width or the experts",
+            specs.len(),
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_WEIGHT_BYTES >> 30
+        )));
+    }
+    let mut rng = Rng::new(2026);
     let (s1, s2) = (1.0 / (d as f32).sqrt(), 1.0 / (hidden as f32).sqrt());
     let experts: Vec<[Vec<f32>; 3]> = (0..e)
         .map(|_| {
@@ -158,17 +183,12 @@ pub fn moe_layer(ctx: &Context, options: &MoeBenchOptions) -> Result<MoeBenchRep
         router_bias: Some(&bias),
         predictor: Some((&predictor, 0.0)),
     };
-    let gate = Router::Conditioned {
-        modulation: Modulation::Standard,
-        gamma: 0.7,
-        tau: 0.5,
-    };
     let u = Tensor::from_f32(ctx, "bench u", &[n, d], &rng.normal_vec(n * d, 1.0))?;
     let out = Tensor::zeros(ctx, "bench out", &[n, d], DType::F32)?;
     let scratch = Scratch::new(ctx, n);
     let mut cases = Vec::new();
-    for &k in &options.top_ks {
-        let spec = GateSpec::new(e, k, gate)?;
+    for spec in specs {
+        let k = spec.top_k;
         let mlps = experts
             .iter()
             .enumerate()
@@ -249,9 +269,27 @@ mod tests {
         );
         let bad = MoeBenchOptions {
             top_ks: vec![],
-            ..options
+            ..options.clone()
         };
         assert!(moe_layer(gpu(), &bad).is_err());
+        let one_expert = MoeBenchOptions {
+            experts: 1,
+            top_ks: vec![1],
+            ..options.clone()
+        };
+        let err = moe_layer(gpu(), &one_expert).unwrap_err().to_string();
+        assert!(err.contains("between 2 and 64 experts, got 1"), "{err}");
+        // Refused before a byte is generated: 64 experts at D 8192 are hundreds of GiB.
+        let huge = MoeBenchOptions {
+            dim: 8192,
+            experts: 64,
+            ..options
+        };
+        let err = moe_layer(gpu(), &huge).unwrap_err().to_string();
+        assert!(
+            err.contains("D 8192 with 64 experts") && err.contains("GiB"),
+            "{err}"
+        );
     }
 
     /// Prints the benchmark at D 512, E 8 for N = 1 and 64 tokens:

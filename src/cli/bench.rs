@@ -59,16 +59,16 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub no_probe: bool,
     /// Prompt tokens of the timed prefill.
-    #[arg(long, default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MOST_TOKENS))]
     pub prompt_tokens: usize,
     /// Timed decode steps.
-    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MOST_TOKENS))]
     pub decode_tokens: usize,
     /// Sequences of the batched decode measurement (1 = skip).
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=moxe::runtime::MAX_SEQUENCES as u64))]
     pub batch: usize,
     /// Decode steps timed per kernel (0 = skip the per-kernel split).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MOST_TOKENS))]
     pub profile_tokens: usize,
     /// Also time one prefill of the prompt per kernel.
     #[arg(long)]
@@ -77,12 +77,15 @@ pub struct ModelBenchArgs {
     #[arg(long)]
     pub profile_batch: bool,
     /// Timed runs of prefill and of decode (engine and reference); the fastest is shown.
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub repeats: usize,
     /// Do not run the PyTorch reference beside the engine.
     #[arg(long)]
     pub no_reference: bool,
 }
+
+/// The most prompt, decode or profiled tokens a benchmark takes.
+const MOST_TOKENS: u64 = 1 << 20;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
@@ -96,28 +99,28 @@ pub enum BenchWhat {
         #[arg(long)]
         model: Option<PathBuf>,
         /// Tokens each stream generates.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MOST_TOKENS))]
         tokens: usize,
         /// Model replicas of the server [default: as `moxe serve` chooses].
         #[arg(long)]
         replicas: Option<usize>,
         /// Interleaved rounds over 1, 4 and 16 streams; each figure is the best round.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
         rounds: u64,
     },
     /// One MoE layer step at k = 1, 2 and E: time must grow with the active experts.
     Moe {
         /// Model width D (SwiGLU experts of hidden width 2 D).
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8192))]
         dim: usize,
         /// Experts E.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=moxe::arch::moxe::config::MAX_EXPERTS as u64))]
         experts: usize,
         /// Tokens per step (1 = decode).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
         tokens: usize,
         /// Timed steps per k.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
         iters: usize,
     },
 }

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Sequences decoded together: each choice of each running request takes one.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=moxe::runtime::MAX_SEQUENCES as u64))]
     pub slots: usize,
     /// Copies of the model decoding side by side, each on a device of its own with its
     /// share of the slots [default: for a small model on a CPU adapter that runs each
@@ -47,16 +47,16 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Prompts that may wait for a slot (on all replicas together); a request whose prompts
     /// would pass them gets 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=moxe::server::MAX_QUEUE as u64))]
     pub queue: usize,
     /// MiB of host memory for the prefix-state cache (0 turns it off).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1 << 24))]
     pub cache_mib: usize,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(moxe::server::MIN_BODY_BYTES as u64..=1 << 32))]
     pub max_body_bytes: usize,
     /// Longest prompt in tokens.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = 32768, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     pub max_prompt_tokens: usize,
     /// Largest max_tokens a request may ask for, and the default of chat completions
     /// (completions default to 16 or this, whichever is less). At least 1: a request may

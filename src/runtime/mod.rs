@@ -10,7 +10,7 @@ pub mod scratch;
 pub mod session;
 pub mod tokenizer;
 
-pub use model::{LoadOptions, Model};
+pub use model::{LoadOptions, Model, MAX_SEQUENCES};
 pub use scratch::Scratch;
 pub use session::{Session, Snapshot};
 pub use tokenizer::Tokenizer;

@@ -21,6 +21,10 @@ use crate::graph::Graph;
 use crate::ops::View;
 use crate::tensor::{DType, HostData, Tensor};
 
+/// The most sequences a model holds state for ([`LoadOptions::max_sequences`]): the
+/// server's slots and a benchmark's batch are bounded by it.
+pub const MAX_SEQUENCES: usize = 4096;
+
 /// How to load a model.
 #[derive(Clone)]
 pub struct LoadOptions {
@@ -125,10 +129,11 @@ impl Model {
         options: &LoadOptions,
     ) -> Result<Self> {
         let params = ParameterCounts::of(&config.manifest(), ranks);
-        if options.max_sequences == 0 {
-            return Err(Error::InvalidArgument(
-                "max_sequences must be at least 1".into(),
-            ));
+        if options.max_sequences == 0 || options.max_sequences > MAX_SEQUENCES {
+            return Err(Error::InvalidArgument(format!(
+                "max_sequences must be between 1 and {MAX_SEQUENCES}, got {}",
+                options.max_sequences
+            )));
         }
         if !options.prefill_chunk.is_power_of_two() || options.prefill_chunk > 4096 {
             return Err(Error::InvalidArgument(format!(

@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::runtime::MAX_SEQUENCES;
 use crate::runtime::{LoadOptions, Model};
 use api::{ApiError, Limits};
 use chat::{Budget, ChatTemplate};
@@ -149,13 +150,33 @@ impl Server {
     /// Binds `options.host:port` and starts serving on a thread of its own; the model loads
     /// in the background on `ctx`.
     pub fn start(ctx: Context, options: ServeOptions) -> Result<Server> {
-        if options.slots == 0 {
-            return Err(Error::InvalidArgument("--slots must be at least 1".into()));
+        if options.slots == 0 || options.slots > MAX_SEQUENCES {
+            return Err(Error::InvalidArgument(format!(
+                "--slots must be between 1 and {MAX_SEQUENCES}, got {}",
+                options.slots
+            )));
+        }
+        if options.max_prompt_tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "--max-prompt-tokens must be at least 1: every prompt has a token".into(),
+            ));
+        }
+        if options.max_body_bytes < MIN_BODY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "--max-body-bytes must be at least {MIN_BODY_BYTES}, got {}",
+                options.max_body_bytes
+            )));
         }
         if options.replicas == 0 || options.replicas > options.slots {
             return Err(Error::InvalidArgument(format!(
                 "--replicas must be between 1 and the slots ({}), got {}",
                 options.slots, options.replicas
+            )));
+        }
+        if options.queue > MAX_QUEUE {
+            return Err(Error::InvalidArgument(format!(
+                "--queue must be at most {MAX_QUEUE}, got {}",
+                options.queue
             )));
         }
         if options.max_tokens == 0 {
@@ -433,6 +454,12 @@ pub fn auto_replicas(ctx: &Context, slots: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     cores.min(slots / MIN_REPLICA_SLOTS).max(1)
 }
+
+/// The most prompts that may wait for a slot (`--queue`).
+pub const MAX_QUEUE: usize = 1 << 20;
+
+/// The smallest request body limit a server takes: any smaller refuses every request.
+pub const MIN_BODY_BYTES: usize = 1024;
 
 /// The fewest slots [`auto_replicas`] leaves a replica.
 pub const MIN_REPLICA_SLOTS: usize = 4;
