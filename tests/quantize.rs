@@ -335,11 +335,47 @@ fn quantize_keeps_what_users_saved() {
     // With overwrite, it is replaced; a q4 model quantises again to q8.
     let q8 = out_dir("keep-q8");
     quantize(&out, &q8, QuantFormat::Q8, false, None).unwrap();
-    quantize(&src, &out, QuantFormat::Q8, true, None).unwrap();
+    // The output also holds a sharded checkpoint (a load would read it instead), a side
+    // file the input lacks, and files of the user's that a load never reads.
+    let index = serde_json::json!({"weight_map": {
+        "a": "model-00001-of-00002.safetensors",
+        "b": "../outside.safetensors",
+    }});
+    std::fs::write(out.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    for f in [
+        "model-00001-of-00002.safetensors",
+        "my_logits.safetensors",
+        "special_tokens_map.json",
+        "notes.txt",
+    ] {
+        std::fs::write(out.join(f), b"saved").unwrap();
+    }
+    let err = quantize(&src, &out, QuantFormat::Q8, false, None)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(
+        &err,
+        &["model.safetensors.index.json", "model-00001-of-00002"],
+    );
+    assert!(!err.contains("my_logits"), "{err}");
+    let report = quantize(&src, &out, QuantFormat::Q8, true, None).unwrap();
     assert_ne!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before
     );
+    assert_eq!(
+        report.removed,
+        [
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "special_tokens_map.json"
+        ]
+    );
+    assert_mentions(&report.summary(), &["removed", "special_tokens_map.json"]);
+    for kept in ["my_logits.safetensors", "notes.txt"] {
+        assert_eq!(std::fs::read(out.join(kept)).unwrap(), b"saved", "{kept}");
+    }
+    assert!(moxe::checkpoint::ModelDir::open(&out).is_ok());
     // The latent converter needs float weights and says so.
     let err = moxe::convert::latent::convert(
         &out,
@@ -416,6 +452,20 @@ fn a_failed_quantize_leaves_the_output_as_it_was() {
     let fresh = out_dir("fresh-on-failure");
     assert!(quantize(&bad, &fresh, QuantFormat::Q4, false, None).is_err());
     assert!(!fresh.exists(), "{} left behind", fresh.display());
+    // Nor the parents it created for a nested one.
+    let nested = fresh.join("a/b");
+    assert!(quantize(&bad, &nested, QuantFormat::Q4, false, None).is_err());
+    assert!(!fresh.exists(), "{} left behind", fresh.display());
+    // A link to nothing as the output is named as such.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(out_dir("nowhere"), &fresh).unwrap();
+        let err = quantize(&bad, &fresh, QuantFormat::Q4, false, None)
+            .unwrap_err()
+            .to_string();
+        assert_mentions(&err, &["symbolic link to nothing"]);
+        std::fs::remove_file(&fresh).unwrap();
+    }
     for dir in [bad, out] {
         std::fs::remove_dir_all(dir).unwrap();
     }

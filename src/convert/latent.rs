@@ -103,6 +103,8 @@ pub struct ConversionReport {
     /// Parameters as stored in the engine files (a tied LM head is not stored).
     pub before: ParameterCounts,
     pub after: ParameterCounts,
+    /// Files of an earlier model in the output directory removed with `overwrite`.
+    pub removed: Vec<String>,
 }
 
 impl ConversionReport {
@@ -150,7 +152,7 @@ impl ConversionReport {
             a.total,
             a.total as f64 / b.total.max(1) as f64
         );
-        s
+        s + &super::removed_line(&self.removed)
     }
 }
 
@@ -386,11 +388,12 @@ pub fn convert(
         super::copy_side_file(tok, &staging.path("tokenizer.json"))?;
     }
     let after = ModelDir::open(staging.dir())?.parameters();
-    staging.commit()?;
+    let removed = staging.commit()?;
     Ok(ConversionReport {
         slots: reports,
         before: dir.parameters(),
         after,
+        removed,
     })
 }
 

@@ -22,9 +22,9 @@ pub(crate) fn copy_side_file(from: &Path, to: &Path) -> Result<()> {
 
 /// Makes the output directory of a conversion of `input` and its [`Staging`]: never the
 /// input's own directory, and files already there that the conversion would replace
-/// (`files`), or weights that a load would read instead of the new `model.safetensors`, are
-/// an error unless `overwrite` (then they are replaced or removed when the conversion
-/// commits, not before).
+/// (`files`), or a sharded checkpoint that a load would read instead of the new
+/// `model.safetensors`, are an error unless `overwrite` (then they are replaced or removed
+/// when the conversion commits, not before, and the commit names what it removed).
 pub(crate) fn prepare_output(
     input: &Path,
     output: &Path,
@@ -40,6 +40,12 @@ pub(crate) fn prepare_output(
             )));
         }
     }
+    if std::fs::symlink_metadata(output).is_ok() && !output.exists() {
+        return Err(Error::file(
+            output,
+            "the output is a symbolic link to nothing: remove it, or point it at a directory",
+        ));
+    }
     if output.exists() && !output.is_dir() {
         return Err(Error::file(
             output,
@@ -52,18 +58,7 @@ pub(crate) fn prepare_output(
         .filter(|f| present(f))
         .map(|f| f.to_string())
         .collect();
-    // Other weight layouts a load would prefer or mix up with model.safetensors.
-    let stale: Vec<String> = match std::fs::read_dir(output) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| {
-                n == "model.safetensors.index.json"
-                    || (n.ends_with(".safetensors") && n != "model.safetensors")
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let stale = sharded_weights(output);
     clash.extend(stale.iter().cloned());
     if !clash.is_empty() && !overwrite {
         return Err(Error::file(
@@ -74,7 +69,14 @@ pub(crate) fn prepare_output(
             ),
         ));
     }
-    let created = !output.exists();
+    // The directories this run creates (the output and missing parents, innermost first),
+    // removed again if it fails.
+    let created: Vec<PathBuf> = output
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(output)
         .map_err(|e| Error::file(output, format!("cannot create the directory: {e}")))?;
     let dir = output.join(STAGING_DIR);
@@ -95,6 +97,52 @@ pub(crate) fn prepare_output(
     })
 }
 
+/// A sharded checkpoint in `dir`, which a load would read instead of a new
+/// `model.safetensors` (checkpoint::dir::open_weights): its index, and the shards it names
+/// that are there. Other `.safetensors` files (a load never reads them) are not listed.
+fn sharded_weights(dir: &Path) -> Vec<String> {
+    const INDEX: &str = "model.safetensors.index.json";
+    let index = dir.join(INDEX);
+    if std::fs::symlink_metadata(&index).is_err() {
+        return Vec::new();
+    }
+    let mut shards: Vec<String> =
+        crate::checkpoint::files::read_text(&index, crate::checkpoint::files::JSON_LIMIT)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|json| {
+                json.get("weight_map")?.as_object().map(|map| {
+                    map.values()
+                        .filter_map(|v| v.as_str())
+                        .filter(|f| {
+                            // A plain file name of this directory, never a path elsewhere.
+                            Path::new(f).file_name() == Some(std::ffi::OsStr::new(f))
+                                && f.ends_with(".safetensors")
+                                && *f != "model.safetensors"
+                                && dir.join(f).is_file()
+                        })
+                        .map(str::to_string)
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+    shards.sort();
+    shards.dedup();
+    shards.insert(0, INDEX.to_string());
+    shards
+}
+
+/// The line a conversion's summary gives the files [`Staging::commit`] removed (none: empty).
+pub(crate) fn removed_line(removed: &[String]) -> String {
+    if removed.is_empty() {
+        return String::new();
+    }
+    format!(
+        "removed from the output directory (left by the model that was there): {}\n",
+        removed.join(", ")
+    )
+}
+
 /// Where a conversion writes inside its output directory until it commits.
 const STAGING_DIR: &str = ".moxe-partial";
 
@@ -102,7 +150,8 @@ const STAGING_DIR: &str = ".moxe-partial";
 /// the output directory ([`Staging::path`]) and moved into place by [`Staging::commit`] once
 /// the whole conversion has succeeded, so a failed run (a corrupt input found halfway, a
 /// full disk) leaves the output directory as it was. Dropped without a commit, it removes
-/// what it wrote, and the output directory too if the conversion created it.
+/// what it wrote, and the output directory and its parents too where the conversion
+/// created them.
 pub(crate) struct Staging {
     output: PathBuf,
     dir: PathBuf,
@@ -111,7 +160,8 @@ pub(crate) struct Staging {
     files: Vec<String>,
     /// Weights a load would read instead of the new ones, removed at commit.
     stale: Vec<String>,
-    created: bool,
+    /// Directories the run created, innermost first.
+    created: Vec<PathBuf>,
     committed: bool,
 }
 
@@ -132,19 +182,23 @@ impl Staging {
     }
 
     /// Moves the written files into the output directory, replacing those there, and removes
-    /// the stale weights and the left-over files.
-    pub fn commit(mut self) -> Result<()> {
+    /// the stale weights and the left-over files: returns the names of the files it removed
+    /// without writing a new one in their place.
+    pub fn commit(mut self) -> Result<Vec<String>> {
         let remove = |name: &str| -> Result<()> {
             let path = self.output.join(name);
             std::fs::remove_file(&path)
                 .map_err(|e| Error::file(&path, format!("cannot remove: {e}")))
         };
+        let mut removed = Vec::new();
         for name in &self.stale {
             remove(name)?;
+            removed.push(name.clone());
         }
         for name in &self.files {
             if !self.dir.join(name).exists() && self.output.join(name).exists() {
                 remove(name)?;
+                removed.push(name.clone());
             }
         }
         let entries = std::fs::read_dir(&self.dir)
@@ -158,7 +212,7 @@ impl Staging {
         std::fs::remove_dir(&self.dir)
             .map_err(|e| Error::file(&self.dir, format!("cannot remove: {e}")))?;
         self.committed = true;
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -167,8 +221,11 @@ impl Drop for Staging {
         if !self.committed {
             // Best effort: an error here must not hide the conversion's own.
             let _ = std::fs::remove_dir_all(&self.dir);
-            if self.created {
-                let _ = std::fs::remove_dir(&self.output);
+            for dir in &self.created {
+                // Only while empty: nothing another process put there meanwhile is lost.
+                if std::fs::remove_dir(dir).is_err() {
+                    break;
+                }
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct QuantizeReport {
     pub seconds: f64,
     /// The weights file written.
     pub weights: PathBuf,
+    /// Files of an earlier model in the output directory removed with `overwrite` (a
+    /// sharded checkpoint's index and shards, side files the input lacks).
+    pub removed: Vec<String>,
 }
 
 impl QuantizeReport {
@@ -58,7 +61,7 @@ impl QuantizeReport {
             gib(self.bytes_after),
             self.bytes_before as f64 / self.bytes_after.max(1) as f64,
             self.weights.display()
-        )
+        ) + &super::removed_line(&self.removed)
     }
 }
 
@@ -144,7 +147,7 @@ pub fn quantize(
         .map_err(|e| Error::file(&weights_path, format!("cannot read: {e}")))?
         .len();
     let weights_path = staging.final_path("model.safetensors");
-    staging.commit()?;
+    let removed = staging.commit()?;
     Ok(QuantizeReport {
         format,
         quantized: plan
@@ -159,6 +162,7 @@ pub fn quantize(
         bytes_after,
         seconds: started.elapsed().as_secs_f64(),
         weights: weights_path,
+        removed,
     })
 }
 
