@@ -572,6 +572,18 @@ fn text_inputs_are_bounded_and_a_byte_order_mark_is_not_text() {
             "{args:?}: {err}"
         );
     }
+    // An empty prompt file is named.
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let out = moxe(
+        &["generate", "--prompt-file", empty.to_str().unwrap()],
+        std::process::Stdio::null(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("empty.txt") && err.contains("is empty"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

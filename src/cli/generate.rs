@@ -89,6 +89,9 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
     if let Some(path) = &args.prompt_file {
         let text = super::read_text_file(path, PROMPT_BYTES)?;
         if !args.lines {
+            if text.is_empty() {
+                return Err(Error::file(path, "is empty: there is no prompt in it"));
+            }
             return Ok(vec![text]);
         }
         let lines: Vec<String> = text
