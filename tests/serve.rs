@@ -140,6 +140,23 @@ fn every_endpoint_answers() {
         let lp = &c["choices"][0]["logprobs"];
         assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 12);
         assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+        // Sampled hot, each token is in its top_logprobs whether or not it is among the
+        // most likely (up to logprobs + 1 entries).
+        let (s, c) = post(
+            addr,
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 20, "temperature": 1.8, "seed": 0,
+                   "logprobs": 1}),
+        )
+        .await;
+        assert_eq!(s, 200, "{c}");
+        let lp = &c["choices"][0]["logprobs"];
+        for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+            let top = top.as_object().unwrap();
+            let token = lp["tokens"][i].as_str().unwrap();
+            assert_eq!(top.get(token), Some(&lp["token_logprobs"][i]), "{lp}");
+            assert!((1..=2).contains(&top.len()), "{lp}");
+        }
         // Token ids as the prompt, several prompts, n choices, echo.
         let (s, c) = post(
             addr,
@@ -365,8 +382,36 @@ fn a_client_that_hangs_up_frees_its_slots_and_a_full_queue_is_429() {
         .await;
         assert_eq!(s, 429, "{e}");
         assert_eq!(e["error"]["code"], "server_busy");
-        drop(first);
+        // A waiting client that hangs up leaves the queue at once, streamed or not (a
+        // stream's place was kept until its first event).
         waiting.abort();
+        let queue_empties = || async {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while gauge(addr, "moxe_queue_depth ").await != 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the queue kept a client that left"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Still the first request's two slots: nobody else ran.
+            assert_eq!(busy_slots(addr).await, 2);
+        };
+        queue_empties().await;
+        let body = json!({"prompt": "x", "max_tokens": 1, "stream": true}).to_string();
+        let mut queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        queued.write_all(req.as_bytes()).await.unwrap();
+        while gauge(addr, "moxe_queue_depth ").await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(queued);
+        queue_empties().await;
+        drop(first);
     });
     server.shutdown().unwrap();
 }
@@ -462,7 +507,7 @@ fn bad_requests_get_4xx_errors_naming_the_problem() {
         (
             "/v1/completions",
             json!({"prompt": "x", "model": "gpt-4"}).to_string(),
-            400,
+            404,
             "model_not_found",
         ),
         (
@@ -514,6 +559,44 @@ fn bad_requests_get_4xx_errors_naming_the_problem() {
             "tokens",
         ),
         ("/v1/nothing", "{}".into(), 404, "no endpoint"),
+        // A missing field is the param; a value of the wrong shape says what is expected.
+        (
+            "/v1/completions",
+            json!({"max_tokens": 1}).to_string(),
+            400,
+            "\"param\":\"prompt\"",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, "a"]}).to_string(),
+            400,
+            "a list of lists of token ids",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "stop": 5}).to_string(),
+            400,
+            "a string or a list of strings",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"temperature\": 1e400}".into(),
+            400,
+            "\"param\":\"temperature\"",
+        ),
+        // Other servers' extensions that would change the output.
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "min_tokens": 4}).to_string(),
+            400,
+            "\"param\":\"min_tokens\"",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "repetition_penalty": 1.2}).to_string(),
+            400,
+            "\"param\":\"repetition_penalty\"",
+        ),
     ];
     runtime().block_on(async {
         for (path, body, status, needle) in cases {
@@ -554,6 +637,25 @@ fn an_api_key_is_required_when_set() {
                 .0,
             200
         );
+        // The scheme in any case; a refusal names the scheme it wants.
+        let raw = |authorization: &'static str| async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET /v1/models HTTP/1.1\r\nhost: {addr}\r\n{authorization}connection: close\r\n\r\n"
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).to_ascii_lowercase()
+        };
+        assert!(raw("authorization: bearer sesame\r\n")
+            .await
+            .starts_with("http/1.1 200"));
+        for refused in ["", "authorization: basic sesame\r\n", "authorization: sesame\r\n"] {
+            let answer = raw(refused).await;
+            assert!(answer.starts_with("http/1.1 401"), "{refused}: {answer}");
+            assert!(answer.contains("www-authenticate: bearer"), "{answer}");
+        }
     });
     server.shutdown().unwrap();
 }

@@ -65,13 +65,27 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let syntax = matches!(
-            inner.classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        let param = (path != "." && path != "?" && !syntax).then_some(path);
+        let text = inner.to_string();
+        // JSON's grammar has no bound on numbers: one past f64 is a value error.
+        let range = text.starts_with("number out of range");
+        let syntax = !range
+            && matches!(
+                inner.classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            );
+        let at = (path != "." && path != "?").then_some(path);
+        // A missing or repeated field is named by the message, inside the path's object.
+        let field = ["missing field `", "duplicate field `"]
+            .iter()
+            .find_map(|p| text.strip_prefix(p)?.split('`').next())
+            .map(|f| match &at {
+                Some(p) => format!("{p}.{f}"),
+                None => f.to_string(),
+            });
+        let param = if syntax { None } else { field.or(at) };
         let message = match &param {
             _ if syntax => format!("the body is not valid JSON: {inner}"),
+            None if range => format!("invalid request body: {inner}"),
             Some(p) => format!("field '{p}': {inner}"),
             None => format!("invalid request body: {inner}"),
         };
@@ -87,7 +101,10 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// A prompt: text, texts, token ids, or lists of token ids.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a string, a list of strings, a list of token ids or a list of lists of token ids"
+)]
 pub enum PromptInput {
     Text(String),
     Texts(Vec<String>),
@@ -97,7 +114,7 @@ pub enum PromptInput {
 
 /// `stop`: one string or several.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum StopInput {
     One(String),
     Many(Vec<String>),
@@ -121,7 +138,10 @@ where
 /// `seed`: OpenAI's is a signed 64-bit integer; unsigned ones up to 2^64 - 1 are taken too
 /// (a negative seed draws as its two's complement bits).
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected an integer (signed or unsigned 64-bit)"
+)]
 pub enum Seed {
     Unsigned(u64),
     Signed(i64),
@@ -190,6 +210,16 @@ pub struct Unsupported {
     audio: Option<Value>,
     prediction: Option<Value>,
     web_search_options: Option<Value>,
+    // Extensions of other servers (vLLM) that would change the output.
+    min_tokens: Option<Value>,
+    repetition_penalty: Option<Value>,
+    stop_token_ids: Option<Value>,
+    include_stop_str_in_output: Option<Value>,
+    use_beam_search: Option<Value>,
+    guided_json: Option<Value>,
+    guided_regex: Option<Value>,
+    guided_choice: Option<Value>,
+    guided_grammar: Option<Value>,
 }
 
 const PLAIN: &str = "(this server generates plain text)";
@@ -264,6 +294,43 @@ impl Unsupported {
         if self.web_search_options.is_some() {
             return refuse("web_search_options", "web search is not supported");
         }
+        // Each accepted at the value that asks for nothing.
+        let extensions: [(&str, &Option<Value>, fn(&Value) -> bool); 5] = [
+            ("min_tokens", &self.min_tokens, |v| v.as_f64() == Some(0.0)),
+            ("repetition_penalty", &self.repetition_penalty, |v| {
+                v.as_f64() == Some(1.0)
+            }),
+            ("stop_token_ids", &self.stop_token_ids, |v| {
+                v.as_array().is_some_and(Vec::is_empty)
+            }),
+            (
+                "include_stop_str_in_output",
+                &self.include_stop_str_in_output,
+                |v| v == false,
+            ),
+            ("use_beam_search", &self.use_beam_search, |v| v == false),
+        ];
+        for (param, value, no_op) in extensions {
+            if value.as_ref().is_some_and(|v| !no_op(v)) {
+                return refuse(
+                    param,
+                    &format!("{param} (an extension of other servers) is not supported"),
+                );
+            }
+        }
+        for (param, value) in [
+            ("guided_json", &self.guided_json),
+            ("guided_regex", &self.guided_regex),
+            ("guided_choice", &self.guided_choice),
+            ("guided_grammar", &self.guided_grammar),
+        ] {
+            if value.is_some() {
+                return refuse(
+                    param,
+                    "guided decoding (structured output) is not supported",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -281,7 +348,10 @@ pub struct Message {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a string or a list of content parts ({\"type\": \"text\", \"text\": ...})"
+)]
 pub enum Content {
     Text(String),
     Parts(Vec<Part>),

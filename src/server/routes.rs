@@ -65,22 +65,36 @@ pub(crate) async fn authorize(
 ) -> Response {
     if let Some(key) = &s.api_key {
         if req.uri().path() != "/health" {
+            // The scheme's case is free (RFC 9110); the key's bytes are compared in a time
+            // that does not depend on where they first differ.
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(key.as_str()) {
-                return ApiError::status(
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim_start());
+            if !given.is_some_and(|g| same_bytes(g.as_bytes(), key.as_bytes())) {
+                let mut response = ApiError::status(
                     StatusCode::UNAUTHORIZED,
                     "invalid_api_key",
                     "missing or wrong API key: send 'Authorization: Bearer KEY'",
                 )
                 .into_response();
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return response;
             }
         }
     }
     next.run(req).await
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub(crate) async fn not_found(req: Request) -> ApiError {
@@ -224,7 +238,9 @@ pub(crate) async fn detokenize(
 /// Checks the requested model name against the one served.
 fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
     match model {
+        // 404 as OpenAI's API answers a model it does not have.
         Some(m) if *m != s.model_id => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
             code: "model_not_found",
             ..ApiError::invalid(
                 Some("model"),
@@ -731,8 +747,10 @@ impl Output {
                 json!({
                     "tokens": tokens.iter().map(|(s, _)| name(s.id)).collect::<Vec<_>>(),
                     "token_logprobs": tokens.iter().map(|t| t.0.logprob).collect::<Vec<_>>(),
+                    // The most likely tokens and, as the legacy API has it, always the
+                    // sampled one (up to logprobs + 1 entries).
                     "top_logprobs": tokens.iter().map(|(s, _)| {
-                        s.top.iter().map(|&(id, lp)| (name(id), json!(lp))).collect::<BTreeMap<_, _>>()
+                        s.top.iter().chain([&(s.id, s.logprob)]).map(|&(id, lp)| (name(id), json!(lp))).collect::<BTreeMap<_, _>>()
                     }).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
@@ -790,7 +808,8 @@ impl Output {
     }
 
     /// Streams the events as server-sent events, ending with `[DONE]`. A client that goes
-    /// away drops the stream, and with it the jobs' receivers: the engine cancels them.
+    /// away closes the stream, whose task then drops the jobs' receivers, waiting or not:
+    /// the engine cancels them.
     fn stream(self, receivers: Vec<UnboundedReceiver<Event>>) -> impl IntoResponse {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
         tokio::spawn(async move {
@@ -807,7 +826,13 @@ impl Output {
             let (mut completion_tokens, mut cached) = (0, 0);
             let mut error = None;
             while open > 0 {
-                let Some((p, event)) = map.next().await else {
+                // A client that leaves before the next event (queued, or while its prompt
+                // is read) is noticed at once, not at the next send.
+                let next = tokio::select! {
+                    next = map.next() => next,
+                    () = tx.closed() => return, // dropping `map` cancels the jobs
+                };
+                let Some((p, event)) = next else {
                     error = Some(engine_gone());
                     break;
                 };
