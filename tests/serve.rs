@@ -611,6 +611,20 @@ fn bad_requests_get_4xx_errors_naming_the_problem() {
         }
         let (s, text) = call(addr, "GET", "/v1/completions", None, None).await;
         assert_eq!(s, 405, "{text}");
+        // A body declared too large is refused before it is sent, not invited by a 100.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             expect: 100-continue\r\ncontent-length: 2000000\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("no answer before the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     });
     server.shutdown().unwrap();
 }

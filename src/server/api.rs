@@ -54,8 +54,20 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The body as JSON; a 429 (every slot and queue place taken) or 503 (loading, shutting
+    /// down) says when to retry: a second, the order of a request's time on the slots.
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -593,5 +605,24 @@ impl Message {
             }
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_and_unavailable_say_when_to_retry() {
+        let retry = |status| {
+            ApiError::status(status, "x", "y")
+                .into_response()
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(retry(StatusCode::TOO_MANY_REQUESTS).as_deref(), Some("1"));
+        assert_eq!(retry(StatusCode::SERVICE_UNAVAILABLE).as_deref(), Some("1"));
+        assert_eq!(retry(StatusCode::BAD_REQUEST), None);
     }
 }

@@ -311,6 +311,10 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::refuse_declared_large_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.client_timeout,
             listen::with_body_deadline,
         ))

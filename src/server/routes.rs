@@ -180,6 +180,36 @@ pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// A body whose declared length (`Content-Length`) is past `--max-body-bytes` is a 413 before
+/// any of it is read: a client that sent `Expect: 100-continue` is answered at once instead
+/// of being told to upload it.
+pub(crate) async fn refuse_declared_large_body(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        return too_large(&s).into_response();
+    }
+    next.run(req).await
+}
+
+fn too_large(state: &AppState) -> ApiError {
+    ApiError::status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!(
+            "the request body exceeds {} bytes (--max-body-bytes)",
+            state.max_body
+        ),
+    )
+}
+
 /// The body, or a JSON error when it is too large or unreadable.
 fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
@@ -189,14 +219,7 @@ fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, 
             "request_timeout",
             BodyTimedOut(state.client_timeout).to_string(),
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!(
-                "the request body exceeds {} bytes (--max-body-bytes)",
-                state.max_body
-            ),
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(state),
         status => ApiError::status(status, "invalid_request_error", e.body_text()),
     })
 }
