@@ -115,20 +115,16 @@ impl ModelConfig {
     fn neurips(root: &Obj<'_>, moxe: bool) -> Result<Self> {
         let x = root.required_object("xlstm")?;
         let d = x.usize("embedding_dim")?;
-        if d == 0 {
-            return Err(x.error("embedding_dim", "must be at least 1"));
-        }
+        x.check_width("embedding_dim", d)?;
         let vocab_size = x.usize("vocab_size")?;
-        if vocab_size == 0 {
-            return Err(x.error("vocab_size", "must be at least 1"));
-        }
+        x.check_width("vocab_size", vocab_size)?;
         // The package uses -1 for "unset".
         let context_length = match x.get("context_length") {
             None | Some(Value::Null) => None,
-            Some(v) => match v.as_i64() {
-                Some(n) if n <= 0 => None,
-                Some(n) => Some(n as usize),
-                None => {
+            Some(v) => match (v.as_i64(), v.as_u64()) {
+                (Some(n), _) if n <= 0 => None,
+                (_, Some(n)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                _ => {
                     return Err(x.error("context_length", format!("expected an integer, found {v}")))
                 }
             },
@@ -340,6 +336,37 @@ mod tests {
             ("xlstm.embedding_dim", "\"wide\"", "xlstm.embedding_dim"),
             ("xlstm.slstm_block.feedforward.act_fn", "\"mish\"", "act_fn"),
             ("gate_bias", "1", "gate_bias"),
+            // Widths past the bound, or that a factor would wrap round (a release build's
+            // unchecked product loaded 6.6e17 as an inner dim of 4096).
+            (
+                "xlstm.embedding_dim",
+                "9223372036854775808",
+                "between 1 and 1048576",
+            ),
+            ("xlstm.embedding_dim", "1048577", "xlstm.embedding_dim"),
+            ("xlstm.vocab_size", "0", "xlstm.vocab_size"),
+            (
+                "xlstm.mlstm_block.mlstm.proj_factor",
+                "6.588122883467698e17",
+                "xlstm.mlstm_block.mlstm.proj_factor",
+            ),
+            (
+                "xlstm.mlstm_block.mlstm.proj_factor",
+                "1e300",
+                "at most 1048576",
+            ),
+            (
+                "xlstm.mlstm_block.mlstm.round_proj_up_to_multiple_of",
+                "9223372036854775808",
+                "round_proj_up_to_multiple_of",
+            ),
+            (
+                "xlstm.slstm_block.feedforward.proj_factor",
+                "1e30",
+                "feedforward.proj_factor",
+            ),
+            // Heads wider than the kernels take.
+            ("xlstm.embedding_dim", "1024", "head dims up to 512"),
         ] {
             let err = parse(&with(field, value)).unwrap_err().to_string();
             assert!(

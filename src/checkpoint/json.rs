@@ -10,6 +10,11 @@ use crate::error::{Error, Result};
 /// and low enough that the tensors a config implies are listed in moments.
 pub const MAX_LAYERS: usize = 4096;
 
+/// Widest vector a config may declare (embedding, projection or vocabulary): 16 times
+/// xLSTM-7B's FFN and 20 times its vocabulary, and low enough that a width's products and
+/// f64 roundings stay exact.
+pub const MAX_WIDTH: usize = 1 << 20;
+
 /// A JSON object at `path` (e.g. `xlstm.mlstm_block.mlstm`) inside `file`.
 #[derive(Clone)]
 pub(crate) struct Obj<'a> {
@@ -18,7 +23,8 @@ pub(crate) struct Obj<'a> {
     map: &'a Map<String, Value>,
 }
 
-fn describe(v: &Value) -> String {
+/// A JSON value as an error shows it: scalars as written, containers by kind.
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("{b}"),
@@ -140,6 +146,14 @@ impl<'a> Obj<'a> {
 
     /// A count of layers or blocks already read as `n` under `key`: at least 1 and at most
     /// [`MAX_LAYERS`].
+    /// Checks a width (an embedding, a projection, a vocabulary): 1 to [`MAX_WIDTH`].
+    pub fn check_width(&self, key: &str, n: usize) -> Result<()> {
+        if n == 0 || n > MAX_WIDTH {
+            return Err(self.error(key, format!("must be between 1 and {MAX_WIDTH}, found {n}")));
+        }
+        Ok(())
+    }
+
     pub fn check_layers(&self, key: &str, n: usize) -> Result<()> {
         if n == 0 || n > MAX_LAYERS {
             return Err(self.error(

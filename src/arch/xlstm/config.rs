@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::checkpoint::json::Obj;
+use crate::checkpoint::json::{Obj, MAX_WIDTH};
 use crate::error::Result;
 use crate::ops::elementwise::Activation;
 
@@ -27,14 +27,36 @@ impl UpProjection {
             ));
         }
         let multiple = o.usize_or("round_proj_up_to_multiple_of", 64)?;
-        if multiple == 0 {
-            return Err(o.error("round_proj_up_to_multiple_of", "must be at least 1"));
-        }
+        o.check_width("round_proj_up_to_multiple_of", multiple)?;
         Ok(UpProjection {
             factor,
             round_up: o.bool_or("round_proj_up_dim_up", true)?,
             multiple,
         })
+    }
+
+    /// [`UpProjection::dim`] for a config being read: a width of 0 or past [`MAX_WIDTH`]
+    /// is an error naming `o`'s field `key` (before the rounding could overflow).
+    fn checked_dim(&self, o: &Obj<'_>, key: &str, dim: usize) -> Result<usize> {
+        let width = self.factor * dim as f64;
+        if width > MAX_WIDTH as f64 {
+            return Err(o.error(
+                key,
+                format!("gives a width of {width} for embedding_dim {dim}; at most {MAX_WIDTH}"),
+            ));
+        }
+        let d = self.dim(dim);
+        if d == 0 || d > MAX_WIDTH {
+            return Err(o.error(
+                key,
+                format!(
+                    "gives a width of {d} for embedding_dim {dim} (rounded to a multiple of \
+                     {}); expected 1 to {MAX_WIDTH}",
+                    self.multiple
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     /// The projected width for input width `dim`.
@@ -202,17 +224,23 @@ fn parse_mlstm(m: &Obj<'_>, d: usize, bias: bool, defaults_only: bool) -> Result
             bias,
         }
     };
-    let di = cfg.inner_dim();
-    if di == 0 {
-        return Err(m.error(
-            "proj_factor",
-            format!("gives an inner dim of 0 for embedding_dim {d}"),
-        ));
-    }
+    let di = cfg.up.checked_dim(m, "proj_factor", d)?;
     if cfg.num_heads == 0 || di % cfg.num_heads != 0 {
         return Err(m.error(
             "num_heads",
             format!("must divide the inner dim {di}, found {}", cfg.num_heads),
+        ));
+    }
+    if di / cfg.num_heads > crate::ops::mlstm_cell::MAX_HEAD_DIM {
+        return Err(m.error(
+            "num_heads",
+            format!(
+                "{} heads of the inner dim {di} are {} wide; moxe's mLSTM kernels support head \
+                 dims up to {}",
+                cfg.num_heads,
+                di / cfg.num_heads,
+                crate::ops::mlstm_cell::MAX_HEAD_DIM
+            ),
         ));
     }
     if cfg.qkv_blocksize == 0 || di % cfg.qkv_blocksize != 0 {
@@ -246,11 +274,22 @@ fn parse_slstm(block: &Obj<'_>, d: usize) -> Result<SlstmConfig> {
             },
         ),
     };
+    let o = s.as_ref().unwrap_or(block);
     if num_heads == 0 || d % num_heads != 0 {
-        let o = s.as_ref().unwrap_or(block);
         return Err(o.error(
             "num_heads",
             format!("must divide embedding_dim {d}, found {num_heads}"),
+        ));
+    }
+    if d / num_heads > crate::ops::slstm_cell::MAX_HEAD_DIM {
+        return Err(o.error(
+            "num_heads",
+            format!(
+                "{num_heads} heads of embedding_dim {d} are {} wide; moxe's sLSTM kernels \
+                 support head dims up to {}",
+                d / num_heads,
+                crate::ops::slstm_cell::MAX_HEAD_DIM
+            ),
         ));
     }
     // Absent: the package's default FFN; explicit null: no FFN.
@@ -276,9 +315,7 @@ fn parse_slstm(block: &Obj<'_>, d: usize) -> Result<SlstmConfig> {
                     (UpProjection::parse(f, 1.3)?, Activation::from_name(name)?)
                 }
             };
-            if up.dim(d) == 0 {
-                return Err(block.error("feedforward.proj_factor", "gives a hidden width of 0"));
-            }
+            up.checked_dim(block, "feedforward.proj_factor", d)?;
             Some(FfnConfig { up, act })
         }
     };

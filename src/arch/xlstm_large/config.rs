@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use crate::arch::ModelConfig;
-use crate::checkpoint::json::Obj;
+use crate::checkpoint::json::{Obj, MAX_WIDTH};
 use crate::checkpoint::Weights;
 use crate::error::Result;
 use crate::ops::mlstm_cell::MAX_HEAD_DIM;
@@ -115,9 +115,7 @@ impl LargeConfig {
             ("num_heads", num_heads),
             ("vocab_size", vocab_size),
         ] {
-            if v == 0 {
-                return Err(root.error(key, "must be at least 1"));
-            }
+            root.check_width(key, v)?;
         }
         let blocks_key = match root.get("num_blocks") {
             Some(v) if !v.is_null() => "num_blocks",
@@ -163,7 +161,23 @@ impl LargeConfig {
         if multiple == 0 {
             return Err(root.error("ffn_round_up_to_multiple_of", "must be at least 1"));
         }
-        let ffn_dim = round_up_to_next_multiple_of(dim as f64 * ffn_factor, multiple as f64);
+        if multiple > MAX_WIDTH {
+            return Err(root.error(
+                "ffn_round_up_to_multiple_of",
+                format!("must be at most {MAX_WIDTH}, found {multiple}"),
+            ));
+        }
+        let ffn_dim =
+            match dim as f64 * ffn_factor {
+                w if w <= MAX_WIDTH as f64 => round_up_to_next_multiple_of(w, multiple as f64),
+                w => return Err(root.error(
+                    "ffn_proj_factor",
+                    format!(
+                        "gives an FFN of width {w} for embedding_dim {dim}; at most {MAX_WIDTH}"
+                    ),
+                )),
+            };
+        root.check_width("ffn_proj_factor", ffn_dim)?;
         let positive = |key: &str, default: f32| -> Result<f32> {
             let v = root.f32_or(key, default)?;
             if v <= 0.0 {
@@ -364,6 +378,11 @@ mod tests {
             (r#", "norm_eps": 0}"#, "norm_eps"),
             (r#", "gate_soft_cap": "high"}"#, "gate_soft_cap"),
             (r#", "v_dim_factor": 40.0}"#, "head dims up to 512"),
+            (r#", "ffn_proj_factor": 1e300}"#, "ffn_proj_factor"),
+            (
+                r#", "ffn_round_up_to_multiple_of": 9223372036854775808}"#,
+                "ffn_round_up_to_multiple_of",
+            ),
         ] {
             let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
             assert!(
@@ -375,6 +394,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("disagrees with embedding_dim = 32"), "{err}");
+        let err = parse(
+            r#"{"embedding_dim": 4194304, "num_heads": 4, "num_blocks": 2, "vocab_size": 9}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("between 1 and 1048576"), "{err}");
         let err = parse(r#"{"embedding_dim": 64, "num_heads": 4, "num_blocks": 2}"#);
         assert!(err.is_err(), "the package's config requires vocab_size");
     }
