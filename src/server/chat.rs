@@ -91,29 +91,55 @@ impl ChatTemplate {
     /// The template of model directory `dir`, rendered within `budget`; `None` when it has
     /// none.
     pub fn of_model(dir: &Path, budget: Budget) -> Result<Option<Self>> {
-        let path = dir.join("tokenizer_config.json");
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text =
-            crate::checkpoint::files::read_text(&path, crate::checkpoint::files::JSON_LIMIT)?;
-        let config: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
-        let source = match &config["chat_template"] {
-            Value::String(s) => s.clone(),
-            Value::Array(list) => {
-                let named = |want: &str| {
-                    list.iter()
-                        .find(|t| t["name"] == want)
-                        .and_then(|t| t["template"].as_str())
-                };
-                match named("default") {
-                    Some(s) => s.to_string(),
-                    None => return Ok(None),
-                }
-            }
-            _ => return Ok(None),
+        use crate::checkpoint::files::{present, read_text, JSON_LIMIT};
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Value = if present(&config_path) {
+            let text = read_text(&config_path, JSON_LIMIT)?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::file(&config_path, format!("invalid JSON: {e}")))?
+        } else {
+            Value::Null
         };
+        // As transformers reads them: a chat_template.jinja file beside the config replaces
+        // the config's own chat_template.
+        let jinja = dir.join("chat_template.jinja");
+        let (path, source) =
+            if present(&jinja) {
+                let source = read_text(&jinja, JSON_LIMIT)?;
+                (jinja, source)
+            } else {
+                match &config["chat_template"] {
+                    Value::Null => return Ok(None),
+                    Value::String(s) => (config_path, s.clone()),
+                    Value::Array(list) => {
+                        let default = list
+                            .iter()
+                            .find(|t| t["name"] == "default")
+                            .map(|t| &t["template"]);
+                        match default {
+                            Some(Value::String(s)) => (config_path, s.clone()),
+                            Some(_) => return Err(Error::file(
+                                &config_path,
+                                "chat_template: the entry named \"default\" has no template string",
+                            )),
+                            None => return Err(Error::file(
+                                &config_path,
+                                "chat_template lists named templates but none named \"default\", \
+                                 the one a chat request uses",
+                            )),
+                        }
+                    }
+                    other => {
+                        return Err(Error::file(
+                            &config_path,
+                            format!(
+                            "chat_template must be a string or a list of named templates, found {}",
+                            crate::checkpoint::json::describe(other)
+                        ),
+                        ))
+                    }
+                }
+            };
         let token = |key: &str| match &config[key] {
             Value::String(s) => s.clone(),
             Value::Object(o) => o
@@ -261,4 +287,97 @@ fn generation_marks_as_ifs(source: &str) -> String {
         }
     }
     out + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model directory holding `files` (name, contents) only.
+    fn dir_with(name: &str, files: &[(&str, String)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("moxe-chat-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, text) in files {
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        dir
+    }
+
+    fn rendered(dir: &Path) -> String {
+        let template = ChatTemplate::of_model(dir, Budget::for_bodies_of(1 << 20))
+            .unwrap()
+            .expect("a template");
+        let turn = Turn {
+            role: "user".into(),
+            content: "hi".into(),
+            name: None,
+        };
+        template.render(&[turn]).unwrap()
+    }
+
+    fn error(dir: &Path) -> String {
+        match ChatTemplate::of_model(dir, Budget::for_bodies_of(1 << 20)) {
+            Ok(t) => panic!("{}: read as {:?}", dir.display(), t.is_some()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_template_is_found_where_transformers_finds_it() {
+        let config = |template: serde_json::Value| {
+            (
+                "tokenizer_config.json",
+                serde_json::json!({"chat_template": template}).to_string(),
+            )
+        };
+        let from_config = "config: {{ messages[0]['content'] }}";
+        // chat_template.jinja beside the config replaces the config's template.
+        let jinja = dir_with(
+            "jinja",
+            &[
+                config(from_config.into()),
+                (
+                    "chat_template.jinja",
+                    "file: {{ messages[0]['content'] }}".into(),
+                ),
+            ],
+        );
+        assert_eq!(rendered(&jinja), "file: hi");
+        std::fs::remove_file(jinja.join("tokenizer_config.json")).unwrap();
+        assert_eq!(
+            rendered(&jinja),
+            "file: hi",
+            "no tokenizer_config.json needed"
+        );
+        // A named list: its "default" entry.
+        let named = serde_json::json!([{"name": "tool_use", "template": "no"},
+                                       {"name": "default", "template": from_config}]);
+        let named = dir_with("named", &[config(named)]);
+        assert_eq!(rendered(&named), "config: hi");
+        // None at all, or null: no template.
+        let none = dir_with("none", &[config(serde_json::Value::Null)]);
+        assert!(
+            ChatTemplate::of_model(&none, Budget::for_bodies_of(1 << 20))
+                .unwrap()
+                .is_none()
+        );
+        // Present but unusable: errors naming the file, not "no template".
+        let number = dir_with("number", &[config(3.into())]);
+        assert!(error(&number).contains("chat_template must be a string"));
+        let no_default = serde_json::json!([{"name": "tool_use", "template": "x"}]);
+        let no_default = dir_with("no-default", &[config(no_default)]);
+        assert!(error(&no_default).contains("none named \"default\""));
+        #[cfg(unix)]
+        {
+            let broken = dir_with("broken", &[]);
+            std::os::unix::fs::symlink("/nonexistent/blob", broken.join("chat_template.jinja"))
+                .unwrap();
+            assert!(error(&broken).contains("symbolic link to nothing"));
+            std::fs::remove_dir_all(&broken).unwrap();
+        }
+        for d in [jinja, named, none, number, no_default] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }
