@@ -162,6 +162,21 @@ fn unknown_dtype() {
 }
 
 #[test]
+fn header_lengths_past_the_file_or_past_the_reader_bound_are_told_apart() {
+    let m = ModelCopy::new("header-length");
+    let mut bytes = m.weights();
+    // Past the end of the file (and within the bound).
+    let len = bytes.len() as u64;
+    bytes[..8].copy_from_slice(&len.to_le_bytes());
+    m.set_weights(&bytes);
+    assert_mentions(&m.load_error(), &["model.safetensors", "past the end"]);
+    // Past the bound, however long the file.
+    bytes[..8].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    m.set_weights(&bytes);
+    assert_mentions(&m.load_error(), &["model.safetensors", "100,000,000 bytes"]);
+}
+
+#[test]
 fn truncated_file() {
     let m = ModelCopy::new("truncated");
     let bytes = m.weights();

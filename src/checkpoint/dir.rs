@@ -1,6 +1,6 @@
 //! A model directory, read and validated without touching the GPU: `config.json`, the
-//! weights (`model.safetensors`; or the shards of a Hugging Face snapshot named by
-//! `model.safetensors.index.json`; or the xlstm_large package's `model_0.safetensors`,
+//! weights (`model.safetensors`; else the shards of a Hugging Face snapshot named by
+//! `model.safetensors.index.json`; else the xlstm_large package's `model_0.safetensors`,
 //! `model_1.safetensors`, ..), and optionally `tokenizer.json`, `tokenizer_config.json`
 //! and `generation_config.json`.
 
@@ -47,7 +47,7 @@ impl ModelDir {
         config.adapt_to(&weights);
         let manifest = config.manifest();
         let ranks = manifest.check(&weights)?;
-        let tokenizer = Some(path.join("tokenizer.json")).filter(|p| p.exists());
+        let tokenizer = Some(path.join("tokenizer.json")).filter(|p| super::files::present(p));
         let generation = GenerationDefaults::read(path)?;
         generation.check_ids(path, config.vocab_size)?;
         Ok(ModelDir {
@@ -67,21 +67,37 @@ impl ModelDir {
     }
 }
 
-/// The weights of model directory `dir`, in whichever layout it has.
+/// The weights of model directory `dir`, in whichever layout it has; where it has two, as
+/// transformers picks: `model.safetensors` before a sharded checkpoint.
 pub fn open_weights(dir: &Path) -> Result<Weights> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        return Weights::open_index(&index);
-    }
     let single = dir.join("model.safetensors");
-    if single.exists() {
+    if super::files::present(&single) {
         return Weights::open(&single);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if super::files::present(&index) {
+        return Weights::open_index(&index);
     }
     let numbered: Vec<PathBuf> = (0..)
         .map(|n| dir.join(format!("model_{n}.safetensors")))
-        .take_while(|p| p.exists())
+        .take_while(|p| super::files::present(p))
         .collect();
     if !numbered.is_empty() {
+        // A gap is a missing file, not the end of the list.
+        let next = numbered.len();
+        if let Some(later) = (next + 1..next + 1024)
+            .map(|n| dir.join(format!("model_{n}.safetensors")))
+            .find(|p| super::files::present(p))
+        {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "has {} but not model_{next}.safetensors: the files model_0, model_1, .. \
+                     must have no gap (an incomplete copy?)",
+                    later.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            ));
+        }
         return Weights::open_files(&numbered);
     }
     let expected = "no weights: expected model.safetensors, a sharded checkpoint \
@@ -95,7 +111,7 @@ pub fn open_weights(dir: &Path) -> Result<Weights> {
         "model.pth",
     ]
     .into_iter()
-    .find(|f| dir.join(f).exists());
+    .find(|f| super::files::present(&dir.join(f)));
     Err(Error::file(
         dir,
         match pickled {
@@ -191,6 +207,45 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&empty).unwrap();
+    }
+
+    #[test]
+    fn layouts_are_picked_as_transformers_picks_them_and_broken_ones_are_named() {
+        let weights =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/model.safetensors");
+        let dir = std::env::temp_dir().join(format!("moxe-layouts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = |dir: &Path| open_weights(dir).err().unwrap().to_string();
+        // model.safetensors wins over an index beside it (even one naming missing shards).
+        std::fs::copy(&weights, dir.join("model.safetensors")).unwrap();
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        assert!(open_weights(&dir)
+            .unwrap()
+            .contains("token_embedding.weight"));
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        assert!(error(&dir).contains("model-00001-of-00002.safetensors"));
+        std::fs::remove_file(dir.join("model.safetensors.index.json")).unwrap();
+        // The package's numbered files: a gap is named.
+        std::fs::copy(&weights, dir.join("model_0.safetensors")).unwrap();
+        std::fs::copy(&weights, dir.join("model_2.safetensors")).unwrap();
+        let err = error(&dir);
+        assert!(
+            err.contains("model_2.safetensors but not model_1.safetensors"),
+            "{err}"
+        );
+        // A link to nothing is a broken file, not an absent one.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/nonexistent/blob", dir.join("model.safetensors")).unwrap();
+            let err = error(&dir);
+            assert!(err.contains("symbolic link to nothing"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -13,6 +13,13 @@ pub const JSON_LIMIT: u64 = 64 << 20;
 /// Largest tokenizer.json read (the largest vocabularies' are tens of MiB).
 pub const TOKENIZER_LIMIT: u64 = 1 << 30;
 
+/// Whether anything is at `path`: a file, a directory, or a link, also one to nothing (a
+/// Hugging Face snapshot is links into its cache: one whose blob is gone is a file to report
+/// as broken, not one to skip as absent).
+pub fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
 /// Checks that `path` is a regular file (following links) of at most `limit` bytes.
 pub fn check_regular(path: &Path, limit: u64) -> Result<()> {
     let meta = match std::fs::metadata(path) {
@@ -53,13 +60,18 @@ pub fn check_regular(path: &Path, limit: u64) -> Result<()> {
     Ok(())
 }
 
-/// The UTF-8 text of the regular file `path`, of at most `limit` bytes.
+/// The UTF-8 text of the regular file `path`, of at most `limit` bytes, without a leading
+/// byte-order mark (some editors save JSON with one; it is no part of the text).
 pub fn read_text(path: &Path, limit: u64) -> Result<String> {
     check_regular(path, limit)?;
     let file =
         std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     // The size was checked; a file growing meanwhile is cut at the limit.
-    read_utf8(file, limit).map_err(|message| Error::file(path, message))
+    let text = read_utf8(file, limit).map_err(|message| Error::file(path, message))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// At most `limit` bytes of UTF-8 text from `reader` (a file, a pipe, standard input: an
@@ -96,6 +108,9 @@ mod tests {
         let ok = dir.join("ok.json");
         std::fs::write(&ok, "{}").unwrap();
         assert_eq!(read_text(&ok, 2).unwrap(), "{}");
+        let marked = dir.join("bom.json");
+        std::fs::write(&marked, "\u{feff}{}").unwrap();
+        assert_eq!(read_text(&marked, 5).unwrap(), "{}", "the mark is dropped");
         let err = read_text(&ok, 1).unwrap_err().to_string();
         assert!(err.contains("2 bytes, more than the 1"), "{err}");
         let err = read_text(&dir, 10).unwrap_err().to_string();

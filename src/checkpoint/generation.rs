@@ -38,7 +38,7 @@ pub struct GenerationDefaults {
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.exists() {
+    if !super::files::present(path) {
         return Ok(None);
     }
     let text = super::files::read_text(path, super::files::JSON_LIMIT)?;
@@ -220,6 +220,21 @@ mod tests {
             std::fs::write(p.join(name), text).unwrap();
         }
         Dir(p)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_side_file_linked_to_nothing_is_an_error_not_absent() {
+        // A Hugging Face snapshot whose blob is gone: the BOS rule must not vanish silently.
+        for name in ["tokenizer_config.json", "generation_config.json"] {
+            let d = dir(&format!("dangling-{name}"), &[("config.json", "{}")]);
+            std::os::unix::fs::symlink("/nonexistent/blob", d.0.join(name)).unwrap();
+            let err = GenerationDefaults::read(&d.0).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("symbolic link to nothing"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -84,7 +84,13 @@ fn header_error(e: SafeTensorError, file_len: usize) -> String {
         SafeTensorError::HeaderTooSmall => {
             format!("not a safetensors file: {file_len} bytes is too short for the 8-byte header length")
         }
-        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => format!(
+        // The safetensors crate's bound on headers (every reader built on it refuses these).
+        SafeTensorError::HeaderTooLarge => {
+            "the header length field gives a header of more than 100,000,000 bytes, the most a \
+             safetensors reader takes (a corrupt or not a safetensors file)"
+                .to_string()
+        }
+        SafeTensorError::InvalidHeaderLength => format!(
             "not a safetensors file or truncated: the header length field points past the end \
              of the {file_len}-byte file"
         ),
@@ -258,7 +264,7 @@ impl Weights {
         let mut held: Vec<HashMap<String, Entry>> = vec![HashMap::new(); files.len()];
         for (file, &i) in &files {
             let path = dir.join(file);
-            if !path.exists() {
+            if !super::files::present(&path) {
                 return Err(Error::file(
                     index,
                     format!(

@@ -22,9 +22,9 @@ pub(crate) fn copy_side_file(from: &Path, to: &Path) -> Result<()> {
 
 /// Makes the output directory of a conversion of `input` and its [`Staging`]: never the
 /// input's own directory, and files already there that the conversion would replace
-/// (`files`), or a sharded checkpoint that a load would read instead of the new
-/// `model.safetensors`, are an error unless `overwrite` (then they are replaced or removed
-/// when the conversion commits, not before, and the commit names what it removed).
+/// (`files`), or an earlier model's sharded checkpoint (whose weights the new
+/// `model.safetensors` replaces), are an error unless `overwrite` (then they are replaced or
+/// removed when the conversion commits, not before, and the commit names what it removed).
 pub(crate) fn prepare_output(
     input: &Path,
     output: &Path,
@@ -97,9 +97,9 @@ pub(crate) fn prepare_output(
     })
 }
 
-/// A sharded checkpoint in `dir`, which a load would read instead of a new
-/// `model.safetensors` (checkpoint::dir::open_weights): its index, and the shards it names
-/// that are there. Other `.safetensors` files (a load never reads them) are not listed.
+/// A sharded checkpoint in `dir`, the weights of the model a conversion's
+/// `model.safetensors` replaces there: its index, and the shards it names that are there.
+/// Other `.safetensors` files (no load reads them) are not listed.
 fn sharded_weights(dir: &Path) -> Vec<String> {
     const INDEX: &str = "model.safetensors.index.json";
     let index = dir.join(INDEX);
@@ -158,7 +158,7 @@ pub(crate) struct Staging {
     /// The files the conversion may write: one of them it did not write is removed from the
     /// output at commit (left over from an earlier model).
     files: Vec<String>,
-    /// Weights a load would read instead of the new ones, removed at commit.
+    /// The earlier model's sharded weights, removed at commit.
     stale: Vec<String>,
     /// Directories the run created, innermost first.
     created: Vec<PathBuf>,
