@@ -521,6 +521,50 @@ fn command_lines_that_cannot_mean_anything_are_named() {
 
 #[cfg(target_os = "linux")]
 #[test]
+fn weights_past_a_cpu_adapter_s_memory_are_refused_before_the_upload() {
+    // The xLSTM-7B shape with 4096 blocks: terabytes of random weights.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/xlstm-7b.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    v["num_blocks"] = 4096.into();
+    v["num_hidden_layers"] = 4096.into();
+    let path = std::env::temp_dir().join(format!("moxe-huge-{}.json", std::process::id()));
+    std::fs::write(&path, v.to_string()).unwrap();
+    // On the CPU adapter, whose memory the host reports (a GPU's, wgpu does not).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args([
+            "bench",
+            "--config",
+            path.to_str().unwrap(),
+            "--dtype",
+            "f32",
+        ])
+        .args([
+            "--no-reference",
+            "--no-probe",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+        ])
+        .env("MOXE_ADAPTER", "llvmpipe")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("no adapter matches 'llvmpipe'") {
+        eprintln!("no lavapipe adapter here: {err}");
+        return;
+    }
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("GiB as f32") && err.contains("host memory"),
+        "{err}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
 fn a_full_disk_on_standard_output_is_an_error_not_a_panic() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
         .arg("info")

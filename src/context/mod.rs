@@ -321,6 +321,26 @@ impl Context {
         adapter::is_cpu(&self.inner.info)
     }
 
+    /// Bytes of memory a CPU adapter's buffers may still take: the host's available memory
+    /// (Linux `MemAvailable`, which counts reclaimable caches such as a mapped checkpoint's
+    /// pages). `None` for a GPU, whose memory wgpu does not report, or where the host does
+    /// not say.
+    pub fn cpu_memory_available(&self) -> Option<u64> {
+        if !self.is_cpu() {
+            return None;
+        }
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
     /// Whether kernels choose their variants for CPU adapters: [`Context::is_cpu`] unless
     /// [`ContextOptions::kernels`] says otherwise.
     pub fn cpu_kernels(&self) -> bool {

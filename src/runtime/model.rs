@@ -159,6 +159,28 @@ impl Model {
                     .into(),
             });
         }
+        // On a CPU adapter the weights take host memory: a model that cannot fit is refused
+        // before the upload, not killed by the system halfway (q8 and q4 with their scales).
+        let bits = match dtype {
+            DType::Q8 => 9,
+            DType::Q4 => 5,
+            d => d.bits(),
+        };
+        let need = params.bytes(bits) as u64;
+        if let Some(available) = ctx.cpu_memory_available().filter(|&a| need > a) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(Error::Limit {
+                what: format!(
+                    "loading the model's weights ({:.1} GiB as {dtype})",
+                    gib(need)
+                ),
+                detail: format!(
+                    "this CPU adapter keeps them in host memory, of which {:.1} GiB is \
+                     available: load with a smaller --dtype (q8, q4) or on a larger machine",
+                    gib(available)
+                ),
+            });
+        }
         let matrix_bytes = (params.in_matrices * dtype.bits() / 8) as u64;
         weights.set_progress(options.progress.clone(), matrix_bytes);
         let slots = options.max_sequences;

@@ -167,16 +167,17 @@ impl LargeConfig {
                 format!("must be at most {MAX_WIDTH}, found {multiple}"),
             ));
         }
-        let ffn_dim =
-            match dim as f64 * ffn_factor {
-                w if w <= MAX_WIDTH as f64 => round_up_to_next_multiple_of(w, multiple as f64),
-                w => return Err(root.error(
+        let ffn_dim = match dim as f64 * ffn_factor {
+            w if w <= MAX_WIDTH as f64 => round_up_to_next_multiple_of(w, multiple as f64),
+            w => {
+                return Err(root.error(
                     "ffn_proj_factor",
                     format!(
                         "gives an FFN of width {w} for embedding_dim {dim}; at most {MAX_WIDTH}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         root.check_width("ffn_proj_factor", ffn_dim)?;
         let positive = |key: &str, default: f32| -> Result<f32> {
             let v = root.f32_or(key, default)?;
