@@ -767,4 +767,17 @@ fn inspect_names_special_tokens_the_files_give_as_text() {
         text.contains(r#"special tokens: bos "<s>" (prepended), eos "</s>", pad none"#),
         "{text}"
     );
+    // With a tokenizer, also what a prompt gets and what ends a generation.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args(["inspect", "--model"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            r#"special tokens as used: a prompt gets no added token; generation ends at 0 "<|endoftext|>""#
+        ),
+        "{text}"
+    );
 }

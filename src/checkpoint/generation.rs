@@ -25,8 +25,8 @@ pub struct GenerationDefaults {
     pub add_bos: bool,
     /// Append EOS to encoded text (`add_eos_token`).
     pub add_eos: bool,
-    /// The bos / eos tokens as text (`tokenizer_config.json`), resolved by the tokenizer
-    /// where no id is given.
+    /// The bos / eos tokens as text (`tokenizer_config.json`): the tokens `add_bos` and
+    /// `add_eos` add (before the ids), and the end of generation where no eos id is given.
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     /// `do_sample`: false means greedy decoding.

@@ -5,6 +5,7 @@ use std::path::Path;
 use moxe::arch::xlstm::config::XlstmConfig;
 use moxe::arch::{Architecture, ModelConfig};
 use moxe::checkpoint::ModelDir;
+use moxe::runtime::Tokenizer;
 use moxe::Result;
 
 fn human(n: usize) -> String {
@@ -190,6 +191,39 @@ pub fn run(model: &Path) -> Result<()> {
             named(eos.join(", "), &g.eos_token),
             g.pad.map_or("none".to_string(), |id| id.to_string())
         );
+    }
+    // What the files resolve to through the tokenizer: what a prompt gets and what ends a
+    // generation (or why the tokenizer cannot take the files' tokens).
+    if let Some(path) = &dir.tokenizer {
+        match Tokenizer::open(path, dir.config.vocab_size, g) {
+            Ok(t) => {
+                let show =
+                    |id: u32| format!("{id} {:?}", String::from_utf8_lossy(&t.token_bytes(id)));
+                let (before, after) = t.added();
+                let added = [
+                    before.map(|id| format!("{} before", show(id))),
+                    after.map(|id| format!("{} after", show(id))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>();
+                let ends: Vec<String> = t.eos().iter().map(|&id| show(id)).collect();
+                println!(
+                    "special tokens as used: a prompt gets {}; generation ends at {}",
+                    if added.is_empty() {
+                        "no added token".to_string()
+                    } else {
+                        added.join(" and ")
+                    },
+                    if ends.is_empty() {
+                        "no token (only its length)".to_string()
+                    } else {
+                        ends.join(", ")
+                    }
+                );
+            }
+            Err(e) => println!("special tokens as used: none, the tokenizer cannot take them: {e}"),
+        }
     }
     let sampling: Vec<String> = [
         g.do_sample.map(|v| format!("do_sample {v}")),

@@ -67,40 +67,54 @@ impl Tokenizer {
                 }),
             }
         };
-        let eos = match (
-            defaults.eos.as_slice(),
-            named(&defaults.eos_token, "the eos")?,
-        ) {
-            ([], Some(id)) => vec![id],
-            ([], None) => ["<|endoftext|>", "</s>", "<eos>", "<|eos|>"]
-                .iter()
-                .find_map(|t| inner.token_to_id(t))
-                .into_iter()
-                .collect(),
-            (ids, _) => ids.to_vec(),
+        // As transformers: the ids that end generation come from the generation config
+        // (else the tokenizer config's eos token, else a usual name); the tokens added to a
+        // prompt are the tokenizer config's, else the config's ids. A name is looked up only
+        // where it is used, so one the tokenizer lacks fails only what needs it.
+        let eos = match defaults.eos.as_slice() {
+            [] => match named(&defaults.eos_token, "the eos")? {
+                Some(id) => vec![id],
+                None => ["<|endoftext|>", "</s>", "<eos>", "<|eos|>"]
+                    .iter()
+                    .find_map(|t| inner.token_to_id(t))
+                    .into_iter()
+                    .collect(),
+            },
+            ids => ids.to_vec(),
         };
-        let bos = defaults.bos.or(named(&defaults.bos_token, "the bos")?);
-        if defaults.add_bos && bos.is_none() {
-            return Err(Error::file(
-                path,
-                "tokenizer_config.json sets add_bos_token but no bos token or bos_token_id is \
-                 given",
-            ));
-        }
-        let append_eos = match defaults.add_eos {
-            true => Some(eos.first().copied().ok_or_else(|| {
-                Error::file(
-                    path,
-                    "tokenizer_config.json sets add_eos_token but there is no eos token",
-                )
-            })?),
+        let bos = match defaults.add_bos {
             false => None,
+            true => Some(
+                named(&defaults.bos_token, "the bos")?
+                    .or(defaults.bos)
+                    .ok_or_else(|| {
+                        Error::file(
+                            path,
+                            "tokenizer_config.json sets add_bos_token but no bos token or \
+                             bos_token_id is given",
+                        )
+                    })?,
+            ),
+        };
+        let append_eos = match defaults.add_eos {
+            false => None,
+            true => Some(
+                named(&defaults.eos_token, "the eos")?
+                    .or(defaults.eos.first().copied())
+                    .ok_or_else(|| {
+                        Error::file(
+                            path,
+                            "tokenizer_config.json sets add_eos_token but no eos token or \
+                             eos_token_id is given",
+                        )
+                    })?,
+            ),
         };
         let t = Tokenizer {
             inner,
             vocab,
             eos,
-            bos: bos.filter(|_| defaults.add_bos),
+            bos,
             append_eos,
         };
         check_ids(&t.eos, vocab)?;
@@ -115,6 +129,12 @@ impl Tokenizer {
     /// The end-of-sequence ids.
     pub fn eos(&self) -> &[u32] {
         &self.eos
+    }
+
+    /// The ids [`Tokenizer::encode`] adds before and after a text (`add_bos_token`,
+    /// `add_eos_token`), besides the post-processor's own.
+    pub fn added(&self) -> (Option<u32>, Option<u32>) {
+        (self.bos, self.append_eos)
     }
 
     /// Token ids of `text` as the start of a sequence: the special tokens of the tokenizer's
@@ -576,6 +596,44 @@ mod tests {
         assert_eq!(s.push(f, 256).unwrap(), "\u{FFFD}\u{FFFD} together");
         assert_eq!(s.push(f, 256).unwrap(), " together");
         assert_eq!(s.finish(f).unwrap(), "");
+    }
+
+    #[test]
+    fn special_tokens_are_taken_from_where_transformers_takes_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let open = |d: &GenerationDefaults| Tokenizer::open(&path, 4096, d);
+        let first = |t: &Tokenizer| t.encode("Hi").unwrap()[0];
+        // A prompt's BOS is the tokenizer config's token, not generation_config's id.
+        let d = GenerationDefaults {
+            bos: Some(5),
+            add_bos: true,
+            bos_token: Some("<|pad|>".into()),
+            ..Default::default()
+        };
+        assert_eq!(first(&open(&d).unwrap()), 1);
+        // Without a token, the id.
+        let d = GenerationDefaults {
+            bos_token: None,
+            ..d
+        };
+        assert_eq!(first(&open(&d).unwrap()), 5);
+        // A name the tokenizer lacks fails only where it is used: not beside eos ids.
+        let d = GenerationDefaults {
+            eos: vec![0],
+            eos_token: Some("<nope>".into()),
+            ..Default::default()
+        };
+        assert_eq!(open(&d).unwrap().eos(), [0]);
+        let d = GenerationDefaults { add_eos: true, ..d };
+        let err = open(&d).err().unwrap().to_string();
+        assert!(err.contains("'<nope>'"), "{err}");
+        // Appending EOS needs an eos the files give, never a guessed one.
+        let d = GenerationDefaults {
+            add_eos: true,
+            ..Default::default()
+        };
+        let err = open(&d).err().unwrap().to_string();
+        assert!(err.contains("add_eos_token but no eos token"), "{err}");
     }
 
     #[test]
