@@ -338,6 +338,27 @@ fn a_missing_shard_is_named() {
 }
 
 #[test]
+fn an_index_naming_a_shard_outside_the_directory_is_named() {
+    for (i, shard) in ["", ".", "..", "../model-00001-of-00010.safetensors"]
+        .into_iter()
+        .enumerate()
+    {
+        let copy = Copy::new("hf_single_bf16", &format!("outside-{i}"));
+        copy.edit_json("model.safetensors.index.json", |v| {
+            v["weight_map"]["backbone.blocks.9.norm_ffn.weight"] = shard.into();
+        });
+        mentions(
+            &copy.error(),
+            &[
+                "index.json",
+                "backbone.blocks.9.norm_ffn.weight",
+                "not a file name in the model directory",
+            ],
+        );
+    }
+}
+
+#[test]
 fn an_index_naming_a_tensor_no_shard_holds_is_named() {
     let copy = Copy::new("hf_single_bf16", "bad-index");
     copy.edit_json("model.safetensors.index.json", |v| {
@@ -408,7 +429,7 @@ fn bad_generation_and_tokenizer_configs_are_named() {
     copy.edit_json("generation_config.json", |v| {
         v["eos_token_id"] = 5000.into()
     });
-    mentions(&copy.error(), &["special token id 5000", "320 tokens"]);
+    mentions(&copy.error(), &["eos_token_id 5000", "320 tokens"]);
     let copy = Copy::new("hf_single_bf16", "tok");
     copy.edit_json("tokenizer_config.json", |v| {
         v["eos_token"] = "<|nope|>".into()

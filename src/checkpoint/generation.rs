@@ -76,7 +76,7 @@ impl Field<'_> {
         self.value
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| self.error("a token id (a non-negative integer)"))
+            .ok_or_else(|| self.error("a token id (an integer from 0 to 4294967295)"))
     }
 
     /// One id or a list of ids.
@@ -186,15 +186,21 @@ impl GenerationDefaults {
 
     /// Checks that every id is below `vocab`; `dir` names the model in the error.
     pub fn check_ids(&self, dir: &Path, vocab: usize) -> Result<()> {
-        let ids = self.bos.iter().chain(&self.eos).chain(self.pad.iter());
-        if let Some(id) = ids.into_iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::file(
-                dir,
-                format!(
-                    "special token id {id} (config.json or generation_config.json) is out of \
-                     range: the model has {vocab} tokens"
-                ),
-            ));
+        let fields = [
+            ("bos_token_id", self.bos.as_slice()),
+            ("eos_token_id", self.eos.as_slice()),
+            ("pad_token_id", self.pad.as_slice()),
+        ];
+        for (field, ids) in fields {
+            if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::file(
+                    dir,
+                    format!(
+                        "{field} {id} (generation_config.json, else config.json) is out of \
+                         range: the model has {vocab} tokens"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -273,7 +279,7 @@ mod tests {
         assert!(g.check_ids(&d.0, 8).is_ok());
         let err = g.check_ids(&d.0, 5).unwrap_err().to_string();
         assert!(
-            err.contains("special token id 7") && err.contains("5 tokens"),
+            err.contains("eos_token_id 7") && err.contains("5 tokens"),
             "{err}"
         );
         assert_eq!(

@@ -250,7 +250,7 @@ impl Weights {
                     format!("weight_map.\"{name}\": expected a shard file name, found {file}"),
                 )
             })?;
-            if file.contains('/') || file.contains('\\') || file == ".." {
+            if file.contains('/') || file.contains('\\') || matches!(file, "" | "." | "..") {
                 return Err(Error::file(
                     index,
                     format!("weight_map.\"{name}\": shard '{file}' is not a file name in the model directory"),
