@@ -711,6 +711,19 @@ fn a_tied_head_stored_under_either_name_loads_and_a_different_head_is_refused() 
         ],
     );
     assert_eq!(logits(&f32_load(&m.0).unwrap()), want);
+    // Other metadata whose value happens to be a tensor's name is no tensor of the model,
+    // and a quantised copy does not keep it.
+    let m = ModelCopy::of(TIED, "tied-metadata-note");
+    m.rewrite_full(
+        |name, s, d| Some((s, d)).filter(|_| name != "lm_head.weight"),
+        vec![],
+        &[("source_tensor", "token_embedding.weight")],
+    );
+    assert_eq!(logits(&f32_load(&m.0).unwrap()), want);
+    let q8 = m.0.with_extension("q8");
+    moxe::convert::quantize::quantize(&m.0, &q8, moxe::quant::QuantFormat::Q8, true, None).unwrap();
+    assert!(f32_load(&q8).is_ok());
+    std::fs::remove_dir_all(&q8).unwrap();
     // Both names stored, equal: the same model.
     let m = ModelCopy::of(TIED, "tied-both");
     m.rewrite_full(no_head, head(1.0), &[]);

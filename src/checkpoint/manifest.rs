@@ -84,6 +84,15 @@ impl Manifest {
         self.tensors.iter().any(|t| t.matrix && t.name == name)
     }
 
+    /// The tensors of `w` a converted checkpoint keeps: every stored one, and the metadata
+    /// aliases this config reads (an alias it does not read is no tensor of the model).
+    pub fn kept<'w>(&self, w: &'w Weights) -> Vec<&'w str> {
+        w.names()
+            .into_iter()
+            .filter(|n| !w.is_alias(n) || self.tensors.iter().any(|t| t.name == *n))
+            .collect()
+    }
+
     /// Checks every expected tensor in `w` (presence, shape, float dtype, finite values) and
     /// that `w` holds nothing unexpected. Returns the latent ranks by key.
     pub fn check(&self, w: &Weights) -> Result<BTreeMap<String, usize>> {
@@ -189,7 +198,8 @@ impl Manifest {
                     ));
                 }
             }
-            if !expected.contains(name) && !self.copies.contains_key(name) {
+            // A metadata alias the config does not use is metadata, not a tensor.
+            if !expected.contains(name) && !self.copies.contains_key(name) && !w.is_alias(name) {
                 return Err(Error::file(
                     w.path(),
                     format!(

@@ -41,6 +41,8 @@ struct Shard {
     /// Offset of the data section (8 + header length).
     data_start: usize,
     metadata: HashMap<String, String>,
+    /// Names read through a metadata alias (`save_model`'s dropped names), not stored.
+    aliases: std::collections::HashSet<String>,
 }
 
 impl Shard {
@@ -168,11 +170,13 @@ fn parse_shard(
             Some((dropped.clone(), (*by_name.get(kept.as_str())?).clone()))
         })
         .collect();
+    let alias_names = aliases.iter().map(|(n, _)| n.clone()).collect();
     entries.extend(aliases);
     let shard = Shard {
         path,
         data_start: 8 + header_len,
         metadata: shard_metadata,
+        aliases: alias_names,
         storage,
     };
     let entries = super::quantized::join(&shard.path, &shard.metadata, entries)?;
@@ -293,7 +297,9 @@ impl Weights {
         }
         // A tensor the index does not assign (a second copy, or a shard of another download).
         for (file, &i) in &files {
-            if let Some(name) = held[i].keys().min() {
+            let shard = shards[i].as_ref().expect("every shard opened");
+            let stored = held[i].keys().filter(|n| !shard.aliases.contains(*n));
+            if let Some(name) = stored.min() {
                 return Err(Error::file(
                     index,
                     format!(
@@ -344,6 +350,7 @@ impl Weights {
             storage: Storage::Random(seed),
             data_start: 0,
             metadata: HashMap::new(),
+            aliases: Default::default(),
         };
         let mut entries = HashMap::new();
         let mut at = 0;
@@ -388,6 +395,14 @@ impl Weights {
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+
+    /// Whether `name` is read through a metadata alias (safetensors' `save_model` keeps a
+    /// shared tensor once and maps the dropped name to the kept one), not stored itself.
+    pub fn is_alias(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| self.shards[e.shard].aliases.contains(name))
     }
 
     /// The stored shape of a tensor.

@@ -417,7 +417,7 @@ fn write_weights(
     let w = &dir.weights;
     let bad = |e: safetensors::SafeTensorError| Error::file(path, format!("cannot write: {e}"));
     let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
-    for name in w.names() {
+    for name in dir.manifest.kept(w) {
         if replaced.contains(name) {
             continue;
         }

@@ -87,7 +87,7 @@ pub fn quantize(
 
     let w = &dir.weights;
     let target = DType::of_quant(format);
-    let names = w.names();
+    let names = dir.manifest.kept(w);
     let plan: Vec<(String, Planned)> = names
         .iter()
         .map(|&name| {
