@@ -236,6 +236,9 @@ pub struct Unsupported {
 
 const PLAIN: &str = "(this server generates plain text)";
 
+/// Whether a field's value asks for nothing (the default of the server that defines it).
+type NoOp = fn(&Value) -> bool;
+
 impl Unsupported {
     /// Refuses each field that asks for something; accepts the no-op values (`tools: []`,
     /// `tool_choice: "none"`, `response_format: {"type": "text"}`, `modalities: ["text"]`).
@@ -307,7 +310,7 @@ impl Unsupported {
             return refuse("web_search_options", "web search is not supported");
         }
         // Each accepted at the value that asks for nothing.
-        let extensions: [(&str, &Option<Value>, fn(&Value) -> bool); 5] = [
+        let extensions: [(&str, &Option<Value>, NoOp); 5] = [
             ("min_tokens", &self.min_tokens, |v| v.as_f64() == Some(0.0)),
             ("repetition_penalty", &self.repetition_penalty, |v| {
                 v.as_f64() == Some(1.0)
