@@ -1514,21 +1514,80 @@ fn logprobs_name_each_token_s_bytes_and_offsets_count_characters() {
             None,
         )
         .await;
-        let ev = client::events(&text);
-        let offsets: Vec<Value> = ev[..ev.len() - 1]
+        // A chunk may carry several tokens (those that gave no text ride with the next).
+        let streamed_logprobs = |text: &str, key: &str| -> Value {
+            let ev = client::events(text);
+            ev[..ev.len() - 1]
+                .iter()
+                .flat_map(|e| {
+                    parse(e)["choices"][0]["logprobs"][key]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        assert_eq!(
+            streamed_logprobs(&text, "text_offset"),
+            plain["text_offset"],
+            "{text:.500}"
+        );
+        assert_eq!(streamed_logprobs(&text, "tokens"), plain["tokens"]);
+
+        // A stop string that starts inside a token: the logprobs end with the token the
+        // text ends in (the tokens it cut whole are left out, streamed or not), while
+        // usage counts every token generated.
+        let base = json!({"prompt": "Once upon a time", "max_tokens": 32, "temperature": 0,
+                          "logprobs": 1});
+        let (_, free) = post(addr, "/v1/completions", base.clone()).await;
+        let toks: Vec<String> = free["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
             .iter()
-            .filter_map(|e| {
-                parse(e)["choices"][0]["logprobs"]["text_offset"]
-                    .get(0)
-                    .cloned()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        let whole: String = toks.concat();
+        assert_eq!(
+            whole, free["choices"][0]["text"],
+            "tokens add up to the text"
+        );
+        let (j, stop, kept) = (0..toks.len() - 2)
+            .find_map(|j| {
+                let plain = |t: &String| !t.starts_with("bytes:");
+                if toks[j].chars().count() < 2 || !toks[j..j + 3].iter().all(plain) {
+                    return None;
+                }
+                let first: String = toks[j].chars().take(1).collect();
+                let kept = toks[..j].concat() + &first;
+                let stop = toks[j][first.len()..].to_string() + &toks[j + 1] + &toks[j + 2];
+                (whole.find(&stop) == Some(kept.len())).then_some((j, stop, kept))
             })
-            .collect();
-        assert_eq!(json!(offsets), plain["text_offset"], "{text:.500}");
-        let tokens: Vec<Value> = ev[..ev.len() - 1]
-            .iter()
-            .filter_map(|e| parse(e)["choices"][0]["logprobs"]["tokens"].get(0).cloned())
-            .collect();
-        assert_eq!(json!(tokens), plain["tokens"]);
+            .expect("a token of two characters or more and two after it");
+        let mut body = base.clone();
+        body["stop"] = json!(stop);
+        let (_, c) = post(addr, "/v1/completions", body.clone()).await;
+        let choice = &c["choices"][0];
+        assert_eq!(
+            (choice["text"].as_str(), choice["finish_reason"].as_str()),
+            (Some(kept.as_str()), Some("stop")),
+            "{c}"
+        );
+        assert_eq!(choice["logprobs"]["tokens"], json!(toks[..=j]), "{c}");
+        assert_eq!(c["usage"]["completion_tokens"], j + 3, "{c}");
+        body["stream"] = json!(true);
+        let (_, text) = call(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(
+            streamed_logprobs(&text, "tokens"),
+            json!(toks[..=j]),
+            "{text:.800}"
+        );
     });
     server.shutdown().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();

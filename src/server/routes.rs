@@ -570,7 +570,20 @@ impl Identity {
 struct ChoiceOut {
     text: String,
     tokens: Vec<(Sampled, String)>,
+    /// Tokens generated (`tokens` less those a stop string cut).
+    generated: usize,
     finish: Option<&'static str>,
+}
+
+/// The tokens at the end of `tokens` that gave no text: where a stop string ended the
+/// choice, the tokens it cut whole (their text was held back as a possible match, then
+/// dropped with it), which the logprobs leave out as the text does.
+fn cut_by_stop(tokens: &[(Sampled, String)]) -> usize {
+    tokens
+        .iter()
+        .rev()
+        .take_while(|(_, t)| t.is_empty())
+        .count()
 }
 
 fn finish_reason(f: Finish) -> &'static str {
@@ -705,16 +718,22 @@ impl Output {
                         let out = &mut choices[p * self.n + choice];
                         out.text += &piece.text;
                         out.tokens.push((sampled, piece.text));
+                        out.generated += 1;
                     }
                     Event::Finished { choice, reason } => {
-                        choices[p * self.n + choice].finish = Some(finish_reason(reason));
+                        let out = &mut choices[p * self.n + choice];
+                        if reason == Finish::Stop {
+                            let keep = out.tokens.len() - cut_by_stop(&out.tokens);
+                            out.tokens.truncate(keep);
+                        }
+                        out.finish = Some(finish_reason(reason));
                         open -= 1;
                     }
                     Event::Failed(message) => return Err(failed(message)),
                 }
             }
         }
-        let completion_tokens: usize = choices.iter().map(|c| c.tokens.len()).sum();
+        let completion_tokens: usize = choices.iter().map(|c| c.generated).sum();
         let list: Vec<Value> = choices
             .iter()
             .enumerate()
@@ -798,13 +817,13 @@ impl Output {
         &self,
         index: usize,
         text: &str,
-        token: Option<(&(Sampled, String), usize)>,
+        tokens: (&[(Sampled, String)], usize),
         finish: Option<&str>,
         first: bool,
     ) -> Value {
-        let logprobs = match token {
-            Some((t, offset)) => self.logprobs_json(std::slice::from_ref(t), offset),
-            None => Value::Null,
+        let logprobs = match tokens {
+            ([], _) => Value::Null,
+            (tokens, offset) => self.logprobs_json(tokens, offset),
         };
         let choice = match self.id.kind {
             Kind::Completion => json!({
@@ -843,6 +862,9 @@ impl Output {
                 map.insert(p, UnboundedReceiverStream::new(r));
             }
             let mut first = vec![true; jobs * self.n];
+            // Per choice, tokens that gave no text yet: sent with the next text, or at the
+            // end, or dropped with the stop string that held them back.
+            let mut pending: Vec<Vec<(Sampled, String)>> = vec![Vec::new(); jobs * self.n];
             // Characters each choice's text has so far (for `text_offset`).
             let mut chars = vec![0; jobs * self.n];
             let mut open = jobs * self.n;
@@ -871,6 +893,10 @@ impl Output {
                     } => {
                         let i = p * self.n + choice;
                         completion_tokens += 1;
+                        if piece.text.is_empty() && !first[i] {
+                            pending[i].push((sampled, piece.text));
+                            continue;
+                        }
                         let mut text = String::new();
                         if first[i] {
                             text += &self.echo[p];
@@ -879,8 +905,9 @@ impl Output {
                         text += &piece.text;
                         let at = chars[i];
                         chars[i] += piece.text.chars().count();
-                        let token = (sampled, piece.text);
-                        let v = self.chunk(i, &text, Some((&token, at)), None, first[i]);
+                        let mut tokens = std::mem::take(&mut pending[i]);
+                        tokens.push((sampled, piece.text));
+                        let v = self.chunk(i, &text, (&tokens, at), None, first[i]);
                         first[i] = false;
                         v
                     }
@@ -890,7 +917,12 @@ impl Output {
                         // opens with its echo and, for chat, its role.
                         let i = p * self.n + choice;
                         let text = if first[i] { self.echo[p].as_str() } else { "" };
-                        let v = self.chunk(i, text, None, Some(finish_reason(reason)), first[i]);
+                        let mut tokens = std::mem::take(&mut pending[i]);
+                        if reason == Finish::Stop {
+                            tokens.clear();
+                        }
+                        let finish = Some(finish_reason(reason));
+                        let v = self.chunk(i, text, (&tokens, chars[i]), finish, first[i]);
                         first[i] = false;
                         v
                     }
