@@ -57,6 +57,13 @@ pub(crate) fn diagnose(file: &[u8]) -> Option<String> {
             .iter()
             .try_fold(parsed.bitsize() as u128, |n, &d| n.checked_mul(d));
         match bits {
+            Some(bits) if bits % 8 != 0 => {
+                return blame(format!(
+                    "shape {shape:?} of {parsed:?} ({} bits each) is {bits} bits, not whole \
+                     bytes",
+                    parsed.bitsize()
+                ))
+            }
             Some(bits) if bits.div_ceil(8) == stop - begin => {}
             Some(bits) => {
                 return blame(format!(
@@ -134,6 +141,10 @@ mod tests {
             ),
             (ok.replace("[8,14]", "[8]"), "'b': data_offsets must be"),
             (ok.replace("[2]", "[4611686018427387904, 4]"), "'a': shape"),
+            (
+                ok.replace(r#""F16","shape":[3]"#, r#""F6_E2M3","shape":[3]"#),
+                "'b': shape [3] of F6_E2M3 (6 bits each) is 18 bits, not whole bytes",
+            ),
         ];
         for (header, want) in cases {
             let got = diagnose(&file(&header, 14)).unwrap_or_default();
