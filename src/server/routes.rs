@@ -537,19 +537,21 @@ struct Identity {
 }
 
 impl Identity {
+    /// A response's identity: its id is the time and a count of the responses before it,
+    /// unique within the server whatever the clock's resolution.
     fn new(kind: Kind, model: &str) -> Self {
-        let created = SystemTime::now()
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+            .unwrap_or_default();
+        let created = now.as_secs();
         let prefix = match kind {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
         };
         Identity {
-            id: format!("{prefix}-{created:x}{nanos:08x}"),
+            id: format!("{prefix}-{created:x}{:08x}{count:x}", now.subsec_nanos()),
             created,
             kind,
             model: model.to_string(),
@@ -991,4 +993,18 @@ fn engine_gone() -> ApiError {
         "shutting_down",
         "the engine stopped before the request finished",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_ids_are_unique_however_fast_they_are_made() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| Identity::new(Kind::Completion, "m").id)
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.starts_with("cmpl-")));
+    }
 }
