@@ -102,6 +102,31 @@ pub fn find(name: &str) -> Option<&'static ShaderSource> {
     SHADERS.iter().find(|s| s.name == name)
 }
 
+/// The most storage buffers one engine kernel binds (the limit
+/// `max_storage_buffers_per_shader_stage` a device must allow), counted once over the
+/// registry with naga's parser.
+pub fn max_storage_buffers() -> u32 {
+    static MAX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        SHADERS
+            .iter()
+            .filter_map(|s| naga::front::wgsl::parse_str(s.source).ok())
+            .map(|m| storage_buffers(&m))
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// Storage buffers `module` binds.
+fn storage_buffers(module: &naga::Module) -> u32 {
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, v)| v.binding.is_some())
+        .filter(|(_, v)| matches!(v.space, naga::AddressSpace::Storage { .. }))
+        .count() as u32
+}
+
 /// naga capabilities a device with `features` offers to shaders. `f16_in_f32` is the
 /// adapter's SHADER_F16_IN_F32 downlevel flag (`unpack2x16float`; every full WebGPU adapter
 /// has it).

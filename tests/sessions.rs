@@ -331,6 +331,25 @@ fn a_session_file_with_an_array_the_model_lacks_is_rejected() {
         .expect("must fail")
         .to_string();
     assert!(err.contains("'state99'"), "{err}");
+    // Counters past what a session reaches are refused, not wrapped round at the next feed.
+    for (key, value) in [("position", u64::MAX), ("draws", 1 << 32)] {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut meta = meta.metadata().clone().unwrap();
+        meta.insert(key.into(), value.to_string());
+        std::fs::write(
+            &path,
+            safetensors::serialize(st.tensors(), Some(meta)).unwrap(),
+        )
+        .unwrap();
+        let err = Session::load(&model, &path)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(
+            err.contains(&format!("metadata '{key}' is {value}")),
+            "{err}"
+        );
+    }
     std::fs::remove_file(path).unwrap();
 }
 

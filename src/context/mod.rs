@@ -205,13 +205,33 @@ impl Context {
     }
 
     /// Wraps a device and queue the host application created, so the engine shares its GPU.
-    /// The engine uses whatever features and limits that device was created with; it never
-    /// needs more than the WebGPU defaults. The application's uncaptured-error handler is
+    /// The engine uses whatever features and limits that device was created with, but its
+    /// kernels bind more storage buffers than the WebGPU defaults allow (see
+    /// [`Context::check_limits`], which a model load calls): create the device with the
+    /// adapter's limits (`adapter.limits()`). The application's uncaptured-error handler is
     /// left in place: the engine catches its own errors with error scopes.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         let f16_in_f32 = Self::probe_f16_in_f32(&device);
         Self::build(device, queue, info, f16_in_f32, None, None)
+    }
+
+    /// Checks that the device's limits let every engine kernel bind its buffers (a device
+    /// created with the WebGPU default limits does not).
+    pub fn check_limits(&self) -> Result<()> {
+        let need = crate::shaders::max_storage_buffers();
+        let have = self.device().limits().max_storage_buffers_per_shader_stage;
+        if have < need {
+            return Err(Error::Limit {
+                what: format!("the engine's kernels, which bind up to {need} storage buffers"),
+                detail: format!(
+                    "this device allows {have} per shader stage \
+                     (max_storage_buffers_per_shader_stage): create it with the adapter's \
+                     limits (adapter.limits()), not the WebGPU defaults"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the device accepts `unpack2x16float` (the adapter's SHADER_F16_IN_F32

@@ -22,6 +22,20 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
 }
 
+impl GenerateOptions {
+    /// Checks the sampling settings, and that no stop string is empty (it would end every
+    /// generation before its first character).
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument(
+                "a stop string is empty: it would end generation before any text".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
@@ -165,10 +179,12 @@ impl Session {
         prompt: &[u32],
         opts: &GenerateOptions,
     ) -> Result<Generation<'_>> {
-        opts.sampling.validate()?;
+        opts.validate()?;
         let tokenizer = self.model().require_tokenizer()?;
-        let emitter = Emitter::new(tokenizer, prompt);
+        let mut emitter = Emitter::new(tokenizer, prompt);
         let next = if opts.max_tokens == 0 {
+            // Nothing to generate: ended at its length, as a batch's generation says.
+            emitter.finish = Some(Finish::MaxTokens);
             None
         } else {
             Some(self.feed(prompt, &opts.sampling)?)
@@ -240,16 +256,15 @@ pub fn generate_batch(
     opts: &GenerateOptions,
     mut on_piece: impl FnMut(usize, &Piece),
 ) -> Result<Vec<Generated>> {
-    opts.sampling.validate()?;
+    opts.validate()?;
     let tokenizer = model.require_tokenizer()?;
     if prompts.len() > model.options().max_sequences {
-        return Err(Error::Limit {
-            what: format!("a batch of {} prompts", prompts.len()),
-            detail: format!(
-                "the model holds state for {} sequences (--max-sequences)",
-                model.options().max_sequences
-            ),
-        });
+        return Err(Error::InvalidArgument(format!(
+            "a batch of {} prompts needs as many sequences, but the model holds state for {} \
+             (LoadOptions::max_sequences)",
+            prompts.len(),
+            model.options().max_sequences
+        )));
     }
     let mut sessions = Vec::new();
     let mut emitters = Vec::new();

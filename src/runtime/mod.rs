@@ -5,7 +5,7 @@
 pub mod generate;
 pub mod model;
 pub mod runner;
-pub mod sampler;
+pub(crate) mod sampler;
 pub mod scratch;
 pub mod session;
 pub mod tokenizer;

@@ -128,6 +128,7 @@ impl Model {
         ranks: &BTreeMap<String, usize>,
         options: &LoadOptions,
     ) -> Result<Self> {
+        ctx.check_limits()?;
         let params = ParameterCounts::of(&config.manifest(), ranks);
         if options.max_sequences == 0 || options.max_sequences > MAX_SEQUENCES {
             return Err(Error::InvalidArgument(format!(
@@ -285,7 +286,10 @@ impl Model {
     /// sizes record graphs of their own, mostly from the same pipelines); a graph is
     /// otherwise recorded the first time its shape runs.
     pub fn prepare_steps(&self, output: super::runner::Output) -> Result<()> {
-        let mut runner = self.runner.lock().expect("runner poisoned");
+        let mut runner = self
+            .runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tokens = 1;
         while tokens <= self.options.prefill_chunk {
             let key = super::runner::StepKey {

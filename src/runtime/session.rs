@@ -162,7 +162,11 @@ impl Session {
             };
             // Targets do not matter here: the NLL is computed but not read.
             let targets = vec![0; chunk.len()];
-            let mut runner = self.model.runner.lock().expect("runner poisoned");
+            let mut runner = self
+                .model
+                .runner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let g = runner.graph(&self.model, key)?;
             g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
             let logits = g.logits.to_f32()?;
@@ -263,12 +267,20 @@ impl Session {
                 "this session was saved from a different model",
             ));
         }
-        let number = |key: &str| -> Result<u64> {
-            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+        let number = |key: &str, most: u64| -> Result<u64> {
+            let n: u64 = meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
                 Error::file(path, format!("metadata '{key}' is missing or not a number"))
-            })
+            })?;
+            if n > most {
+                return Err(Error::file(
+                    path,
+                    format!("metadata '{key}' is {n}, past the most a session reaches ({most})"),
+                ));
+            }
+            Ok(n)
         };
-        let (position, draws) = (number("position")? as usize, number("draws")? as u32);
+        let position = number("position", 1 << 48)? as usize;
+        let draws = number("draws", u32::MAX.into())? as u32;
         let mut arrays = Vec::new();
         for name in w.names() {
             let (values, shape) = w.f32_any(name)?;
@@ -370,7 +382,10 @@ pub(crate) fn run(
     input: &[u32],
     read: bool,
 ) -> Result<StepResult> {
-    let mut runner = model.runner.lock().expect("runner poisoned");
+    let mut runner = model
+        .runner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let r = runner
         .graph(model, key)?
         .run(model, ids, slots, input, read)?;
@@ -392,7 +407,10 @@ impl Model {
     /// Router telemetry of the most recent step, one entry per MoxE layer (empty for a
     /// dense model). Reads GPU buffers: call it only when telemetry is wanted.
     pub fn last_telemetry(&self) -> Result<Vec<RouterTelemetry>> {
-        let mut runner = self.runner.lock().expect("runner poisoned");
+        let mut runner = self
+            .runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(key) = runner.last else {
             return Ok(Vec::new());
         };
@@ -400,11 +418,32 @@ impl Model {
         g.moe.iter().map(|m| m.read_telemetry()).collect()
     }
 
+    /// The state slots of a batch's sessions, each checked to be one of this model's (a
+    /// session of another model would step whichever of this model's sessions holds its
+    /// slot number).
+    fn batch_slots(&self, sessions: &[&mut Session]) -> Result<Vec<u32>> {
+        sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match std::ptr::eq(Arc::as_ptr(s.model()), self) {
+                true => Ok(s.slot() as u32),
+                false => Err(Error::InvalidArgument(format!(
+                    "session {i} of the batch belongs to another model: a batch steps sessions \
+                     of the model it is called on"
+                ))),
+            })
+            .collect()
+    }
+
     /// Runs `f` on the MoE recordings of the most recent step, one per MoxE layer (empty for
     /// a dense model): their GPU-written routing, group-stage counts and dispatch grids.
-    /// Reading them blocks until the device is idle.
+    /// Reading them blocks until the device is idle. `f` runs while the model's step graphs
+    /// are held: it must not step the model (that would wait for ever).
     pub fn with_last_moe_steps<R>(&self, f: impl FnOnce(&[MoeStep]) -> Result<R>) -> Result<R> {
-        let mut runner = self.runner.lock().expect("runner poisoned");
+        let mut runner = self
+            .runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match runner.last {
             None => f(&[]),
             Some(key) => f(&runner.graph(self, key)?.moe),
@@ -430,7 +469,7 @@ impl Model {
         }
         check_ids(ids, self.vocab())?;
         let n = ids.len() / b;
-        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let slots = self.batch_slots(sessions)?;
         let lens = chunk_lens(n, self.options.prefill_chunk);
         let mut result = StepResult::default();
         let mut start = 0;
@@ -466,7 +505,7 @@ impl Model {
             return Ok(Vec::new());
         }
         check_ids(tokens, self.vocab())?;
-        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let slots = self.batch_slots(sessions)?;
         let key = StepKey {
             seqs: tokens.len(),
             tokens: 1,
@@ -498,8 +537,9 @@ impl Model {
         if b == 0 {
             return Ok(Vec::new());
         }
+        sampling.iter().try_for_each(Sampling::validate)?;
         check_ids(tokens, self.vocab())?;
-        let slots: Vec<u32> = sessions.iter().map(|s| s.slot() as u32).collect();
+        let slots = self.batch_slots(sessions)?;
         let words: Vec<u32> = sessions
             .iter()
             .zip(sampling)
@@ -526,6 +566,69 @@ mod tests {
     use super::{chunks, Session};
     use crate::ops::sample::Sampling;
     use crate::runtime::{LoadOptions, Model};
+
+    #[test]
+    fn a_batch_takes_only_its_own_model_s_sessions_and_checked_settings() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let load = |n| {
+            let options = LoadOptions {
+                max_sequences: n,
+                ..Default::default()
+            };
+            Arc::new(Model::load(crate::testing::gpu(), &dir, &options).unwrap())
+        };
+        let (a, b) = (load(1), load(2));
+        let mut sa = Session::new(&a).unwrap();
+        let mut sb = Session::new(&b).unwrap();
+        sb.feed(&[1, 2, 3], &Sampling::greedy()).unwrap();
+        let state = |s: &Session| -> Vec<Vec<f32>> {
+            s.snapshot()
+                .unwrap()
+                .arrays
+                .into_iter()
+                .map(|a| a.values)
+                .collect()
+        };
+        let want = state(&sb);
+        // A's session (slot 0 of A) through B: refused, B's slot 0 untouched.
+        let err = b.step_logits(&mut [&mut sa], &[9]).unwrap_err().to_string();
+        assert!(err.contains("belongs to another model"), "{err}");
+        assert!(b.feed_logits_batch(&mut [&mut sa], &[9]).is_err());
+        let greedy = [Sampling::greedy()];
+        assert!(b.step_batch(&mut [&mut sa], &[9], &greedy).is_err());
+        assert_eq!(state(&sb), want);
+        assert_eq!(sa.position(), 0);
+        // Settings are checked as a single session's feed checks them.
+        let bad = [Sampling {
+            temperature: f32::NAN,
+            ..Sampling::greedy()
+        }];
+        let err = b
+            .step_batch(&mut [&mut sb], &[9], &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("temperature"), "{err}");
+        // Nothing to generate ends at its length; an empty stop string is refused.
+        drop(sa);
+        let mut s = Session::new(&a).unwrap();
+        let opts = crate::runtime::generate::GenerateOptions {
+            max_tokens: 0,
+            ..Default::default()
+        };
+        let mut g = s.generate("Hi", &opts).unwrap();
+        assert!(g.next().is_none());
+        assert_eq!(
+            g.finish(),
+            Some(crate::runtime::generate::Finish::MaxTokens)
+        );
+        drop(g);
+        let opts = crate::runtime::generate::GenerateOptions {
+            stop: vec![String::new()],
+            ..Default::default()
+        };
+        let err = s.generate("Hi", &opts).err().unwrap().to_string();
+        assert!(err.contains("stop string is empty"), "{err}");
+    }
 
     #[test]
     fn prepared_steps_serve_every_prompt_length_and_the_decode_step() {

@@ -296,6 +296,8 @@ pub struct TextStream {
 impl TextStream {
     /// Adds one id; returns the text it completes (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        // Checked before it joins the stream: a bad id is refused, the stream goes on.
+        tokenizer.decode(&[id])?;
         self.ids.push(id);
         let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
         let text = tokenizer.decode(&self.ids[self.prefix..])?;
@@ -420,6 +422,15 @@ mod tests {
             Some(b"<|endoftext|>".to_vec())
         );
         assert_eq!(byte_level_bytes("\u{4e00}"), None);
+    }
+
+    #[test]
+    fn a_bad_id_is_refused_and_the_stream_goes_on() {
+        let t = default_tokenizer();
+        let mut s = t.stream_after(&[]);
+        assert!(s.push(&t, 99_999).is_err());
+        let id = t.encode("Hello").unwrap()[0];
+        assert_eq!(s.push(&t, id).unwrap(), t.decode(&[id]).unwrap());
     }
 
     #[test]
