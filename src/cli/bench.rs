@@ -64,8 +64,9 @@ pub struct ModelBenchArgs {
     /// Timed decode steps.
     #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MOST_TOKENS))]
     pub decode_tokens: usize,
-    /// Sequences of the batched decode measurement (1 = skip).
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=moxe::runtime::MAX_SEQUENCES as u64))]
+    /// Sequences of the batched decode measurement (1 = skip; the model holds one more for
+    /// the single-sequence measurements).
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..moxe::runtime::MAX_SEQUENCES as u64))]
     pub batch: usize,
     /// Decode steps timed per kernel (0 = skip the per-kernel split).
     #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MOST_TOKENS))]

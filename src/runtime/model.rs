@@ -187,7 +187,7 @@ impl Model {
         let slots = options.max_sequences;
         let loaded = config.load(ctx, weights, ranks, dtype, slots);
         weights.set_progress(None, 0);
-        let loaded = loaded.map_err(|e| with_size_hint(e, &params, dtype))?;
+        let loaded = loaded.map_err(|e| with_size_hint(e, &params, dtype, slots))?;
         Ok(Model {
             ctx: ctx.clone(),
             config,
@@ -509,9 +509,19 @@ fn stored_matrix_dtype(w: &Weights) -> DType {
     }
 }
 
-/// Adds the model's expected size to an out-of-memory error.
-fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType) -> Error {
+/// Adds the model's expected size to an out-of-memory error, and the sequences its state
+/// is held for to a limit error.
+fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType, slots: usize) -> Error {
     match e {
+        // The state of every sequence is one tensor per kind: many sequences can pass a
+        // binding limit that one fits.
+        Error::Limit { what, detail } if slots > 1 => Error::Limit {
+            what,
+            detail: format!(
+                "{detail} (the recurrent state is held for {slots} sequences \
+                 (LoadOptions::max_sequences, --slots): fewer may fit)"
+            ),
+        },
         Error::OutOfMemory { operation } => Error::OutOfMemory {
             operation: format!(
                 "{operation} (the model's weights need about {:.1} MiB as {dtype}; try \
