@@ -72,10 +72,10 @@ pub enum Error {
     InvalidArgument(String),
 
     /// The model computed NaN or infinite logits or scores: weights or a config whose values
-    /// are finite one by one but overflow together.
+    /// are finite one by one but overflow together, or a restored state that does.
     #[error(
-        "the model computed non-finite values ({what}): its weights or config give NaN or \
-         infinity"
+        "the model computed non-finite values ({what}): its weights or config, or a state \
+         restored into the session, give NaN or infinity"
     )]
     NonFinite { what: String },
 }
