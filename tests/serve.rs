@@ -629,6 +629,80 @@ fn bad_requests_get_4xx_errors_naming_the_problem() {
     server.shutdown().unwrap();
 }
 
+/// A raw request's answer, lower-cased (status line and headers included).
+async fn raw(addr: SocketAddr, request: String) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
+#[test]
+fn browser_pages_of_the_allowed_origins_may_call_the_api() {
+    let server = start(ServeOptions {
+        cors_origins: vec!["http://localhost:3000".into()],
+        api_key: Some("sesame".into()),
+        ..options()
+    });
+    let addr = server.addr();
+    runtime().block_on(async {
+        // The preflight is answered before the key is asked for.
+        let preflight = |origin: &str| {
+            format!(
+                "OPTIONS /v1/completions HTTP/1.1\r\nhost: {addr}\r\norigin: {origin}\r\n\
+                 access-control-request-method: POST\r\n\
+                 access-control-request-headers: authorization, content-type\r\n\
+                 connection: close\r\n\r\n"
+            )
+        };
+        let answer = raw(addr, preflight("http://localhost:3000")).await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("access-control-allow-origin: http://localhost:3000")
+                && answer.contains("access-control-allow-headers: authorization,content-type"),
+            "{answer}"
+        );
+        let answer = raw(addr, preflight("http://evil.example")).await;
+        assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+        // The request itself carries the header.
+        let get = "GET /v1/models HTTP/1.1\r\nhost: x\r\norigin: http://localhost:3000\r\n\
+                   authorization: Bearer sesame\r\nconnection: close\r\n\r\n";
+        let answer = raw(addr, get.to_string()).await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("access-control-allow-origin: http://localhost:3000"));
+    });
+    server.shutdown().unwrap();
+    // Without origins, no cross-origin headers; a malformed origin is refused at startup.
+    let plain = start(options());
+    let addr = plain.addr();
+    runtime().block_on(async {
+        let get = "GET /v1/models HTTP/1.1\r\nhost: x\r\norigin: http://localhost:3000\r\n\
+                   connection: close\r\n\r\n";
+        assert!(!raw(addr, get.to_string()).await.contains("access-control"));
+    });
+    plain.shutdown().unwrap();
+    for bad in [
+        "localhost:3000",
+        "http://a.example/path",
+        "http://",
+        "*, http://a",
+    ] {
+        let err = Server::start(
+            moxe::testing::gpu().clone(),
+            ServeOptions {
+                cors_origins: bad.split(", ").map(String::from).collect(),
+                port: 0,
+                ..options()
+            },
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{bad} accepted"))
+        .to_string();
+        assert!(err.contains("--cors-origin"), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn an_api_key_is_required_when_set() {
     let server = start(ServeOptions {
@@ -652,21 +726,16 @@ fn an_api_key_is_required_when_set() {
             200
         );
         // The scheme in any case; a refusal names the scheme it wants.
-        let raw = |authorization: &'static str| async move {
-            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let req = format!(
+        let models = |authorization: &str| {
+            format!(
                 "GET /v1/models HTTP/1.1\r\nhost: {addr}\r\n{authorization}connection: close\r\n\r\n"
-            );
-            tcp.write_all(req.as_bytes()).await.unwrap();
-            let mut answer = Vec::new();
-            tcp.read_to_end(&mut answer).await.unwrap();
-            String::from_utf8_lossy(&answer).to_ascii_lowercase()
+            )
         };
-        assert!(raw("authorization: bearer sesame\r\n")
+        assert!(raw(addr, models("authorization: bearer sesame\r\n"))
             .await
             .starts_with("http/1.1 200"));
         for refused in ["", "authorization: basic sesame\r\n", "authorization: sesame\r\n"] {
-            let answer = raw(refused).await;
+            let answer = raw(addr, models(refused)).await;
             assert!(answer.starts_with("http/1.1 401"), "{refused}: {answer}");
             assert!(answer.contains("www-authenticate: bearer"), "{answer}");
         }

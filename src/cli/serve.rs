@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// disconnected (headers) or answered 408 (body).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub client_timeout: u64,
+    /// Let browser pages of this origin (scheme://host[:port]) call the API; repeat for more,
+    /// or give * for any [default: none, no cross-origin headers].
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 }
 
 pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
@@ -99,6 +103,7 @@ pub fn run(gpu: &GpuArgs, args: &ServeArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         client_timeout: Duration::from_secs(args.client_timeout),
+        cors_origins: args.cors_origins.clone(),
     };
     let server = Server::start(ctx, options)?;
     eprintln!(

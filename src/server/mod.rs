@@ -72,6 +72,9 @@ pub struct ServeOptions {
     /// How long a client has to send a request's headers (from the connection's opening
     /// or the previous response), and again its body.
     pub client_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose browser pages may call the API (CORS), or
+    /// `*` for any; empty (the default) sends no cross-origin headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -91,8 +94,50 @@ impl Default for ServeOptions {
             max_tokens: 4096,
             shutdown_grace: Duration::from_secs(30),
             client_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
+}
+
+/// The CORS layer for `origins` (see [`ServeOptions::cors_origins`]): none for an empty
+/// list; preflights answered for GET and POST with the headers clients send.
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins == ["*"] {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                let rest = o
+                    .strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !host.contains('/') => {
+                        HeaderValue::from_str(o)
+                            .map_err(|_| format!("'{o}' is not a valid header value"))
+                    }
+                    _ => Err(format!(
+                        "'{o}' is not an origin: give scheme://host[:port] (no path), or * alone \
+                         for any"
+                    )),
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidArgument(format!("--cors-origin: {e}")))?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 /// The loaded model and what serves it.
@@ -112,6 +157,7 @@ pub(crate) struct AppState {
     pub max_body: usize,
     pub client_timeout: Duration,
     pub started: u64,
+    pub cors: Option<tower_http::cors::CorsLayer>,
 }
 
 enum Phase {
@@ -210,6 +256,7 @@ impl Server {
                     .into(),
             ));
         }
+        let cors = cors_layer(&options.cors_origins)?;
         let addr = format!("{}:{}", options.host, options.port);
         let listener = std::net::TcpListener::bind(&addr)
             .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
@@ -245,6 +292,7 @@ impl Server {
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            cors,
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -298,7 +346,7 @@ impl Drop for Server {
 /// The router over `state`.
 fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body;
-    Router::new()
+    let router = Router::new()
         .route("/health", get(routes::health))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{*id}", get(routes::model))
@@ -325,8 +373,13 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::count,
-        ))
-        .with_state(state)
+        ));
+    // Outermost: a browser's preflight is answered before the key or the method is checked.
+    let router = match state.cors.clone() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 /// The server thread: a tokio runtime serving `listener` until stopped.
