@@ -235,6 +235,14 @@ pub fn round_trip(format: QuantFormat, values: &[f32], cols: usize) -> Vec<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_bits_count_a_row_s_data_and_scales() {
+        for format in [QuantFormat::Q8, QuantFormat::Q4] {
+            let bits = crate::tensor::DType::of_quant(format).device_bits();
+            assert_eq!(format.row_bytes(4096) * 8, 4096 * bits, "{format}");
+        }
+    }
     use crate::testing::Rng;
 
     #[test]

@@ -60,6 +60,15 @@ impl DType {
         }
     }
 
+    /// Bits a weight matrix element takes on the device, its block's scale word shared
+    /// out (q8: 8 + 32/32, q4: 4 + 32/32); others as [`DType::bits`].
+    pub fn device_bits(self) -> usize {
+        match self {
+            DType::Q8 | DType::Q4 => self.bits() + 32 / crate::quant::BLOCK,
+            _ => self.bits(),
+        }
+    }
+
     /// Lower-case name (`f32`, `f16`, `bf16`, `q8`, `q4`, `u32`, `i32`).
     pub fn name(self) -> &'static str {
         match self {

@@ -1,6 +1,6 @@
 //! GPU context behaviour on the current adapter: tensors over the storage-binding limit,
 //! typed errors for bad shaders and bind groups, profiling, and sharing an application's
-//! device.
+//! device (and refusing a model on one whose limits are too low).
 
 use std::sync::Arc;
 
@@ -205,6 +205,22 @@ fn engine_runs_on_a_device_the_application_created() {
     matmul(&ctx, &mut g, &w, None, View::of(&x), View::of(&y), 0.0).unwrap();
     ctx.run(&[&g]).unwrap();
     assert_eq!(y.to_f32().unwrap(), vec![-1.0, -1.0, -1.0]);
+    // The WebGPU default limits bind fewer storage buffers than some kernels take: a model
+    // load says so (not a validation error at the first step).
+    let need = moxe::shaders::max_storage_buffers();
+    assert!(need > wgpu::Limits::default().max_storage_buffers_per_shader_stage);
+    let dir = moxe::checkpoint::default_model_dir();
+    let err = match moxe::runtime::Model::load(&ctx, &dir, &Default::default()) {
+        Ok(_) => panic!("loaded on a device its kernels cannot bind on"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        &format!("up to {need} storage buffers"),
+        "max_storage_buffers_per_shader_stage",
+        "adapter.limits()",
+    ] {
+        assert!(err.contains(needle), "{err}");
+    }
 }
 
 #[test]

@@ -794,37 +794,3 @@ fn inspect_names_special_tokens_the_files_give_as_text() {
         "{text}"
     );
 }
-
-#[test]
-fn a_device_with_the_webgpu_default_limits_is_named_at_load() {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let Ok(adapter) =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-    else {
-        panic!("no adapter: run .ci/setup");
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("default limits"),
-        required_features: wgpu::Features::empty(),
-        required_limits: wgpu::Limits::default(),
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
-        memory_hints: wgpu::MemoryHints::default(),
-        trace: wgpu::Trace::Off,
-    }))
-    .unwrap();
-    let need = moxe::shaders::max_storage_buffers();
-    assert!(need > wgpu::Limits::default().max_storage_buffers_per_shader_stage);
-    let ctx = Context::from_device(device, queue);
-    let err = match Model::load(&ctx, &ModelCopy::new("limits").0, &LoadOptions::default()) {
-        Ok(_) => panic!("loaded on a device its kernels cannot bind on"),
-        Err(e) => e.to_string(),
-    };
-    assert_mentions(
-        &err,
-        &[
-            &format!("up to {need} storage buffers"),
-            "max_storage_buffers_per_shader_stage",
-            "adapter.limits()",
-        ],
-    );
-}

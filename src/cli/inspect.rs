@@ -137,14 +137,15 @@ pub fn run(model: &Path) -> Result<()> {
         let ranks: Vec<String> = dir.ranks.iter().map(|(k, r)| format!("{k}: {r}")).collect();
         println!("latent ranks: {}", ranks.join(", "));
     }
-    // q8 and q4 with their block scales: 9 and 5 bits per weight.
+    // q8 and q4 with their block scales.
+    let bytes = |d: moxe::DType| mib(c.bytes(d.device_bits()));
     println!(
         "weights on the GPU: {} as f32, {} as f16 or bf16, {} as q8, {} as q4 (vectors stay \
          f32)",
-        mib(c.bytes(32)),
-        mib(c.bytes(16)),
-        mib(c.bytes(9)),
-        mib(c.bytes(5))
+        bytes(moxe::DType::F32),
+        bytes(moxe::DType::F16),
+        bytes(moxe::DType::Q8),
+        bytes(moxe::DType::Q4)
     );
     println!(
         "state: {} per sequence (f32, whatever its length)",

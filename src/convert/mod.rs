@@ -10,6 +10,7 @@ pub mod quantize;
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::files::present;
 use crate::error::{Error, Result};
 
 /// Copies a model's side file (tokenizer, generation config) into a conversion's output:
@@ -40,7 +41,7 @@ pub(crate) fn prepare_output(
             )));
         }
     }
-    if std::fs::symlink_metadata(output).is_ok() && !output.exists() {
+    if present(output) && !output.exists() {
         return Err(Error::file(
             output,
             "the output is a symbolic link to nothing: remove it, or point it at a directory",
@@ -52,10 +53,10 @@ pub(crate) fn prepare_output(
             "the output exists and is not a directory",
         ));
     }
-    let present = |name: &str| output.join(name).exists();
+    let held = |name: &str| present(&output.join(name));
     let mut clash: Vec<String> = files
         .iter()
-        .filter(|f| present(f))
+        .filter(|f| held(f))
         .map(|f| f.to_string())
         .collect();
     let stale = sharded_weights(output);
@@ -74,7 +75,7 @@ pub(crate) fn prepare_output(
     let created: Vec<PathBuf> = output
         .ancestors()
         .filter(|a| !a.as_os_str().is_empty())
-        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .take_while(|a| !present(a))
         .map(Path::to_path_buf)
         .collect();
     std::fs::create_dir_all(output)
@@ -103,7 +104,7 @@ pub(crate) fn prepare_output(
 fn sharded_weights(dir: &Path) -> Vec<String> {
     const INDEX: &str = "model.safetensors.index.json";
     let index = dir.join(INDEX);
-    if std::fs::symlink_metadata(&index).is_err() {
+    if !present(&index) {
         return Vec::new();
     }
     let mut shards: Vec<String> =

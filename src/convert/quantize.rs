@@ -137,7 +137,7 @@ pub fn quantize(
     for f in COPIED {
         let from = input.join(f);
         // Present, or a link to nothing (an error, not a file left out).
-        if std::fs::symlink_metadata(&from).is_ok() {
+        if crate::checkpoint::files::present(&from) {
             super::copy_side_file(&from, &staging.path(f))?;
         }
     }

@@ -92,7 +92,7 @@ pub struct Model {
     pub(crate) dtype: DType,
     pub(crate) params: ParameterCounts,
     free_slots: Mutex<Vec<usize>>,
-    pub(crate) runner: Mutex<Runner>,
+    runner: Mutex<Runner>,
 }
 
 impl Model {
@@ -161,13 +161,8 @@ impl Model {
             });
         }
         // On a CPU adapter the weights take host memory: a model that cannot fit is refused
-        // before the upload, not killed by the system halfway (q8 and q4 with their scales).
-        let bits = match dtype {
-            DType::Q8 => 9,
-            DType::Q4 => 5,
-            d => d.bits(),
-        };
-        let need = params.bytes(bits) as u64;
+        // before the upload, not killed by the system halfway.
+        let need = params.bytes(dtype.device_bits()) as u64;
         if let Some(available) = ctx.cpu_memory_available().filter(|&a| need > a) {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             return Err(Error::Limit {
@@ -203,6 +198,14 @@ impl Model {
             free_slots: Mutex::new((0..slots).rev().collect()),
             runner: Mutex::new(Runner::default()),
         })
+    }
+
+    /// The step graphs, locked. A panic while they were held (in a caller's closure, say)
+    /// leaves them as recorded, so the lock is taken back rather than poisoning the model.
+    pub(crate) fn runner(&self) -> std::sync::MutexGuard<'_, Runner> {
+        self.runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The GPU context.
@@ -286,10 +289,7 @@ impl Model {
     /// sizes record graphs of their own, mostly from the same pipelines); a graph is
     /// otherwise recorded the first time its shape runs.
     pub fn prepare_steps(&self, output: super::runner::Output) -> Result<()> {
-        let mut runner = self
-            .runner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut runner = self.runner();
         let mut tokens = 1;
         while tokens <= self.options.prefill_chunk {
             let key = super::runner::StepKey {
@@ -526,7 +526,7 @@ fn with_size_hint(e: Error, params: &ParameterCounts, dtype: DType, slots: usize
             operation: format!(
                 "{operation} (the model's weights need about {:.1} MiB as {dtype}; try \
                  a 16-bit --dtype or a smaller model)",
-                params.bytes(dtype.bits()) as f64 / (1024.0 * 1024.0)
+                params.bytes(dtype.device_bits()) as f64 / (1024.0 * 1024.0)
             ),
         },
         other => other,

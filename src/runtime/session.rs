@@ -162,11 +162,7 @@ impl Session {
             };
             // Targets do not matter here: the NLL is computed but not read.
             let targets = vec![0; chunk.len()];
-            let mut runner = self
-                .model
-                .runner
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut runner = self.model.runner();
             let g = runner.graph(&self.model, key)?;
             g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
             let logits = g.logits.to_f32()?;
@@ -382,10 +378,7 @@ pub(crate) fn run(
     input: &[u32],
     read: bool,
 ) -> Result<StepResult> {
-    let mut runner = model
-        .runner
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut runner = model.runner();
     let r = runner
         .graph(model, key)?
         .run(model, ids, slots, input, read)?;
@@ -407,10 +400,7 @@ impl Model {
     /// Router telemetry of the most recent step, one entry per MoxE layer (empty for a
     /// dense model). Reads GPU buffers: call it only when telemetry is wanted.
     pub fn last_telemetry(&self) -> Result<Vec<RouterTelemetry>> {
-        let mut runner = self
-            .runner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut runner = self.runner();
         let Some(key) = runner.last else {
             return Ok(Vec::new());
         };
@@ -440,10 +430,7 @@ impl Model {
     /// Reading them blocks until the device is idle. `f` runs while the model's step graphs
     /// are held: it must not step the model (that would wait for ever).
     pub fn with_last_moe_steps<R>(&self, f: impl FnOnce(&[MoeStep]) -> Result<R>) -> Result<R> {
-        let mut runner = self
-            .runner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut runner = self.runner();
         match runner.last {
             None => f(&[]),
             Some(key) => f(&runner.graph(self, key)?.moe),
@@ -642,7 +629,7 @@ mod tests {
         model
             .prepare_steps(crate::runtime::runner::Output::Sample)
             .unwrap();
-        let recorded = || model.runner.lock().unwrap().recorded();
+        let recorded = || model.runner().recorded();
         // Chunks of 1, 2, 4, 8 and 16 tokens.
         assert_eq!(recorded(), 5);
         let greedy = Sampling::greedy();
