@@ -106,6 +106,68 @@ fn a_generation_absorbed_into_the_state_continues_its_text() {
 }
 
 #[test]
+fn an_empty_prompt_goes_on_where_the_last_generation_stopped() {
+    let model = default_model(3);
+    let sampling = Sampling {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        seed: 11,
+    };
+    let opts = |max_tokens| GenerateOptions {
+        max_tokens,
+        sampling,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let pieces = |g: moxe::runtime::generate::Generation<'_>| -> Vec<(u32, String)> {
+        g.map(|p| p.map(|p| (p.id, p.text)).unwrap()).collect()
+    };
+    let prompt = "The old man said";
+    let mut whole = Session::new(&model).unwrap();
+    let want = pieces(whole.generate(prompt, &opts(20)).unwrap());
+    assert_eq!(want.len(), 20);
+    drop(whole);
+
+    // Ended at its budget: "" feeds the last token and goes on.
+    let mut s = Session::new(&model).unwrap();
+    let mut got = pieces(s.generate(prompt, &opts(8)).unwrap());
+    got.extend(pieces(s.generate("", &opts(12)).unwrap()));
+    assert_eq!(
+        got, want,
+        "a generation ended at its budget, then continued"
+    );
+
+    // Dropped early: "" hands out the token it had sampled, then goes on; a fork keeps
+    // the resume point.
+    let mut s = Session::new(&model).unwrap();
+    let mut gen = s.generate(prompt, &opts(20)).unwrap();
+    let mut got: Vec<(u32, String)> = gen
+        .by_ref()
+        .take(5)
+        .map(|p| p.map(|p| (p.id, p.text)).unwrap())
+        .collect();
+    drop(gen);
+    let mut fork = s.fork().unwrap();
+    let rest = pieces(fork.generate_ids(&[], &opts(15)).unwrap());
+    got.extend(pieces(s.generate("", &opts(15)).unwrap()));
+    assert_eq!(got, want, "a generation dropped early, then continued");
+    assert_eq!(rest, want[5..], "the fork went on as its parent");
+    drop((s, fork));
+
+    // Anything fed in between ends the resume point; so does absorbing the last token.
+    let mut s = Session::new(&model).unwrap();
+    let ids = model.tokenizer().unwrap().encode(prompt).unwrap();
+    s.feed(&ids, &sampling).unwrap();
+    let err = s.generate("", &opts(4)).err().unwrap().to_string();
+    assert!(err.contains("nothing to generate from"), "{err}");
+    let mut gen = s.generate(" and", &opts(3)).unwrap();
+    gen.by_ref().for_each(drop);
+    gen.absorb_last().unwrap();
+    assert!(s.generate_ids(&[], &opts(4)).is_err());
+}
+
+#[test]
 fn the_state_has_the_same_size_whatever_the_length() {
     let model = default_model(2);
     let bytes = model.state_bytes_per_sequence();

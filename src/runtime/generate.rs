@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::model::Model;
-use super::session::Session;
+use super::session::{Resume, Session};
 use super::tokenizer::{TextStream, Tokenizer};
 use crate::error::{Error, Result};
 use crate::ops::sample::Sampling;
@@ -163,7 +163,8 @@ pub struct Generation<'s> {
 impl Session {
     /// Generates after `prompt` (text), streaming pieces. A fresh session reads the prompt
     /// as the start of a sequence (with BOS where the tokenizer config asks for it), a
-    /// session that has read text before as its continuation.
+    /// session that has read text before as its continuation. An empty prompt goes on with
+    /// the session's last generation where it stopped (see [`Session::generate_ids`]).
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_>> {
         let tokenizer = self.model().require_tokenizer()?;
         let ids = match self.position() {
@@ -174,6 +175,13 @@ impl Session {
     }
 
     /// Generates after the prompt token ids, streaming pieces.
+    ///
+    /// No ids go on with the last generation on this session, if nothing has been fed
+    /// since: one that ended (at its token budget, a stop string or EOS) first feeds the
+    /// token it ended on, as [`Generation::absorb_last`] would; one dropped before its end
+    /// hands out the token it had already sampled (drawn with that generation's sampling
+    /// settings) and goes on from it. Saving or snapshotting a session does not keep this
+    /// resume point.
     pub fn generate_ids(
         &mut self,
         prompt: &[u32],
@@ -181,14 +189,37 @@ impl Session {
     ) -> Result<Generation<'_>> {
         opts.validate()?;
         let tokenizer = self.model().require_tokenizer()?;
-        let mut emitter = Emitter::new(tokenizer, prompt);
+        let resume = match (prompt.is_empty(), self.resume) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r),
+            (true, None) => {
+                return Err(Error::InvalidArgument(
+                    "nothing to generate from: the prompt has no tokens, and no generation \
+                     on this session stopped where it could go on"
+                        .into(),
+                ))
+            }
+        };
+        let (context, read): (&[u32], &[u32]) = match &resume {
+            None => (prompt, prompt),
+            Some(Resume::Unfed(id)) => (std::slice::from_ref(id), std::slice::from_ref(id)),
+            Some(Resume::Sampled { after, .. }) => (std::slice::from_ref(after), &[]),
+        };
+        let mut emitter = Emitter::new(tokenizer, context);
         let next = if opts.max_tokens == 0 {
             // Nothing to generate: ended at its length, as a batch's generation says.
             emitter.finish = Some(Finish::MaxTokens);
             None
+        } else if let Some(Resume::Sampled { next, .. }) = resume {
+            Some(next)
         } else {
-            Some(self.feed(prompt, &opts.sampling)?)
+            Some(self.feed(read, &opts.sampling)?)
         };
+        if let (Some(next), Some(&after)) = (next, context.last()) {
+            // Kept up to date as the generation goes on: the session is where it stopped
+            // whenever the caller drops it.
+            self.resume = Some(Resume::Sampled { next, after });
+        }
         Ok(Generation {
             session: self,
             opts: opts.clone(),
@@ -229,11 +260,15 @@ impl Iterator for Generation<'_> {
         };
         if self.emitter.finish.is_none() {
             match self.session.feed(&[id], &self.opts.sampling) {
-                Ok(n) => self.next = Some(n),
+                Ok(n) => {
+                    self.next = Some(n);
+                    self.session.resume = Some(Resume::Sampled { next: n, after: id });
+                }
                 Err(e) => return Some(Err(e)),
             }
         } else {
             self.unfed = Some(id);
+            self.session.resume = Some(Resume::Unfed(id));
         }
         Some(Ok(piece))
     }

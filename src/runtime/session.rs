@@ -24,6 +24,19 @@ pub struct Session {
     position: usize,
     /// Sampling draws so far (varies the random draw from step to step).
     draws: u32,
+    /// Where the last generation on this session stopped, while nothing else has been fed
+    /// since: an empty prompt goes on from there.
+    pub(crate) resume: Option<Resume>,
+}
+
+/// Where a generation stopped, for an empty prompt to continue it ([`Session::generate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// It ended on this token: handed out, not fed to the state.
+    Unfed(u32),
+    /// It was dropped with `next` sampled after the state (not handed out); `after` is the
+    /// last token the state read.
+    Sampled { next: u32, after: u32 },
 }
 
 impl Session {
@@ -35,6 +48,7 @@ impl Session {
             slot,
             position: 0,
             draws: 0,
+            resume: None,
         })
     }
 
@@ -119,7 +133,7 @@ impl Session {
             if go_on.is_some() && !last {
                 self.model.ctx.wait("reading a prompt chunk")?;
             }
-            self.position += chunk.len();
+            self.moved(chunk.len());
             read += chunk.len();
         }
         Ok(Some(result))
@@ -145,7 +159,7 @@ impl Session {
             let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
             out.extend(r.nll);
             start += chunk.len();
-            self.position += chunk.len();
+            self.moved(chunk.len());
         }
         Ok(out)
     }
@@ -169,7 +183,8 @@ impl Session {
             super::runner::check_logits(&logits, self.model.vocab())?;
             out.extend(logits);
             runner.last = Some(key);
-            self.position += chunk.len();
+            drop(runner);
+            self.moved(chunk.len());
         }
         Ok(out)
     }
@@ -183,11 +198,14 @@ impl Session {
             slot,
             position: self.position,
             draws: self.draws,
+            resume: self.resume,
         })
     }
 
     /// A copy of the state in host memory, to continue from later with
-    /// [`Session::from_snapshot`] (any number of times).
+    /// [`Session::from_snapshot`] (any number of times). Where a generation stopped is not
+    /// part of it (an empty prompt cannot go on from a snapshot): feed its last token first
+    /// ([`crate::runtime::generate::Generation::absorb_last`]).
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             arrays: self.model.read_slot(self.slot)?,
@@ -214,6 +232,7 @@ impl Session {
             slot: model.take_slot()?,
             position: snapshot.position,
             draws: snapshot.draws,
+            resume: None,
         };
         model.write_slot(session.slot, &arrays)?;
         Ok(session)
@@ -306,8 +325,14 @@ impl Session {
     }
 
     pub(crate) fn advance(&mut self, tokens: usize) {
-        self.position += tokens;
+        self.moved(tokens);
         self.draws += 1;
+    }
+
+    /// The state has read `tokens` more: a stopped generation can no longer be resumed.
+    fn moved(&mut self, tokens: usize) {
+        self.position += tokens;
+        self.resume = None;
     }
 
     pub(crate) fn draws(&self) -> u32 {
@@ -473,7 +498,7 @@ impl Model {
             start += len;
         }
         for s in sessions.iter_mut() {
-            s.position += n;
+            s.moved(n);
         }
         Ok(result.logits)
     }
