@@ -155,16 +155,44 @@ fn an_empty_prompt_goes_on_where_the_last_generation_stopped() {
     assert_eq!(rest, want[5..], "the fork went on as its parent");
     drop((s, fork));
 
-    // Anything fed in between ends the resume point; so does absorbing the last token.
+    // After a feed, "" goes on from the token it sampled; max_tokens 0 reads the prompt.
+    for max_tokens in [None, Some(0)] {
+        let mut s = Session::new(&model).unwrap();
+        match max_tokens {
+            None => {
+                let ids = model.tokenizer().unwrap().encode(prompt).unwrap();
+                s.feed(&ids, &sampling).unwrap();
+            }
+            Some(n) => assert!(s.generate(prompt, &opts(n)).unwrap().next().is_none()),
+        }
+        let got = pieces(s.generate("", &opts(20)).unwrap());
+        assert_eq!(got, want, "after {max_tokens:?}");
+    }
+
+    // A saved session keeps where it stopped, absorbed or not.
+    let path = std::env::temp_dir().join(format!("moxe-resume-{}.safetensors", std::process::id()));
+    for absorb in [false, true] {
+        let mut s = Session::new(&model).unwrap();
+        let mut gen = s.generate(prompt, &opts(8)).unwrap();
+        gen.by_ref().for_each(drop);
+        if absorb {
+            gen.absorb_last().unwrap();
+        } else {
+            drop(gen);
+        }
+        s.save(&path).unwrap();
+        drop(s);
+        let mut s = Session::load(&model, &path).unwrap();
+        let got = pieces(s.generate("", &opts(12)).unwrap());
+        assert_eq!(got, want[8..], "resumed from a file, absorbed: {absorb}");
+    }
+    std::fs::remove_file(&path).unwrap();
+
+    // Logits or scores read without sampling leave nothing to go on from.
     let mut s = Session::new(&model).unwrap();
-    let ids = model.tokenizer().unwrap().encode(prompt).unwrap();
-    s.feed(&ids, &sampling).unwrap();
+    s.logits(&[5, 6]).unwrap();
     let err = s.generate("", &opts(4)).err().unwrap().to_string();
     assert!(err.contains("nothing to generate from"), "{err}");
-    let mut gen = s.generate(" and", &opts(3)).unwrap();
-    gen.by_ref().for_each(drop);
-    gen.absorb_last().unwrap();
-    assert!(s.generate_ids(&[], &opts(4)).is_err());
 }
 
 #[test]
@@ -393,8 +421,18 @@ fn a_session_file_with_an_array_the_model_lacks_is_rejected() {
         .expect("must fail")
         .to_string();
     assert!(err.contains("'state99'"), "{err}");
-    // Counters past what a session reaches are refused, not wrapped round at the next feed.
-    for (key, value) in [("position", u64::MAX), ("draws", 1 << 32)] {
+    assert!(
+        err.contains(&*path.to_string_lossy()),
+        "names the file: {err}"
+    );
+    // Counters past what a session reaches are refused, not wrapped round at the next feed;
+    // a resume point must hold ids of the vocabulary.
+    for (key, value) in [
+        ("position", u64::MAX.to_string()),
+        ("draws", (1u64 << 32).to_string()),
+        ("resume", "sampled 4096 1".to_string()),
+        ("resume", "unfed".to_string()),
+    ] {
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut meta = meta.metadata().clone().unwrap();
         meta.insert(key.into(), value.to_string());
@@ -407,11 +445,26 @@ fn a_session_file_with_an_array_the_model_lacks_is_rejected() {
             .err()
             .expect("must fail")
             .to_string();
+        let quoted = if key == "resume" {
+            format!("'{value}'")
+        } else {
+            value
+        };
         assert!(
-            err.contains(&format!("metadata '{key}' is {value}")),
+            err.contains(&format!("metadata '{key}' is {quoted}")),
             "{err}"
         );
     }
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    meta.remove("model");
+    std::fs::write(
+        &path,
+        safetensors::serialize(st.tensors(), Some(meta)).unwrap(),
+    )
+    .unwrap();
+    let err = Session::load(&model, &path).err().unwrap().to_string();
+    assert!(err.contains("metadata 'model' is missing"), "{err}");
     std::fs::remove_file(path).unwrap();
 }
 
@@ -463,4 +516,37 @@ fn a_watched_feed_reads_like_a_feed_and_stops_between_chunks() {
     assert_eq!(stopped.position(), 32);
     assert_eq!(stopped.feed(&ids[32..], &sampling).unwrap(), first);
     assert_eq!(continue_from(&mut stopped, first, 8, &sampling), expected);
+}
+
+#[test]
+fn the_command_line_saves_a_session_and_goes_on_from_it() {
+    let dir = std::env::temp_dir().join(format!("moxe-cli-session-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (saved, prompt_file) = (dir.join("story.session"), dir.join("prompt.txt"));
+    let moxe = |args: &[&str]| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(["generate", "--temperature", "0", "--ignore-eos"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let prompt = "The old man said";
+    let whole = moxe(&["-p", prompt, "--max-tokens", "12"]);
+    let s = saved.to_str().unwrap();
+    let first = moxe(&["-p", prompt, "--max-tokens", "5", "--save-session", s]);
+    let rest = moxe(&["--resume", s, "-p", "", "--max-tokens", "7"]);
+    // Each run ends its text with one line break.
+    assert_eq!(format!("{}{rest}", &first[..first.len() - 1]), whole);
+    // A prompt read from a file loses the line break an editor ends it with.
+    std::fs::write(&prompt_file, format!("{prompt}\n")).unwrap();
+    let from_file = moxe(&[
+        "--prompt-file",
+        prompt_file.to_str().unwrap(),
+        "--max-tokens",
+        "12",
+    ]);
+    assert_eq!(from_file, whole);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -163,8 +163,8 @@ pub struct Generation<'s> {
 impl Session {
     /// Generates after `prompt` (text), streaming pieces. A fresh session reads the prompt
     /// as the start of a sequence (with BOS where the tokenizer config asks for it), a
-    /// session that has read text before as its continuation. An empty prompt goes on with
-    /// the session's last generation where it stopped (see [`Session::generate_ids`]).
+    /// session that has read text before as its continuation. An empty prompt goes on from
+    /// the session's last feed or generation (see [`Session::generate_ids`]).
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_>> {
         let tokenizer = self.model().require_tokenizer()?;
         let ids = match self.position() {
@@ -176,12 +176,13 @@ impl Session {
 
     /// Generates after the prompt token ids, streaming pieces.
     ///
-    /// No ids go on with the last generation on this session, if nothing has been fed
-    /// since: one that ended (at its token budget, a stop string or EOS) first feeds the
-    /// token it ended on, as [`Generation::absorb_last`] would; one dropped before its end
-    /// hands out the token it had already sampled (drawn with that generation's sampling
-    /// settings) and goes on from it. Saving or snapshotting a session does not keep this
-    /// resume point.
+    /// No ids go on from where the session stands, if its last input was a feed or a
+    /// generation: after [`Session::feed`], from the token that feed sampled; after a
+    /// generation that ended (at its token budget, a stop string or EOS), by first feeding
+    /// the token it ended on, as [`Generation::absorb_last`] would; after one dropped before
+    /// its end, from the token it had already sampled. A sampled token was drawn with the
+    /// sampling settings of its own call. With `max_tokens` 0 the prompt is read and
+    /// nothing is generated.
     pub fn generate_ids(
         &mut self,
         prompt: &[u32],
@@ -194,8 +195,8 @@ impl Session {
             (true, Some(r)) => Some(r),
             (true, None) => {
                 return Err(Error::InvalidArgument(
-                    "nothing to generate from: the prompt has no tokens, and no generation \
-                     on this session stopped where it could go on"
+                    "nothing to generate from: the prompt has no tokens, and the session's \
+                     last input was neither a feed nor a generation to go on from"
                         .into(),
                 ))
             }
@@ -206,20 +207,19 @@ impl Session {
             Some(Resume::Sampled { after, .. }) => (std::slice::from_ref(after), &[]),
         };
         let mut emitter = Emitter::new(tokenizer, context);
+        let sampled = match resume {
+            Some(Resume::Sampled { next, .. }) => Some(next),
+            // An ended generation's last token waits for a generation that wants more.
+            Some(Resume::Unfed(_)) if opts.max_tokens == 0 => None,
+            _ => Some(self.feed(read, &opts.sampling)?),
+        };
         let next = if opts.max_tokens == 0 {
             // Nothing to generate: ended at its length, as a batch's generation says.
             emitter.finish = Some(Finish::MaxTokens);
             None
-        } else if let Some(Resume::Sampled { next, .. }) = resume {
-            Some(next)
         } else {
-            Some(self.feed(read, &opts.sampling)?)
+            sampled
         };
-        if let (Some(next), Some(&after)) = (next, context.last()) {
-            // Kept up to date as the generation goes on: the session is where it stopped
-            // whenever the caller drops it.
-            self.resume = Some(Resume::Sampled { next, after });
-        }
         Ok(Generation {
             session: self,
             opts: opts.clone(),
@@ -260,10 +260,7 @@ impl Iterator for Generation<'_> {
         };
         if self.emitter.finish.is_none() {
             match self.session.feed(&[id], &self.opts.sampling) {
-                Ok(n) => {
-                    self.next = Some(n);
-                    self.session.resume = Some(Resume::Sampled { next: n, after: id });
-                }
+                Ok(n) => self.next = Some(n),
                 Err(e) => return Some(Err(e)),
             }
         } else {

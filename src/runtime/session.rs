@@ -24,19 +24,46 @@ pub struct Session {
     position: usize,
     /// Sampling draws so far (varies the random draw from step to step).
     draws: u32,
-    /// Where the last generation on this session stopped, while nothing else has been fed
-    /// since: an empty prompt goes on from there.
+    /// Where the last feed or generation on this session stopped, while nothing else has
+    /// been fed since: an empty prompt goes on from there.
     pub(crate) resume: Option<Resume>,
 }
 
-/// Where a generation stopped, for an empty prompt to continue it ([`Session::generate`]).
+/// Where a feed or generation stopped, for an empty prompt to go on from
+/// ([`Session::generate_ids`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resume {
     /// It ended on this token: handed out, not fed to the state.
     Unfed(u32),
-    /// It was dropped with `next` sampled after the state (not handed out); `after` is the
-    /// last token the state read.
+    /// `next` was sampled after the state (by a feed, or a generation dropped before handing
+    /// it out); `after` is the last token the state read.
     Sampled { next: u32, after: u32 },
+}
+
+impl std::fmt::Display for Resume {
+    /// As a session file's metadata `resume` holds it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resume::Unfed(id) => write!(f, "unfed {id}"),
+            Resume::Sampled { next, after } => write!(f, "sampled {next} {after}"),
+        }
+    }
+}
+
+impl Resume {
+    /// Reads the metadata form back; None unless well formed with every id below `vocab`.
+    fn parse(text: &str, vocab: usize) -> Option<Resume> {
+        let words: Vec<&str> = text.split(' ').collect();
+        let id = |w: &str| w.parse::<u32>().ok().filter(|&id| (id as usize) < vocab);
+        match words[..] {
+            ["unfed", a] => Some(Resume::Unfed(id(a)?)),
+            ["sampled", n, a] => Some(Resume::Sampled {
+                next: id(n)?,
+                after: id(a)?,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Session {
@@ -87,7 +114,11 @@ impl Session {
             return Ok(None);
         };
         self.draws += 1;
-        Ok(Some(r.sampled[0]))
+        let next = r.sampled[0];
+        if let Some(&after) = ids.last() {
+            self.resume = Some(Resume::Sampled { next, after });
+        }
+        Ok(Some(next))
     }
 
     /// Feeds `ids` (in chunks, as [`Session::feed`]) and returns the logits (V) after the
@@ -203,14 +234,14 @@ impl Session {
     }
 
     /// A copy of the state in host memory, to continue from later with
-    /// [`Session::from_snapshot`] (any number of times). Where a generation stopped is not
-    /// part of it (an empty prompt cannot go on from a snapshot): feed its last token first
-    /// ([`crate::runtime::generate::Generation::absorb_last`]).
+    /// [`Session::from_snapshot`] (any number of times), with where the last feed or
+    /// generation stopped (for an empty prompt to go on from).
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             arrays: self.model.read_slot(self.slot)?,
             position: self.position,
             draws: self.draws,
+            resume: self.resume,
             model: fingerprint(&self.model),
         })
     }
@@ -232,13 +263,14 @@ impl Session {
             slot: model.take_slot()?,
             position: snapshot.position,
             draws: snapshot.draws,
-            resume: None,
+            resume: snapshot.resume,
         };
         model.write_slot(session.slot, &arrays)?;
         Ok(session)
     }
 
-    /// Saves the state to a safetensors file.
+    /// Saves the state to a safetensors file (with where the last feed or generation
+    /// stopped, as metadata `resume`).
     pub fn save(&self, path: &Path) -> Result<()> {
         let snapshot = self.snapshot()?;
         let views = snapshot
@@ -259,6 +291,11 @@ impl Session {
             ("draws".to_string(), snapshot.draws.to_string()),
         ]
         .into_iter()
+        .chain(
+            snapshot
+                .resume
+                .map(|r| ("resume".to_string(), r.to_string())),
+        )
         .collect();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
@@ -276,11 +313,15 @@ impl Session {
             ));
         }
         let want = fingerprint(model);
-        if meta.get("model") != Some(&want) {
-            return Err(Error::file(
-                path,
-                "this session was saved from a different model",
-            ));
+        match meta.get("model") {
+            Some(m) if *m == want => {}
+            Some(_) => {
+                return Err(Error::file(
+                    path,
+                    "this session was saved from a different model",
+                ))
+            }
+            None => return Err(Error::file(path, "metadata 'model' is missing")),
         }
         let number = |key: &str, most: u64| -> Result<u64> {
             let n: u64 = meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
@@ -306,13 +347,31 @@ impl Session {
                 values,
             });
         }
+        let resume = match meta.get("resume") {
+            None => None,
+            Some(text) => Some(Resume::parse(text, model.vocab()).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!(
+                        "metadata 'resume' is '{text}': expected 'unfed ID' or 'sampled NEXT \
+                         AFTER' with ids below the vocabulary size {}",
+                        model.vocab()
+                    ),
+                )
+            })?),
+        };
         let snapshot = Snapshot {
             arrays,
             position,
             draws,
+            resume,
             model: want,
         };
-        Session::from_snapshot(model, &snapshot)
+        // The state arrays' names and shapes are the file's.
+        Session::from_snapshot(model, &snapshot).map_err(|e| match e {
+            Error::Mismatch { .. } | Error::InvalidArgument(_) => Error::file(path, e.to_string()),
+            other => other,
+        })
     }
 
     /// The router telemetry of the last step this model ran, per MoxE layer.
@@ -346,6 +405,7 @@ pub struct Snapshot {
     arrays: Vec<StateArray>,
     position: usize,
     draws: u32,
+    resume: Option<Resume>,
     model: String,
 }
 

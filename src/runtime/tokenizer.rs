@@ -27,8 +27,18 @@ impl Tokenizer {
     pub fn open(path: &Path, vocab: usize, defaults: &GenerationDefaults) -> Result<Self> {
         let text =
             crate::checkpoint::files::read_text(path, crate::checkpoint::files::TOKENIZER_LIMIT)?;
-        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
-            .map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
+            // tokenizers' own message points into its serde model, whatever the cause.
+            let json: serde_json::Value = match crate::checkpoint::files::parse_json(path, &text) {
+                Ok(json) => json,
+                Err(not_json) => return not_json,
+            };
+            let what = match json.get("model") {
+                Some(m) if m.is_object() => format!("the tokenizers library cannot read it: {e}"),
+                _ => "it has no \"model\" object: not a Hugging Face tokenizers file".into(),
+            };
+            Error::file(path, format!("not a valid tokenizer.json: {what}"))
+        })?;
         let size = inner.get_vocab_size(true);
         if size > vocab {
             return Err(Error::file(
