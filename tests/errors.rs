@@ -211,6 +211,29 @@ fn invalid_json() {
 }
 
 #[test]
+fn a_tokenizer_json_that_is_not_a_tokenizer() {
+    let m = ModelCopy::new("tokjson");
+    let path = m.0.join("tokenizer.json");
+    for (text, needles) in [
+        (
+            r#"{"a": 1}"#,
+            &["tokenizer.json", "no \"model\" object"][..],
+        ),
+        (
+            r#"{"model": "#,
+            &["tokenizer.json", "invalid JSON", "line 1"],
+        ),
+        (
+            r#"{"model": {"type": "BPE", "vocab": 7}}"#,
+            &["tokenizer.json", "the tokenizers library cannot read it"],
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        assert_mentions(&m.load_error(), needles);
+    }
+}
+
+#[test]
 fn odd_number_of_experts() {
     let m = ModelCopy::new("odd");
     let mut c = m.config();
@@ -458,6 +481,66 @@ fn output_files_are_replaced_only_when_asked() {
 }
 
 #[test]
+fn outputs_never_replace_the_run_s_inputs() {
+    let dir = std::env::temp_dir().join(format!("moxe-inputs-{}", std::process::id()));
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    for entry in std::fs::read_dir(&bundled).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+        }
+    }
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog.\n").unwrap();
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let config = model.join("config.json");
+    let c = config.to_str().unwrap();
+    let before = std::fs::read(&config).unwrap();
+    for (args, needle) in [
+        (
+            &["logits", "--model", m, "--ids", "1", "--out", c][..],
+            "is a file of the model directory",
+        ),
+        (
+            &["perplexity", "--model", m, "--text", t, "--nll-out", c],
+            "is a file of the model directory",
+        ),
+        (
+            &["perplexity", "--model", m, "--text", t, "--nll-out", t],
+            "is this run's input",
+        ),
+        (
+            &[
+                "generate",
+                "--model",
+                m,
+                "--prompt-file",
+                t,
+                "--save-session",
+                t,
+            ],
+            "is this run's input",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(args)
+            .arg("--force")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} --force succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    assert!(std::fs::read_to_string(&text)
+        .unwrap()
+        .starts_with("The quick"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn command_lines_that_cannot_mean_anything_are_named() {
     let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/paper.json");
     let paper = paper.to_str().unwrap();
@@ -471,6 +554,29 @@ fn command_lines_that_cannot_mean_anything_are_named() {
             "--lines reads one prompt",
         ),
         (&["generate", "-p", "-", "-p", "-"], "read only once"),
+        // Named: which prompt is empty, where it came from, which option a number is for.
+        (
+            &["generate", "-p", "Hi", "-p", ""],
+            "--prompt number 2: the text is empty",
+        ),
+        (&["generate", "-p", "-"], "standard input gave no text"),
+        (
+            &["generate", "-p", "Hi", "--top-k", "-1"],
+            "invalid value '-1' for '--top-k",
+        ),
+        (&["logits", "--ids", "-1", "--out", "x"], "for '--ids"),
+        (
+            &["generate", "-p", "Hi", "-p", "Ho", "--telemetry"],
+            "--telemetry reports one sequence",
+        ),
+        (
+            &["perplexity", "--text", "-", "--nll-out", "-"],
+            "--nll-out -: this output goes to a file",
+        ),
+        (
+            &["generate", "-p", "Hi", "--save-session", "no-such-dir/"],
+            "names a directory",
+        ),
         (
             &["generate", "-p", "Hi", "--temperature", "-1"],
             "temperature must be",

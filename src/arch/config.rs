@@ -64,16 +64,7 @@ impl ModelConfig {
 
     /// Parses and validates config JSON; `path` names it in errors.
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            Error::file(
-                path,
-                format!(
-                    "invalid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let value: Value = crate::checkpoint::files::parse_json(path, text)?;
         let root = Obj::root(path, &value)?;
         let has_xlstm = root.get("xlstm").is_some();
         let large_fields = ["embedding_dim", "num_heads", "num_blocks", "vocab_size"]

@@ -77,6 +77,18 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String> {
 /// At most `limit` bytes of UTF-8 text from `reader` (a file, a pipe, standard input: an
 /// endless source is cut at the limit, never unbounded memory); else what is wrong, for the
 /// caller to name the source.
+/// Parses JSON `text` read from `path`; an error names the file, and says whether the
+/// text is not JSON or holds the wrong content (serde_json gives the line and column).
+pub fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "unexpected content",
+            _ => "invalid JSON",
+        };
+        Error::file(path, format!("{what}: {e}"))
+    })
+}
+
 pub fn read_utf8(reader: impl Read, limit: u64) -> std::result::Result<String, String> {
     let mut bytes = Vec::new();
     reader
@@ -88,6 +100,13 @@ pub fn read_utf8(reader: impl Read, limit: u64) -> std::result::Result<String, S
             "holds more than {limit} bytes ({} MiB), the most read from it",
             limit >> 20
         ));
+    }
+    if let [a @ (0xff | 0xfe), b @ (0xff | 0xfe), ..] = bytes[..] {
+        if a != b {
+            return Err(format!(
+                "is UTF-16 text (byte-order mark {a:02X} {b:02X}), not UTF-8: save it as UTF-8"
+            ));
+        }
     }
     String::from_utf8(bytes).map_err(|e| {
         format!(
@@ -135,6 +154,13 @@ mod tests {
         let err = read_text(&bad, 100).unwrap_err().to_string();
         assert!(
             err.contains("not UTF-8") && err.contains("offset 7"),
+            "{err}"
+        );
+        let wide = dir.join("utf16.txt");
+        std::fs::write(&wide, b"\xff\xfeH\0i\0").unwrap();
+        let err = read_text(&wide, 100).unwrap_err().to_string();
+        assert!(
+            err.contains("is UTF-16 text (byte-order mark FF FE)"),
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -42,16 +42,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = super::files::read_text(path, super::files::JSON_LIMIT)?;
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "invalid JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
+    super::files::parse_json(path, &text).map(Some)
 }
 
 /// A field of a JSON object, named in errors as `file: field`.

@@ -28,6 +28,16 @@ pub fn check_target(path: &Path) -> Result<bool> {
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if path
+                .as_os_str()
+                .to_string_lossy()
+                .ends_with(std::path::is_separator)
+            {
+                return Err(Error::file(
+                    path,
+                    "names a directory (it ends in a path separator); give the path of a file",
+                ));
+            }
             let parent = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -111,6 +121,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+        let slashed = format!("{}/", dir.join("newdir").display());
+        let err = check_target(Path::new(&slashed)).unwrap_err().to_string();
+        assert!(err.contains("names a directory"), "{err}");
         assert!(!check_target(&dir.join("new.bin")).unwrap());
         let names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -225,16 +225,7 @@ impl Weights {
     /// an error naming the file.
     pub fn open_index(index: &Path) -> Result<Self> {
         let text = super::files::read_text(index, super::files::JSON_LIMIT)?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::file(
-                index,
-                format!(
-                    "invalid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
+        let value: serde_json::Value = super::files::parse_json(index, &text)?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())

@@ -1,15 +1,17 @@
 //! `moxe generate`: text from a prompt, streamed as it is decoded.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::builder::TypedValueParser as _;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use moxe::checkpoint::GenerationDefaults;
 use moxe::ops::sample::Sampling;
 use moxe::runtime::generate::{generate_batch, GenerateOptions};
-use moxe::runtime::Session;
+use moxe::runtime::{Session, MAX_SEQUENCES};
 use moxe::{Error, Result};
 
 use super::model_args::ModelArgs;
@@ -20,24 +22,26 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt text; give it several times to decode several prompts together as a batch;
-    /// `-` reads the prompt from standard input.
-    #[arg(long, short)]
+    /// `-` reads the prompt from standard input (one final line break dropped).
+    #[arg(long, short, value_parser = utf8_text())]
     pub prompt: Vec<String>,
-    /// Read the prompt from a file (with --lines: one prompt per non-empty line, as a batch).
+    /// Read the prompt from a file (one final line break dropped, as editors add one; with
+    /// --lines: one prompt per non-empty line, as a batch).
     #[arg(long, conflicts_with = "prompt")]
     pub prompt_file: Option<PathBuf>,
     /// Treat each non-empty line of --prompt-file as its own prompt.
     #[arg(long)]
     pub lines: bool,
-    /// Most tokens to generate [default: the model's generation_config.json, else 128].
-    #[arg(long)]
+    /// Most tokens to generate [default: the model's generation_config.json, else 128]; 0
+    /// reads the prompt only (e.g. to --save-session it).
+    #[arg(long, allow_negative_numbers = true)]
     pub max_tokens: Option<usize>,
     /// Sampling temperature; 0 = greedy [default: the model's generation_config.json
     /// (greedy when it says do_sample false), else 0.8].
     #[arg(long, allow_negative_numbers = true, value_parser = exact_f32)]
     pub temperature: Option<f32>,
     /// Keep the k most likely tokens (0 = all) [default: generation_config.json, else 40].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<u32>,
     /// Keep the most likely tokens up to this probability mass (1 = all) [default:
     /// generation_config.json, else 0.95].
@@ -47,20 +51,23 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1234, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop before this string (may be given several times).
-    #[arg(long)]
+    #[arg(long, value_parser = utf8_text())]
     pub stop: Vec<String>,
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Print each MoE layer's router telemetry for the last step.
+    /// Print each MoE layer's router telemetry for the last step (one prompt only).
     #[arg(long)]
     pub telemetry: bool,
     /// Continue from a session state saved with --save-session (one prompt only): the
-    /// prompt is read as the continuation of that text.
+    /// prompt is read as the continuation of that text; an empty prompt (`-p ''`) goes on
+    /// where the saved generation stopped.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Save the session's recurrent state after generating (one prompt only). An existing
-    /// file is replaced only with --force, or when it is the --resume file.
+    /// Save the session's recurrent state after generating (one prompt only): it holds the
+    /// prompt and every generated token, the last one too when a --stop string cut its
+    /// text. An existing file is replaced only with --force, or when it is the --resume
+    /// file; never a file of the model or the --prompt-file.
     #[arg(long)]
     pub save_session: Option<PathBuf>,
     /// Replace --save-session if it exists.
@@ -68,28 +75,37 @@ pub struct GenerateArgs {
     pub force: bool,
 }
 
-/// Whether paths `a` and `b` name one existing file.
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// The most bytes of prompt text read from a file or standard input (a few GB of memory
 /// while they are tokenised).
 const PROMPT_BYTES: u64 = 16 << 20;
 
+/// Text without one final line break ("\n" or "\r\n"), as a prompt from a file or
+/// standard input is meant.
+fn without_final_break(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+/// The prompts to decode, from --prompt (or standard input) or --prompt-file. An empty one
+/// is an error naming where it came from, except the single prompt of --resume, which goes
+/// on where the saved generation stopped.
 fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
     if args.lines && args.prompt_file.is_none() {
         return Err(Error::InvalidArgument(
             "--lines reads one prompt per line of --prompt-file, which is missing".into(),
         ));
     }
+    let may_be_empty = args.resume.is_some();
     if let Some(path) = &args.prompt_file {
         let text = super::read_text_file(path, PROMPT_BYTES)?;
         if !args.lines {
-            if text.is_empty() {
+            let text = without_final_break(text);
+            if text.is_empty() && !may_be_empty {
                 return Err(Error::file(path, "is empty: there is no prompt in it"));
             }
             return Ok(vec![text]);
@@ -105,6 +121,16 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
                 "no prompts: every line is empty (--lines takes one prompt per non-empty line)",
             ));
         }
+        if lines.len() > MAX_SEQUENCES {
+            return Err(Error::file(
+                path,
+                format!(
+                    "holds {} prompts (--lines: one per non-empty line), more than the \
+                     {MAX_SEQUENCES} decoded together at most: split it",
+                    lines.len()
+                ),
+            ));
+        }
         return Ok(lines);
     }
     if args.prompt.iter().filter(|p| *p == "-").count() > 1 {
@@ -117,16 +143,36 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
             "give a prompt: --prompt TEXT, --prompt - (stdin) or --prompt-file FILE".into(),
         ));
     }
-    args.prompt
-        .iter()
-        .map(|p| {
-            if p == "-" {
-                super::read_text(std::io::stdin(), None, PROMPT_BYTES)
-            } else {
-                Ok(p.clone())
-            }
-        })
-        .collect()
+    if args.prompt.len() > MAX_SEQUENCES {
+        return Err(Error::InvalidArgument(format!(
+            "{} prompts, more than the {MAX_SEQUENCES} decoded together at most",
+            args.prompt.len()
+        )));
+    }
+    let several = args.prompt.len() > 1;
+    let mut prompts = Vec::with_capacity(args.prompt.len());
+    for (i, p) in args.prompt.iter().enumerate() {
+        let text = match p.as_str() {
+            "-" => without_final_break(super::read_text(std::io::stdin(), None, PROMPT_BYTES)?),
+            _ => p.clone(),
+        };
+        if text.is_empty() && (several || !may_be_empty) {
+            let which = match several {
+                true => format!("--prompt number {}", i + 1),
+                false => "--prompt".to_string(),
+            };
+            let source = match p.as_str() {
+                "-" => "standard input gave no text",
+                _ => "the text is empty",
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{which}: {source} (an empty prompt goes on from a saved session only, with \
+                 --resume)"
+            )));
+        }
+        prompts.push(text);
+    }
+    Ok(prompts)
 }
 
 /// The generation options: each setting from the command line, else from the model's
@@ -157,9 +203,6 @@ fn options(args: &GenerateArgs, defaults: &GenerationDefaults) -> GenerateOption
 pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
     super::threads::for_decode(&args.model.model.join("config.json"));
     let prompts = prompts(args)?;
-    if prompts.iter().any(|p| p.is_empty()) {
-        return Err(Error::InvalidArgument("a prompt is empty".into()));
-    }
     if args.stop.iter().any(|s| s.is_empty()) {
         return Err(Error::InvalidArgument(
             "--stop is empty: give the text to stop before".into(),
@@ -170,10 +213,25 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             "--resume and --save-session take a single prompt".into(),
         ));
     }
+    if prompts.len() > 1 && args.telemetry {
+        return Err(Error::InvalidArgument(
+            "--telemetry reports one sequence's routing: give a single prompt".into(),
+        ));
+    }
     if let Some(path) = &args.save_session {
         // Saving back to the session it resumed is what the user asked for.
-        let resumed = args.resume.as_ref().is_some_and(|r| same_file(r, path));
-        super::check_output_file(path, "--save-session", args.force || resumed)?;
+        let resumed = args
+            .resume
+            .as_ref()
+            .is_some_and(|r| super::same_file(r, path));
+        let inputs: Vec<&Path> = args.prompt_file.iter().map(PathBuf::as_path).collect();
+        super::check_output_file(
+            path,
+            "--save-session",
+            args.force || resumed,
+            &args.model.model,
+            &inputs,
+        )?;
     }
     // Bad settings on the command line are reported before the model loads.
     options(args, &GenerationDefaults::default())
@@ -204,9 +262,17 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             Some(path) => Session::load(&model, path)?,
             None => Session::new(&model)?,
         };
+        let tokenizer = model.require_tokenizer()?;
+        let ids = match session.position() {
+            0 => tokenizer.encode(prompt)?,
+            _ => tokenizer.encode_continuation(prompt)?,
+        };
+        read_prompt(&mut session, &ids, &opts)?;
         print!("{prompt}");
         out.flush().ok();
-        let mut gen = session.generate(prompt, &opts)?;
+        // Goes on from the token the prompt's reading sampled (or, for an empty prompt,
+        // from where the resumed session stopped).
+        let mut gen = session.generate_ids(&[], &opts)?;
         for piece in &mut gen {
             let piece = piece?;
             tokens += 1;
@@ -254,6 +320,42 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         eprintln!("{report}");
     }
     Ok(())
+}
+
+/// Prompts longer than this many tokens are read chunk by chunk under a progress bar
+/// (where standard error is a terminal).
+const LONG_PROMPT: usize = 1024;
+
+/// Feeds the prompt `ids` (none: nothing to read), with a progress bar for a long one.
+fn read_prompt(session: &mut Session, ids: &[u32], opts: &GenerateOptions) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let bar = ProgressBar::new(ids.len() as u64);
+    if ids.len() <= LONG_PROMPT || bar.is_hidden() {
+        session.feed(ids, &opts.sampling)?;
+        return Ok(());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("reading the prompt {bar:40} {pos}/{len} tokens, {eta} left")
+            .expect("a valid template"),
+    );
+    let mut watch = |read: usize, _total: usize| {
+        bar.set_position(read as u64);
+        true
+    };
+    session.feed_watched(ids, &opts.sampling, Some(&mut watch))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// A text argument as given, or an error naming it when it is not UTF-8 (clap's own says
+/// only that some argument is not).
+fn utf8_text() -> impl clap::builder::TypedValueParser<Value = String> {
+    clap::builder::OsStringValueParser::new().try_map(|text: std::ffi::OsString| {
+        text.into_string()
+            .map_err(|_| "is not UTF-8 text (its invalid bytes shown as U+FFFD)".to_string())
+    })
 }
 
 /// An f32 argument that f32 holds: a value that would round to 0 or to infinity (1e-300,

@@ -16,7 +16,12 @@ pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Comma-separated token ids, e.g. 1,2,3.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        allow_negative_numbers = true
+    )]
     pub ids: Vec<u32>,
     /// Output file: `logits` (N, V) f32 and `ids` (N) i32.
     #[arg(long)]
@@ -27,7 +32,7 @@ pub struct LogitsArgs {
 }
 
 pub fn run(gpu: &GpuArgs, args: &LogitsArgs) -> Result<()> {
-    super::check_output_file(&args.out, "--out", args.force)?;
+    super::check_output_file(&args.out, "--out", args.force, &args.model.model, &[])?;
     let model = args.model.load(gpu, 1)?;
     let mut s = Session::new(&model)?;
     let logits = s.logits(&args.ids)?;

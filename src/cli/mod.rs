@@ -12,6 +12,8 @@ mod quantize;
 mod serve;
 mod threads;
 
+use std::path::Path;
+
 use clap::{Args, Parser, Subcommand};
 
 use moxe::{Backend, Result};
@@ -83,12 +85,50 @@ impl GpuArgs {
 
 /// Fails when the output file `path` (given by option `flag`) exists, unless `force` (a
 /// file the user saved is only replaced when asked), or cannot be written as a whole file
-/// (a directory, link, device or FIFO, or a missing directory: `check_target`). Checked
-/// before any work, so a refused run costs nothing.
-fn check_output_file(path: &std::path::Path, flag: &str, force: bool) -> Result<()> {
+/// (a directory, link, device or FIFO, or a missing directory: `check_target`), or is one
+/// of the run's inputs, even with `force`: a file of the `model` directory or one of
+/// `inputs`. Checked before any work, so a refused run costs nothing.
+fn check_output_file(
+    path: &Path,
+    flag: &str,
+    force: bool,
+    model: &Path,
+    inputs: &[&Path],
+) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Err(moxe::Error::InvalidArgument(format!(
+            "{flag} -: this output goes to a file, not standard output; give a file path"
+        )));
+    }
     let exists = moxe::checkpoint::output::check_target(path)
         .map_err(|e| moxe::Error::InvalidArgument(format!("{flag}: {e}")))?;
-    if exists && !force {
+    if !exists {
+        return Ok(());
+    }
+    let in_model = match (path.canonicalize(), model.canonicalize()) {
+        (Ok(file), Ok(dir)) => file.parent() == Some(dir.as_path()),
+        _ => false,
+    };
+    if in_model {
+        return Err(moxe::Error::file(
+            path,
+            format!(
+                "is a file of the model directory {}: {flag} never replaces a model's files; \
+                 choose another path",
+                model.display()
+            ),
+        ));
+    }
+    if let Some(input) = inputs.iter().find(|i| same_file(path, i)) {
+        return Err(moxe::Error::file(
+            path,
+            format!(
+                "is this run's input {}: {flag} does not replace it; choose another path",
+                input.display()
+            ),
+        ));
+    }
+    if !force {
         return Err(moxe::Error::file(
             path,
             format!("exists: pass --force to replace it, or choose another {flag} path"),
@@ -97,14 +137,18 @@ fn check_output_file(path: &std::path::Path, flag: &str, force: bool) -> Result<
     Ok(())
 }
 
+/// Whether paths `a` and `b` name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Reads UTF-8 text of at most `limit` bytes from `reader` (a file at `path`, or standard
 /// input when `path` is `None`): an endless source (`/dev/zero`, a FIFO that never closes
 /// fed by a runaway writer) is an error once past the limit, not unbounded memory.
-fn read_text(
-    reader: impl std::io::Read,
-    path: Option<&std::path::Path>,
-    limit: u64,
-) -> Result<String> {
+fn read_text(reader: impl std::io::Read, path: Option<&Path>, limit: u64) -> Result<String> {
     let mut text =
         moxe::checkpoint::files::read_utf8(reader, limit).map_err(|message| match path {
             Some(p) => moxe::Error::file(p, message),
@@ -118,7 +162,7 @@ fn read_text(
 }
 
 /// [`read_text`] of the file at `path`.
-fn read_text_file(path: &std::path::Path, limit: u64) -> Result<String> {
+fn read_text_file(path: &Path, limit: u64) -> Result<String> {
     let file = std::fs::File::open(path)
         .map_err(|e| moxe::Error::file(path, format!("cannot read: {e}")))?;
     read_text(file, Some(path), limit)

@@ -23,7 +23,7 @@ pub struct PerplexityArgs {
     /// Score consecutive windows of this many tokens, each from a fresh state (the first
     /// token of a window is not scored). Default: the model's context_length; 0 streams the
     /// whole text through one recurrent state.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub window: Option<usize>,
     /// Write the per-token NLL (nats) as CSV `position,token_id,nll`.
     #[arg(long)]
@@ -39,7 +39,13 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
         return Err(bad_window());
     }
     if let Some(path) = &args.nll_out {
-        super::check_output_file(path, "--nll-out", args.force)?;
+        let text = [args.text.as_path()];
+        let inputs: &[&std::path::Path] = if args.text.as_os_str() == "-" {
+            &[]
+        } else {
+            &text
+        };
+        super::check_output_file(path, "--nll-out", args.force, &args.model.model, inputs)?;
     }
     // 32 MiB: millions of tokens, and a few GB of memory while they are tokenised.
     const TEXT_BYTES: u64 = 32 << 20;

@@ -42,7 +42,9 @@ impl UpProjection {
         if width > MAX_WIDTH as f64 {
             return Err(o.error(
                 key,
-                format!("gives a width of {width} for embedding_dim {dim}; at most {MAX_WIDTH}"),
+                format!(
+                    "gives a width of {width:.3e} for embedding_dim {dim}; at most {MAX_WIDTH}"
+                ),
             ));
         }
         let d = self.dim(dim);
