@@ -31,15 +31,17 @@ fn main() -> ExitCode {
 /// Commands that write to a terminal or a pipe end quietly when the reader goes away (`moxe
 /// info | head`), as Unix tools do, instead of panicking on the failed write: SIGPIPE gets
 /// its default action back. The server and its benchmark keep it ignored (Rust's default),
-/// so a client that hangs up is an error on its own socket, not the end of the process.
+/// so a client that hangs up is an error on its own socket, not the end of the process;
+/// so does `generate --save-session`, which stops generating and still saves the session.
 #[cfg(unix)]
 fn end_quietly_on_a_closed_pipe(command: &cli::Command) {
-    let sockets = match command {
+    let handled = match command {
         cli::Command::Serve(_) => true,
         cli::Command::Bench(b) => matches!(b.what, Some(cli::bench::BenchWhat::Serve { .. })),
+        cli::Command::Generate(g) => g.save_session.is_some(),
         _ => false,
     };
-    if !sockets {
+    if !handled {
         // SAFETY: called before any thread exists; it only resets one signal's disposition.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -548,5 +548,29 @@ fn the_command_line_saves_a_session_and_goes_on_from_it() {
         "12",
     ]);
     assert_eq!(from_file, whole);
+    // A reader that goes away stops the generation, and the session is still saved.
+    std::fs::remove_file(&saved).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args([
+            "generate",
+            "-p",
+            prompt,
+            "--ignore-eos",
+            "--max-tokens",
+            "1000000",
+        ])
+        .args(["--save-session", s])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("standard output was closed"), "{err}");
+    assert!(saved.is_file(), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -268,20 +268,24 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             _ => tokenizer.encode_continuation(prompt)?,
         };
         read_prompt(&mut session, &ids, &opts)?;
-        print!("{prompt}");
-        out.flush().ok();
+        let mut open = show(&mut out, prompt)?;
         // Goes on from the token the prompt's reading sampled (or, for an empty prompt,
         // from where the resumed session stopped).
         let mut gen = session.generate_ids(&[], &opts)?;
-        for piece in &mut gen {
+        while open {
+            let Some(piece) = gen.next() else { break };
             let piece = piece?;
             tokens += 1;
             first.get_or_insert_with(|| t.elapsed().as_secs_f64());
-            print!("{}", piece.text);
-            out.flush().ok();
+            open = show(&mut out, &piece.text)?;
         }
-        println!();
+        if open {
+            show(&mut out, "\n")?;
+        } else {
+            eprintln!("[standard output was closed: generation stopped after {tokens} tokens]");
+        }
         if let Some(path) = &args.save_session {
+            // Holds every token shown (a generation stopped early has fed them all).
             gen.absorb_last()?;
             session.save(path)?;
             eprintln!(
@@ -320,6 +324,19 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         eprintln!("{report}");
     }
     Ok(())
+}
+
+/// Writes `text` to standard output now; false when its reader has gone (a closed pipe:
+/// only with --save-session, whose session is still saved, does that not end the process,
+/// see main.rs).
+fn show(out: &mut std::io::Stdout, text: &str) -> Result<bool> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "cannot write to standard output: {e}"
+        ))),
+    }
 }
 
 /// Prompts longer than this many tokens are read chunk by chunk under a progress bar
