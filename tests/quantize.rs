@@ -495,6 +495,39 @@ fn non_finite_block_scales_are_named_at_load() {
 }
 
 #[test]
+fn a_scale_that_overflows_is_refused_kept_or_dequantised() {
+    // Row 1, block 0 of the embedding: the largest bf16 scale (15 times it is past f32's
+    // range) over codes that are all 0, so no weight the block holds is infinite yet.
+    let dir = quantised_copy("huge-scale");
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let name = "token_embedding.weight";
+    let (scale_at, data_at) = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let at = |t: &str| {
+            let v = st.tensor(t).unwrap();
+            let row = v.data().len() / v.shape()[0];
+            v.data().as_ptr() as usize - bytes.as_ptr() as usize + row
+        };
+        (at(&format!("{name}.qscales")), at(name))
+    };
+    bytes[scale_at..scale_at + 2].copy_from_slice(&[0x7f, 0x7f]);
+    bytes[data_at..data_at + 16].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    assert_mentions(&load_error(&dir), &[name, "row 1, block 0"]);
+    let options = LoadOptions {
+        dtype: Some(DType::F32),
+        ..Default::default()
+    };
+    let err = Model::load(gpu(), &dir, &options)
+        .err()
+        .expect("loaded")
+        .to_string();
+    assert_mentions(&err, &[name, "block 0", "non-finite weights"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn tensors_copied_as_stored_are_checked_like_a_load_checks_them() {
     // A NaN in a vector (copied unchanged by both conversions): an error naming it, not a
     // checkpoint that cannot load.

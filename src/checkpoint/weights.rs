@@ -626,6 +626,13 @@ impl Weights {
                 let data = &bytes[e.start + r * db..e.start + (r + 1) * db];
                 let scales: Vec<u32> =
                     bytemuck::pod_collect_to_vec(&bytes[s0 + r * 4 * sw..s0 + (r + 1) * 4 * sw]);
+                // As strict as a load that keeps the blocks (quantized_row).
+                if let Some((b, what)) = q.bad_scale(&scales, cols) {
+                    return Err((
+                        b * crate::quant::BLOCK,
+                        format!("begins block {b}, whose {what} gives non-finite weights (corrupt data)"),
+                    ));
+                }
                 let values = q.dequantize_row(data, &scales, cols);
                 convert_row(bytemuck::cast_slice(&values), Dtype::F32, dst, dtype)
             }
