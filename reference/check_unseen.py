@@ -4,6 +4,26 @@ repository's fixtures do not cover (dense NeurIPS stacks, MoxE with dense and wi
 experts, xLSTM-Large in the package's and transformers' layouts).
 
     .venv/bin/python reference/check_unseen.py [name ...]
+    .venv/bin/python reference/check_unseen.py --random N [--seed S]
+
+Without --random: the fixed configs below (CONFIGS), or the named ones.  With --random N: N
+configs drawn at random (seeded by S, default 0) from the space the builders support, in all five
+families (dense stacks; MoxE with dense experts; MoxE with latent experts; xLSTM-Large in the
+package's and in transformers' layouts).  Every option the official configs expose and moxe reads
+is drawn: embedding dim, vocabulary, block / layer counts, sLSTM positions (a list or "all", a
+block object left out when unused), mLSTM and sLSTM head counts, conv kernels (sLSTM 0 = none),
+qkv block size, proj factors with their round-up multiple and direction, FFN activation or no FFN,
+bias, post-blocks norm, tied embeddings (MoxE also as the xlstm-object alias), sLSTM layout,
+plain xLSTMLMModel dumps; experts, top-k, router, expert type, modulation, gate bias, gamma, tau,
+post-layers norm; latent groups, default rank and per-(layer, group, kind) ranks from 1 to D + 3;
+xLSTM-Large heads, qk / v dim factors, FFN factor and multiple, biases, out norm, soft caps (none
+included, package layout only: transformers' config refuses a null cap), weight_mode single /
+fused, norm_eps and eps, tied embeddings (transformers).  A value equal to the package's default
+is sometimes left out of config.json, so that both sides apply their defaults.  Config i is
+drawn from random.Random(f"moxe-oracle:{S}:{i}") alone and named rand_s{S}_i{i}_<arch>_<summary>;
+passing such a name (the summary may be omitted) re-runs that one config.  Each random config's
+directory also holds random_config.json (what was drawn); the results go to
+results_random_s{S}.json instead of results.json.
 
 For each config: build the official model (random, seeded, norms/biases perturbed), save
 config.json + model.safetensors under $MOXE_ORACLE_DIR/<name>/ (default /tmp/moxe-oracle) in
@@ -34,7 +54,10 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
+import random
+import re
 import subprocess
 import sys
 import traceback
@@ -247,6 +270,183 @@ CONFIGS = [
 ]
 
 
+# ----------------------------------------------------------------------------- random configs
+# `--random N --seed S` draws N configs from the space the builders above support.  Config i of
+# seed S is drawn from its own generator, random.Random(f"moxe-oracle:{S}:{i}"), and named
+# rand_s{S}_i{i}_<arch>_<summary>: a name with that prefix, given as an argument, rebuilds exactly
+# that config (the summary after the prefix is only for the reader).
+
+RANDOM_NAME = re.compile(r"^rand_s(\d+)_i(\d+)(?:_|$)")
+ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
+# The package's defaults (reference/README.md, "Defaults when a field is missing"): a drawn value
+# equal to one of these is sometimes left out of config.json, so that both sides use their default.
+MLSTM_DEFAULTS = {"num_heads": 4, "conv1d_kernel_size": 4, "qkv_proj_blocksize": 4, "proj_factor": 2.0,
+                  "round_proj_up_dim_up": True, "round_proj_up_to_multiple_of": 64}
+SLSTM_DEFAULTS = {"num_heads": 4, "conv1d_kernel_size": 4}
+FFN_DEFAULTS = {"proj_factor": 1.3, "act_fn": "gelu", "round_proj_up_dim_up": True, "round_proj_up_to_multiple_of": 64}
+
+
+def _divisors(n: int, at_most: int) -> list[int]:
+    return [k for k in range(1, min(n, at_most) + 1) if n % k == 0]
+
+
+def _up_dim(factor: float, d: int, multiple: int, up: bool) -> int:
+    """The package's UpProjConfigMixin rule (xlstm/utils.py)."""
+    m = factor * d / multiple
+    return int((math.ceil(m) if up else math.floor(m)) * multiple)
+
+
+def _drop_defaults(rng: random.Random, obj: dict, defaults: dict, p: float = 0.3) -> None:
+    for k, v in defaults.items():
+        if k in obj and obj[k] == v and rng.random() < p:
+            del obj[k]
+
+
+def _rand_up(rng: random.Random, d: int, factors, max_dim: int) -> tuple[dict, int]:
+    """An up-projection (proj_factor, rounding multiple and direction) of d giving 1..max_dim."""
+    while True:
+        f = rng.choice(factors)
+        mult = rng.choice([1, 2, 4, 8, 16, 32, 64])
+        up = rng.random() < 0.75
+        di = _up_dim(f, d, mult, up)
+        if 1 <= di <= max_dim:
+            return {"proj_factor": f, "round_proj_up_to_multiple_of": mult, "round_proj_up_dim_up": up}, di
+
+
+def _rand_xlstm(rng: random.Random, need_mlstm: bool, need_slstm: bool, need_ffn: bool) -> dict:
+    """An "xlstm" object: both blocks with every option the package's configs expose and moxe reads.
+    Conv kernels are 2..6 (and 0, no conv, for the sLSTM): the package's CausalConv1d with kernel 1
+    has pad 0 and its forward returns y[..., :-0], an empty tensor."""
+    while True:
+        d = rng.randrange(8, 65)
+        sh = _divisors(d, 16)
+        if len(sh) > 1 or rng.random() < 0.2:
+            break
+    up, di = _rand_up(rng, d, [0.5, 1.0, 1.3, 1.5, 2.0, 2.5, 3.0, 4.0], 256)
+    mlstm = {"num_heads": rng.choice(_divisors(di, 8)),
+             "conv1d_kernel_size": rng.randrange(2, 7),
+             "qkv_proj_blocksize": rng.choice(_divisors(di, 16)), **up}
+    slstm = {"num_heads": rng.choice(sh), "conv1d_kernel_size": rng.choice([0, 2, 3, 4, 4, 5, 6]),
+             "backend": "vanilla", "bias_init": "powerlaw_blockdependent"}
+    ffn = None
+    if need_ffn or rng.random() < 0.85:
+        ffn_up, _ = _rand_up(rng, d, [0.5, 1.0, 1.3, 1.5, 1.7, 2.0, 2.667, 3.0], 256)
+        ffn = {"act_fn": rng.choice(ACT_FNS), **ffn_up}
+        _drop_defaults(rng, ffn, FFN_DEFAULTS)
+    _drop_defaults(rng, mlstm, MLSTM_DEFAULTS)
+    _drop_defaults(rng, slstm, SLSTM_DEFAULTS)
+    x = {"embedding_dim": d, "vocab_size": rng.randrange(16, 600), "context_length": LONG_SEQ,
+         "add_post_blocks_norm": rng.random() < 0.7, "bias": rng.random() < 0.5, "dropout": 0.0, "pad_token_id": 1,
+         "mlstm_block": {"mlstm": mlstm}, "slstm_block": {"slstm": slstm, "feedforward": ffn}}
+    if not need_mlstm and rng.random() < 0.5:
+        del x["mlstm_block"]
+    if not need_slstm and rng.random() < 0.5:
+        del x["slstm_block"]
+    return x
+
+
+def _rand_top(rng: random.Random) -> dict:
+    e = rng.choice([2, 2, 4, 4, 6, 8, 10, 12])
+    return dict(num_experts=e, top_k_experts=rng.randrange(1, e + 1), num_layers=rng.randrange(1, 4),
+                router_type=rng.choice(["conditioned_addition", "conditioned_addition", "standard"]),
+                expert_type=rng.choice(["xlstm", "mlstm", "slstm", "mlp"]),
+                modulation_bias=rng.choice(["standard", "proportional", "masked"]), gate_bias=rng.random() < 0.6,
+                gamma=round(rng.uniform(0.1, 3.0), 3), difficulty_threshold=round(rng.uniform(0.1, 0.8), 3),
+                post_layers_norm=rng.random() < 0.5, tie_weights=rng.random() < 0.5)
+
+
+def _latent_kinds(expert_type: str, g: int, groups: int) -> list[str]:
+    if expert_type == "mlp":
+        return ["w1", "w3"]
+    if expert_type == "mlstm" or (expert_type == "xlstm" and g < groups // 2):
+        return ["xlstm.proj_up"]
+    return ["ffn.proj_up"]
+
+
+def _rand_large_cfg(rng: random.Random, hf: bool) -> dict:
+    while True:
+        d = rng.randrange(16, 129, 8) if hf else rng.randrange(8, 97, 2)
+        nh = rng.choice(_divisors(d, 8))
+        fs = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+        qk = [f for f in fs if int(d * f) > 0 and int(d * f) % nh == 0]
+        v = [f for f in fs if int(d * f) > 0 and int(d * f) % nh == 0]
+        if qk and v:
+            break
+    cfg = dict(num_heads=nh, num_blocks=rng.randrange(1, 4), vocab_size=rng.randrange(16, 600),
+               use_bias=rng.random() < 0.5, add_out_norm=rng.random() < 0.6,
+               qk_dim_factor=rng.choice(qk), v_dim_factor=rng.choice(v),
+               ffn_proj_factor=rng.choice([1.0, 1.3, 1.5, 2.0, 2.667, 2.6667, 3.0]),
+               ffn_round_up_to_multiple_of=rng.choice([1, 8, 16, 32, 64]),
+               # transformers' xLSTMConfig types both caps as float and refuses None
+               gate_soft_cap=rng.choice([3.0, 5.0, 10.0, 15.0, 30.0] + ([] if hf else [None])),
+               output_logit_soft_cap=rng.choice([5.0, 12.0, 20.0, 30.0, 50.0] + ([] if hf else [None])),
+               weight_mode=rng.choice(["single", "fused"]),
+               norm_eps=rng.choice([1e-6, 1e-5, 1e-3]), eps=rng.choice([1e-6, 1e-5, 1e-3]))
+    if hf:
+        cfg.update(hidden_size=d, tie_word_embeddings=rng.random() < 0.5)
+    else:
+        cfg.update(embedding_dim=d)
+    return cfg
+
+
+def random_config(seed: int, index: int) -> dict:
+    """Config `index` of `--random ... --seed seed`: a config of one of the five families, every
+    option drawn.  The same (seed, index) always gives the same config (and the same weights)."""
+    rng = random.Random(f"moxe-oracle:{seed}:{index}")
+    arch = rng.choice(["dense", "moxe", "moxe", "latent", "large", "hf"])
+    c = dict(arch=arch, seq=rng.randrange(17, 41), seed=seed * 1_000_000 + index * SEED_TRIES + 1)
+    tag = ""
+    if arch in ("dense", "moxe", "latent"):
+        c.update(gate_scale=rng.choice([1.0, 1.0, 2.0, 4.0]), rk_scale=rng.choice([1.0, 1.0, 2.0]),
+                 layout=rng.choice(["vanilla", "cuda"]))
+    if arch == "dense":
+        nb = rng.randrange(1, 5)
+        kind = rng.choice(["mixed", "mixed", "mlstm", "slstm"])
+        if kind == "mixed" and nb > 1:
+            at = sorted(rng.sample(range(nb), rng.randrange(1, nb)))
+        elif kind == "slstm" or (kind == "mixed" and rng.random() < 0.5):
+            at = "all" if rng.random() < 0.5 else list(range(nb))
+        else:
+            at = []
+        has_s, has_m = at != [], at != "all" and len(at) < nb
+        c.update(xlstm=_rand_xlstm(rng, need_mlstm=has_m, need_slstm=has_s, need_ffn=False), num_blocks=nb,
+                 slstm_at=at, tie=rng.random() < 0.5, plain=rng.random() < 0.3)
+        tag = f"d{c['xlstm']['embedding_dim']}_nb{nb}_s{'all' if at == 'all' else ''.join(map(str, at))}"
+    elif arch in ("moxe", "latent"):
+        top = _rand_top(rng)
+        e, et = top["num_experts"], top["expert_type"]
+        c.update(top=top, xlstm=_rand_xlstm(rng, True, True, need_ffn=arch == "latent" and et in ("xlstm", "slstm")))
+        c["alias_tie"] = top["tie_weights"] and rng.random() < 0.3
+        d = c["xlstm"]["embedding_dim"]
+        tag = f"{et}_e{e}_k{top['top_k_experts']}_l{top['num_layers']}_d{d}"
+        if arch == "latent":
+            gs = [g for g in range(1, e + 1) if e % g == 0 and (et != "xlstm" or g % 2 == 0)]
+            groups = rng.choice(gs)
+            c["latent"] = {"groups": groups, "rank": rng.randrange(1, d + 1)}
+            slots = [(l, g, k) for l in range(top["num_layers"]) for g in range(groups)
+                     for k in _latent_kinds(et, g, groups)]
+            picked = rng.sample(slots, rng.randrange(0, min(len(slots), 4) + 1))
+            # ranks 1 .. D, and now and then above D (r >= 1 is all that docs/LATENT_FORMAT.md asks)
+            c["ranks"] = {s: rng.choice([1, d, d + 3, rng.randrange(1, d + 1), rng.randrange(1, d + 1)])
+                          for s in picked}
+            tag += f"_g{groups}"
+    else:
+        c["cfg"] = _rand_large_cfg(rng, arch == "hf")
+        k = c["cfg"]
+        d = k["hidden_size"] if arch == "hf" else k["embedding_dim"]
+        tag = f"{k['weight_mode']}_d{d}_nh{k['num_heads']}_nb{k['num_blocks']}"
+        if arch == "large":
+            # leave out of config.json some fields whose value is the dataclass default
+            c["omit"] = [f for f, v in (("use_bias", False), ("add_out_norm", True), ("norm_eps", 1e-6),
+                                        ("eps", 1e-6), ("qk_dim_factor", 0.5), ("v_dim_factor", 1.0),
+                                        ("ffn_proj_factor", 2.6667), ("ffn_round_up_to_multiple_of", 64),
+                                        ("gate_soft_cap", 15.0), ("output_logit_soft_cap", 30.0),
+                                        ("weight_mode", "single"))
+                         if k[f] == v and rng.random() < 0.5]
+    c["name"] = f"rand_s{seed}_i{index}_{arch}_{tag}"
+    return c
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def rand_ids(vocab, n, seed):
@@ -367,7 +567,10 @@ def check_large(c):
     randomize(model, c["seed"])
     sd = {k: v.float().contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-    (d / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    cj = dataclasses.asdict(cfg)
+    for k in c.get("omit", ()):  # random mode: fields left to the dataclass default
+        del cj[k]
+    (d / "config.json").write_text(json.dumps(cj, indent=2) + "\n")
     m64 = xLSTMLarge(cfg).double().eval()
     f64_state(m64)
     m64.load_state_dict({k: v.double() for k, v in sd.items()})
@@ -490,13 +693,39 @@ def note(row) -> str:
     return "; ".join(notes)
 
 
-def main(names):
+def select(names, n_random, seed):
+    """The configs to run: the fixed list (or the named ones), or `n_random` drawn for `seed`; a
+    name rand_s{S}_i{I}[_...] rebuilds that random config."""
+    if n_random is not None:
+        return [random_config(seed, i) for i in range(n_random)]
+    out = []
+    for name in names:
+        m = RANDOM_NAME.match(name)
+        if m:
+            out.append(random_config(int(m.group(1)), int(m.group(2))))
+    fixed = [c for c in CONFIGS if not names or c["name"] in names]
+    return fixed + out
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(description="moxe vs the official code on configs no fixture has")
+    ap.add_argument("names", nargs="*", help="fixed config names, or rand_s{S}_i{I}[_...] (default: every fixed config)")
+    ap.add_argument("--random", type=int, metavar="N", help="check N configs drawn at random instead")
+    ap.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --random (default 0)")
+    args = ap.parse_args(argv)
+    if args.random is not None and args.names:
+        ap.error("--random takes no config names (re-run one random config by its name alone)")
+    configs = select(args.names, args.random, args.seed)
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"long case: {LONG_SEQ} ids, fed in chunks {engine_chunks(LONG_SEQ)}", flush=True)
     rows = []
-    for c in CONFIGS:
-        if names and c["name"] not in names:
-            continue
+    for c in configs:
+        if c["name"].startswith("rand_"):
+            shown = {**c, **({"ranks": [[*k, r] for k, r in c["ranks"].items()]} if "ranks" in c else {})}
+            print("config " + json.dumps(shown), flush=True)
+            (OUT / c["name"]).mkdir(parents=True, exist_ok=True)
+            (OUT / c["name"] / "random_config.json").write_text(json.dumps(shown, indent=2) + "\n")
         row = {"name": c["name"], "arch": c["arch"]}
         try:
             fn = {"dense": check_neurips, "moxe": check_neurips, "latent": check_neurips,
@@ -516,11 +745,13 @@ def main(names):
             traceback.print_exc()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (OUT / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n%-40s %-6s %-25s %10s %10s %s" % ("config", "arch", "status", "short_rel", "long_rel", "note"))
+    results = "results.json" if args.random is None else f"results_random_s{args.seed}.json"
+    (OUT / results).write_text(json.dumps(rows, indent=2) + "\n")
+    w = max([40] + [len(r["name"]) for r in rows])
+    print("\n%-*s %-6s %-25s %10s %10s %s" % (w, "config", "arch", "status", "short_rel", "long_rel", "note"))
     for r in rows:
         rel = [f"{r[case]['max_rel']:.2e}" if "max_rel" in r.get(case, {}) else "-" for case in CASES]
-        print("%-40s %-6s %-25s %10s %10s %s" % (r["name"], r["arch"], r["status"], *rel, note(r)[:200]))
+        print("%-*s %-6s %-25s %10s %10s %s" % (w, r["name"], r["arch"], r["status"], *rel, note(r)[:200]))
     return int(any(r["status"] != "PASS" for r in rows))
 
 

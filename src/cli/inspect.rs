@@ -33,6 +33,10 @@ fn describe(c: &ModelConfig) -> String {
         c.vocab_size,
         c.tie_weights
     );
+    if let Some(n) = c.context_length {
+        // Informational: the recurrent state has no length limit; `perplexity` windows.
+        s += &format!(", context_length {n} (training; perplexity's default window)");
+    }
     if let Some(x) = c.xlstm() {
         s += &describe_blocks(x);
     }
