@@ -174,45 +174,39 @@ impl Session {
         self.generate_ids(&ids, opts)
     }
 
-    /// Generates after the prompt token ids, streaming pieces.
+    /// Generates after the prompt token ids, streaming pieces. A generation that ended on
+    /// a token it did not feed (see [`Generation::absorb_last`]) has that token read first.
     ///
     /// No ids go on from where the session stands, if its last input was a feed or a
     /// generation: after [`Session::feed`], from the token that feed sampled; after a
-    /// generation that ended (at its token budget, a stop string or EOS), by first feeding
-    /// the token it ended on, as [`Generation::absorb_last`] would; after one dropped before
-    /// its end, from the token it had already sampled. A sampled token was drawn with the
-    /// sampling settings of its own call. With `max_tokens` 0 the prompt is read and
-    /// nothing is generated.
+    /// generation that ended (at its token budget, a stop string or EOS), by first reading
+    /// the token it ended on; after one dropped before its end, from the token it had
+    /// already sampled. A sampled token was drawn with the sampling settings of its own
+    /// call. With `max_tokens` 0 the prompt is read and nothing is generated.
     pub fn generate_ids(
         &mut self,
         prompt: &[u32],
         opts: &GenerateOptions,
     ) -> Result<Generation<'_>> {
         opts.validate()?;
-        let tokenizer = self.model().require_tokenizer()?;
-        let resume = match (prompt.is_empty(), self.resume) {
-            (false, _) => None,
-            (true, Some(r)) => Some(r),
+        let model = self.model().clone();
+        let tokenizer = model.require_tokenizer()?;
+        let sampled = match (prompt.is_empty(), self.resume) {
             (true, None) => {
                 return Err(Error::InvalidArgument(
                     "nothing to generate from: the prompt has no tokens, and the session's \
-                     last input was neither a feed nor a generation to go on from"
+                     last input was neither a feed nor a generation to go on from (a session \
+                     file saved before moxe kept resume points has none)"
                         .into(),
                 ))
             }
-        };
-        let (context, read): (&[u32], &[u32]) = match &resume {
-            None => (prompt, prompt),
-            Some(Resume::Unfed(id)) => (std::slice::from_ref(id), std::slice::from_ref(id)),
-            Some(Resume::Sampled { after, .. }) => (std::slice::from_ref(after), &[]),
-        };
-        let mut emitter = Emitter::new(tokenizer, context);
-        let sampled = match resume {
-            Some(Resume::Sampled { next, .. }) => Some(next),
+            (true, Some(Resume::Sampled(next))) => Some(next),
             // An ended generation's last token waits for a generation that wants more.
-            Some(Resume::Unfed(_)) if opts.max_tokens == 0 => None,
-            _ => Some(self.feed(read, &opts.sampling)?),
+            (true, Some(Resume::Unfed(_))) if opts.max_tokens == 0 => None,
+            // Reads an ended generation's last token first (feed does).
+            _ => Some(self.feed(prompt, &opts.sampling)?),
         };
+        let mut emitter = Emitter::new(tokenizer, &self.recent);
         let next = if opts.max_tokens == 0 {
             // Nothing to generate: ended at its length, as a batch's generation says.
             emitter.finish = Some(Finish::MaxTokens);
@@ -241,7 +235,8 @@ impl Generation<'_> {
     /// stops after sampling that token without feeding it.
     pub fn absorb_last(mut self) -> Result<()> {
         match self.unfed.take() {
-            Some(id) => self.session.feed(&[id], &self.opts.sampling).map(|_| ()),
+            // The session holds it as its pending token, which a feed reads first.
+            Some(_) => self.session.feed(&[], &self.opts.sampling).map(|_| ()),
             None => Ok(()),
         }
     }

@@ -10,7 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::model::{Model, StateArray};
 use super::runner::{Output, StepKey, StepResult};
-use super::tokenizer::check_ids;
+use super::tokenizer::{check_ids, STREAM_CONTEXT};
 use crate::arch::moxe::{MoeStep, RouterTelemetry};
 use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
@@ -27,17 +27,21 @@ pub struct Session {
     /// Where the last feed or generation on this session stopped, while nothing else has
     /// been fed since: an empty prompt goes on from there.
     pub(crate) resume: Option<Resume>,
+    /// The last ids the state read (at most STREAM_CONTEXT): the context that decodes the
+    /// text of what follows.
+    pub(crate) recent: Vec<u32>,
 }
 
 /// Where a feed or generation stopped, for an empty prompt to go on from
 /// ([`Session::generate_ids`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resume {
-    /// It ended on this token: handed out, not fed to the state.
+    /// A generation ended on this token: handed out, not yet read by the state (the next
+    /// feed reads it first).
     Unfed(u32),
-    /// `next` was sampled after the state (by a feed, or a generation dropped before handing
-    /// it out); `after` is the last token the state read.
-    Sampled { next: u32, after: u32 },
+    /// This token was sampled after the state (by a feed, or by a generation dropped
+    /// before handing it out).
+    Sampled(u32),
 }
 
 impl std::fmt::Display for Resume {
@@ -45,25 +49,40 @@ impl std::fmt::Display for Resume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Resume::Unfed(id) => write!(f, "unfed {id}"),
-            Resume::Sampled { next, after } => write!(f, "sampled {next} {after}"),
+            Resume::Sampled(id) => write!(f, "sampled {id}"),
         }
     }
 }
 
 impl Resume {
-    /// Reads the metadata form back; None unless well formed with every id below `vocab`.
+    /// Reads the metadata form back; None unless well formed with its id below `vocab`.
     fn parse(text: &str, vocab: usize) -> Option<Resume> {
-        let words: Vec<&str> = text.split(' ').collect();
-        let id = |w: &str| w.parse::<u32>().ok().filter(|&id| (id as usize) < vocab);
-        match words[..] {
-            ["unfed", a] => Some(Resume::Unfed(id(a)?)),
-            ["sampled", n, a] => Some(Resume::Sampled {
-                next: id(n)?,
-                after: id(a)?,
-            }),
+        match text.split(' ').collect::<Vec<_>>()[..] {
+            ["unfed", id] => Some(Resume::Unfed(parse_id(id, vocab)?)),
+            ["sampled", id] => Some(Resume::Sampled(parse_id(id, vocab)?)),
             _ => None,
         }
     }
+}
+
+/// A token id written as decimal digits, below `vocab`.
+fn parse_id(text: &str, vocab: usize) -> Option<u32> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| text.parse::<u32>().ok())
+        .flatten()
+        .filter(|&id| (id as usize) < vocab)
+}
+
+/// The session file's metadata `recent` read back: at most STREAM_CONTEXT ids below
+/// `vocab`, separated by spaces (none: empty).
+fn parse_recent(text: &str, vocab: usize) -> Option<Vec<u32>> {
+    let ids = text
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(|w| parse_id(w, vocab))
+        .collect::<Option<Vec<u32>>>()?;
+    (ids.len() <= STREAM_CONTEXT).then_some(ids)
 }
 
 impl Session {
@@ -76,6 +95,7 @@ impl Session {
             position: 0,
             draws: 0,
             resume: None,
+            recent: Vec::new(),
         })
     }
 
@@ -90,7 +110,11 @@ impl Session {
     }
 
     /// Feeds `ids` and samples the token that follows them. Long inputs run in chunks of
-    /// at most `prefill_chunk` tokens (powers of two), each one submission.
+    /// at most `prefill_chunk` tokens (powers of two), each one submission. When the last
+    /// generation on this session ended on a token it handed out without feeding it, that
+    /// token is read first, so that the state holds all the text generated (the other
+    /// inputs, [`Session::logits`], [`Session::score`] and the batch steps, read exactly
+    /// their ids and drop it).
     pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
         let sampled = self.feed_watched(ids, sampling, None)?;
         Ok(sampled.expect("an unwatched feed runs to its end"))
@@ -109,15 +133,22 @@ impl Session {
         go_on: Option<&mut dyn FnMut(usize, usize) -> bool>,
     ) -> Result<Option<u32>> {
         sampling.validate()?;
+        // A generation's last token, handed out but not read, comes before the new input.
+        let joined: Vec<u32>;
+        let ids = match self.resume {
+            Some(Resume::Unfed(id)) => {
+                joined = [&[id], ids].concat();
+                &joined[..]
+            }
+            _ => ids,
+        };
         let words = settings_words(sampling, self.draws);
         let Some(r) = self.feed_chunks(ids, Output::Sample, &words, go_on)? else {
             return Ok(None);
         };
         self.draws += 1;
         let next = r.sampled[0];
-        if let Some(&after) = ids.last() {
-            self.resume = Some(Resume::Sampled { next, after });
-        }
+        self.resume = Some(Resume::Sampled(next));
         Ok(Some(next))
     }
 
@@ -160,11 +191,13 @@ impl Session {
             // The others are submitted unread (queue order keeps them before the last);
             // watched, each is waited for (not read: a feed reads only its last chunk).
             let last = i + 1 == chunks.len();
+            // Before the state moves (also when the run fails midway).
+            self.resume = None;
             result = run(&self.model, key, chunk, &[self.slot as u32], input, last)?;
             if go_on.is_some() && !last {
                 self.model.ctx.wait("reading a prompt chunk")?;
             }
-            self.moved(chunk.len());
+            self.moved(chunk);
             read += chunk.len();
         }
         Ok(Some(result))
@@ -178,6 +211,7 @@ impl Session {
         }
         check_ids(ids, self.model.vocab())?;
         check_ids(targets, self.model.vocab())?;
+        self.resume = None;
         let mut out = Vec::with_capacity(ids.len());
         let mut start = 0;
         for chunk in chunks(ids, self.model.options.prefill_chunk) {
@@ -190,7 +224,7 @@ impl Session {
             let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
             out.extend(r.nll);
             start += chunk.len();
-            self.moved(chunk.len());
+            self.moved(chunk);
         }
         Ok(out)
     }
@@ -198,6 +232,7 @@ impl Session {
     /// Feeds `ids` and returns the logits (ids.len(), V) after each of them.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         check_ids(ids, self.model.vocab())?;
+        self.resume = None;
         let mut out = Vec::with_capacity(ids.len() * self.model.vocab());
         for chunk in chunks(ids, self.model.options.prefill_chunk) {
             let key = StepKey {
@@ -215,7 +250,7 @@ impl Session {
             out.extend(logits);
             runner.last = Some(key);
             drop(runner);
-            self.moved(chunk.len());
+            self.moved(chunk);
         }
         Ok(out)
     }
@@ -230,6 +265,7 @@ impl Session {
             position: self.position,
             draws: self.draws,
             resume: self.resume,
+            recent: self.recent.clone(),
         })
     }
 
@@ -242,6 +278,7 @@ impl Session {
             position: self.position,
             draws: self.draws,
             resume: self.resume,
+            recent: self.recent.clone(),
             model: fingerprint(&self.model),
         })
     }
@@ -264,6 +301,7 @@ impl Session {
             position: snapshot.position,
             draws: snapshot.draws,
             resume: snapshot.resume,
+            recent: snapshot.recent.clone(),
         };
         model.write_slot(session.slot, &arrays)?;
         Ok(session)
@@ -296,6 +334,15 @@ impl Session {
                 .resume
                 .map(|r| ("resume".to_string(), r.to_string())),
         )
+        .chain([(
+            "recent".to_string(),
+            snapshot
+                .recent
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        )])
         .collect();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
@@ -353,18 +400,32 @@ impl Session {
                 Error::file(
                     path,
                     format!(
-                        "metadata 'resume' is '{text}': expected 'unfed ID' or 'sampled NEXT \
-                         AFTER' with ids below the vocabulary size {}",
+                        "metadata 'resume' is '{text}': expected 'unfed ID' or 'sampled ID' \
+                         with the id below the vocabulary size {}",
                         model.vocab()
                     ),
                 )
             })?),
+        };
+        let recent = match meta.get("recent") {
+            None => Vec::new(),
+            Some(text) => parse_recent(text, model.vocab()).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!(
+                        "metadata 'recent' is '{text}': expected up to {STREAM_CONTEXT} ids \
+                         below the vocabulary size {}, separated by spaces",
+                        model.vocab()
+                    ),
+                )
+            })?,
         };
         let snapshot = Snapshot {
             arrays,
             position,
             draws,
             resume,
+            recent,
             model: want,
         };
         // The state arrays' names and shapes are the file's.
@@ -383,15 +444,19 @@ impl Session {
         self.slot
     }
 
-    pub(crate) fn advance(&mut self, tokens: usize) {
-        self.moved(tokens);
+    /// One decode step read `token`.
+    pub(crate) fn advance(&mut self, token: u32) {
+        self.moved(&[token]);
         self.draws += 1;
     }
 
-    /// The state has read `tokens` more: a stopped generation can no longer be resumed.
-    fn moved(&mut self, tokens: usize) {
-        self.position += tokens;
+    /// The state has read `ids` more: a stopped generation can no longer be resumed.
+    fn moved(&mut self, ids: &[u32]) {
+        self.position += ids.len();
         self.resume = None;
+        self.recent.extend_from_slice(ids);
+        let extra = self.recent.len().saturating_sub(STREAM_CONTEXT);
+        self.recent.drain(..extra);
     }
 
     pub(crate) fn draws(&self) -> u32 {
@@ -406,6 +471,7 @@ pub struct Snapshot {
     position: usize,
     draws: u32,
     resume: Option<Resume>,
+    recent: Vec<u32>,
     model: String,
 }
 
@@ -545,6 +611,9 @@ impl Model {
         let lens = chunk_lens(n, self.options.prefill_chunk);
         let mut result = StepResult::default();
         let mut start = 0;
+        for s in sessions.iter_mut() {
+            s.resume = None;
+        }
         for (i, &len) in lens.iter().enumerate() {
             let chunk: Vec<u32> = (0..b)
                 .flat_map(|s| ids[s * n + start..s * n + start + len].iter().copied())
@@ -555,10 +624,10 @@ impl Model {
                 output: Output::Logits,
             };
             result = run(self, key, &chunk, &slots, &[], i + 1 == lens.len())?;
+            for (s, own) in sessions.iter_mut().zip(chunk.chunks(len)) {
+                s.moved(own);
+            }
             start += len;
-        }
-        for s in sessions.iter_mut() {
-            s.moved(n);
         }
         Ok(result.logits)
     }
@@ -583,9 +652,12 @@ impl Model {
             tokens: 1,
             output: Output::Logits,
         };
-        let r = run(self, key, tokens, &slots, &[], true)?;
         for s in sessions.iter_mut() {
-            s.advance(1);
+            s.resume = None;
+        }
+        let r = run(self, key, tokens, &slots, &[], true)?;
+        for (s, &token) in sessions.iter_mut().zip(tokens) {
+            s.advance(token);
         }
         Ok(r.logits)
     }
@@ -622,9 +694,13 @@ impl Model {
             tokens: 1,
             output: Output::Sample,
         };
-        let r = run(self, key, tokens, &slots, &words, true)?;
         for s in sessions.iter_mut() {
-            s.advance(1);
+            s.resume = None;
+        }
+        let r = run(self, key, tokens, &slots, &words, true)?;
+        for ((s, &token), &next) in sessions.iter_mut().zip(tokens).zip(&r.sampled) {
+            s.advance(token);
+            s.resume = Some(Resume::Sampled(next));
         }
         Ok(r.sampled)
     }

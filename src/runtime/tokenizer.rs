@@ -276,7 +276,7 @@ fn fallback_byte(token: &str) -> Option<u8> {
 }
 
 /// Prompt ids kept as the decoding context of a stream's first piece.
-const STREAM_CONTEXT: usize = 4;
+pub(crate) const STREAM_CONTEXT: usize = 4;
 
 /// Fails when an id is not below `vocab`.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
