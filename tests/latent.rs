@@ -448,3 +448,44 @@ fn convert_cli_writes_a_loadable_model_and_prints_the_report() {
     moxe::convert::latent::convert(&src, &out, RankChoice::Rank(4), 2, true).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn conversions_carry_the_tokenizer_chat_template_and_generation_defaults() {
+    // A model directory with the side files a load reads (its vocabulary is too small for
+    // the bundled tokenizer; tokenizer.json is copied by the same code).
+    let src = out_dir("sides-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let fixture_dir = fixture("models/moxe_xlstm_e4_k2_standard");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture_dir.join(f), src.join(f)).unwrap();
+    }
+    let sides = [
+        ("tokenizer_config.json", r#"{"add_bos_token": false}"#),
+        ("generation_config.json", r#"{"temperature": 0.5}"#),
+        ("special_tokens_map.json", r#"{}"#),
+        (
+            "chat_template.jinja",
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+        ),
+    ];
+    for (f, text) in sides {
+        std::fs::write(src.join(f), text).unwrap();
+    }
+    let latent = out_dir("sides-latent");
+    convert(&src, &latent, RankChoice::Rank(8), 2, false).unwrap();
+    let quantised = out_dir("sides-q8");
+    moxe::convert::quantize::quantize(&src, &quantised, moxe::quant::QuantFormat::Q8, false, None)
+        .unwrap();
+    for out in [&latent, &quantised] {
+        for f in moxe::checkpoint::dir::SIDE_FILES {
+            assert_eq!(
+                std::fs::read(out.join(f)).ok(),
+                std::fs::read(src.join(f)).ok(),
+                "{} {f}",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).unwrap();
+    }
+    std::fs::remove_dir_all(&src).unwrap();
+}

@@ -69,6 +69,43 @@ impl ModelDir {
 
 /// The weights of model directory `dir`, in whichever layout it has; where it has two, as
 /// transformers picks: `model.safetensors` before a sharded checkpoint.
+/// The files of a model directory read beside config.json and the weights, when present:
+/// the tokenizer, its special tokens and chat template, and the generation defaults.
+pub const SIDE_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// Whether `name` is a file a load of the model directory `dir` reads: config.json, a side
+/// file, or weights (model.safetensors, the index and the shards it names, model_N).
+pub fn is_model_file(dir: &Path, name: &str) -> bool {
+    let numbered = name
+        .strip_prefix("model_")
+        .and_then(|n| n.strip_suffix(".safetensors"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let fixed = [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ];
+    if numbered || fixed.contains(&name) || SIDE_FILES.contains(&name) {
+        return true;
+    }
+    // A shard the index names (an unreadable index names none).
+    let index = dir.join("model.safetensors.index.json");
+    let shards = super::files::read_text(&index, super::files::JSON_LIMIT)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    shards
+        .as_ref()
+        .and_then(|v| v.get("weight_map"))
+        .and_then(|m| m.as_object())
+        .is_some_and(|m| m.values().any(|shard| shard.as_str() == Some(name)))
+}
+
 pub fn open_weights(dir: &Path) -> Result<Weights> {
     let single = dir.join("model.safetensors");
     if super::files::present(&single) {

@@ -24,6 +24,7 @@ use crate::arch::moxe::config::ExpertType;
 use crate::arch::moxe::latent::shared_key;
 use crate::arch::moxe::manifest::{expert_kind, Kind};
 use crate::arch::{Architecture, ModelConfig};
+use crate::checkpoint::dir::SIDE_FILES;
 use crate::checkpoint::{ModelDir, ParameterCounts};
 use crate::error::{Error, Result};
 
@@ -343,8 +344,8 @@ fn factorize(
 }
 
 /// Converts the dense-expert model directory `input` into a latent one at `output`
-/// (config.json with `"latent": {"groups": G}`, model.safetensors, tokenizer.json copied when
-/// present), checks the result against its manifest, and returns the report. Files already
+/// (config.json with `"latent": {"groups": G}`, model.safetensors, the side files copied
+/// when present), checks the result against its manifest, and returns the report. Files already
 /// in `output` are an error unless `overwrite`.
 pub fn convert(
     input: &Path,
@@ -355,12 +356,13 @@ pub fn convert(
 ) -> Result<ConversionReport> {
     choice.check()?;
     let dir = ModelDir::open(input)?;
-    let staging = super::prepare_output(
-        input,
-        output,
-        &["config.json", "model.safetensors", "tokenizer.json"],
-        overwrite,
-    )?;
+    // Every file the output may hold: a side file that the input lacks is removed from the
+    // output, not left over from an earlier model.
+    let written: Vec<&str> = ["config.json", "model.safetensors"]
+        .into_iter()
+        .chain(SIDE_FILES)
+        .collect();
+    let staging = super::prepare_output(input, output, &written, overwrite)?;
     let slots = slots(&dir.config, groups)?;
     let mut reports = Vec::with_capacity(slots.len());
     let mut new: BTreeMap<String, Written> = BTreeMap::new();
@@ -382,11 +384,7 @@ pub fn convert(
         groups,
     )?;
     write_weights(&dir, &replaced, &new, &staging.path("model.safetensors"))?;
-    // Without a tokenizer of its own, the commit removes one left over from an earlier
-    // model in the output directory.
-    if let Some(tok) = &dir.tokenizer {
-        super::copy_side_file(tok, &staging.path("tokenizer.json"))?;
-    }
+    super::copy_side_files(input, &staging)?;
     let after = ModelDir::open(staging.dir())?.parameters();
     let removed = staging.commit()?;
     Ok(ConversionReport {

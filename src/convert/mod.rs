@@ -13,11 +13,20 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::files::present;
 use crate::error::{Error, Result};
 
-/// Copies a model's side file (tokenizer, generation config) into a conversion's output:
-/// a regular file within the size a load reads (a FIFO would block the copy for ever).
-pub(crate) fn copy_side_file(from: &Path, to: &Path) -> Result<()> {
-    crate::checkpoint::files::check_regular(from, crate::checkpoint::files::TOKENIZER_LIMIT)?;
-    std::fs::copy(from, to).map_err(|e| Error::file(from, format!("cannot copy: {e}")))?;
+/// Copies the side files of model directory `input` (tokenizer, its special tokens and
+/// chat template, generation defaults: `SIDE_FILES`) that it has into a conversion's
+/// output, each a regular file within the size a load reads (a FIFO would block the copy
+/// for ever); a link to nothing is an error, not a file left out.
+pub(crate) fn copy_side_files(input: &Path, staging: &Staging) -> Result<()> {
+    for name in crate::checkpoint::dir::SIDE_FILES {
+        let from = input.join(name);
+        if !present(&from) {
+            continue;
+        }
+        crate::checkpoint::files::check_regular(&from, crate::checkpoint::files::TOKENIZER_LIMIT)?;
+        std::fs::copy(&from, staging.path(name))
+            .map_err(|e| Error::file(&from, format!("cannot copy: {e}")))?;
+    }
     Ok(())
 }
 

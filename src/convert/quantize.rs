@@ -14,19 +14,12 @@ use std::time::Instant;
 use safetensors::tensor::Dtype;
 
 use super::prepare_output;
+use crate::checkpoint::dir::SIDE_FILES;
 use crate::checkpoint::quantized::{self, Planned};
 use crate::checkpoint::{ModelDir, ProgressFn, Weights};
 use crate::error::{Error, Result};
 use crate::quant::QuantFormat;
 use crate::tensor::{weight_stride, DType};
-
-/// Files of a model directory copied beside the weights when present.
-const COPIED: [&str; 4] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-];
 
 /// What a quantisation did.
 #[derive(Debug, Clone)]
@@ -81,7 +74,7 @@ pub fn quantize(
     // Every file the output may hold: one of the copied files that the input lacks is
     // removed from the output, not left over from an earlier model.
     let mut written = vec!["config.json", "model.safetensors"];
-    written.extend(COPIED);
+    written.extend(SIDE_FILES);
     let staging = prepare_output(input, output, &written, overwrite)?;
     let weights_path = staging.path("model.safetensors");
 
@@ -134,13 +127,7 @@ pub fn quantize(
         &staging.path("config.json"),
         format,
     )?;
-    for f in COPIED {
-        let from = input.join(f);
-        // Present, or a link to nothing (an error, not a file left out).
-        if crate::checkpoint::files::present(&from) {
-            super::copy_side_file(&from, &staging.path(f))?;
-        }
-    }
+    super::copy_side_files(input, &staging)?;
     // The result must load: check it the way every load does.
     ModelDir::open(staging.dir())?;
     let bytes_after = std::fs::metadata(&weights_path)
