@@ -501,11 +501,11 @@ fn outputs_never_replace_the_run_s_inputs() {
     for (args, needle) in [
         (
             &["logits", "--model", m, "--ids", "1", "--out", c][..],
-            "is a file of the model directory",
+            "is a file of the model in",
         ),
         (
             &["perplexity", "--model", m, "--text", t, "--nll-out", c],
-            "is a file of the model directory",
+            "is a file of the model in",
         ),
         (
             &["perplexity", "--model", m, "--text", t, "--nll-out", t],
@@ -534,6 +534,18 @@ fn outputs_never_replace_the_run_s_inputs() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read(&config).unwrap(), before);
+    // A file of the user's in the model directory is theirs to replace.
+    let session = model.join("chat.session");
+    let s = session.to_str().unwrap();
+    for force in [false, true] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args(["generate", "--model", m, "-p", "Hi", "--max-tokens", "1"])
+            .args(["--save-session", s])
+            .args(force.then_some("--force"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
     assert!(std::fs::read_to_string(&text)
         .unwrap()
         .starts_with("The quick"));
@@ -746,7 +758,7 @@ fn text_inputs_are_bounded_and_a_byte_order_mark_is_not_text() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("empty.txt") && err.contains("is empty"),
+        !out.status.success() && err.contains("empty.txt") && err.contains("holds no prompt"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

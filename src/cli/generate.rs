@@ -106,7 +106,11 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
         if !args.lines {
             let text = without_final_break(text);
             if text.is_empty() && !may_be_empty {
-                return Err(Error::file(path, "is empty: there is no prompt in it"));
+                return Err(Error::file(
+                    path,
+                    "holds no prompt text (an empty prompt goes on from a saved session \
+                     only, with --resume)",
+                ));
             }
             return Ok(vec![text]);
         }
@@ -166,8 +170,8 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
                 _ => "the text is empty",
             };
             return Err(Error::InvalidArgument(format!(
-                "{which}: {source} (an empty prompt goes on from a saved session only, with \
-                 --resume)"
+                "{which}: {source} (an empty prompt goes on from a saved session only: one \
+                 prompt, with --resume)"
             )));
         }
         prompts.push(text);
@@ -281,18 +285,25 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
         }
         if open {
             show(&mut out, "\n")?;
-        } else {
-            eprintln!("[standard output was closed: generation stopped after {tokens} tokens]");
         }
         if let Some(path) = &args.save_session {
             // Holds every token shown (a generation stopped early has fed them all).
             gen.absorb_last()?;
             session.save(path)?;
-            eprintln!(
+            // Standard error may share the closed pipe: nothing to say there, nothing lost.
+            let _ = writeln!(
+                std::io::stderr(),
                 "[session saved to {} after {} tokens]",
                 path.display(),
                 session.position()
             );
+        }
+        if !open {
+            let _ = writeln!(
+                std::io::stderr(),
+                "[standard output was closed: generation stopped after {tokens} tokens]"
+            );
+            return Ok(());
         }
         if args.telemetry {
             for (l, t) in session.telemetry()?.iter().enumerate() {

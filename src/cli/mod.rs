@@ -86,8 +86,8 @@ impl GpuArgs {
 /// Fails when the output file `path` (given by option `flag`) exists, unless `force` (a
 /// file the user saved is only replaced when asked), or cannot be written as a whole file
 /// (a directory, link, device or FIFO, or a missing directory: `check_target`), or is one
-/// of the run's inputs, even with `force`: a file of the `model` directory or one of
-/// `inputs`. Checked before any work, so a refused run costs nothing.
+/// of the run's inputs, even with `force`: a file the `model` directory's load reads, or
+/// one of `inputs`. Checked before any work, so a refused run costs nothing.
 fn check_output_file(
     path: &Path,
     flag: &str,
@@ -105,15 +105,21 @@ fn check_output_file(
     if !exists {
         return Ok(());
     }
-    let in_model = match (path.canonicalize(), model.canonicalize()) {
-        (Ok(file), Ok(dir)) => file.parent() == Some(dir.as_path()),
+    let model_file = match (path.canonicalize(), model.canonicalize()) {
+        (Ok(file), Ok(dir)) => {
+            file.parent() == Some(dir.as_path())
+                && file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|name| moxe::checkpoint::dir::is_model_file(&dir, name))
+        }
         _ => false,
     };
-    if in_model {
+    if model_file {
         return Err(moxe::Error::file(
             path,
             format!(
-                "is a file of the model directory {}: {flag} never replaces a model's files; \
+                "is a file of the model in {}: {flag} never replaces a model's files; \
                  choose another path",
                 model.display()
             ),
