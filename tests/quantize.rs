@@ -523,7 +523,7 @@ fn a_scale_that_overflows_is_refused_kept_or_dequantised() {
         .err()
         .expect("loaded")
         .to_string();
-    assert_mentions(&err, &[name, "block 0", "non-finite weights"]);
+    assert_mentions(&err, &[name, "row 1, block 0", "non-finite weights"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

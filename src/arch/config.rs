@@ -21,7 +21,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::moxe::config::{parse_moxe, MoxeConfig};
-use super::xlstm::config::{parse_dense, parse_xlstm, DenseConfig, XlstmConfig};
+use super::xlstm::config::{parse_dense, parse_layout, parse_xlstm, DenseConfig, XlstmConfig};
 use super::xlstm_large::config::{LargeConfig, LargeOrigin};
 use super::Loaded;
 use crate::checkpoint::json::Obj;
@@ -120,12 +120,15 @@ impl ModelConfig {
                 }
             },
         };
-        let xlstm = parse_xlstm(&x, d)?;
         let tie_weights = root.bool_or("tie_weights", x.bool_or("tie_weights", false)?)?;
         let architecture = if moxe {
-            Architecture::Moxe(parse_moxe(root, xlstm)?)
+            // The mixer holds both blocks.
+            Architecture::Moxe(parse_moxe(root, parse_xlstm(&x, d, true, true)?)?)
         } else {
-            Architecture::Dense(parse_dense(&x, xlstm)?)
+            let (blocks, slstm_at) = parse_layout(&x)?;
+            let (slstm, mlstm) = (!slstm_at.is_empty(), slstm_at.len() < blocks);
+            let xlstm = parse_xlstm(&x, d, slstm, mlstm)?;
+            Architecture::Dense(parse_dense(&x, xlstm, blocks, slstm_at)?)
         };
         Ok(ModelConfig {
             architecture,
@@ -412,6 +415,22 @@ mod tests {
         }
         let bad = dense.replace("[1]", "[5]");
         assert!(parse(&bad).unwrap_err().to_string().contains("slstm_at"));
+        // As the package builds them: a block kind no block uses is not read (5 heads do
+        // not divide 24, and the sLSTM block is unused), and without an mlstm_block every
+        // block is an sLSTM block.
+        let unused = dense
+            .replace(r#""num_heads": 2"#, r#""num_heads": 5"#)
+            .replace("[1]", "[]");
+        let c = parse(&unused).unwrap();
+        assert!(c.xlstm().unwrap().slstm.is_none());
+        let slstm_only = dense.replace(r#""mlstm_block": {"mlstm": {"num_heads": 4}},"#, "");
+        match parse(&slstm_only).unwrap().architecture {
+            Architecture::Dense(d) => assert_eq!(d.slstm_at, vec![0, 1, 2]),
+            _ => panic!("dense expected"),
+        }
+        let neither = slstm_only.replace(r#""slstm_block": {"slstm": {"num_heads": 2}},"#, "");
+        let err = parse(&neither).unwrap_err().to_string();
+        assert!(err.contains("slstm_block is missing"), "{err}");
     }
 
     #[test]

@@ -173,10 +173,16 @@ pub struct DenseConfig {
     pub xlstm: XlstmConfig,
 }
 
-/// Parses the blocks of the `xlstm` object `x` for embedding dim `d`.
-pub(crate) fn parse_xlstm(x: &Obj<'_>, d: usize) -> Result<XlstmConfig> {
+/// Parses the blocks of the `xlstm` object `x` for embedding dim `d`: the sLSTM and the
+/// mLSTM block where the model has such blocks (`slstm`, `mlstm`); a block object the
+/// model does not use is not read (the package builds only the blocks it places).
+pub(crate) fn parse_xlstm(x: &Obj<'_>, d: usize, slstm: bool, mlstm: bool) -> Result<XlstmConfig> {
     let bias = x.bool_or("bias", false)?;
-    let mlstm = match x.object("mlstm_block")? {
+    let object = |key: &str, used: bool| match used {
+        true => x.object(key),
+        false => Ok(None),
+    };
+    let mlstm = match object("mlstm_block", mlstm)? {
         None => None,
         Some(block) => {
             let m = block.object("mlstm")?;
@@ -188,7 +194,7 @@ pub(crate) fn parse_xlstm(x: &Obj<'_>, d: usize) -> Result<XlstmConfig> {
             )?)
         }
     };
-    let slstm = match x.object("slstm_block")? {
+    let slstm = match object("slstm_block", slstm)? {
         None => None,
         Some(block) => Some(parse_slstm(&block, d)?),
     };
@@ -330,11 +336,15 @@ fn parse_slstm(block: &Obj<'_>, d: usize) -> Result<SlstmConfig> {
     })
 }
 
-/// Parses a dense stack from the `xlstm` object `x` with its blocks `xlstm`.
-pub(crate) fn parse_dense(x: &Obj<'_>, xlstm: XlstmConfig) -> Result<DenseConfig> {
+/// A dense stack's block count and sLSTM block indices, from the `xlstm` object `x`, as
+/// the package's `xLSTMBlockStackConfig` sets them: without an `mlstm_block` every block is
+/// an sLSTM block, whatever `slstm_at` says.
+pub(crate) fn parse_layout(x: &Obj<'_>) -> Result<(usize, Vec<usize>)> {
     let num_blocks = x.usize_or("num_blocks", 1)?;
     x.check_layers("num_blocks", num_blocks)?;
+    let all = matches!(x.get("mlstm_block"), None | Some(Value::Null));
     let slstm_at = match x.get("slstm_at") {
+        _ if all => (0..num_blocks).collect(),
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) if s == "all" => (0..num_blocks).collect(),
         Some(Value::Array(items)) => {
@@ -363,16 +373,22 @@ pub(crate) fn parse_dense(x: &Obj<'_>, xlstm: XlstmConfig) -> Result<DenseConfig
             ))
         }
     };
+    Ok((num_blocks, slstm_at))
+}
+
+/// A dense stack of `num_blocks` blocks, sLSTM at `slstm_at` ([`parse_layout`]), with the
+/// blocks `xlstm` of the `xlstm` object `x`.
+pub(crate) fn parse_dense(
+    x: &Obj<'_>,
+    xlstm: XlstmConfig,
+    num_blocks: usize,
+    slstm_at: Vec<usize>,
+) -> Result<DenseConfig> {
     if !slstm_at.is_empty() && xlstm.slstm.is_none() {
         return Err(x.error(
             "slstm_block",
-            "slstm_at names sLSTM blocks but slstm_block is missing",
-        ));
-    }
-    if slstm_at.len() < num_blocks && xlstm.mlstm.is_none() {
-        return Err(x.error(
-            "mlstm_block",
-            "the model has mLSTM blocks but mlstm_block is missing",
+            "the stack has sLSTM blocks (slstm_at, or no mlstm_block) but slstm_block is \
+             missing",
         ));
     }
     Ok(DenseConfig {
