@@ -74,9 +74,6 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String> {
     })
 }
 
-/// At most `limit` bytes of UTF-8 text from `reader` (a file, a pipe, standard input: an
-/// endless source is cut at the limit, never unbounded memory); else what is wrong, for the
-/// caller to name the source.
 /// Parses JSON `text` read from `path`; an error names the file, and says whether the
 /// text is not JSON or holds the wrong content (serde_json gives the line and column).
 pub fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
@@ -89,6 +86,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Re
     })
 }
 
+/// At most `limit` bytes of UTF-8 text from `reader` (a file, a pipe, standard input: an
+/// endless source is cut at the limit, never unbounded memory); else what is wrong, for the
+/// caller to name the source.
 pub fn read_utf8(reader: impl Read, limit: u64) -> std::result::Result<String, String> {
     let mut bytes = Vec::new();
     reader

@@ -630,7 +630,9 @@ impl Weights {
                 if let Some((b, what)) = q.bad_scale(&scales, cols) {
                     return Err((
                         b * crate::quant::BLOCK,
-                        format!("begins block {b}, whose {what} gives non-finite weights (corrupt data)"),
+                        format!(
+                            "(row {r}, block {b}): {what} gives non-finite weights (corrupt data)"
+                        ),
                     ));
                 }
                 let values = q.dequantize_row(data, &scales, cols);
