@@ -498,6 +498,11 @@ fn outputs_never_replace_the_run_s_inputs() {
     let config = model.join("config.json");
     let c = config.to_str().unwrap();
     let before = std::fs::read(&config).unwrap();
+    let gen_config = model
+        .join("generation_config.json")
+        .to_str()
+        .unwrap()
+        .to_string();
     for (args, needle) in [
         (
             &["logits", "--model", m, "--ids", "1", "--out", c][..],
@@ -510,6 +515,19 @@ fn outputs_never_replace_the_run_s_inputs() {
         (
             &["perplexity", "--model", m, "--text", t, "--nll-out", t],
             "is this run's input",
+        ),
+        // Not there yet, but the next load would read it.
+        (
+            &[
+                "generate",
+                "--model",
+                m,
+                "-p",
+                "Hi",
+                "--save-session",
+                &gen_config,
+            ],
+            "is a file of the model in",
         ),
         (
             &[
@@ -534,6 +552,7 @@ fn outputs_never_replace_the_run_s_inputs() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read(&config).unwrap(), before);
+    assert!(!model.join("generation_config.json").exists());
     // A file of the user's in the model directory is theirs to replace.
     let session = model.join("chat.session");
     let s = session.to_str().unwrap();

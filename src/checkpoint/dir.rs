@@ -67,8 +67,6 @@ impl ModelDir {
     }
 }
 
-/// The weights of model directory `dir`, in whichever layout it has; where it has two, as
-/// transformers picks: `model.safetensors` before a sharded checkpoint.
 /// The files of a model directory read beside config.json and the weights, when present:
 /// the tokenizer, its special tokens and chat template, and the generation defaults.
 pub const SIDE_FILES: [&str; 5] = [
@@ -106,6 +104,8 @@ pub fn is_model_file(dir: &Path, name: &str) -> bool {
         .is_some_and(|m| m.values().any(|shard| shard.as_str() == Some(name)))
 }
 
+/// The weights of model directory `dir`, in whichever layout it has; where it has two, as
+/// transformers picks: `model.safetensors` before a sharded checkpoint.
 pub fn open_weights(dir: &Path) -> Result<Weights> {
     let single = dir.join("model.safetensors");
     if super::files::present(&single) {

@@ -368,7 +368,9 @@ fn read_prompt(session: &mut Session, ids: &[u32], opts: &GenerateOptions) -> Re
         ProgressStyle::with_template("reading the prompt {bar:40} {pos}/{len} tokens, {eta} left")
             .expect("a valid template"),
     );
-    let mut watch = |read: usize, _total: usize| {
+    let mut watch = |read: usize, total: usize| {
+        // The total counts a resumed generation's pending token too.
+        bar.set_length(total as u64);
         bar.set_position(read as u64);
         true
     };

@@ -102,15 +102,20 @@ fn check_output_file(
     }
     let exists = moxe::checkpoint::output::check_target(path)
         .map_err(|e| moxe::Error::InvalidArgument(format!("{flag}: {e}")))?;
-    if !exists {
-        return Ok(());
-    }
-    let model_file = match (path.canonicalize(), model.canonicalize()) {
-        (Ok(file), Ok(dir)) => {
-            file.parent() == Some(dir.as_path())
-                && file
-                    .file_name()
-                    .and_then(|n| n.to_str())
+    // Also a model file not there yet: the next load would read what this run writes.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let model_file = match (
+        parent.canonicalize(),
+        model.canonicalize(),
+        path.file_name(),
+    ) {
+        (Ok(parent), Ok(dir), Some(name)) => {
+            parent == dir
+                && name
+                    .to_str()
                     .is_some_and(|name| moxe::checkpoint::dir::is_model_file(&dir, name))
         }
         _ => false,
@@ -119,11 +124,14 @@ fn check_output_file(
         return Err(moxe::Error::file(
             path,
             format!(
-                "is a file of the model in {}: {flag} never replaces a model's files; \
+                "is a file of the model in {}: {flag} never writes a file its load reads; \
                  choose another path",
                 model.display()
             ),
         ));
+    }
+    if !exists {
+        return Ok(());
     }
     if let Some(input) = inputs.iter().find(|i| same_file(path, i)) {
         return Err(moxe::Error::file(

@@ -182,7 +182,9 @@ impl Session {
     /// generation that ended (at its token budget, a stop string or EOS), by first reading
     /// the token it ended on; after one dropped before its end, from the token it had
     /// already sampled. A sampled token was drawn with the sampling settings of its own
-    /// call. With `max_tokens` 0 the prompt is read and nothing is generated.
+    /// call; text that a generation dropped early held back (a possible start of a stop
+    /// string) is not handed out again. With `max_tokens` 0 the prompt is read and nothing
+    /// is generated.
     pub fn generate_ids(
         &mut self,
         prompt: &[u32],
@@ -230,9 +232,12 @@ impl Generation<'_> {
         self.emitter.finish
     }
 
-    /// Feeds the last generated token to the session, so that its state covers all the
-    /// generated text (before saving it, or to continue with new input). Generation itself
-    /// stops after sampling that token without feeding it.
+    /// Feeds the last generated token to the session now, so that its state covers all the
+    /// generated text. Generation itself stops after sampling that token without feeding
+    /// it; the session keeps it pending (also in a saved file), and its next feed or
+    /// generation reads it first, so absorbing is needed only for the state itself (e.g. a
+    /// snapshot to branch from). The feed draws one sample, so with a temperature above 0
+    /// what follows differs from not absorbing.
     pub fn absorb_last(mut self) -> Result<()> {
         match self.unfed.take() {
             // The session holds it as its pending token, which a feed reads first.

@@ -112,9 +112,9 @@ impl Session {
     /// Feeds `ids` and samples the token that follows them. Long inputs run in chunks of
     /// at most `prefill_chunk` tokens (powers of two), each one submission. When the last
     /// generation on this session ended on a token it handed out without feeding it, that
-    /// token is read first, so that the state holds all the text generated (the other
-    /// inputs, [`Session::logits`], [`Session::score`] and the batch steps, read exactly
-    /// their ids and drop it).
+    /// token is read first, so that the state holds all the text generated (as
+    /// [`Session::feed_logits`] does; [`Session::logits`], [`Session::score`] and the batch
+    /// steps read exactly their ids and drop it).
     pub fn feed(&mut self, ids: &[u32], sampling: &Sampling) -> Result<u32> {
         let sampled = self.feed_watched(ids, sampling, None)?;
         Ok(sampled.expect("an unwatched feed runs to its end"))
@@ -125,7 +125,8 @@ impl Session {
     /// read so far (each chunk is waited for, so `read` is what the device has done). It
     /// returns None where `go_on` said stop; the session has then read the first
     /// [`Session::position`] ids (whole chunks, exactly as a feed of them alone would).
-    /// The chunks and the result are those of `feed`.
+    /// The chunks and the result are those of `feed` (`read` and `total` count a pending
+    /// generated token it reads first).
     pub fn feed_watched(
         &mut self,
         ids: &[u32],
@@ -133,15 +134,6 @@ impl Session {
         go_on: Option<&mut dyn FnMut(usize, usize) -> bool>,
     ) -> Result<Option<u32>> {
         sampling.validate()?;
-        // A generation's last token, handed out but not read, comes before the new input.
-        let joined: Vec<u32>;
-        let ids = match self.resume {
-            Some(Resume::Unfed(id)) => {
-                joined = [&[id], ids].concat();
-                &joined[..]
-            }
-            _ => ids,
-        };
         let words = settings_words(sampling, self.draws);
         let Some(r) = self.feed_chunks(ids, Output::Sample, &words, go_on)? else {
             return Ok(None);
@@ -152,8 +144,9 @@ impl Session {
         Ok(Some(next))
     }
 
-    /// Feeds `ids` (in chunks, as [`Session::feed`]) and returns the logits (V) after the
-    /// last of them, for sampling on the host.
+    /// Feeds `ids` (in chunks, as [`Session::feed`], and after a pending generated token
+    /// as it does) and returns the logits (V) after the last of them, for sampling on the
+    /// host.
     pub fn feed_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let r = self.feed_chunks(ids, Output::Logits, &[], None)?;
         Ok(r.expect("an unwatched feed runs to its end").logits)
@@ -168,6 +161,15 @@ impl Session {
         input: &[u32],
         mut go_on: Option<&mut dyn FnMut(usize, usize) -> bool>,
     ) -> Result<Option<StepResult>> {
+        // A generation's last token, handed out but not read, comes before the new input.
+        let joined: Vec<u32>;
+        let ids = match self.resume {
+            Some(Resume::Unfed(id)) => {
+                joined = [&[id], ids].concat();
+                &joined[..]
+            }
+            _ => ids,
+        };
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "nothing to feed: the input has no tokens".into(),
@@ -211,7 +213,6 @@ impl Session {
         }
         check_ids(ids, self.model.vocab())?;
         check_ids(targets, self.model.vocab())?;
-        self.resume = None;
         let mut out = Vec::with_capacity(ids.len());
         let mut start = 0;
         for chunk in chunks(ids, self.model.options.prefill_chunk) {
@@ -221,6 +222,7 @@ impl Session {
                 output: Output::Score,
             };
             let t = &targets[start..start + chunk.len()];
+            self.resume = None;
             let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
             out.extend(r.nll);
             start += chunk.len();
@@ -232,7 +234,6 @@ impl Session {
     /// Feeds `ids` and returns the logits (ids.len(), V) after each of them.
     pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         check_ids(ids, self.model.vocab())?;
-        self.resume = None;
         let mut out = Vec::with_capacity(ids.len() * self.model.vocab());
         for chunk in chunks(ids, self.model.options.prefill_chunk) {
             let key = StepKey {
@@ -242,6 +243,7 @@ impl Session {
             };
             // Targets do not matter here: the NLL is computed but not read.
             let targets = vec![0; chunk.len()];
+            self.resume = None;
             let mut runner = self.model.runner();
             let g = runner.graph(&self.model, key)?;
             g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
