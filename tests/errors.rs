@@ -553,6 +553,23 @@ fn outputs_never_replace_the_run_s_inputs() {
     }
     assert_eq!(std::fs::read(&config).unwrap(), before);
     assert!(!model.join("generation_config.json").exists());
+    // Nor the file standard input reads.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+        .args([
+            "perplexity",
+            "--model",
+            m,
+            "--text",
+            "-",
+            "--nll-out",
+            t,
+            "--force",
+        ])
+        .stdin(std::fs::File::open(&text).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is this run's input /dev/stdin"), "{err}");
     // A file of the user's in the model directory is theirs to replace.
     let session = model.join("chat.session");
     let s = session.to_str().unwrap();

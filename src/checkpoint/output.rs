@@ -28,14 +28,15 @@ pub fn check_target(path: &Path) -> Result<bool> {
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if path
-                .as_os_str()
-                .to_string_lossy()
-                .ends_with(std::path::is_separator)
-            {
+            // `dir/`, `dir/.`, `dir/..`: a directory whatever exists (Path's components hide
+            // the trailing separator and `.`).
+            let text = path.as_os_str().to_string_lossy();
+            let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
+            if matches!(last, "" | "." | "..") {
                 return Err(Error::file(
                     path,
-                    "names a directory (it ends in a path separator); give the path of a file",
+                    "names a directory (it ends in a path separator, '.' or '..'); give the \
+                     path of a file",
                 ));
             }
             let parent = path
@@ -121,9 +122,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
-        let slashed = format!("{}/", dir.join("newdir").display());
-        let err = check_target(Path::new(&slashed)).unwrap_err().to_string();
-        assert!(err.contains("names a directory"), "{err}");
+        for end in ["/", "/.", "/.."] {
+            let named = format!("{}{end}", dir.join("newdir").display());
+            let err = check_target(Path::new(&named)).unwrap_err().to_string();
+            assert!(err.contains("names a directory"), "{err}");
+        }
         assert!(!check_target(&dir.join("new.bin")).unwrap());
         let names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -23,7 +23,7 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     /// Prompt text; give it several times to decode several prompts together as a batch;
     /// `-` reads the prompt from standard input (one final line break dropped).
-    #[arg(long, short, value_parser = utf8_text())]
+    #[arg(long, short, value_parser = utf8_text(), allow_hyphen_values = true)]
     pub prompt: Vec<String>,
     /// Read the prompt from a file (one final line break dropped, as editors add one; with
     /// --lines: one prompt per non-empty line, as a batch).
@@ -51,7 +51,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1234, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop before this string (may be given several times).
-    #[arg(long, value_parser = utf8_text())]
+    #[arg(long, value_parser = utf8_text(), allow_hyphen_values = true)]
     pub stop: Vec<String>,
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
@@ -61,7 +61,8 @@ pub struct GenerateArgs {
     pub telemetry: bool,
     /// Continue from a session state saved with --save-session (one prompt only): the
     /// prompt is read as the continuation of that text; an empty prompt (`-p ''`) goes on
-    /// where the saved generation stopped.
+    /// where the saved generation stopped (its first token, when the saved run had sampled
+    /// it already, was drawn then, with that run's sampling settings).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Save the session's recurrent state after generating (one prompt only): it holds the
@@ -212,10 +213,19 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             "--stop is empty: give the text to stop before".into(),
         ));
     }
-    if prompts.len() > 1 && (args.resume.is_some() || args.save_session.is_some()) {
-        return Err(Error::InvalidArgument(
-            "--resume and --save-session take a single prompt".into(),
-        ));
+    if prompts.len() > 1 {
+        let flag = match (&args.resume, &args.save_session) {
+            (Some(_), _) => Some("--resume"),
+            (None, Some(_)) => Some("--save-session"),
+            (None, None) => None,
+        };
+        if let Some(flag) = flag {
+            return Err(Error::InvalidArgument(format!(
+                "{flag} holds one sequence's state, and {} prompts were given: give a single \
+                 prompt",
+                prompts.len()
+            )));
+        }
     }
     if prompts.len() > 1 && args.telemetry {
         return Err(Error::InvalidArgument(
@@ -228,7 +238,11 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             .resume
             .as_ref()
             .is_some_and(|r| super::same_file(r, path));
-        let inputs: Vec<&Path> = args.prompt_file.iter().map(PathBuf::as_path).collect();
+        let mut inputs: Vec<&Path> = args.prompt_file.iter().map(PathBuf::as_path).collect();
+        if args.prompt.iter().any(|p| p == "-") {
+            // The file standard input reads, where it is one.
+            inputs.push(Path::new("/dev/stdin"));
+        }
         super::check_output_file(
             path,
             "--save-session",
@@ -306,7 +320,19 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             return Ok(());
         }
         if args.telemetry {
-            for (l, t) in session.telemetry()?.iter().enumerate() {
+            let layers = session.telemetry()?;
+            if layers.is_empty() {
+                eprintln!(
+                    "[no router telemetry: {}]",
+                    match model.config().moxe() {
+                        None => "the model has no MoE layers",
+                        Some(_) =>
+                            "no step ran in this run (the resumed session had sampled \
+                                    the token already)",
+                    }
+                );
+            }
+            for (l, t) in layers.iter().enumerate() {
                 eprintln!("layer {l}:\n{t}");
             }
         }

@@ -39,13 +39,12 @@ pub fn run(gpu: &GpuArgs, args: &PerplexityArgs) -> Result<()> {
         return Err(bad_window());
     }
     if let Some(path) = &args.nll_out {
-        let text = [args.text.as_path()];
-        let inputs: &[&std::path::Path] = if args.text.as_os_str() == "-" {
-            &[]
-        } else {
-            &text
+        // Standard input's file, where it reads one.
+        let source = match args.text.as_os_str() == "-" {
+            true => std::path::Path::new("/dev/stdin"),
+            false => args.text.as_path(),
         };
-        super::check_output_file(path, "--nll-out", args.force, &args.model.model, inputs)?;
+        super::check_output_file(path, "--nll-out", args.force, &args.model.model, &[source])?;
     }
     // 32 MiB: millions of tokens, and a few GB of memory while they are tokenised.
     const TEXT_BYTES: u64 = 32 << 20;
