@@ -603,3 +603,37 @@ fn the_command_line_saves_a_session_and_goes_on_from_it() {
     assert!(saved.is_file(), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_session_resumed_with_other_weights_of_the_same_configuration_says_so() {
+    let dir = std::env::temp_dir().join(format!("moxe-other-weights-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let q8 = dir.join("q8");
+    moxe::convert::quantize::quantize(&bundled, &q8, moxe::quant::QuantFormat::Q8, false, None)
+        .unwrap();
+    let saved = dir.join("s.session");
+    let moxe = |model: &Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moxe"))
+            .args([
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--max-tokens",
+                "2",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let s = saved.to_str().unwrap();
+    moxe(&bundled, &["-p", "Once", "--save-session", s]);
+    let same = moxe(&bundled, &["--resume", s, "-p", " upon"]);
+    assert!(!same.contains("other weights"), "{same}");
+    let other = moxe(&q8, &["--resume", s, "-p", " upon"]);
+    assert!(other.contains("saved with other weights"), "{other}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -121,9 +121,7 @@ impl RandomInit {
 
 /// A 64-bit hash of the tensor name and seed (FNV-1a), the base of its values.
 fn name_seed(seed: u64, name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    super::weights::fnv1a(super::weights::FNV_START ^ seed, name.as_bytes())
 }
 
 /// The state of row `row`'s generator (a splitmix64 finaliser of the tensor's base and the

@@ -70,6 +70,27 @@ pub(crate) struct Entry {
     pub(crate) quant: Option<(QuantFormat, usize, usize)>,
 }
 
+/// FNV-1a's offset basis: the digest of nothing.
+pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes` continued from `h`.
+pub(crate) fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `bytes` into digest `h`: all of them up to 1 KiB, else 64 windows of 16 spread over them.
+fn sample_digest(h: u64, bytes: &[u8]) -> u64 {
+    if bytes.len() <= 1024 {
+        return fnv1a(h, bytes);
+    }
+    (0..64).fold(h, |h, i| {
+        let at = i * (bytes.len() - 16) / 63;
+        fnv1a(h, &bytes[at..at + 16])
+    })
+}
+
 /// A checkpoint's tensors (one or several files).
 pub struct Weights {
     /// The file naming the checkpoint in errors (the index of a sharded one).
@@ -508,6 +529,31 @@ impl Weights {
         self.entries
             .get(name)
             .ok_or_else(|| Error::file(&self.path, format!("missing tensor '{name}'")))
+    }
+
+    /// A digest of the checkpoint as stored, to tell two apart cheaply: every tensor's name,
+    /// dtype and shape, and a sample of its bytes (64 windows of 16 bytes spread over its
+    /// data and scales, all of them when fewer than 1 KiB), or the random source's seed.
+    pub fn digest(&self) -> u64 {
+        let mut names = self.names();
+        names.sort_unstable();
+        let mut h = FNV_START;
+        for name in names {
+            let e = &self.entries[name];
+            h = fnv1a(h, name.as_bytes());
+            h = fnv1a(h, format!("{:?} {:?}", e.dtype, e.shape).as_bytes());
+            let shard = &self.shards[e.shard];
+            if let Storage::Random(seed) = shard.storage {
+                h = fnv1a(h, &seed.to_le_bytes());
+                continue;
+            }
+            let data = &shard.bytes()[shard.data_start..];
+            let scales = e.quant.map(|(_, s0, s1)| (s0, s1));
+            for (a, b) in std::iter::once((e.start, e.end)).chain(scales) {
+                h = sample_digest(h, &data[a..b]);
+            }
+        }
+        h
     }
 
     fn raw(&self, name: &str, e: &Entry) -> Result<&[u8]> {

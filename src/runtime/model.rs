@@ -91,6 +91,8 @@ pub struct Model {
     pub(crate) options: LoadOptions,
     pub(crate) dtype: DType,
     pub(crate) params: ParameterCounts,
+    /// [`Weights::digest`] of the checkpoint it was loaded from (session files carry it).
+    pub(crate) weights_digest: u64,
     free_slots: Mutex<Vec<usize>>,
     runner: Mutex<Runner>,
 }
@@ -195,6 +197,7 @@ impl Model {
             options: options.clone(),
             dtype,
             params,
+            weights_digest: weights.digest(),
             free_slots: Mutex::new((0..slots).rev().collect()),
             runner: Mutex::new(Runner::default()),
         })

@@ -329,6 +329,10 @@ impl Session {
             ("model".to_string(), snapshot.model.clone()),
             ("position".to_string(), snapshot.position.to_string()),
             ("draws".to_string(), snapshot.draws.to_string()),
+            (
+                "weights".to_string(),
+                format!("{:016x}", self.model.weights_digest),
+            ),
         ]
         .into_iter()
         .chain(
@@ -384,6 +388,16 @@ impl Session {
             }
             Ok(n)
         };
+        // The same configuration with other weights (another fine-tune, a quantised copy):
+        // the state carries over, though what it means may not, so say so and go on.
+        let weights = format!("{:016x}", model.weights_digest);
+        if meta.get("weights").is_some_and(|w| *w != weights) {
+            log::warn!(
+                "{}: this session was saved with other weights of the same configuration (a \
+                 quantised copy, another fine-tune?); continuing from its state",
+                path.display()
+            );
+        }
         let position = number("position", 1 << 48)? as usize;
         let draws = number("draws", u32::MAX.into())? as u32;
         let mut arrays = Vec::new();
@@ -542,10 +556,8 @@ pub(crate) fn run(
 /// Identifies a model for session files: its configuration and parameter count.
 fn fingerprint(model: &Model) -> String {
     let text = format!("{:?}/{}", model.config, model.params.total);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h =
+        crate::checkpoint::weights::fnv1a(crate::checkpoint::weights::FNV_START, text.as_bytes());
     format!("{h:016x}")
 }
 
