@@ -637,3 +637,57 @@ fn a_session_resumed_with_other_weights_of_the_same_configuration_says_so() {
     assert!(other.contains("saved with other weights"), "{other}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn text_held_back_for_a_stop_string_goes_on_with_the_generation() {
+    let model = default_model(2);
+    let greedy = |stop: Vec<String>, max_tokens| GenerateOptions {
+        max_tokens,
+        stop,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let prompt = "The old man said";
+    let texts = |g: moxe::runtime::generate::Generation<'_>| -> Vec<String> {
+        g.map(|p| p.unwrap().text).collect()
+    };
+    let plain = texts(
+        Session::new(&model)
+            .unwrap()
+            .generate(prompt, &greedy(vec![], 20))
+            .unwrap(),
+    );
+    // A stop string that begins with piece k's text but never occurs: after piece k the
+    // text is held back, then released with the next piece.
+    let k = (5..20)
+        .find(|&k| !plain[k].is_empty())
+        .expect("a piece with text");
+    let stop = vec![format!("{}\u{1}never", plain[k])];
+    let whole: String = texts(
+        Session::new(&model)
+            .unwrap()
+            .generate(prompt, &greedy(stop.clone(), 20))
+            .unwrap(),
+    )
+    .concat();
+    assert_eq!(whole, plain.concat());
+    let path = std::env::temp_dir().join(format!("moxe-held-{}.safetensors", std::process::id()));
+    for through_file in [false, true] {
+        let mut s = Session::new(&model).unwrap();
+        let mut gen = s.generate(prompt, &greedy(stop.clone(), 20)).unwrap();
+        let first: Vec<String> = gen.by_ref().take(k + 1).map(|p| p.unwrap().text).collect();
+        drop(gen);
+        if through_file {
+            s.save(&path).unwrap();
+            drop(s);
+            s = Session::load(&model, &path).unwrap();
+        }
+        let rest = texts(s.generate("", &greedy(stop.clone(), 19 - k)).unwrap());
+        assert_eq!(
+            first.concat() + &rest.concat(),
+            whole,
+            "held text through a file: {through_file}"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}

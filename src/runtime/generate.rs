@@ -182,8 +182,8 @@ impl Session {
     /// generation that ended (at its token budget, a stop string or EOS), by first reading
     /// the token it ended on; after one dropped before its end, from the token it had
     /// already sampled. A sampled token was drawn with the sampling settings of its own
-    /// call; text that a generation dropped early held back (a possible start of a stop
-    /// string) is not handed out again. With `max_tokens` 0 the prompt is read and nothing
+    /// call, and text that a generation dropped early held back (a possible start of one of
+    /// its stop strings) comes with it. With `max_tokens` 0 the prompt is read and nothing
     /// is generated.
     pub fn generate_ids(
         &mut self,
@@ -209,6 +209,10 @@ impl Session {
             _ => Some(self.feed(prompt, &opts.sampling)?),
         };
         let mut emitter = Emitter::new(tokenizer, &self.recent);
+        if prompt.is_empty() && opts.max_tokens > 0 {
+            // What a generation dropped early held back, still to be handed out.
+            emitter.pending = std::mem::take(&mut self.held);
+        }
         let next = if opts.max_tokens == 0 {
             // Nothing to generate: ended at its length, as a batch's generation says.
             emitter.finish = Some(Finish::MaxTokens);
@@ -260,7 +264,11 @@ impl Iterator for Generation<'_> {
         };
         if self.emitter.finish.is_none() {
             match self.session.feed(&[id], &self.opts.sampling) {
-                Ok(n) => self.next = Some(n),
+                Ok(n) => {
+                    self.next = Some(n);
+                    // Where the caller may drop the generation: what it holds back goes on.
+                    self.session.held.clone_from(&self.emitter.pending);
+                }
                 Err(e) => return Some(Err(e)),
             }
         } else {

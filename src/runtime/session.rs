@@ -30,6 +30,9 @@ pub struct Session {
     /// The last ids the state read (at most STREAM_CONTEXT): the context that decodes the
     /// text of what follows.
     pub(crate) recent: Vec<u32>,
+    /// Text a generation held back (a possible start of a stop string) and had not handed
+    /// out when it stopped at a sampled token: an empty prompt hands it out first.
+    pub(crate) held: String,
 }
 
 /// Where a feed or generation stopped, for an empty prompt to go on from
@@ -65,6 +68,9 @@ impl Resume {
     }
 }
 
+/// The most bytes of held-back text a session file may carry (a stop string's length).
+const MAX_HELD: usize = 1 << 20;
+
 /// A token id written as decimal digits, below `vocab`.
 fn parse_id(text: &str, vocab: usize) -> Option<u32> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
@@ -96,6 +102,7 @@ impl Session {
             draws: 0,
             resume: None,
             recent: Vec::new(),
+            held: String::new(),
         })
     }
 
@@ -268,6 +275,7 @@ impl Session {
             draws: self.draws,
             resume: self.resume,
             recent: self.recent.clone(),
+            held: self.held.clone(),
         })
     }
 
@@ -281,6 +289,7 @@ impl Session {
             draws: self.draws,
             resume: self.resume,
             recent: self.recent.clone(),
+            held: self.held.clone(),
             model: fingerprint(&self.model),
         })
     }
@@ -304,6 +313,7 @@ impl Session {
             draws: snapshot.draws,
             resume: snapshot.resume,
             recent: snapshot.recent.clone(),
+            held: snapshot.held.clone(),
         };
         model.write_slot(session.slot, &arrays)?;
         Ok(session)
@@ -349,6 +359,7 @@ impl Session {
                 .collect::<Vec<_>>()
                 .join(" "),
         )])
+        .chain((!snapshot.held.is_empty()).then(|| ("held".to_string(), snapshot.held.clone())))
         .collect();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
@@ -436,12 +447,24 @@ impl Session {
                 )
             })?,
         };
+        // Held-back text is at most a stop string long; a long one is not a session's.
+        let held = meta.get("held").cloned().unwrap_or_default();
+        if held.len() > MAX_HELD {
+            return Err(Error::file(
+                path,
+                format!(
+                    "metadata 'held' holds {} bytes; a session holds back at most {MAX_HELD}",
+                    held.len()
+                ),
+            ));
+        }
         let snapshot = Snapshot {
             arrays,
             position,
             draws,
             resume,
             recent,
+            held,
             model: want,
         };
         // The state arrays' names and shapes are the file's.
@@ -470,6 +493,7 @@ impl Session {
     fn moved(&mut self, ids: &[u32]) {
         self.position += ids.len();
         self.resume = None;
+        self.held.clear();
         self.recent.extend_from_slice(ids);
         let extra = self.recent.len().saturating_sub(STREAM_CONTEXT);
         self.recent.drain(..extra);
@@ -488,6 +512,7 @@ pub struct Snapshot {
     draws: u32,
     resume: Option<Resume>,
     recent: Vec<u32>,
+    held: String,
     model: String,
 }
 
