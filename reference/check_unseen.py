@@ -42,8 +42,10 @@ For each case: run the official forward on the whole sequence (f32 and f64) and
 position.  Files per case in the config's directory: ids_<case>.txt, reference_<case>.safetensors
 (ref_f32, ref_f64), moxe_<case>.safetensors, moxe_cmd_<case>.txt.
 rel = max|moxe - ref| / max|ref| over all positions (as the engine's own tests measure). A
-position fails above 1e-4, or above 10 times the official f32 forward's own error there where
-that is larger (an ill-conditioned position, which the row then names); a failing row names
+position fails above 1e-4, or above 10 times the official f32 forward's own error within 4
+positions of it where that is larger (an ill-conditioned position, which the row then names:
+the recurrent state's rounding errors spike at the same few positions in both implementations,
+not always at exactly the same one); a failing row names
 the first failing position and its engine chunk.
 Exits non-zero when a config fails, is refused or crashes (in either case).
 """
@@ -85,6 +87,10 @@ FLAG_REL = 1e-4
 # position: e.g. an mLSTM normaliser whose terms cancel), moxe in f32 may be off by up to this
 # many times that much before a position fails. The bound depends on the oracle only.
 CONDITION_FACTOR = 10.0
+# The official f32 error taken is the largest within this many positions either side: rounding
+# errors of the recurrent state spike at the same few positions in both implementations (a
+# near-tie of a top-1 router, a cancelling normaliser) but not always at exactly the same one.
+CONDITION_WINDOW = 4
 # LoadOptions::default().prefill_chunk (src/runtime/model.rs), which `moxe logits` uses.
 PREFILL_CHUNK = 128
 LONG_SEQ = 3 * PREFILL_CHUNK - 1
@@ -656,15 +662,17 @@ def check_case(d: Path, case: str, ids, ref32, ref64) -> dict:
         return {**res, "status": "FAIL", "error": e}
     scale = want.double().abs().max()
     per_tok = ((got.double() - want.double()).abs().amax(-1) / scale).tolist()
-    # Per position: FLAG_REL, or CONDITION_FACTOR times the official f32 forward's own error.
+    # Per position: FLAG_REL, or CONDITION_FACTOR times the official f32 forward's own error
+    # around it (CONDITION_WINDOW).
     own = ((ref32.double() - want.double()).abs().amax(-1) / scale).tolist()
-    tol = [max(FLAG_REL, CONDITION_FACTOR * o) for o in own]
+    near = [max(own[max(0, t - CONDITION_WINDOW):t + CONDITION_WINDOW + 1]) for t in range(len(own))]
+    tol = [max(FLAG_REL, CONDITION_FACTOR * o) for o in near]
     bad = [t for t, (v, b) in enumerate(zip(per_tok, tol)) if v > b]
     res.update(max_abs=a, max_rel=r, vs="f64" if ref64 is not None else "f32", max_rel_vs_f32=compare(got, ref32)[1],
                argmax_agree=bool((got.argmax(-1) == want.argmax(-1)).all()), status="FAIL" if bad else "PASS")
     if r > FLAG_REL and not bad:
         pos = max(range(len(per_tok)), key=lambda t: per_tok[t])
-        res["ill_conditioned"] = {"pos": pos, "rel": per_tok[pos], "official_f32_rel": own[pos]}
+        res["ill_conditioned"] = {"pos": pos, "rel": per_tok[pos], "official_f32_rel": near[pos]}
     if bad:
         pos = bad[0]
         starts = [0, *itertools.accumulate(engine_chunks(len(ids)))]
