@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use super::continuation::Resume;
 use super::model::Model;
-use super::session::{Resume, Session};
+use super::session::Session;
 use super::tokenizer::{TextStream, Tokenizer};
 use crate::error::{Error, Result};
 use crate::ops::sample::Sampling;
@@ -193,7 +194,7 @@ impl Session {
         opts.validate()?;
         let model = self.model().clone();
         let tokenizer = model.require_tokenizer()?;
-        let sampled = match (prompt.is_empty(), self.resume) {
+        let sampled = match (prompt.is_empty(), self.continuation.point) {
             (true, None) => {
                 return Err(Error::InvalidArgument(
                     "nothing to generate from: the prompt has no tokens, and the session's \
@@ -208,10 +209,10 @@ impl Session {
             // Reads an ended generation's last token first (feed does).
             _ => Some(self.feed(prompt, &opts.sampling)?),
         };
-        let mut emitter = Emitter::new(tokenizer, &self.recent);
+        let mut emitter = Emitter::new(tokenizer, &self.continuation.recent);
         if prompt.is_empty() && opts.max_tokens > 0 {
             // What a generation dropped early held back, still to be handed out.
-            emitter.pending = std::mem::take(&mut self.held);
+            emitter.pending = std::mem::take(&mut self.continuation.held);
         }
         let next = if opts.max_tokens == 0 {
             // Nothing to generate: ended at its length, as a batch's generation says.
@@ -267,13 +268,14 @@ impl Iterator for Generation<'_> {
                 Ok(n) => {
                     self.next = Some(n);
                     // Where the caller may drop the generation: what it holds back goes on.
-                    self.session.held.clone_from(&self.emitter.pending);
+                    let held = &mut self.session.continuation.held;
+                    held.clone_from(&self.emitter.pending);
                 }
                 Err(e) => return Some(Err(e)),
             }
         } else {
             self.unfed = Some(id);
-            self.session.resume = Some(Resume::Unfed(id));
+            self.session.continuation.point = Some(Resume::Unfed(id));
         }
         Some(Ok(piece))
     }

@@ -2,6 +2,7 @@
 //! its sequences (prefill, decode, scoring, save / resume / fork), text generation, the
 //! tokenizer, and the scratch buffers a step's blocks share.
 
+mod continuation;
 pub mod generate;
 pub mod model;
 pub mod runner;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use safetensors::tensor::{Dtype, TensorView};
 
+use super::continuation::{Continuation, Resume};
 use super::model::{Model, StateArray};
 use super::runner::{Output, StepKey, StepResult};
-use super::tokenizer::{check_ids, STREAM_CONTEXT};
+use super::tokenizer::check_ids;
 use crate::arch::moxe::{MoeStep, RouterTelemetry};
 use crate::checkpoint::Weights;
 use crate::error::{Error, Result};
@@ -24,71 +25,8 @@ pub struct Session {
     position: usize,
     /// Sampling draws so far (varies the random draw from step to step).
     draws: u32,
-    /// Where the last feed or generation on this session stopped, while nothing else has
-    /// been fed since: an empty prompt goes on from there.
-    pub(crate) resume: Option<Resume>,
-    /// The last ids the state read (at most STREAM_CONTEXT): the context that decodes the
-    /// text of what follows.
-    pub(crate) recent: Vec<u32>,
-    /// Text a generation held back (a possible start of a stop string) and had not handed
-    /// out when it stopped at a sampled token: an empty prompt hands it out first.
-    pub(crate) held: String,
-}
-
-/// Where a feed or generation stopped, for an empty prompt to go on from
-/// ([`Session::generate_ids`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resume {
-    /// A generation ended on this token: handed out, not yet read by the state (the next
-    /// feed reads it first).
-    Unfed(u32),
-    /// This token was sampled after the state (by a feed, or by a generation dropped
-    /// before handing it out).
-    Sampled(u32),
-}
-
-impl std::fmt::Display for Resume {
-    /// As a session file's metadata `resume` holds it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Resume::Unfed(id) => write!(f, "unfed {id}"),
-            Resume::Sampled(id) => write!(f, "sampled {id}"),
-        }
-    }
-}
-
-impl Resume {
-    /// Reads the metadata form back; None unless well formed with its id below `vocab`.
-    fn parse(text: &str, vocab: usize) -> Option<Resume> {
-        match text.split(' ').collect::<Vec<_>>()[..] {
-            ["unfed", id] => Some(Resume::Unfed(parse_id(id, vocab)?)),
-            ["sampled", id] => Some(Resume::Sampled(parse_id(id, vocab)?)),
-            _ => None,
-        }
-    }
-}
-
-/// The most bytes of held-back text a session file may carry (a stop string's length).
-const MAX_HELD: usize = 1 << 20;
-
-/// A token id written as decimal digits, below `vocab`.
-fn parse_id(text: &str, vocab: usize) -> Option<u32> {
-    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    digits
-        .then(|| text.parse::<u32>().ok())
-        .flatten()
-        .filter(|&id| (id as usize) < vocab)
-}
-
-/// The session file's metadata `recent` read back: at most STREAM_CONTEXT ids below
-/// `vocab`, separated by spaces (none: empty).
-fn parse_recent(text: &str, vocab: usize) -> Option<Vec<u32>> {
-    let ids = text
-        .split(' ')
-        .filter(|w| !w.is_empty())
-        .map(|w| parse_id(w, vocab))
-        .collect::<Option<Vec<u32>>>()?;
-    (ids.len() <= STREAM_CONTEXT).then_some(ids)
+    /// What an empty prompt goes on from.
+    pub(crate) continuation: Continuation,
 }
 
 impl Session {
@@ -100,9 +38,7 @@ impl Session {
             slot,
             position: 0,
             draws: 0,
-            resume: None,
-            recent: Vec::new(),
-            held: String::new(),
+            continuation: Continuation::default(),
         })
     }
 
@@ -147,7 +83,7 @@ impl Session {
         };
         self.draws += 1;
         let next = r.sampled[0];
-        self.resume = Some(Resume::Sampled(next));
+        self.continuation.point = Some(Resume::Sampled(next));
         Ok(Some(next))
     }
 
@@ -170,7 +106,7 @@ impl Session {
     ) -> Result<Option<StepResult>> {
         // A generation's last token, handed out but not read, comes before the new input.
         let joined: Vec<u32>;
-        let ids = match self.resume {
+        let ids = match self.continuation.point {
             Some(Resume::Unfed(id)) => {
                 joined = [&[id], ids].concat();
                 &joined[..]
@@ -201,7 +137,7 @@ impl Session {
             // watched, each is waited for (not read: a feed reads only its last chunk).
             let last = i + 1 == chunks.len();
             // Before the state moves (also when the run fails midway).
-            self.resume = None;
+            self.continuation.point = None;
             result = run(&self.model, key, chunk, &[self.slot as u32], input, last)?;
             if go_on.is_some() && !last {
                 self.model.ctx.wait("reading a prompt chunk")?;
@@ -229,7 +165,7 @@ impl Session {
                 output: Output::Score,
             };
             let t = &targets[start..start + chunk.len()];
-            self.resume = None;
+            self.continuation.point = None;
             let r = run(&self.model, key, chunk, &[self.slot as u32], t, true)?;
             out.extend(r.nll);
             start += chunk.len();
@@ -250,7 +186,7 @@ impl Session {
             };
             // Targets do not matter here: the NLL is computed but not read.
             let targets = vec![0; chunk.len()];
-            self.resume = None;
+            self.continuation.point = None;
             let mut runner = self.model.runner();
             let g = runner.graph(&self.model, key)?;
             g.run(&self.model, chunk, &[self.slot as u32], &targets, false)?;
@@ -273,9 +209,7 @@ impl Session {
             slot,
             position: self.position,
             draws: self.draws,
-            resume: self.resume,
-            recent: self.recent.clone(),
-            held: self.held.clone(),
+            continuation: self.continuation.clone(),
         })
     }
 
@@ -287,9 +221,7 @@ impl Session {
             arrays: self.model.read_slot(self.slot)?,
             position: self.position,
             draws: self.draws,
-            resume: self.resume,
-            recent: self.recent.clone(),
-            held: self.held.clone(),
+            continuation: self.continuation.clone(),
             model: fingerprint(&self.model),
         })
     }
@@ -311,9 +243,7 @@ impl Session {
             slot: model.take_slot()?,
             position: snapshot.position,
             draws: snapshot.draws,
-            resume: snapshot.resume,
-            recent: snapshot.recent.clone(),
-            held: snapshot.held.clone(),
+            continuation: snapshot.continuation.clone(),
         };
         model.write_slot(session.slot, &arrays)?;
         Ok(session)
@@ -345,21 +275,7 @@ impl Session {
             ),
         ]
         .into_iter()
-        .chain(
-            snapshot
-                .resume
-                .map(|r| ("resume".to_string(), r.to_string())),
-        )
-        .chain([(
-            "recent".to_string(),
-            snapshot
-                .recent
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
-        )])
-        .chain((!snapshot.held.is_empty()).then(|| ("held".to_string(), snapshot.held.clone())))
+        .chain(snapshot.continuation.metadata())
         .collect();
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::file(path, format!("cannot encode the session: {e}")))?;
@@ -421,50 +337,12 @@ impl Session {
                 values,
             });
         }
-        let resume = match meta.get("resume") {
-            None => None,
-            Some(text) => Some(Resume::parse(text, model.vocab()).ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!(
-                        "metadata 'resume' is '{text}': expected 'unfed ID' or 'sampled ID' \
-                         with the id below the vocabulary size {}",
-                        model.vocab()
-                    ),
-                )
-            })?),
-        };
-        let recent = match meta.get("recent") {
-            None => Vec::new(),
-            Some(text) => parse_recent(text, model.vocab()).ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!(
-                        "metadata 'recent' is '{text}': expected up to {STREAM_CONTEXT} ids \
-                         below the vocabulary size {}, separated by spaces",
-                        model.vocab()
-                    ),
-                )
-            })?,
-        };
-        // Held-back text is at most a stop string long; a long one is not a session's.
-        let held = meta.get("held").cloned().unwrap_or_default();
-        if held.len() > MAX_HELD {
-            return Err(Error::file(
-                path,
-                format!(
-                    "metadata 'held' holds {} bytes; a session holds back at most {MAX_HELD}",
-                    held.len()
-                ),
-            ));
-        }
+        let continuation = Continuation::from_metadata(meta, model.vocab(), path)?;
         let snapshot = Snapshot {
             arrays,
             position,
             draws,
-            resume,
-            recent,
-            held,
+            continuation,
             model: want,
         };
         // The state arrays' names and shapes are the file's.
@@ -492,11 +370,7 @@ impl Session {
     /// The state has read `ids` more: a stopped generation can no longer be resumed.
     fn moved(&mut self, ids: &[u32]) {
         self.position += ids.len();
-        self.resume = None;
-        self.held.clear();
-        self.recent.extend_from_slice(ids);
-        let extra = self.recent.len().saturating_sub(STREAM_CONTEXT);
-        self.recent.drain(..extra);
+        self.continuation.moved(ids);
     }
 
     pub(crate) fn draws(&self) -> u32 {
@@ -510,9 +384,7 @@ pub struct Snapshot {
     arrays: Vec<StateArray>,
     position: usize,
     draws: u32,
-    resume: Option<Resume>,
-    recent: Vec<u32>,
-    held: String,
+    continuation: Continuation,
     model: String,
 }
 
@@ -651,7 +523,7 @@ impl Model {
         let mut result = StepResult::default();
         let mut start = 0;
         for s in sessions.iter_mut() {
-            s.resume = None;
+            s.continuation.point = None;
         }
         for (i, &len) in lens.iter().enumerate() {
             let chunk: Vec<u32> = (0..b)
@@ -692,7 +564,7 @@ impl Model {
             output: Output::Logits,
         };
         for s in sessions.iter_mut() {
-            s.resume = None;
+            s.continuation.point = None;
         }
         let r = run(self, key, tokens, &slots, &[], true)?;
         for (s, &token) in sessions.iter_mut().zip(tokens) {
@@ -734,12 +606,12 @@ impl Model {
             output: Output::Sample,
         };
         for s in sessions.iter_mut() {
-            s.resume = None;
+            s.continuation.point = None;
         }
         let r = run(self, key, tokens, &slots, &words, true)?;
         for ((s, &token), &next) in sessions.iter_mut().zip(tokens).zip(&r.sampled) {
             s.advance(token);
-            s.resume = Some(Resume::Sampled(next));
+            s.continuation.point = Some(Resume::Sampled(next));
         }
         Ok(r.sampled)
     }
