@@ -93,15 +93,8 @@ pub fn is_model_file(dir: &Path, name: &str) -> bool {
         return true;
     }
     // A shard the index names (an unreadable index names none).
-    let index = dir.join("model.safetensors.index.json");
-    let shards = super::files::read_text(&index, super::files::JSON_LIMIT)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-    shards
-        .as_ref()
-        .and_then(|v| v.get("weight_map"))
-        .and_then(|m| m.as_object())
-        .is_some_and(|m| m.values().any(|shard| shard.as_str() == Some(name)))
+    super::weights::read_index(&dir.join("model.safetensors.index.json"))
+        .is_ok_and(|entries| entries.iter().any(|(_, shard)| shard == name))
 }
 
 /// The weights of model directory `dir`, in whichever layout it has; where it has two, as

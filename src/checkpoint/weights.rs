@@ -70,6 +70,39 @@ pub(crate) struct Entry {
     pub(crate) quant: Option<(QuantFormat, usize, usize)>,
 }
 
+/// Whether an index's shard `file` is a plain file name of the index's directory (never a
+/// path elsewhere).
+pub fn plain_shard_name(file: &str) -> bool {
+    !(file.contains('/') || file.contains('\\') || matches!(file, "" | "." | ".."))
+}
+
+/// The index of a sharded checkpoint: its tensors, each with the shard file that holds it
+/// as the index gives it ([`plain_shard_name`] tells whether it may be read).
+pub fn read_index(index: &Path) -> Result<Vec<(String, String)>> {
+    let text = super::files::read_text(index, super::files::JSON_LIMIT)?;
+    let value: serde_json::Value = super::files::parse_json(index, &text)?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| {
+            Error::file(
+                index,
+                "no \"weight_map\" object (tensor name -> shard file): not a safetensors index",
+            )
+        })?;
+    map.iter()
+        .map(|(name, file)| {
+            let file = file.as_str().ok_or_else(|| {
+                Error::file(
+                    index,
+                    format!("weight_map.\"{name}\": expected a shard file name, found {file}"),
+                )
+            })?;
+            Ok((name.clone(), file.to_string()))
+        })
+        .collect()
+}
+
 /// FNV-1a's offset basis: the digest of nothing.
 pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -245,36 +278,23 @@ impl Weights {
     /// that is missing, an index entry whose shard lacks the tensor, or a malformed index is
     /// an error naming the file.
     pub fn open_index(index: &Path) -> Result<Self> {
-        let text = super::files::read_text(index, super::files::JSON_LIMIT)?;
-        let value: serde_json::Value = super::files::parse_json(index, &text)?;
-        let map = value
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                Error::file(
-                    index,
-                    "no \"weight_map\" object (tensor name -> shard file): not a safetensors index",
-                )
-            })?;
+        let map = read_index(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut files: BTreeMap<String, usize> = BTreeMap::new();
         let mut wanted: Vec<(String, usize)> = Vec::with_capacity(map.len());
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| {
-                Error::file(
-                    index,
-                    format!("weight_map.\"{name}\": expected a shard file name, found {file}"),
-                )
-            })?;
-            if file.contains('/') || file.contains('\\') || matches!(file, "" | "." | "..") {
+            if !plain_shard_name(&file) {
                 return Err(Error::file(
                     index,
-                    format!("weight_map.\"{name}\": shard '{file}' is not a file name in the model directory"),
+                    format!(
+                        "weight_map.\"{name}\": shard '{file}' is not a file name in the model \
+                         directory"
+                    ),
                 ));
             }
             let n = files.len();
-            let shard = *files.entry(file.to_string()).or_insert(n);
-            wanted.push((name.clone(), shard));
+            let shard = *files.entry(file).or_insert(n);
+            wanted.push((name, shard));
         }
         let mut shards: Vec<Option<Shard>> = (0..files.len()).map(|_| None).collect();
         let mut held: Vec<HashMap<String, Entry>> = vec![HashMap::new(); files.len()];

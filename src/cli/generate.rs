@@ -280,11 +280,7 @@ pub fn run(gpu: &GpuArgs, args: &GenerateArgs) -> Result<()> {
             Some(path) => Session::load(&model, path)?,
             None => Session::new(&model)?,
         };
-        let tokenizer = model.require_tokenizer()?;
-        let ids = match session.position() {
-            0 => tokenizer.encode(prompt)?,
-            _ => tokenizer.encode_continuation(prompt)?,
-        };
+        let ids = session.encode(prompt)?;
         read_prompt(&mut session, &ids, &opts)?;
         let mut open = show(&mut out, prompt)?;
         // Goes on from the token the prompt's reading sampled (or, for an empty prompt,

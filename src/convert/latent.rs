@@ -24,7 +24,6 @@ use crate::arch::moxe::config::ExpertType;
 use crate::arch::moxe::latent::shared_key;
 use crate::arch::moxe::manifest::{expert_kind, Kind};
 use crate::arch::{Architecture, ModelConfig};
-use crate::checkpoint::dir::SIDE_FILES;
 use crate::checkpoint::{ModelDir, ParameterCounts};
 use crate::error::{Error, Result};
 
@@ -356,13 +355,7 @@ pub fn convert(
 ) -> Result<ConversionReport> {
     choice.check()?;
     let dir = ModelDir::open(input)?;
-    // Every file the output may hold: a side file that the input lacks is removed from the
-    // output, not left over from an earlier model.
-    let written: Vec<&str> = ["config.json", "model.safetensors"]
-        .into_iter()
-        .chain(SIDE_FILES)
-        .collect();
-    let staging = super::prepare_output(input, output, &written, overwrite)?;
+    let staging = super::prepare_output(input, output, overwrite)?;
     let slots = slots(&dir.config, groups)?;
     let mut reports = Vec::with_capacity(slots.len());
     let mut new: BTreeMap<String, Written> = BTreeMap::new();

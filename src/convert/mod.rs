@@ -30,17 +30,22 @@ pub(crate) fn copy_side_files(input: &Path, staging: &Staging) -> Result<()> {
     Ok(())
 }
 
+/// Every file a conversion's output may hold: config.json, model.safetensors and the side
+/// files (one the input lacks is removed from the output, not left from an earlier model).
+fn output_files() -> Vec<&'static str> {
+    ["config.json", "model.safetensors"]
+        .into_iter()
+        .chain(crate::checkpoint::dir::SIDE_FILES)
+        .collect()
+}
+
 /// Makes the output directory of a conversion of `input` and its [`Staging`]: never the
 /// input's own directory, and files already there that the conversion would replace
-/// (`files`), or an earlier model's sharded checkpoint (whose weights the new
+/// ([`output_files`]), or an earlier model's sharded checkpoint (whose weights the new
 /// `model.safetensors` replaces), are an error unless `overwrite` (then they are replaced or
 /// removed when the conversion commits, not before, and the commit names what it removed).
-pub(crate) fn prepare_output(
-    input: &Path,
-    output: &Path,
-    files: &[&str],
-    overwrite: bool,
-) -> Result<Staging> {
+pub(crate) fn prepare_output(input: &Path, output: &Path, overwrite: bool) -> Result<Staging> {
+    let files = output_files();
     if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
         if a == b {
             return Err(Error::InvalidArgument(format!(
@@ -116,26 +121,18 @@ fn sharded_weights(dir: &Path) -> Vec<String> {
     if !present(&index) {
         return Vec::new();
     }
-    let mut shards: Vec<String> =
-        crate::checkpoint::files::read_text(&index, crate::checkpoint::files::JSON_LIMIT)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|json| {
-                json.get("weight_map")?.as_object().map(|map| {
-                    map.values()
-                        .filter_map(|v| v.as_str())
-                        .filter(|f| {
-                            // A plain file name of this directory, never a path elsewhere.
-                            Path::new(f).file_name() == Some(std::ffi::OsStr::new(f))
-                                && f.ends_with(".safetensors")
-                                && *f != "model.safetensors"
-                                && dir.join(f).is_file()
-                        })
-                        .map(str::to_string)
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
+    use crate::checkpoint::weights::{plain_shard_name, read_index};
+    let mut shards: Vec<String> = read_index(&index)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, file)| file)
+        .filter(|f| {
+            plain_shard_name(f)
+                && f.ends_with(".safetensors")
+                && f != "model.safetensors"
+                && dir.join(f).is_file()
+        })
+        .collect();
     shards.sort();
     shards.dedup();
     shards.insert(0, INDEX.to_string());

@@ -14,7 +14,6 @@ use std::time::Instant;
 use safetensors::tensor::Dtype;
 
 use super::prepare_output;
-use crate::checkpoint::dir::SIDE_FILES;
 use crate::checkpoint::quantized::{self, Planned};
 use crate::checkpoint::{ModelDir, ProgressFn, Weights};
 use crate::error::{Error, Result};
@@ -71,11 +70,7 @@ pub fn quantize(
 ) -> Result<QuantizeReport> {
     let started = Instant::now();
     let dir = ModelDir::open(input)?;
-    // Every file the output may hold: one of the copied files that the input lacks is
-    // removed from the output, not left over from an earlier model.
-    let mut written = vec!["config.json", "model.safetensors"];
-    written.extend(SIDE_FILES);
-    let staging = prepare_output(input, output, &written, overwrite)?;
+    let staging = prepare_output(input, output, overwrite)?;
     let weights_path = staging.path("model.safetensors");
 
     let w = &dir.weights;

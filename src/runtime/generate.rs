@@ -167,12 +167,18 @@ impl Session {
     /// session that has read text before as its continuation. An empty prompt goes on from
     /// the session's last feed or generation (see [`Session::generate_ids`]).
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_>> {
-        let tokenizer = self.model().require_tokenizer()?;
-        let ids = match self.position() {
-            0 => tokenizer.encode(prompt)?,
-            _ => tokenizer.encode_continuation(prompt)?,
-        };
+        let ids = self.encode(prompt)?;
         self.generate_ids(&ids, opts)
+    }
+
+    /// The ids of `text` as this session reads it next: the start of a sequence on a fresh
+    /// session (with BOS where the tokenizer config asks for it), else a continuation.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let tokenizer = self.model().require_tokenizer()?;
+        match self.position() {
+            0 => tokenizer.encode(text),
+            _ => tokenizer.encode_continuation(text),
+        }
     }
 
     /// Generates after the prompt token ids, streaming pieces. A generation that ended on
